@@ -1,0 +1,50 @@
+"""Long-lived client channels between services, and the metadata every internal call carries.
+
+One channel per target per process, created at start-up. Every call has a deadline: inside a
+server, `bitware_core.context.timeout()` passes on the time the caller has left (capped by the
+configured timeout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bitware_core.auth import AUTHORIZATION_HEADER, WORKER_ID_HEADER
+from bitware_core.config import Settings
+from bitware_core.context import (
+    EXECUTION_ID_HEADER,
+    REQUEST_ID_HEADER,
+    execution_id_var,
+    request_id_var,
+)
+from bitware_core.server import KEEPALIVE_OPTIONS
+
+
+def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
+    """A channel to `target`, over TLS (mutual when this process has a certificate) when a CA is
+    configured, plaintext otherwise."""
+    options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, ("grpc.enable_retries", 1)]
+    if not settings.tls_ca:
+        return grpc.aio.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(settings.tls_ca).read_bytes(),
+        private_key=Path(settings.tls_key).read_bytes() if settings.tls_key else None,
+        certificate_chain=Path(settings.tls_cert).read_bytes() if settings.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def service_metadata(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """This process's own credential plus the ids of the request being served."""
+    metadata = [
+        (AUTHORIZATION_HEADER, f"Bearer {settings.worker_token}"),
+        (WORKER_ID_HEADER, settings.worker_id),
+    ]
+    if request_id := request_id_var.get():
+        metadata.append((REQUEST_ID_HEADER, request_id))
+    if execution_id := execution_id_var.get():
+        metadata.append((EXECUTION_ID_HEADER, execution_id))
+    return tuple(metadata)

@@ -1,0 +1,108 @@
+"""One typed configuration object, read once at start-up from `BITWARE_*` environment variables.
+
+Every server and the CLI use the same `Settings`; each reads only the fields it needs. Nothing
+here has a built-in secret: credentials come from the environment (set by `bitware up`, which
+generates them) or are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+# Field annotations are strings (postponed evaluation); each names its parser.
+_PARSERS: dict[str, Any] = {"bool": _bool, "int": int, "float": float, "str": str, "Path": Path}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one process. Field `x_y` is read from `BITWARE_X_Y`."""
+
+    #: Folder for the embedded SQLite files and large stage outputs.
+    data_dir: Path = Path("data")
+    #: SQLAlchemy URL of this service's database; empty means `sqlite:///<data_dir>/<service>.db`.
+    database_url: str = ""
+    #: Interface the server binds to. Loopback unless told otherwise.
+    host: str = "127.0.0.1"
+    #: Port the server binds to; 0 picks a free one (the bound port is printed).
+    port: int = 0
+    #: Address of KAM, host:port (every service asks KAM who a caller is).
+    kam_address: str = ""
+    #: Address of the orchestrator, host:port.
+    orchestrator_address: str = ""
+    #: The address other services should use to reach this server; empty means host:bound port.
+    advertise_address: str = ""
+    #: This process's own worker or service id (`x-worker-id`).
+    worker_id: str = ""
+    #: This process's own token (`authorization: Bearer`). Never logged.
+    worker_token: str = field(default="", repr=False)
+    #: KAM only: credentials to install on start, `id:kind:sha256hex` comma-separated (hashes
+    #: only; kind is `worker` or `service`).
+    bootstrap_credentials: str = ""
+    #: KAM only: email of the first admin, created when no admin exists.
+    bootstrap_admin_email: str = ""
+    #: KAM only: password of the first admin (hashed at once; never stored in plain text).
+    bootstrap_admin_password: str = field(default="", repr=False)
+    #: PEM certificate of this server (and of its client side for mutual TLS). Empty = plaintext.
+    tls_cert: str = ""
+    #: PEM private key for tls_cert.
+    tls_key: str = ""
+    #: PEM CA bundle: servers require client certificates signed by it; channels verify with it.
+    tls_ca: str = ""
+    #: How long a verified credential is trusted without asking KAM again, in seconds (≤ 30).
+    auth_cache_seconds: float = 10.0
+    #: Log as one JSON object per line instead of key=value text.
+    log_json: bool = False
+    #: Logging level name.
+    log_level: str = "INFO"
+    #: OpenAI-compatible endpoint; empty with an empty key means the offline provider.
+    openai_base_url: str = ""
+    #: API key for the endpoint. Never logged.
+    openai_api_key: str = field(default="", repr=False)
+    #: Model name.
+    openai_model: str = "gpt-4o-mini"
+    #: Seconds one model call may take.
+    openai_timeout: float = 60.0
+    #: Retries of one model call on 429, 5xx and timeouts.
+    openai_max_retries: int = 2
+    #: Granulator: jobs run at once; further offers are declined as AT_CAPACITY.
+    max_concurrent_jobs: int = 4
+    #: Orchestrator: seconds between worker heartbeats.
+    heartbeat_interval: float = 2.0
+    #: Orchestrator: seconds without a heartbeat before a worker is unhealthy.
+    heartbeat_timeout: float = 6.0
+    #: Deadline of one internal call between services, in seconds.
+    rpc_timeout: float = 10.0
+    #: Seconds a server waits for in-flight calls on shutdown.
+    shutdown_grace: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Reads `BITWARE_*` variables; keyword overrides win (for tests and the CLI)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"BITWARE_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _PARSERS[str(f.type)](raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"

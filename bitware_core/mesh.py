@@ -1,0 +1,101 @@
+"""Starting a whole mesh in one process (tests, benchmarks): KAM, orchestrator and one or more
+granulators on free loopback ports, with fresh credentials generated for this mesh."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bitware_core.auth import hash_secret, new_secret
+from bitware_core.config import Settings
+
+if TYPE_CHECKING:
+    from granulator_server.server import GranulatorServer
+    from kam_server.server import KamServer
+    from orchestrator_server.server import OrchestratorServer
+
+
+@dataclass(frozen=True)
+class MeshCredentials:
+    """Fresh secrets for one mesh: the admin's password and each service's token."""
+
+    admin_email: str = "admin@bitware.local"
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def generate(cls, granulators: int = 1) -> MeshCredentials:
+        ids = [
+            "kam",
+            "orchestrator",
+            "gateway",
+            *(f"granulator-{i + 1}" for i in range(granulators)),
+        ]
+        return cls(tokens={worker_id: new_secret("bwt_") for worker_id in ids})
+
+    def bootstrap_list(self) -> str:
+        """What KAM installs: ids, kinds and token hashes, never the tokens."""
+        return ",".join(
+            f"{worker_id}:{'worker' if worker_id.startswith('granulator') else 'service'}:"
+            f"{hash_secret(token)}"
+            for worker_id, token in self.tokens.items()
+        )
+
+    def settings_for(self, base: Settings, worker_id: str) -> Settings:
+        return replace(base, worker_id=worker_id, worker_token=self.tokens[worker_id])
+
+
+@dataclass
+class InProcessMesh:
+    kam: KamServer
+    orchestrator: OrchestratorServer
+    granulators: list[GranulatorServer]
+    credentials: MeshCredentials
+
+    async def stop(self) -> None:
+        for server in [*self.granulators, self.orchestrator, self.kam]:
+            await server.stop(0.5)
+
+
+async def start_mesh(
+    data_dir: Path, base: Settings | None = None, granulators: int = 1
+) -> InProcessMesh:
+    from granulator_server.server import serve as serve_granulator
+    from kam_server.server import serve as serve_kam
+    from orchestrator_server.server import serve as serve_orchestrator
+
+    base = base or Settings(heartbeat_interval=0.5)
+    credentials = MeshCredentials.generate(granulators)
+    kam = await serve_kam(
+        replace(
+            credentials.settings_for(base, "kam"),
+            data_dir=data_dir,
+            bootstrap_credentials=credentials.bootstrap_list(),
+            bootstrap_admin_email=credentials.admin_email,
+            bootstrap_admin_password=credentials.admin_password,
+        )
+    )
+    orchestrator = await serve_orchestrator(
+        replace(
+            credentials.settings_for(base, "orchestrator"),
+            data_dir=data_dir,
+            kam_address=kam.address,
+        )
+    )
+    kam.orchestrator.connect(orchestrator.address)
+    workers = []
+    for index in range(granulators):
+        worker_id = f"granulator-{index + 1}"
+        workers.append(
+            await serve_granulator(
+                replace(
+                    credentials.settings_for(base, worker_id),
+                    data_dir=data_dir / worker_id,
+                    kam_address=kam.address,
+                    orchestrator_address=orchestrator.address,
+                )
+            )
+        )
+    return InProcessMesh(kam, orchestrator, workers, credentials)

@@ -1,0 +1,288 @@
+"""The one server bootstrap every Bitware Mesh server uses.
+
+`MeshServer` builds a `grpc.aio` server with health (per service and overall), reflection, TLS or
+mutual TLS by config, keepalive, `so_reuseport` off, and one interceptor that for every call:
+takes the request id from metadata (or makes one), authenticates the caller, checks the method's
+access table, and maps domain errors (`bitware_core.errors`) to a `google.rpc.Status` with
+`ErrorInfo` — the only place errors cross the wire. `stop()` marks health NOT_SERVING first, then
+lets in-flight calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
+from bitware_core.config import Settings
+from bitware_core.context import (
+    EXECUTION_ID_HEADER,
+    REQUEST_ID_HEADER,
+    deadline_var,
+    execution_id_var,
+    request_id_var,
+)
+from bitware_core.errors import MeshError, PermissionDenied
+
+log = logging.getLogger("bitware.server")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
+
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service of a server: its descriptor, how to add it, and who may call each RPC
+    (method name → caller tags; an empty set means no credential is needed). Every RPC of the
+    service must be in the table, so a new RPC cannot be added without deciding who may call it."""
+
+    descriptor: ServiceDescriptor
+    register: Callable[[grpc.aio.Server], None]
+    access: Mapping[str, frozenset[str]]
+
+    @property
+    def name(self) -> str:
+        return str(self.descriptor.full_name)
+
+    def __post_init__(self) -> None:
+        methods = {m.name for m in self.descriptor.methods}
+        if set(self.access) != methods:
+            raise ValueError(
+                f"access table of {self.name} must list exactly its RPCs; "
+                f"missing {sorted(methods - set(self.access))}, "
+                f"unknown {sorted(set(self.access) - methods)}"
+            )
+
+
+def _status_for(error: MeshError, domain: str) -> grpc.Status:
+    details = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    ]
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(error.retry_after * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        wrapper = any_pb2.Any()
+        wrapper.Pack(detail)
+        packed.append(wrapper)
+    status = status_pb2.Status(
+        code=code_pb2.Code.Value(error.code), message=error.message, details=packed
+    )
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+class _MeshInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self, authenticator: Authenticator, access: Mapping[str, frozenset[str]], domain: str
+    ) -> None:
+        self._authenticator = authenticator
+        self._access = access
+        self._domain = domain
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        allowed = self._access.get(method)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, allowed, handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, allowed, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no client- or bidi-streaming RPCs in the mesh
+
+    async def _enter(self, method: str, allowed: frozenset[str] | None, context: Context) -> None:
+        metadata = tuple(context.invocation_metadata() or ())
+        values = {k: v for k, v in metadata if isinstance(v, str)}
+        request_id_var.set(values.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16])
+        execution_id_var.set(values.get(EXECUTION_ID_HEADER, ""))
+        remaining = context.time_remaining()
+        deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id_var.get()),))
+        if allowed is None:
+            raise PermissionDenied(f"{method} is not open to any caller")
+        if allowed == PUBLIC:
+            return
+        principal = await self._authenticator.authenticate(Credentials.from_metadata(metadata))
+        authorise(principal, allowed, method)
+        principal_var.set(principal)
+
+    async def _fail(self, method: str, error: BaseException, context: Context) -> None:
+        if not isinstance(error, MeshError):
+            log.exception("unhandled error", extra={"method": method}, exc_info=error)
+            error = MeshError("internal error; the server logged the details")
+        elif error.code == "INTERNAL":
+            log.error("internal error", extra={"method": method, "reason": error.reason})
+        await context.abort_with_status(_status_for(error, self._domain))
+
+    def _wrap_unary(
+        self,
+        method: str,
+        allowed: frozenset[str] | None,
+        inner: Callable[[Any, Context], Awaitable[Any]],
+    ) -> Callable[[Any, Context], Awaitable[Any]]:
+        async def behaviour(request: Any, context: Context) -> Any:
+            try:
+                await self._enter(method, allowed, context)
+                return await inner(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as error:  # every failure leaves as a status, never UNKNOWN
+                await self._fail(method, error, context)
+
+        return behaviour
+
+    def _wrap_stream(
+        self,
+        method: str,
+        allowed: frozenset[str] | None,
+        inner: Callable[[Any, Context], AsyncIterator[Any]],
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                await self._enter(method, allowed, context)
+                async for item in inner(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as error:
+                await self._fail(method, error, context)
+
+        return behaviour
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials when a certificate is configured; mutual TLS when a CA is configured too."""
+    if not settings.tls_enabled:
+        return None
+    ca = Path(settings.tls_ca).read_bytes() if settings.tls_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class MeshServer:
+    """A started gRPC server with health and reflection. Use `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: list[Service],
+        authenticator: Authenticator,
+        domain: str,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        access = {
+            f"/{service.name}/{method}": tags
+            for service in services
+            for method, tags in service.access.items()
+        }
+        self.server = grpc.aio.server(
+            interceptors=[_MeshInterceptor(authenticator, access, domain)],
+            options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS],
+        )
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        for service in self.services:
+            service.register(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [s.name for s in self.services]
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        bind = f"{self.settings.host}:{self.settings.port}"
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(bind)
+        else:
+            self.port = self.server.add_secure_port(bind, credentials)
+        await self.server.start()
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+
+
+async def run_until_signal(
+    server: MeshServer, service: str, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Prints the ready line `BITWARE_READY <service> <address>`, then serves until SIGTERM or
+    SIGINT, and shuts down gracefully (health NOT_SERVING first)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"BITWARE_READY {service} {server.address}", flush=True)
+    log.info("serving", extra={"address": server.address})
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    if on_stop is not None:
+        await on_stop()

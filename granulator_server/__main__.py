@@ -1,0 +1,3 @@
+from granulator_server.server import main
+
+main()

@@ -1,0 +1,145 @@
+"""Jobs: one per (execution, stage, attempt), so a repeated Process finds the stored result
+instead of generating twice; their structures are stored as element trees."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from bitware_core.auth import Principal
+from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from granulator_server import models
+from granulator_server.domain import QualityReport, to_elements
+from granulator_server.errors import JobNotFound
+
+
+def find(session: Session, execution_id: str, stage_id: str, attempt: int) -> models.Job | None:
+    return session.scalar(
+        select(models.Job).where(
+            models.Job.execution_id == execution_id,
+            models.Job.stage_id == stage_id,
+            models.Job.attempt == attempt,
+        )
+    )
+
+
+def start(
+    session: Session,
+    *,
+    client_id: str,
+    execution_id: str,
+    stage_id: str,
+    attempt: int,
+    action: str,
+    spec: dict[str, Any],
+    structure_type: str,
+    template_name: str,
+) -> models.Job:
+    job = models.Job(
+        id=new_id("job"),
+        client_id=client_id,
+        execution_id=execution_id,
+        stage_id=stage_id,
+        attempt=attempt,
+        action=action,
+        spec=spec,
+        structure_type=structure_type,
+        template_name=template_name,
+    )
+    session.add(job)
+    return job
+
+
+def quality_dict(report: QualityReport) -> dict[str, Any]:
+    return {
+        "score": report.score,
+        "components": report.components,
+        "feedback": report.feedback,
+        "violations": [asdict(v) for v in report.violations],
+    }
+
+
+def complete(
+    session: Session,
+    job_id: str,
+    *,
+    document: dict[str, Any],
+    report: QualityReport,
+    usage: dict[str, Any],
+    result: dict[str, Any],
+) -> models.Job:
+    job = session.get_one(models.Job, job_id)
+    session.execute(delete(models.Element).where(models.Element.job_id == job_id))
+    elements = to_elements(job.structure_type, document)
+    session.add_all(
+        models.Element(
+            job_id=job_id,
+            position=e.index,
+            parent_position=e.parent_index,
+            kind=e.kind,
+            order=e.order,
+            title=e.title,
+            payload=e.payload,
+        )
+        for e in elements
+    )
+    quality = quality_dict(report)
+    job.status, job.document, job.quality, job.usage = "completed", document, quality, usage
+    job.validations = [
+        *job.validations,
+        {"time": utcnow().isoformat(), "validator": "rules", "quality": quality},
+    ]
+    job.element_count = len(elements)
+    job.result = result
+    job.updated_at = utcnow()
+    return job
+
+
+def fail(session: Session, job_id: str, status: str, message: str, result: dict[str, Any]) -> None:
+    job = session.get_one(models.Job, job_id)
+    job.status, job.error_message, job.result, job.updated_at = status, message, result, utcnow()
+
+
+def get(session: Session, principal: Principal, job_id: str) -> models.Job:
+    job = session.get(models.Job, job_id) if job_id else None
+    if job is None or not principal.visible_client(job.client_id):
+        raise JobNotFound(f"job {job_id!r} not found")
+    return job
+
+
+def elements_of(session: Session, job_id: str) -> list[models.Element]:
+    return list(
+        session.scalars(
+            select(models.Element)
+            .where(models.Element.job_id == job_id)
+            .order_by(models.Element.position)
+        )
+    )
+
+
+def list_jobs(
+    session: Session,
+    principal: Principal,
+    *,
+    page_size: int,
+    page_token: str,
+    status: str,
+    structure_type: str,
+    execution_id: str,
+) -> tuple[list[models.Job], str]:
+    offset, limit = page_window(page_size, page_token)
+    query = select(models.Job)
+    if not principal.sees_all_clients:
+        query = query.where(models.Job.client_id == principal.client_id)
+    if status:
+        query = query.where(models.Job.status == status)
+    if structure_type:
+        query = query.where(models.Job.structure_type == structure_type)
+    if execution_id:
+        query = query.where(models.Job.execution_id == execution_id)
+    query = query.order_by(models.Job.created_at.desc(), models.Job.id.desc())
+    rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
+    return rows[:limit], next_page_token(offset, limit, len(rows))

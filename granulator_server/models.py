@@ -1,0 +1,52 @@
+"""The granulator's tables: jobs (one per stage attempt) and their element trees."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bitware_core.db import utcnow
+
+
+class GranulatorBase(DeclarativeBase):
+    pass
+
+
+class Job(GranulatorBase):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("execution_id", "stage_id", "attempt"),)
+    id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(60), index=True)
+    execution_id: Mapped[str] = mapped_column(String(60))
+    stage_id: Mapped[str] = mapped_column(String(60))
+    attempt: Mapped[int]
+    action: Mapped[str] = mapped_column(String(40))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    structure_type: Mapped[str] = mapped_column(String(40))
+    template_name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    validations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    element_count: Mapped[int] = mapped_column(default=0)
+    error_message: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Element(GranulatorBase):
+    __tablename__ = "elements"
+    __table_args__ = (Index("ix_elements_job", "job_id", "position"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int]  # pre-order index within the job
+    parent_position: Mapped[int]  # -1 for the root
+    kind: Mapped[str] = mapped_column(String(40))
+    order: Mapped[int]
+    title: Mapped[str] = mapped_column(String(1000))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,146 @@
+"""Builds, starts and stops the granulator, and keeps it registered with the orchestrator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
+from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
+
+from bitware_core import logs
+from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
+from bitware_core.channels import open_channel, service_metadata
+from bitware_core.config import Settings
+from bitware_core.db import Database
+from bitware_core.server import MeshServer, Service, run_until_signal
+from granulator_server.models import GranulatorBase
+from granulator_server.providers import OfflineProvider
+from granulator_server.service import GranulatorHandlers
+from granulator_server.worker import CAPABILITIES, WorkerHandlers
+from orchestrator_server.kam_client import KamClient
+
+log = logging.getLogger("bitware.granulator")
+SERVICES_ONLY = frozenset({SERVICE})
+VERSION = "0.1.0"
+
+
+class GranulatorServer(MeshServer):
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.database_url_for("granulator"))
+        self.kam = KamClient(settings)
+        self.worker = WorkerHandlers(
+            self.db, OfflineProvider(), settings.max_concurrent_jobs, settings.worker_id
+        )
+        handlers = GranulatorHandlers(self.db)  # type: ignore[abstract]  # templates: issue 5
+        services = [
+            Service(
+                worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+                lambda server: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+                    self.worker, server
+                ),
+                {
+                    "Handshake": SERVICES_ONLY,
+                    "Process": SERVICES_ONLY,
+                    "WatchProgress": SERVICES_ONLY,
+                    "Cancel": SERVICES_ONLY,
+                },
+            ),
+            Service(
+                granulator_pb2.DESCRIPTOR.services_by_name["GranulatorService"],
+                lambda server: granulator_pb2_grpc.add_GranulatorServiceServicer_to_server(
+                    handlers, server
+                ),
+                {
+                    "GetJob": READERS,
+                    "ListJobs": READERS,
+                    "GetStructure": READERS,
+                    "ListTemplates": READERS,
+                    "GetTemplate": READERS,
+                    "CreateTemplate": frozenset({ADMIN}),
+                    "UpdateTemplate": frozenset({ADMIN}),
+                },
+            ),
+        ]
+        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
+        super().__init__(settings, services, authenticator, "granulator.bitware")
+        self._registration: asyncio.Task[None] | None = None
+        self._orchestrator: grpc.aio.Channel | None = None
+
+    async def start(self) -> int:
+        self.db.create_schema(GranulatorBase.metadata)
+        port = await super().start()
+        if self.settings.orchestrator_address:
+            self._orchestrator = open_channel(self.settings.orchestrator_address, self.settings)
+            self._registration = asyncio.create_task(self._stay_registered())
+        return port
+
+    async def _stay_registered(self) -> None:
+        """Registers with the orchestrator, then sends heartbeats; registers again whenever the
+        orchestrator forgets it (for example after a restart with a fresh database)."""
+        assert self._orchestrator is not None
+        stub = registry_pb2_grpc.WorkerRegistryServiceStub(self._orchestrator)
+        metadata = service_metadata(self.settings)
+        address = self.settings.advertise_address or self.address
+        registered, interval = False, 1.0
+        while True:
+            try:
+                if not registered:
+                    response = await stub.RegisterWorker(
+                        registry_pb2.RegisterWorkerRequest(
+                            worker_id=self.settings.worker_id,
+                            name=self.settings.worker_id,
+                            address=address,
+                            capabilities=list(CAPABILITIES),
+                            max_concurrency=self.settings.max_concurrent_jobs,
+                            version=VERSION,
+                        ),
+                        timeout=5.0,
+                        metadata=metadata,
+                    )
+                    interval = response.heartbeat_interval.ToTimedelta().total_seconds()
+                    registered = True
+                    log.info("registered with the orchestrator", extra={"address": address})
+                else:
+                    await stub.Heartbeat(
+                        registry_pb2.HeartbeatRequest(
+                            worker_id=self.settings.worker_id,
+                            active_stages=self.worker.active,
+                        ),
+                        timeout=5.0,
+                        metadata=metadata,
+                    )
+            except grpc.aio.AioRpcError as error:
+                registered = registered and error.code() != grpc.StatusCode.NOT_FOUND
+                log.warning("orchestrator not reachable", extra={"code": error.code().name})
+                interval = 1.0
+            await asyncio.sleep(interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._registration is not None:
+            self._registration.cancel()
+            await asyncio.gather(self._registration, return_exceptions=True)
+        await super().stop(grace)
+        if self._orchestrator is not None:
+            await self._orchestrator.close()
+        await self.kam.close()
+        self.db.close()
+
+
+async def serve(settings: Settings) -> GranulatorServer:
+    server = GranulatorServer(settings)
+    await server.start()
+    return server
+
+
+async def _main() -> None:
+    settings = Settings.from_env()
+    logs.configure("granulator", as_json=settings.log_json, level=settings.log_level)
+    server = await serve(settings)
+    await run_until_signal(server, "granulator")
+
+
+def main() -> None:
+    asyncio.run(_main())

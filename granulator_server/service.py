@@ -1,0 +1,177 @@
+"""The granulator's own API: jobs, stored element trees and structure templates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import grpc
+from bitware.common.v1 import common_pb2
+from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
+
+from bitware_core import convert
+from bitware_core.auth import current_principal
+from bitware_core.db import Database, next_page_token, page_window
+from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from granulator_server import jobs, models
+from granulator_server.domain import SEED_TEMPLATES, StructureTemplate, match_template
+from granulator_server.errors import TemplateNotFound
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _type(name: str) -> Any:
+    return convert.enum_value(common_pb2.StructureType, name, "STRUCTURE_TYPE_")
+
+
+def template_to_proto(template: StructureTemplate) -> granulator_pb2.StructureTemplate:
+    return granulator_pb2.StructureTemplate(
+        name=template.name,
+        structure_type=_type(template.structure_type),
+        description=template.description,
+        json_schema=convert.to_struct(template.json_schema),
+        prompt_template=template.prompt_template,
+        rules=convert.to_struct(json.loads(json.dumps(asdict(template.rules)))),
+        defaults={k: str(v) for k, v in template.defaults.items()},
+        version=template.version,
+    )
+
+
+def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
+    return common_pb2.QualityReport(
+        score=quality.get("score", 0.0),
+        components=quality.get("components", {}),
+        feedback=quality.get("feedback", ""),
+        violations=[common_pb2.Violation(**v) for v in quality.get("violations", [])],
+    )
+
+
+def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.Job:
+    message = granulator_pb2.Job(
+        job_id=job.id,
+        client_id=job.client_id,
+        execution_id=job.execution_id,
+        stage_id=job.stage_id,
+        attempt=job.attempt,
+        spec=convert.spec_to_proto(job.spec),
+        template_name=job.template_name,
+        status=convert.enum_value(granulator_pb2.JobStatus, job.status, "JOB_STATUS_"),
+        quality=_quality(job.quality),
+        usage=convert.usage_to_proto(job.usage),
+        element_count=job.element_count,
+        error_message=job.error_message,
+        create_time=convert.timestamp(job.created_at),
+        update_time=convert.timestamp(job.updated_at),
+        action=job.action,
+    )
+    if with_history:
+        for record in job.validations:
+            entry = message.validations.add(
+                validator=record["validator"], quality=_quality(record["quality"])
+            )
+            entry.time.FromJsonString(record["time"] + "Z")
+    return message
+
+
+class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.templates = sorted(SEED_TEMPLATES, key=lambda t: t.name)
+
+    async def GetJob(
+        self, request: granulator_pb2.GetJobRequest, context: Context
+    ) -> granulator_pb2.GetJobResponse:
+        principal = current_principal()
+        job = await self.db.run(lambda s: jobs.get(s, principal, request.job_id))
+        return granulator_pb2.GetJobResponse(job=job_to_proto(job))
+
+    async def ListJobs(
+        self, request: granulator_pb2.ListJobsRequest, context: Context
+    ) -> granulator_pb2.ListJobsResponse:
+        principal = current_principal()
+        status = convert.checked_enum(
+            granulator_pb2.JobStatus, request.status, "JOB_STATUS_", "status"
+        )
+        structure_type = convert.checked_enum(
+            common_pb2.StructureType, request.structure_type, "STRUCTURE_TYPE_", "structure_type"
+        )
+        rows, token = await self.db.run(
+            lambda s: jobs.list_jobs(
+                s,
+                principal,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                status=status,
+                structure_type=structure_type,
+                execution_id=request.execution_id,
+            )
+        )
+        return granulator_pb2.ListJobsResponse(
+            jobs=[job_to_proto(r, with_history=False) for r in rows], next_page_token=token
+        )
+
+    async def GetStructure(
+        self, request: granulator_pb2.GetStructureRequest, context: Context
+    ) -> granulator_pb2.GetStructureResponse:
+        principal = current_principal()
+
+        def load(s: Any) -> tuple[models.Job, list[models.Element]]:
+            job = jobs.get(s, principal, request.job_id)
+            return job, jobs.elements_of(s, job.id)
+
+        job, elements = await self.db.run(load)
+        if job.status != "completed":
+            raise FailedPrecondition(
+                f"job {job.id} is {job.status}; it has no structure yet", reason="NO_STRUCTURE"
+            )
+        ids = {e.position: f"{job.id}.{e.position}" for e in elements}
+        return granulator_pb2.GetStructureResponse(
+            job_id=job.id,
+            structure_type=_type(job.structure_type),
+            elements=[
+                common_pb2.Element(
+                    element_id=ids[e.position],
+                    parent_id=ids.get(e.parent_position, ""),
+                    kind=e.kind,
+                    order=e.order,
+                    title=e.title,
+                    payload=convert.to_struct(e.payload),
+                )
+                for e in elements
+            ],
+            document=convert.to_struct(job.document),
+        )
+
+    async def ListTemplates(
+        self, request: granulator_pb2.ListTemplatesRequest, context: Context
+    ) -> granulator_pb2.ListTemplatesResponse:
+        offset, limit = page_window(request.page_size, request.page_token)
+        wanted = convert.checked_enum(
+            common_pb2.StructureType, request.structure_type, "STRUCTURE_TYPE_", "structure_type"
+        )
+        matching = [t for t in self.templates if not wanted or t.structure_type == wanted]
+        window = matching[offset : offset + limit + 1]
+        return granulator_pb2.ListTemplatesResponse(
+            templates=[template_to_proto(t) for t in window[:limit]],
+            next_page_token=next_page_token(offset, limit, len(window)),
+        )
+
+    async def GetTemplate(
+        self, request: granulator_pb2.GetTemplateRequest, context: Context
+    ) -> granulator_pb2.GetTemplateResponse:
+        query = request.query.strip()
+        if not query:
+            raise InvalidArgument([FieldViolation("query", "is required")])
+        template = match_template(self.templates, query)
+        if template is None:
+            raise TemplateNotFound(f"no structure template matches {query!r}")
+        normal = query.lower().replace("-", "_").replace(" ", "_")
+        match = (
+            "exact"
+            if template.name == normal
+            else "structure_type"
+            if template.structure_type == normal
+            else "partial"
+        )
+        return granulator_pb2.GetTemplateResponse(template=template_to_proto(template), match=match)

@@ -1,0 +1,3 @@
+from kam_server.server import main
+
+main()

@@ -1,0 +1,71 @@
+"""KAM's domain errors.
+
+MeshError (bitware_core.errors)
+├── NotFound
+│   ├── ClientNotFound, RequestNotFound, TemplateNotFound, ApiKeyNotFound
+├── ResourceExhausted
+│   ├── BudgetExceeded          (reason BUDGET_EXCEEDED)
+│   ├── TierLimitExceeded       (reason TIER_LIMIT_*)
+│   └── LoginThrottled          (reason LOGIN_THROTTLED, with a retry delay)
+├── PermissionDenied
+│   └── TierNotAllowed          (reason TIER_TEMPLATE / TIER_PRIORITY)
+├── FailedPrecondition
+│   ├── ClientSuspended         (reason CLIENT_SUSPENDED)
+│   └── TemplateDeprecated      (reason TEMPLATE_DEPRECATED)
+└── Unauthenticated
+    └── BadCredential           (reason BAD_CREDENTIAL)
+"""
+
+from __future__ import annotations
+
+from bitware_core.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+
+
+class ClientNotFound(NotFound):
+    reason = "CLIENT_NOT_FOUND"
+
+
+class RequestNotFound(NotFound):
+    reason = "REQUEST_NOT_FOUND"
+
+
+class TemplateNotFound(NotFound):
+    reason = "TEMPLATE_NOT_FOUND"
+
+
+class ApiKeyNotFound(NotFound):
+    reason = "API_KEY_NOT_FOUND"
+
+
+class BudgetExceeded(ResourceExhausted):
+    reason = "BUDGET_EXCEEDED"
+
+
+class TierLimitExceeded(ResourceExhausted):
+    reason = "TIER_LIMIT"
+
+
+class LoginThrottled(ResourceExhausted):
+    reason = "LOGIN_THROTTLED"
+
+
+class TierNotAllowed(PermissionDenied):
+    reason = "TIER_NOT_ALLOWED"
+
+
+class ClientSuspended(FailedPrecondition):
+    reason = "CLIENT_SUSPENDED"
+
+
+class TemplateDeprecated(FailedPrecondition):
+    reason = "TEMPLATE_DEPRECATED"
+
+
+class BadCredential(Unauthenticated):
+    reason = "BAD_CREDENTIAL"

@@ -1,0 +1,136 @@
+"""KAM's tables. Secrets are stored only as hashes: API keys, session and worker tokens as
+SHA-256 of a high-entropy value, passwords as salted scrypt."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bitware_core.db import utcnow
+
+
+class KamBase(DeclarativeBase):
+    pass
+
+
+class Client(KamBase):
+    __tablename__ = "clients"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    company_name: Mapped[str] = mapped_column(String(200))
+    contact_email: Mapped[str] = mapped_column(String(320))
+    tier: Mapped[str] = mapped_column(String(20))
+    monthly_budget_usd: Mapped[float]
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    industry: Mapped[str] = mapped_column(String(100), default="")
+    company_size: Mapped[str] = mapped_column(String(20), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(KamBase):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(20))
+    client_id: Mapped[str | None] = mapped_column(ForeignKey("clients.id"), default=None)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Session(KamBase):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class LoginFailure(KamBase):
+    """Failed sign-ins per email (hashed, so the table reveals no addresses)."""
+
+    __tablename__ = "login_failures"
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    window_start: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(KamBase):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class WorkerCredential(KamBase):
+    __tablename__ = "worker_credentials"
+    worker_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rotated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class MasterTemplate(KamBase):
+    """One immutable version of a master template; `definition` holds the stages as JSON."""
+
+    __tablename__ = "master_templates"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int]
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    structure_type: Mapped[str] = mapped_column(String(40))
+    stages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    allowed_tiers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cost_estimate_usd: Mapped[float] = mapped_column(default=0.0)
+    execution_timeout_s: Mapped[float] = mapped_column(default=0.0)
+    deprecated: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ClientRequest(KamBase):
+    __tablename__ = "requests"
+    __table_args__ = (
+        UniqueConstraint("client_id", "idempotency_key"),
+        Index("ix_requests_client_created", "client_id", "created_at"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    structure_type: Mapped[str] = mapped_column(String(40))
+    master_template: Mapped[str] = mapped_column(String(100))
+    template_version: Mapped[int]
+    urgency: Mapped[str] = mapped_column(String(20))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    execution_id: Mapped[str] = mapped_column(String(60), default="")
+    reserved_usd: Mapped[float] = mapped_column(default=0.0)
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[str] = mapped_column(String(60), default="")
+    error_message: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(KamBase):
+    __tablename__ = "audit_events"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,71 @@
+"""KAM's one long-lived channel to the orchestrator, used to start and cancel executions."""
+
+from __future__ import annotations
+
+import grpc
+from bitware.common.v1 import common_pb2
+from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+from bitware_core import convert
+from bitware_core.channels import open_channel, service_metadata
+from bitware_core.config import Settings
+from bitware_core.errors import Unavailable
+from kam_server import models
+
+PRIORITY_OF_URGENCY = {"low": "low", "normal": "normal", "high": "high", "critical": "critical"}
+
+
+class OrchestratorClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub | None = None
+
+    def connect(self, address: str) -> None:
+        """Points the client at the orchestrator (it may start after KAM)."""
+        self._channel = open_channel(address, self.settings)
+        self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel)
+
+    def _require(self) -> orchestrator_pb2_grpc.OrchestratorServiceAsyncStub:
+        if self._stub is None:
+            raise Unavailable("KAM has no orchestrator address configured")
+        return self._stub
+
+    async def execute(self, row: models.ClientRequest, deadline: float) -> str:
+        request = orchestrator_pb2.ExecutePipelineRequest(
+            template_name=row.master_template,
+            template_version=row.template_version,
+            spec=convert.spec_to_proto(row.spec),
+            priority=convert.enum_value(
+                common_pb2.Priority, PRIORITY_OF_URGENCY[row.urgency], "PRIORITY_"
+            ),
+            request_id=row.id,
+            client_id=row.client_id,
+            idempotency_key=f"request:{row.id}",
+        )
+        try:
+            response = await self._require().ExecutePipeline(
+                request, timeout=deadline, metadata=service_metadata(self.settings)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"orchestrator unreachable: {error.details()}") from error
+            raise
+        return response.execution.execution_id
+
+    async def cancel(self, execution_id: str, deadline: float) -> None:
+        try:
+            await self._require().CancelExecution(
+                orchestrator_pb2.CancelExecutionRequest(
+                    execution_id=execution_id, reason="request cancelled"
+                ),
+                timeout=deadline,
+                metadata=service_metadata(self.settings),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # already finished
+                raise
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()

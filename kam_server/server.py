@@ -1,0 +1,215 @@
+"""Builds, starts and stops the KAM server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bitware.kam.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
+
+from bitware_core import logs
+from bitware_core.auth import (
+    ADMIN,
+    ANYONE,
+    CLIENT,
+    PUBLIC,
+    READERS,
+    SERVICE,
+    SUPPORT,
+    Credentials,
+    Principal,
+)
+from bitware_core.config import Settings
+from bitware_core.db import Database
+from bitware_core.server import MeshServer, Service, run_until_signal
+from kam_server import catalog, identity
+from kam_server.models import KamBase
+from kam_server.orchestrator_client import OrchestratorClient
+from kam_server.service import (
+    ApiKeyHandlers,
+    AuthHandlers,
+    ClientHandlers,
+    RequestHandlers,
+    TemplateHandlers,
+    WorkerCredentialHandlers,
+)
+
+ADMINS = frozenset({ADMIN})
+STAFF = frozenset({ADMIN, SUPPORT})
+ADMIN_OR_CLIENT = frozenset({ADMIN, CLIENT})
+
+
+class _LocalAuthenticator:
+    """KAM checks credentials against its own database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        return await self.db.run(lambda s: identity.authenticate(s, credentials))
+
+
+class KamServer(MeshServer):
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.database_url_for("kam"))
+        self.orchestrator = OrchestratorClient(settings)
+        if settings.orchestrator_address:
+            self.orchestrator.connect(settings.orchestrator_address)
+        db = self.db
+
+        def svc(
+            module: object, name: str, handlers: object, access: dict[str, frozenset[str]]
+        ) -> Service:
+            add = getattr(module, f"add_{name}Servicer_to_server")
+            pb2 = {
+                auth_pb2_grpc: auth_pb2,
+                accounts_pb2_grpc: accounts_pb2,
+                templates_pb2_grpc: templates_pb2,
+                requests_pb2_grpc: requests_pb2,
+            }[module]  # type: ignore[index]
+            return Service(
+                pb2.DESCRIPTOR.services_by_name[name], lambda server: add(handlers, server), access
+            )
+
+        services = [
+            svc(
+                auth_pb2_grpc,
+                "AuthService",
+                AuthHandlers(db),
+                {
+                    "Login": PUBLIC,
+                    "Logout": READERS,
+                    "Authenticate": ANYONE,
+                },
+            ),
+            svc(
+                accounts_pb2_grpc,
+                "UserService",
+                accounts_pb2_grpc.UserServiceServicer(),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "CreateUser": ADMINS,
+                    "GetUser": READERS,
+                    "ListUsers": STAFF,
+                    "UpdateUser": ADMINS,
+                    "DeleteUser": ADMINS,
+                },
+            ),
+            svc(
+                accounts_pb2_grpc,
+                "ClientService",
+                ClientHandlers(db),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "CreateClient": ADMINS,
+                    "GetClient": READERS,
+                    "ListClients": STAFF,
+                    "UpdateClient": ADMINS,
+                    "SuspendClient": ADMINS,
+                    "GetUsage": READERS,
+                    "ListTiers": ANYONE,
+                },
+            ),
+            svc(
+                accounts_pb2_grpc,
+                "ApiKeyService",
+                ApiKeyHandlers(db),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "CreateApiKey": ADMIN_OR_CLIENT,
+                    "ListApiKeys": READERS,
+                    "RevokeApiKey": ADMIN_OR_CLIENT,
+                },
+            ),
+            svc(
+                accounts_pb2_grpc,
+                "WorkerCredentialService",
+                WorkerCredentialHandlers(db),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "CreateWorkerCredential": ADMINS,
+                    "RotateWorkerCredential": ADMINS,
+                    "ListWorkerCredentials": STAFF,
+                    "RevokeWorkerCredential": ADMINS,
+                },
+            ),
+            svc(
+                accounts_pb2_grpc,
+                "AuditService",
+                accounts_pb2_grpc.AuditServiceServicer(),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "ListAuditEvents": STAFF,
+                },
+            ),
+            svc(
+                templates_pb2_grpc,
+                "TemplateService",
+                TemplateHandlers(db),  # type: ignore[abstract]  # rest: issue 3
+                {
+                    "CreateMasterTemplate": ADMINS,
+                    "GetMasterTemplate": ANYONE,
+                    "ListMasterTemplates": ANYONE,
+                    "DeprecateMasterTemplate": ADMINS,
+                },
+            ),
+            svc(
+                requests_pb2_grpc,
+                "RequestService",
+                RequestHandlers(db, self.orchestrator),
+                {
+                    "CreateRequest": frozenset({ADMIN, CLIENT}),
+                    "GetRequest": READERS,
+                    "ListRequests": READERS,
+                    "ExecuteRequest": frozenset({ADMIN, CLIENT}),
+                    "CancelRequest": frozenset({ADMIN, CLIENT}),
+                    "RecordExecutionOutcome": frozenset({SERVICE}),
+                },
+            ),
+        ]
+        super().__init__(settings, services, _LocalAuthenticator(db), "kam.bitware")
+
+    async def start(self) -> int:
+        settings = self.settings
+
+        def prepare(session: object) -> None:
+            from sqlalchemy.orm import Session
+
+            assert isinstance(session, Session)
+            catalog.seed(session)
+            identity.bootstrap(
+                session,
+                settings.bootstrap_admin_email,
+                settings.bootstrap_admin_password,
+                settings.bootstrap_credentials,
+            )
+
+        self.db.create_schema(KamBase.metadata)
+        await self.db.run(prepare)
+        return await super().start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await super().stop(grace)
+        await self.orchestrator.close()
+        self.db.close()
+
+
+async def serve(settings: Settings) -> KamServer:
+    """Starts KAM on settings.host:settings.port (0 = any free port); returns the started server."""
+    server = KamServer(settings)
+    await server.start()
+    return server
+
+
+async def _main() -> None:
+    settings = Settings.from_env()
+    logs.configure("kam", as_json=settings.log_json, level=settings.log_level)
+    server = await serve(settings)
+    await run_until_signal(server, "kam")
+
+
+def main() -> None:
+    asyncio.run(_main())

@@ -1,0 +1,3 @@
+from orchestrator_server.server import main
+
+main()

@@ -1,0 +1,379 @@
+"""The dispatcher: claims ready stages from the durable queue, offers each to a worker
+(`Handshake`), runs it (`Process`) while following the worker's `WatchProgress` stream, and
+records the outcome. Also renews its leases, re-queues stages of dead holders, watches worker
+heartbeats and reports finished executions to KAM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
+from google.protobuf import duration_pb2
+from sqlalchemy.orm import Session
+
+from bitware_core import convert
+from bitware_core.channels import open_channel, service_metadata
+from bitware_core.config import Settings
+from bitware_core.context import execution_id_var
+from bitware_core.db import Database
+from orchestrator_server import executions, registry
+from orchestrator_server.errors import StaleAttempt
+from orchestrator_server.events import EventHub
+from orchestrator_server.kam_client import KamClient
+
+log = logging.getLogger("bitware.orchestrator.dispatch")
+T = TypeVar("T")
+FINAL_DECLINES = {"INVALID_INPUT", "UNKNOWN_TEMPLATE"}
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.ToTimedelta().total_seconds()
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, db: Database, hub: EventHub, kam: KamClient) -> None:
+        self.settings = settings
+        self.db = db
+        self.hub = hub
+        self.kam = kam
+        self.owner = f"orc-{uuid.uuid4().hex[:12]}"
+        self.wake = asyncio.Event()
+        self.inflight: dict[str, int] = {}  # worker id → stages this process runs there
+        self.running: dict[str, tuple[asyncio.Task[None], executions.Claim, str]] = {}
+        self._stubs: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerServiceAsyncStub]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop()),
+            asyncio.create_task(self._housekeeping_loop()),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *(t for t, _, _ in self.running.values())]:
+            task.cancel()
+        await asyncio.gather(
+            *self._tasks, *(t for t, _, _ in self.running.values()), return_exceptions=True
+        )
+        for channel, _ in self._stubs.values():
+            await channel.close()
+
+    def stub(self, address: str) -> worker_pb2_grpc.WorkerServiceAsyncStub:
+        if address not in self._stubs:
+            channel = open_channel(address, self.settings)
+            self._stubs[address] = (channel, worker_pb2_grpc.WorkerServiceStub(channel))
+        return self._stubs[address][1]
+
+    async def _db(self, work: Callable[[Session], T], execution_id: str = "") -> T:
+        result = await self.db.run(work)
+        if execution_id:
+            self.hub.notify(execution_id)
+        return result
+
+    # --- loops ------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await self._dispatch_once()
+            except Exception:
+                log.exception("dispatch round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=0.25)
+            self.wake.clear()
+
+    async def _dispatch_once(self) -> None:
+        workers = await self.db.run(registry.available)
+        capacity: dict[str, int] = {}
+        for worker in workers:
+            free = worker.max_concurrency - self.inflight.get(worker.id, 0)
+            for capability in worker.capabilities:
+                capacity[capability] = capacity.get(capability, 0) + max(0, free)
+        if not any(capacity.values()):
+            return
+        claims = await self.db.run(lambda s: executions.claim(s, self.owner, capacity))
+        for claim in claims:
+            self.hub.notify(claim.execution_id)
+            candidates = [w for w in workers if claim.capability in w.capabilities]
+            task = asyncio.create_task(
+                self._run_stage(claim, [(w.id, w.address, w.max_concurrency) for w in candidates])
+            )
+            self.running[claim.stage_id] = (task, claim, "")
+            task.add_done_callback(functools.partial(self._finished, claim.stage_id))
+
+    def _finished(self, stage_id: str, _task: asyncio.Task[None]) -> None:
+        self.running.pop(stage_id, None)
+        self.wake.set()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.db.run(
+                    lambda s: executions.renew_leases(s, self.owner, list(self.running))
+                )
+                if await self.db.run(executions.reclaim_expired):
+                    self.wake.set()
+                await self.db.run(
+                    lambda s: registry.mark_silent_unhealthy(s, self.settings.heartbeat_timeout)
+                )
+                await self.report_outcomes()
+            except Exception:
+                log.exception("housekeeping round failed")
+
+    async def report_outcomes(self) -> None:
+        for execution in await self.db.run(executions.unreported):
+            try:
+                await self.kam.report_outcome(execution)
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "could not report outcome to KAM; will retry",
+                    extra={"execution": execution.id, "code": error.code().name},
+                )
+                continue
+            await self.db.run(
+                functools.partial(executions.mark_reported, execution_id=execution.id)
+            )
+
+    # --- one stage attempt --------------------------------------------------------------------
+
+    async def _run_stage(
+        self, claim: executions.Claim, candidates: list[tuple[str, str, int]]
+    ) -> None:
+        execution_id_var.set(claim.execution_id)
+        try:
+            await self._offer_and_process(claim, candidates)
+        except StaleAttempt:
+            log.info("stale attempt dropped", extra={"stage": claim.stage_id})
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("stage attempt crashed", extra={"stage": claim.stage_id})
+            failure = str(error)
+            await self._record(
+                claim,
+                lambda s: executions.record_failure(
+                    s,
+                    claim,
+                    error_class="INTERNAL",
+                    reason="ORCHESTRATOR_ERROR",
+                    message=failure,
+                    retry_after=0.0,
+                    usage={},
+                ),
+            )
+
+    async def _record(self, claim: executions.Claim, work: Callable[[Session], Any]) -> None:
+        finished = await self._db(work, claim.execution_id)
+        if getattr(finished, "terminal", False):
+            await self.report_outcomes()
+
+    def _offer(self, claim: executions.Claim) -> worker_pb2.HandshakeRequest:
+        stage_timeout = duration_pb2.Duration()
+        stage_timeout.FromMilliseconds(int(claim.timeout_s * 1000))
+        return worker_pb2.HandshakeRequest(
+            stage=self._ref(claim),
+            capability=claim.capability,
+            action=claim.action,
+            structure_template=claim.structure_template,
+            params=claim.params,
+            input=worker_pb2.StageInput(
+                spec=convert.spec_to_proto(claim.spec),
+                previous_output=convert.to_struct(claim.previous_output),
+                previous_job_id=claim.previous_job_id,
+                feedback=claim.feedback,
+                min_quality_score=claim.min_quality,
+            ),
+            timeout=stage_timeout,
+            client_id=claim.client_id,
+        )
+
+    @staticmethod
+    def _ref(claim: executions.Claim) -> worker_pb2.StageRef:
+        return worker_pb2.StageRef(
+            execution_id=claim.execution_id,
+            stage_id=claim.stage_id,
+            attempt=claim.attempt,
+            epoch=claim.epoch,
+        )
+
+    async def _offer_and_process(
+        self, claim: executions.Claim, candidates: list[tuple[str, str, int]]
+    ) -> None:
+        metadata = service_metadata(self.settings)
+        free = [c for c in candidates if self.inflight.get(c[0], 0) < c[2]]
+        free.sort(key=lambda c: self.inflight.get(c[0], 0) / c[2])  # least loaded first
+        if not free:
+            await self._record(
+                claim,
+                lambda s: executions.record_decline(
+                    s, claim, "", "AT_CAPACITY", "no free worker", 0.2, final=False
+                ),
+            )
+            return
+        worker_id, address, _ = free[0]
+        stub = self.stub(address)
+        await self._db(lambda s: executions.record_offer(s, claim, worker_id), claim.execution_id)
+        try:
+            answer = await stub.Handshake(self._offer(claim), timeout=5.0, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            failure = f"handshake failed: {error.code().name}"
+            await self._record(
+                claim,
+                lambda s: executions.record_decline(
+                    s,
+                    claim,
+                    worker_id,
+                    "UNREACHABLE",
+                    failure,
+                    1.0,
+                    final=False,
+                ),
+            )
+            return
+        if not answer.accepted:
+            reason = worker_pb2.DeclineReason.Name(answer.decline_reason).removeprefix(
+                "DECLINE_REASON_"
+            )
+            await self._record(
+                claim,
+                lambda s: executions.record_decline(
+                    s,
+                    claim,
+                    worker_id,
+                    reason,
+                    answer.message,
+                    _seconds(answer.retry_after),
+                    final=reason in FINAL_DECLINES,
+                ),
+            )
+            return
+        self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
+        self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
+        try:
+            await self._db(
+                lambda s: executions.record_accept(s, claim, worker_id), claim.execution_id
+            )
+            follower = asyncio.create_task(self._follow(stub, claim))
+            try:
+                response = await stub.Process(
+                    worker_pb2.ProcessRequest(stage=self._ref(claim)),
+                    timeout=claim.timeout_s,
+                    metadata=metadata,
+                )
+            except grpc.aio.AioRpcError as error:
+                timed_out = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
+                message = error.details() or error.code().name
+                await self._record(
+                    claim,
+                    lambda s: executions.record_failure(
+                        s,
+                        claim,
+                        error_class="TRANSIENT",
+                        reason=reason,
+                        message=message,
+                        retry_after=0.0,
+                        usage={},
+                        status="timed_out" if timed_out else "failed",
+                    ),
+                )
+                return
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+            usage = convert.usage_from_proto(response.usage)
+            if response.WhichOneof("outcome") == "result":
+                result = response.result
+                quality = {
+                    "score": result.quality.score,
+                    "components": dict(result.quality.components),
+                    "feedback": result.quality.feedback,
+                    "violations": [
+                        {"path": v.path, "rule": v.rule, "message": v.message}
+                        for v in result.quality.violations
+                    ],
+                }
+                await self._record(
+                    claim,
+                    lambda s: executions.record_result(
+                        s,
+                        claim,
+                        output=convert.from_struct(result.output),
+                        job_id=result.job_id,
+                        quality=quality,
+                        usage=usage,
+                    ),
+                )
+            else:
+                err = response.error
+                await self._record(
+                    claim,
+                    lambda s: executions.record_failure(
+                        s,
+                        claim,
+                        error_class=worker_pb2.ErrorClass.Name(err.error_class).removeprefix(
+                            "ERROR_CLASS_"
+                        ),
+                        reason=err.reason,
+                        message=err.message,
+                        retry_after=_seconds(err.retry_after),
+                        usage=usage,
+                    ),
+                )
+        finally:
+            self.inflight[worker_id] -= 1
+
+    async def _follow(
+        self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: executions.Claim
+    ) -> None:
+        """Re-publishes the worker's progress events on the execution's log."""
+        call = stub.WatchProgress(
+            worker_pb2.WatchProgressRequest(stage=self._ref(claim)),
+            metadata=service_metadata(self.settings),
+        )
+        try:
+            async for message in call:
+                event = message.event
+                phase = worker_pb2.Phase.Name(event.phase).removeprefix("PHASE_").lower()
+                await self._db(
+                    functools.partial(
+                        executions.record_progress,
+                        claim_=claim,
+                        phase=phase,
+                        message=event.message,
+                        fraction=event.fraction,
+                    ),
+                    claim.execution_id,
+                )
+        except (grpc.aio.AioRpcError, StaleAttempt):
+            pass  # progress is best effort; the outcome comes from Process
+        finally:
+            call.cancel()
+
+    async def cancel_running(self, stage_ids: list[str]) -> None:
+        """Tells the workers of cancelled stages to stop, then stops waiting for them."""
+        for stage_id in stage_ids:
+            entry = self.running.get(stage_id)
+            if entry is None:
+                continue
+            task, claim, address = entry
+            if address:
+                try:
+                    await self.stub(address).Cancel(
+                        worker_pb2.CancelRequest(
+                            stage=self._ref(claim), reason="execution cancelled"
+                        ),
+                        timeout=5.0,
+                        metadata=service_metadata(self.settings),
+                    )
+                except grpc.aio.AioRpcError as error:
+                    log.warning("worker cancel failed", extra={"code": error.code().name})
+            task.cancel()

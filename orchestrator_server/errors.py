@@ -1,0 +1,30 @@
+"""The orchestrator's domain errors.
+
+MeshError (bitware_core.errors)
+├── NotFound
+│   ├── ExecutionNotFound
+│   └── WorkerNotFound
+└── FailedPrecondition
+    ├── ExecutionFinished      (reason EXECUTION_FINISHED)
+    └── StaleAttempt           (reason STALE_ATTEMPT: a result from an older epoch)
+"""
+
+from __future__ import annotations
+
+from bitware_core.errors import FailedPrecondition, NotFound
+
+
+class ExecutionNotFound(NotFound):
+    reason = "EXECUTION_NOT_FOUND"
+
+
+class WorkerNotFound(NotFound):
+    reason = "WORKER_NOT_FOUND"
+
+
+class ExecutionFinished(FailedPrecondition):
+    reason = "EXECUTION_FINISHED"
+
+
+class StaleAttempt(FailedPrecondition):
+    reason = "STALE_ATTEMPT"

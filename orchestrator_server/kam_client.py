@@ -1,0 +1,130 @@
+"""The orchestrator's one channel to KAM: who callers are, pinned master templates (cached), and
+execution outcomes (which settle the client's budget)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from bitware.kam.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
+)
+from google.protobuf import duration_pb2
+
+from bitware_core import convert
+from bitware_core.auth import Credentials, Principal
+from bitware_core.channels import open_channel, service_metadata
+from bitware_core.config import Settings
+from bitware_core.context import timeout
+from bitware_core.errors import NotFound, Unauthenticated, Unavailable
+from orchestrator_server import models
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.ToTimedelta().total_seconds()
+
+
+def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
+    return {
+        "name": template.name,
+        "version": template.version,
+        "deprecated": template.deprecated,
+        "execution_timeout_s": _seconds(template.execution_timeout),
+        "stages": [
+            {
+                "order": s.order,
+                "name": s.name,
+                "capability": s.capability,
+                "action": s.action,
+                "structure_template": s.structure_template,
+                "params": dict(s.params),
+                "timeout_s": _seconds(s.timeout) or 120.0,
+                "min_quality_score": s.min_quality_score,
+                "retry_policy": {
+                    "max_attempts": s.retry_policy.max_attempts or 1,
+                    "initial_backoff_s": _seconds(s.retry_policy.initial_backoff),
+                    "max_backoff_s": _seconds(s.retry_policy.max_backoff),
+                    "backoff_multiplier": s.retry_policy.backoff_multiplier or 2.0,
+                    "non_retryable_errors": list(s.retry_policy.non_retryable_errors),
+                },
+            }
+            for s in template.stages
+        ],
+    }
+
+
+class KamClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.channel = open_channel(settings.kam_address, settings)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.templates = templates_pb2_grpc.TemplateServiceStub(self.channel)
+        self.requests = requests_pb2_grpc.RequestServiceStub(self.channel)
+        self._templates: dict[tuple[str, int], dict[str, Any]] = {}
+
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        request = auth_pb2.AuthenticateRequest()
+        if credentials.api_key:
+            request.api_key = credentials.api_key
+        elif credentials.session_token:
+            request.session_token = credentials.session_token
+        else:
+            request.worker.worker_id = credentials.worker_id
+            request.worker.token = credentials.worker_token
+        try:
+            response = await self.auth.Authenticate(
+                request, timeout=timeout(5.0), metadata=service_metadata(self.settings)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(error.details() or "unknown credential") from error
+            raise Unavailable(f"KAM could not check the credential: {error.details()}") from error
+        return convert.principal_from_proto(response.principal)
+
+    async def template(self, name: str, version: int) -> dict[str, Any]:
+        """The template version, pinned: a cached copy when KAM is unreachable; never a guess."""
+        cached = self._templates.get((name, version))
+        if cached is not None and version:
+            return cached
+        try:
+            response = await self.templates.GetMasterTemplate(
+                templates_pb2.GetMasterTemplateRequest(name=name, version=version),
+                timeout=timeout(5.0),
+                metadata=service_metadata(self.settings),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    error.details() or "template not found", reason="TEMPLATE_NOT_FOUND"
+                ) from error
+            if cached is not None:
+                return cached
+            raise Unavailable(f"KAM is unreachable and template {name!r} is not cached") from error
+        template = template_to_dict(response.template)
+        self._templates[(name, version)] = self._templates[(name, template["version"])] = template
+        return template
+
+    async def report_outcome(self, execution: models.Execution) -> None:
+        status = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}
+        await self.requests.RecordExecutionOutcome(
+            requests_pb2.RecordExecutionOutcomeRequest(
+                request_id=execution.request_id,
+                execution_id=execution.id,
+                status=convert.enum_value(
+                    requests_pb2.RequestStatus, status[execution.status], "REQUEST_STATUS_"
+                ),
+                usage=convert.usage_to_proto(execution.usage),
+                job_id=execution.job_id,
+                error_message=str(execution.error.get("message", "")),
+            ),
+            timeout=timeout(5.0),
+            metadata=service_metadata(self.settings),
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,110 @@
+"""The worker registry: workers register themselves, send heartbeats, drain and leave."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bitware_core.auth import Principal
+from bitware_core.db import next_page_token, page_window, utcnow
+from bitware_core.errors import PermissionDenied, Violations
+from orchestrator_server import models
+from orchestrator_server.errors import WorkerNotFound
+
+CAPABILITY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def register(
+    session: Session,
+    principal: Principal,
+    *,
+    worker_id: str,
+    name: str,
+    address: str,
+    capabilities: list[str],
+    max_concurrency: int,
+    version: str,
+) -> models.Worker:
+    problems = Violations()
+    problems.check(bool(address) and ":" in address, "address", "must be host:port")
+    problems.check(bool(capabilities), "capabilities", "at least one is required")
+    for index, capability in enumerate(capabilities):
+        problems.check(
+            bool(CAPABILITY.match(capability)), f"capabilities[{index}]", "must be lower_snake_case"
+        )
+    problems.check(1 <= max_concurrency <= 1000, "max_concurrency", "must be from 1 to 1000")
+    problems.raise_if_any()
+    if worker_id and worker_id != principal.worker_id:
+        raise PermissionDenied("a worker registers under its own credential's id")
+    row = session.get(models.Worker, principal.worker_id)
+    if row is None:
+        row = models.Worker(id=principal.worker_id)
+        session.add(row)
+    row.name, row.address, row.capabilities = name or principal.worker_id, address, capabilities
+    row.max_concurrency, row.version, row.state = max_concurrency, version, "healthy"
+    row.last_heartbeat_at = utcnow()
+    row.registered_at = utcnow()
+    return row
+
+
+def heartbeat(session: Session, principal: Principal, worker_id: str, active: int) -> models.Worker:
+    row = session.get(models.Worker, worker_id or principal.worker_id)
+    if row is None or row.state == "deregistered":
+        raise WorkerNotFound(f"worker {worker_id!r} is not registered; register again")
+    if row.id != principal.worker_id:
+        raise PermissionDenied("a worker sends heartbeats for itself only")
+    row.last_heartbeat_at = utcnow()
+    row.active_stages = active
+    if row.state == "unhealthy":
+        row.state = "healthy"
+    return row
+
+
+def mark_silent_unhealthy(session: Session, timeout_s: float) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    rows = list(
+        session.scalars(
+            select(models.Worker).where(
+                models.Worker.state == "healthy", models.Worker.last_heartbeat_at < cutoff
+            )
+        )
+    )
+    for row in rows:
+        row.state = "unhealthy"
+    return [row.id for row in rows]
+
+
+def available(session: Session) -> list[models.Worker]:
+    return list(
+        session.scalars(
+            select(models.Worker).where(models.Worker.state == "healthy").order_by(models.Worker.id)
+        )
+    )
+
+
+def list_workers(
+    session: Session, page_size: int, page_token: str, capability: str
+) -> tuple[list[models.Worker], str]:
+    offset, limit = page_window(page_size, page_token)
+    rows = [
+        w
+        for w in session.scalars(select(models.Worker).order_by(models.Worker.id))
+        if not capability or capability in w.capabilities
+    ]
+    window = rows[offset : offset + limit + 1]
+    return window[:limit], next_page_token(offset, limit, len(window))
+
+
+def deregister(
+    session: Session, principal: Principal, worker_id: str, drain: bool
+) -> models.Worker:
+    row = session.get(models.Worker, worker_id)
+    if row is None:
+        raise WorkerNotFound(f"worker {worker_id!r} not found")
+    if principal.tag != "admin" and principal.worker_id != worker_id:
+        raise PermissionDenied("a worker deregisters itself only")
+    row.state = "draining" if drain else "deregistered"
+    return row

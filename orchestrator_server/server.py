@@ -1,0 +1,100 @@
+"""Builds, starts and stops the orchestrator."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bitware.orchestrator.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+from bitware_core import logs
+from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
+from bitware_core.config import Settings
+from bitware_core.db import Database
+from bitware_core.server import MeshServer, Service, run_until_signal
+from orchestrator_server.dispatch import Dispatcher
+from orchestrator_server.events import EventHub
+from orchestrator_server.kam_client import KamClient
+from orchestrator_server.models import OrchestratorBase
+from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
+
+ACTORS = frozenset({ADMIN, CLIENT, SERVICE})
+STAFF = frozenset({ADMIN, SUPPORT, SERVICE})
+
+
+class OrchestratorServer(MeshServer):
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.database_url_for("orchestrator"))
+        self.kam = KamClient(settings)
+        self.hub = EventHub()
+        self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam)
+        handlers = OrchestratorHandlers(  # type: ignore[abstract]  # RetryExecution: issue 4
+            self.db, self.hub, self.kam, self.dispatcher
+        )
+        registry_handlers = RegistryHandlers(
+            self.db, self.dispatcher, settings.heartbeat_interval, settings.heartbeat_timeout
+        )
+        services = [
+            Service(
+                orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
+                lambda server: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+                    handlers, server
+                ),
+                {
+                    "ExecutePipeline": ACTORS,
+                    "GetExecution": READERS,
+                    "ListExecutions": READERS,
+                    "CancelExecution": ACTORS,
+                    "RetryExecution": ACTORS,
+                    "WatchExecution": READERS,
+                    "GetQueue": READERS,
+                },
+            ),
+            Service(
+                registry_pb2.DESCRIPTOR.services_by_name["WorkerRegistryService"],
+                lambda server: registry_pb2_grpc.add_WorkerRegistryServiceServicer_to_server(
+                    registry_handlers, server
+                ),
+                {
+                    "RegisterWorker": frozenset({WORKER}),
+                    "Heartbeat": frozenset({WORKER}),
+                    "ListWorkers": STAFF,
+                    "DeregisterWorker": frozenset({ADMIN, WORKER}),
+                },
+            ),
+        ]
+        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
+        super().__init__(settings, services, authenticator, "orchestrator.bitware")
+
+    async def start(self) -> int:
+        self.db.create_schema(OrchestratorBase.metadata)
+        port = await super().start()
+        self.dispatcher.start()
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await super().stop(grace)
+        await self.dispatcher.stop()
+        await self.kam.close()
+        self.db.close()
+
+
+async def serve(settings: Settings) -> OrchestratorServer:
+    server = OrchestratorServer(settings)
+    await server.start()
+    return server
+
+
+async def _main() -> None:
+    settings = Settings.from_env()
+    logs.configure("orchestrator", as_json=settings.log_json, level=settings.log_level)
+    server = await serve(settings)
+    await run_until_signal(server, "orchestrator")
+
+
+def main() -> None:
+    asyncio.run(_main())

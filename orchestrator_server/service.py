@@ -1,0 +1,347 @@
+"""The orchestrator's gRPC handlers: thin translations between protobuf and the logic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from bitware.common.v1 import common_pb2
+from bitware.orchestrator.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from google.protobuf import duration_pb2
+
+from bitware_core import convert
+from bitware_core.auth import current_principal
+from bitware_core.db import Database
+from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from orchestrator_server import executions, models, registry
+from orchestrator_server.dispatch import Dispatcher
+from orchestrator_server.events import EventHub
+from orchestrator_server.kam_client import KamClient
+
+Context = grpc.aio.ServicerContext[Any, Any]
+TERMINAL_EVENTS = {"EXECUTION_SUCCEEDED", "EXECUTION_FAILED", "EXECUTION_CANCELLED"}
+PRIORITY_NAMES = {1: "low", 2: "normal", 3: "high", 4: "critical"}
+
+
+def _enum(enum: Any, prefix: str, name: str) -> Any:
+    return convert.enum_value(enum, name, prefix)
+
+
+def _error(error: dict[str, Any]) -> orchestrator_pb2.ErrorDetail | None:
+    if not error:
+        return None
+    return orchestrator_pb2.ErrorDetail(
+        reason=str(error.get("reason", "")),
+        message=str(error.get("message", "")),
+        retryable=bool(error.get("retryable", False)),
+    )
+
+
+def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
+    return common_pb2.QualityReport(
+        score=float(quality.get("score", 0.0)),
+        components=quality.get("components", {}),
+        feedback=str(quality.get("feedback", "")),
+        violations=[common_pb2.Violation(**v) for v in quality.get("violations", [])],
+        below_threshold=bool(quality.get("below_threshold", False)),
+    )
+
+
+def execution_to_proto(
+    row: models.Execution,
+    stages: list[models.Stage] | None = None,
+    attempts: list[models.Attempt] | None = None,
+) -> orchestrator_pb2.Execution:
+    by_stage: dict[str, list[models.Attempt]] = {}
+    for attempt in attempts or []:
+        by_stage.setdefault(attempt.stage_id, []).append(attempt)
+    done = sum(1 for s in stages or [] if s.status == "succeeded")
+    return orchestrator_pb2.Execution(
+        execution_id=row.id,
+        request_id=row.request_id,
+        client_id=row.client_id,
+        template_name=row.template_name,
+        template_version=row.template_version,
+        spec=convert.spec_to_proto(row.spec),
+        priority=_enum(common_pb2.Priority, "PRIORITY_", PRIORITY_NAMES[row.priority]),
+        status=_enum(orchestrator_pb2.ExecutionStatus, "EXECUTION_STATUS_", row.status),
+        stages=[
+            orchestrator_pb2.Stage(
+                stage_id=s.id,
+                order=s.order,
+                name=s.name,
+                capability=s.capability,
+                action=s.action,
+                status=_enum(orchestrator_pb2.StageStatus, "STAGE_STATUS_", s.status),
+                attempts=[
+                    orchestrator_pb2.Attempt(
+                        number=a.number,
+                        epoch=a.epoch,
+                        worker_id=a.worker_id,
+                        status=_enum(orchestrator_pb2.AttemptStatus, "ATTEMPT_STATUS_", a.status),
+                        start_time=convert.timestamp(a.started_at),
+                        end_time=convert.timestamp(a.ended_at),
+                        usage=convert.usage_to_proto(a.usage),
+                        quality_score=a.quality_score,
+                        error=_error(a.error),
+                    )
+                    for a in by_stage.get(s.id, [])
+                ],
+                usage=convert.usage_to_proto(s.usage),
+                quality=_quality(s.quality) if s.quality else None,
+                output=convert.to_struct(s.output) if s.output else None,
+                error=_error(s.error),
+                job_id=s.job_id,
+                start_time=convert.timestamp(s.started_at),
+                end_time=convert.timestamp(s.ended_at),
+            )
+            for s in stages or []
+        ],
+        usage=convert.usage_to_proto(row.usage),
+        job_id=row.job_id,
+        error=_error(row.error),
+        create_time=convert.timestamp(row.created_at),
+        start_time=convert.timestamp(row.started_at),
+        end_time=convert.timestamp(row.ended_at),
+        last_sequence=row.last_sequence,
+        progress=1.0 if row.status == "succeeded" else (done / len(stages) if stages else 0.0),
+    )
+
+
+def event_to_proto(row: models.Event) -> orchestrator_pb2.ExecutionEvent:
+    data = row.data
+    return orchestrator_pb2.ExecutionEvent(
+        sequence=row.sequence,
+        execution_id=row.execution_id,
+        time=convert.timestamp(row.at),
+        type=_enum(orchestrator_pb2.EventType, "EVENT_TYPE_", row.type),
+        stage_id=data.get("stage_id", ""),
+        stage_order=data.get("stage_order", 0),
+        attempt=data.get("attempt", 0),
+        worker_id=data.get("worker_id", ""),
+        message=data.get("message", ""),
+        progress=data.get("progress", 0.0),
+        execution_status=_enum(
+            orchestrator_pb2.ExecutionStatus, "EXECUTION_STATUS_", data.get("execution_status", "")
+        ),
+        stage_status=_enum(
+            orchestrator_pb2.StageStatus, "STAGE_STATUS_", data.get("stage_status", "")
+        ),
+        phase=data.get("phase", ""),
+        error=_error(data.get("error", {})),
+        usage=convert.usage_to_proto(data["usage"]) if data.get("usage") else None,
+    )
+
+
+class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, db: Database, hub: EventHub, kam: KamClient, dispatcher: Dispatcher) -> None:
+        self.db, self.hub, self.kam, self.dispatcher = db, hub, kam, dispatcher
+
+    async def _full(self, execution_id: str) -> orchestrator_pb2.Execution:
+        def load(s: Any) -> orchestrator_pb2.Execution:
+            row = s.get(models.Execution, execution_id)
+            stages = executions.stages_of(s, execution_id)
+            return execution_to_proto(
+                row, stages, executions.attempts_of(s, [x.id for x in stages])
+            )
+
+        return await self.db.run(load)
+
+    async def ExecutePipeline(
+        self, request: orchestrator_pb2.ExecutePipelineRequest, context: Context
+    ) -> orchestrator_pb2.ExecutePipelineResponse:
+        principal = current_principal()
+        if not request.template_name:
+            raise InvalidArgument([FieldViolation("template_name", "is required")])
+        client_id = request.client_id if principal.sees_all_clients else principal.client_id
+        priority = convert.checked_enum(
+            common_pb2.Priority, request.priority, "PRIORITY_", "priority"
+        )
+        template = await self.kam.template(request.template_name, request.template_version)
+        if template["deprecated"]:
+            raise FailedPrecondition(
+                f"template {template['name']!r} is deprecated", reason="TEMPLATE_DEPRECATED"
+            )
+        new = executions.NewExecution(
+            template=template,
+            spec=convert.spec_from_proto(request.spec),
+            priority=priority or "normal",
+            request_id=request.request_id,
+            client_id=client_id,
+            idempotency_key=request.idempotency_key,
+        )
+        row = await self.db.run(lambda s: executions.create(s, new))
+        self.dispatcher.wake.set()
+        return orchestrator_pb2.ExecutePipelineResponse(execution=await self._full(row.id))
+
+    async def GetExecution(
+        self, request: orchestrator_pb2.GetExecutionRequest, context: Context
+    ) -> orchestrator_pb2.GetExecutionResponse:
+        principal = current_principal()
+        await self.db.run(lambda s: executions.get(s, principal, request.execution_id))
+        return orchestrator_pb2.GetExecutionResponse(
+            execution=await self._full(request.execution_id)
+        )
+
+    async def ListExecutions(
+        self, request: orchestrator_pb2.ListExecutionsRequest, context: Context
+    ) -> orchestrator_pb2.ListExecutionsResponse:
+        principal = current_principal()
+        status = convert.checked_enum(
+            orchestrator_pb2.ExecutionStatus, request.status, "EXECUTION_STATUS_", "status"
+        )
+        rows, token = await self.db.run(
+            lambda s: executions.list_executions(
+                s, principal, request.page_size, request.page_token, status, request.client_id
+            )
+        )
+        return orchestrator_pb2.ListExecutionsResponse(
+            executions=[execution_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def CancelExecution(
+        self, request: orchestrator_pb2.CancelExecutionRequest, context: Context
+    ) -> orchestrator_pb2.CancelExecutionResponse:
+        principal = current_principal()
+        row, running = await self.db.run(
+            lambda s: executions.cancel(s, principal, request.execution_id, request.reason)
+        )
+        self.hub.notify(row.id)
+        await self.dispatcher.cancel_running([stage.id for stage in running])
+        await self.dispatcher.report_outcomes()
+        return orchestrator_pb2.CancelExecutionResponse(execution=await self._full(row.id))
+
+    async def WatchExecution(
+        self, request: orchestrator_pb2.WatchExecutionRequest, context: Context
+    ) -> AsyncIterator[orchestrator_pb2.WatchExecutionResponse]:
+        principal = current_principal()
+        if request.after_sequence < 0:
+            raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
+        await self.db.run(lambda s: executions.get(s, principal, request.execution_id))
+        after = request.after_sequence
+        with self.hub.subscribe(request.execution_id) as changed:
+            while True:
+                changed.clear()
+                rows = await self.db.run(
+                    functools.partial(
+                        executions.events_after, execution_id=request.execution_id, after=after
+                    )
+                )
+                for row in rows:
+                    after = row.sequence
+                    yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
+                    if row.type in TERMINAL_EVENTS:
+                        return
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), timeout=1.0)
+
+    async def GetQueue(
+        self, request: orchestrator_pb2.GetQueueRequest, context: Context
+    ) -> orchestrator_pb2.GetQueueResponse:
+        stats = await self.db.run(executions.queue_stats)
+        levels = []
+        for priority, (depth, oldest) in stats["levels"].items():
+            wait = duration_pb2.Duration()
+            wait.FromMilliseconds(int(oldest * 1000))
+            levels.append(
+                orchestrator_pb2.QueueLevel(
+                    priority=_enum(common_pb2.Priority, "PRIORITY_", PRIORITY_NAMES[priority]),
+                    depth=depth,
+                    oldest_wait=wait,
+                )
+            )
+        return orchestrator_pb2.GetQueueResponse(
+            levels=levels,
+            total_depth=sum(level.depth for level in levels),
+            running=stats["running"],
+            retry_waiting=stats["retry_waiting"],
+        )
+
+
+def worker_to_proto(row: models.Worker) -> registry_pb2.Worker:
+    return registry_pb2.Worker(
+        worker_id=row.id,
+        name=row.name,
+        address=row.address,
+        capabilities=row.capabilities,
+        max_concurrency=row.max_concurrency,
+        active_stages=row.active_stages,
+        version=row.version,
+        state=_enum(registry_pb2.WorkerState, "WORKER_STATE_", row.state),
+        last_heartbeat_time=convert.timestamp(row.last_heartbeat_at),
+        register_time=convert.timestamp(row.registered_at),
+    )
+
+
+class RegistryHandlers(registry_pb2_grpc.WorkerRegistryServiceServicer):
+    def __init__(
+        self, db: Database, dispatcher: Dispatcher, interval: float, timeout: float
+    ) -> None:
+        self.db, self.dispatcher = db, dispatcher
+        self.interval, self.timeout = interval, timeout
+
+    async def RegisterWorker(
+        self, request: registry_pb2.RegisterWorkerRequest, context: Context
+    ) -> registry_pb2.RegisterWorkerResponse:
+        principal = current_principal()
+        row = await self.db.run(
+            lambda s: registry.register(
+                s,
+                principal,
+                worker_id=request.worker_id,
+                name=request.name,
+                address=request.address,
+                capabilities=list(request.capabilities),
+                max_concurrency=request.max_concurrency,
+                version=request.version,
+            )
+        )
+        self.dispatcher.wake.set()
+        interval, timeout = duration_pb2.Duration(), duration_pb2.Duration()
+        interval.FromMilliseconds(int(self.interval * 1000))
+        timeout.FromMilliseconds(int(self.timeout * 1000))
+        return registry_pb2.RegisterWorkerResponse(
+            worker=worker_to_proto(row), heartbeat_interval=interval, heartbeat_timeout=timeout
+        )
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: Context
+    ) -> registry_pb2.HeartbeatResponse:
+        principal = current_principal()
+        row = await self.db.run(
+            lambda s: registry.heartbeat(s, principal, request.worker_id, request.active_stages)
+        )
+        return registry_pb2.HeartbeatResponse(
+            state=_enum(registry_pb2.WorkerState, "WORKER_STATE_", row.state)
+        )
+
+    async def ListWorkers(
+        self, request: registry_pb2.ListWorkersRequest, context: Context
+    ) -> registry_pb2.ListWorkersResponse:
+        rows, token = await self.db.run(
+            lambda s: registry.list_workers(
+                s, request.page_size, request.page_token, request.capability
+            )
+        )
+        return registry_pb2.ListWorkersResponse(
+            workers=[worker_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DeregisterWorker(
+        self, request: registry_pb2.DeregisterWorkerRequest, context: Context
+    ) -> registry_pb2.DeregisterWorkerResponse:
+        principal = current_principal()
+        row = await self.db.run(
+            lambda s: registry.deregister(s, principal, request.worker_id, request.drain)
+        )
+        return registry_pb2.DeregisterWorkerResponse(worker=worker_to_proto(row))

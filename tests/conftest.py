@@ -1,0 +1,81 @@
+"""Fixtures that start the real servers on free loopback ports with real SQLite files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc, auth_pb2, auth_pb2_grpc
+
+from bitware_core.mesh import InProcessMesh, start_mesh
+
+
+@dataclass
+class Client:
+    """A client with an API key, and the admin's session, on a running mesh."""
+
+    mesh: InProcessMesh
+    admin_session: str
+    client_id: str
+    api_key: str
+
+    @property
+    def admin(self) -> tuple[tuple[str, str], ...]:
+        return (("x-bitware-session-token", self.admin_session),)
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", self.api_key),)
+
+    def worker(self, worker_id: str) -> tuple[tuple[str, str], ...]:
+        token = self.mesh.credentials.tokens[worker_id]
+        return (("authorization", f"Bearer {token}"), ("x-worker-id", worker_id))
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
+    running = await start_mesh(tmp_path)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def make_client(
+    mesh: InProcessMesh, tier: int = common_pb2.TIER_STANDARD, budget: float = 100.0
+) -> Client:
+    async with grpc.aio.insecure_channel(mesh.kam.address) as channel:
+        login = await auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(
+                email=mesh.credentials.admin_email, password=mesh.credentials.admin_password
+            ),
+            timeout=10,
+        )
+        admin = (("x-bitware-session-token", login.session_token),)
+        created = await accounts_pb2_grpc.ClientServiceStub(channel).CreateClient(
+            accounts_pb2.CreateClientRequest(
+                client=accounts_pb2.Client(
+                    company_name="Acme Learning",
+                    contact_email="ops@acme.test",
+                    tier=tier,
+                    monthly_budget_usd=budget,
+                )
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+        key = await accounts_pb2_grpc.ApiKeyServiceStub(channel).CreateApiKey(
+            accounts_pb2.CreateApiKeyRequest(client_id=created.client.client_id, name="tests"),
+            metadata=admin,
+            timeout=10,
+        )
+    return Client(mesh, login.session_token, created.client.client_id, key.key)
+
+
+@pytest.fixture
+async def client(mesh: InProcessMesh) -> Client:
+    return await make_client(mesh)
