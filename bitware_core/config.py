@@ -38,6 +38,8 @@ class Settings:
     kam_address: str = ""
     #: Address of the orchestrator, host:port.
     orchestrator_address: str = ""
+    #: Address of a granulator's GranulatorService, host:port (the gateway reads jobs there).
+    granulator_address: str = ""
     #: The address other services should use to reach this server; empty means host:bound port.
     advertise_address: str = ""
     #: This process's own worker or service id (`x-worker-id`).

@@ -17,6 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import alembic.command
+import alembic.config
+from alembic import context as alembic_context
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -64,8 +67,15 @@ class Database:
             max_workers=1 if self.is_sqlite else 8, thread_name_prefix="db"
         )
 
-    def create_schema(self, metadata: MetaData) -> None:
-        metadata.create_all(self.engine)
+    def migrate(self, service: str, script_location: str) -> None:
+        """Brings the schema to the newest Alembic revision of `service` (each service keeps its
+        own version table, so several services may share one PostgreSQL database)."""
+        config = alembic.config.Config()
+        config.set_main_option("script_location", script_location)
+        config.set_main_option("version_table", f"alembic_version_{service}")
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            alembic.command.upgrade(config, "head")
 
     def run_sync(self, work: Callable[[Session], T]) -> T:
         with self._sessions.begin() as session:
@@ -79,6 +89,25 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+def run_migrations(metadata: MetaData) -> None:
+    """The body of every service's Alembic `env.py`: online migrations on the connection that
+    `Database.migrate` passes in (or a URL, for `alembic revision --autogenerate`)."""
+    config = alembic_context.config
+    version_table = config.get_main_option("version_table") or "alembic_version"
+    connection = config.attributes.get("connection")
+    if connection is None:
+        engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite://")
+        connection = engine.connect()
+    alembic_context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=version_table,
+        render_as_batch=True,  # SQLite can only alter tables by copying them
+    )
+    with alembic_context.begin_transaction():
+        alembic_context.run_migrations()
 
 
 DEFAULT_PAGE_SIZE = 50

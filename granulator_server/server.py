@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import grpc
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
@@ -15,12 +16,11 @@ from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.db import Database
+from bitware_core.kam import KamConnection
 from bitware_core.server import MeshServer, Service, run_until_signal
-from granulator_server.models import GranulatorBase
 from granulator_server.providers import OfflineProvider
 from granulator_server.service import GranulatorHandlers
 from granulator_server.worker import CAPABILITIES, WorkerHandlers
-from orchestrator_server.kam_client import KamClient
 
 log = logging.getLogger("bitware.granulator")
 SERVICES_ONLY = frozenset({SERVICE})
@@ -30,7 +30,7 @@ VERSION = "0.1.0"
 class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
         self.db = Database(settings.database_url_for("granulator"))
-        self.kam = KamClient(settings)
+        self.kam = KamConnection(settings)
         self.worker = WorkerHandlers(
             self.db, OfflineProvider(), settings.max_concurrent_jobs, settings.worker_id
         )
@@ -70,7 +70,7 @@ class GranulatorServer(MeshServer):
         self._orchestrator: grpc.aio.Channel | None = None
 
     async def start(self) -> int:
-        self.db.create_schema(GranulatorBase.metadata)
+        self.db.migrate("granulator", str(Path(__file__).parent / "migrations"))
         port = await super().start()
         if self.settings.orchestrator_address:
             self._orchestrator = open_channel(self.settings.orchestrator_address, self.settings)

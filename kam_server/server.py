@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from bitware.kam.v1 import (
     accounts_pb2,
@@ -31,7 +32,6 @@ from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.server import MeshServer, Service, run_until_signal
 from kam_server import catalog, identity
-from kam_server.models import KamBase
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.service import (
     ApiKeyHandlers,
@@ -187,7 +187,7 @@ class KamServer(MeshServer):
                 settings.bootstrap_credentials,
             )
 
-        self.db.create_schema(KamBase.metadata)
+        self.db.migrate("kam", str(Path(__file__).parent / "migrations"))
         await self.db.run(prepare)
         return await super().start()
 

@@ -7,8 +7,6 @@ from typing import Any
 
 import grpc
 from bitware.kam.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
     templates_pb2,
@@ -17,11 +15,11 @@ from bitware.kam.v1 import (
 from google.protobuf import duration_pb2
 
 from bitware_core import convert
-from bitware_core.auth import Credentials, Principal
-from bitware_core.channels import open_channel, service_metadata
+from bitware_core.channels import service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
-from bitware_core.errors import NotFound, Unauthenticated, Unavailable
+from bitware_core.errors import NotFound, Unavailable
+from bitware_core.kam import KamConnection
 from orchestrator_server import models
 
 
@@ -58,33 +56,14 @@ def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
     }
 
 
-class KamClient:
+class KamClient(KamConnection):
+    """Adds what the orchestrator asks of KAM: pinned templates and execution outcomes."""
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.channel = open_channel(settings.kam_address, settings)
-        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        super().__init__(settings)
         self.templates = templates_pb2_grpc.TemplateServiceStub(self.channel)
         self.requests = requests_pb2_grpc.RequestServiceStub(self.channel)
         self._templates: dict[tuple[str, int], dict[str, Any]] = {}
-
-    async def authenticate(self, credentials: Credentials) -> Principal:
-        request = auth_pb2.AuthenticateRequest()
-        if credentials.api_key:
-            request.api_key = credentials.api_key
-        elif credentials.session_token:
-            request.session_token = credentials.session_token
-        else:
-            request.worker.worker_id = credentials.worker_id
-            request.worker.token = credentials.worker_token
-        try:
-            response = await self.auth.Authenticate(
-                request, timeout=timeout(5.0), metadata=service_metadata(self.settings)
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise Unauthenticated(error.details() or "unknown credential") from error
-            raise Unavailable(f"KAM could not check the credential: {error.details()}") from error
-        return convert.principal_from_proto(response.principal)
 
     async def template(self, name: str, version: int) -> dict[str, Any]:
         """The template version, pinned: a cached copy when KAM is unreachable; never a guess."""
@@ -125,6 +104,3 @@ class KamClient:
             timeout=timeout(5.0),
             metadata=service_metadata(self.settings),
         )
-
-    async def close(self) -> None:
-        await self.channel.close()

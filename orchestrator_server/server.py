@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from bitware.orchestrator.v1 import (
     orchestrator_pb2,
@@ -19,7 +20,6 @@ from bitware_core.server import MeshServer, Service, run_until_signal
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
-from orchestrator_server.models import OrchestratorBase
 from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
 
 ACTORS = frozenset({ADMIN, CLIENT, SERVICE})
@@ -71,7 +71,7 @@ class OrchestratorServer(MeshServer):
         super().__init__(settings, services, authenticator, "orchestrator.bitware")
 
     async def start(self) -> int:
-        self.db.create_schema(OrchestratorBase.metadata)
+        self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
         port = await super().start()
         self.dispatcher.start()
         return port

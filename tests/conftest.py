@@ -46,9 +46,18 @@ async def mesh(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
 
 
 async def make_client(
-    mesh: InProcessMesh, tier: int = common_pb2.TIER_STANDARD, budget: float = 100.0
+    mesh: InProcessMesh,
+    tier: int = common_pb2.TIER_STANDARD,
+    budget: float = 100.0,
+    channel_credentials: grpc.ChannelCredentials | None = None,
 ) -> Client:
-    async with grpc.aio.insecure_channel(mesh.kam.address) as channel:
+    """Signs in as the admin and creates a client with an API key."""
+    channel = (
+        grpc.aio.secure_channel(mesh.kam.address, channel_credentials)
+        if channel_credentials
+        else grpc.aio.insecure_channel(mesh.kam.address)
+    )
+    async with channel:
         login = await auth_pb2_grpc.AuthServiceStub(channel).Login(
             auth_pb2.LoginRequest(
                 email=mesh.credentials.admin_email, password=mesh.credentials.admin_password
