@@ -1,0 +1,60 @@
+# Bitware Mesh — every command a developer or CI needs. `make help` lists them.
+#
+# `make setup` is cheap to repeat: it reinstalls only when pyproject.toml or the npm lock file is
+# newer than the stamp it leaves in .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+MYPY_PACKAGES := bitware_core kam_server orchestrator_server granulator_server gateway
+
+.DEFAULT_GOAL := help
+.PHONY: help setup protos check-protos lint test demo up
+
+help:
+	@echo "make setup         create .venv, install the package with dev extras, npm ci (buf)"
+	@echo "make test          setup, then run the whole test suite"
+	@echo "make demo          setup, then run the main job end to end (bitware demo)"
+	@echo "make up            setup, then start the mesh on local ports (DATA=dir to choose the data folder)"
+	@echo "make protos        regenerate the Python code next to every .proto"
+	@echo "make check-protos  regenerate and fail if anything under protos/ changed"
+	@echo "make lint          buf lint, buf format, ruff check, ruff format --check, mypy"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml package.json package-lock.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e ".[dev]"
+	npm ci
+	touch $@
+
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
+
+# The generated code is committed; CI regenerates it and fails when the result differs.
+check-protos: protos
+	@changes="$$(git status --porcelain -- protos)" || exit 1; \
+	if [ -n "$$changes" ]; then \
+		echo "$$changes"; \
+		echo "error: generated code under protos/ is out of date: run 'make protos' and commit it" >&2; \
+		exit 1; \
+	fi; \
+	echo "generated code under protos/ is up to date"
+
+lint: setup
+	npx buf lint
+	npx buf format -d --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(MYPY_PACKAGES)
+
+# Any non-zero pytest exit, including 5 (no tests collected), fails the target.
+test: setup
+	$(BIN)/python -m pytest
+
+demo: setup
+	$(BIN)/bitware demo "AI Development" --type course
+
+up: setup
+	$(BIN)/bitware up $(if $(DATA),--data $(DATA))
