@@ -81,6 +81,11 @@ class Settings:
     heartbeat_interval: float = 2.0
     #: Orchestrator: seconds without a heartbeat before a worker is unhealthy.
     heartbeat_timeout: float = 6.0
+    #: Orchestrator: seconds a stage claim lives without renewal; a dead holder's stages are
+    #: offered again after this.
+    lease_seconds: float = 15.0
+    #: Orchestrator: seconds a stage may wait in the queue before its execution fails.
+    queue_wait_timeout: float = 3600.0
     #: Deadline of one internal call between services, in seconds.
     rpc_timeout: float = 10.0
     #: Seconds a server waits for in-flight calls on shutdown.

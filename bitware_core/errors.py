@@ -12,7 +12,8 @@ Hierarchy (each server's own `errors.py` adds specific subclasses)::
     ├── ResourceExhausted            (RESOURCE_EXHAUSTED, with a retry delay)
     ├── Unavailable                  (UNAVAILABLE)
     ├── DeadlineExceeded             (DEADLINE_EXCEEDED)
-    └── Cancelled                    (CANCELLED)
+    ├── Cancelled                    (CANCELLED)
+    └── Unimplemented                (UNIMPLEMENTED)
 
 The logic raises these; `bitware_core.server` maps them to a status. This module does not import
 grpc: the code is a plain name that the server looks up.
@@ -107,6 +108,11 @@ class DeadlineExceeded(MeshError):
 class Cancelled(MeshError):
     code = "CANCELLED"
     reason = "CANCELLED"
+
+
+class Unimplemented(MeshError):
+    code = "UNIMPLEMENTED"
+    reason = "UNIMPLEMENTED"
 
 
 class Violations:

@@ -37,7 +37,7 @@ from bitware_core.context import (
     execution_id_var,
     request_id_var,
 )
-from bitware_core.errors import MeshError, PermissionDenied
+from bitware_core.errors import MeshError, PermissionDenied, Unimplemented
 
 log = logging.getLogger("bitware.server")
 
@@ -158,7 +158,9 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         principal_var.set(principal)
 
     async def _fail(self, method: str, error: BaseException, context: Context) -> None:
-        if not isinstance(error, MeshError):
+        if isinstance(error, NotImplementedError):  # a generated servicer's default method
+            error = Unimplemented(f"{method} is not implemented by this server")
+        elif not isinstance(error, MeshError):
             log.exception("unhandled error", extra={"method": method}, exc_info=error)
             error = MeshError("internal error; the server logged the details")
         elif error.code == "INTERNAL":
@@ -267,7 +269,12 @@ class MeshServer:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        try:
+            # grpc.aio's stop can, rarely, wait past its grace for a call it already cancelled.
+            await asyncio.wait_for(self.server.stop(grace), grace + 5.0)
+        except TimeoutError:
+            log.warning("server did not stop within its grace period", extra={"grace": grace})
 
 
 async def run_until_signal(

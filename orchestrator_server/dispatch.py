@@ -23,7 +23,7 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from orchestrator_server import executions, registry
+from orchestrator_server import executions, outcomes, queue, registry
 from orchestrator_server.errors import StaleAttempt
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
@@ -31,6 +31,7 @@ from orchestrator_server.kam_client import KamClient
 log = logging.getLogger("bitware.orchestrator.dispatch")
 T = TypeVar("T")
 FINAL_DECLINES = {"INVALID_INPUT", "UNKNOWN_TEMPLATE"}
+_LOST_ATTEMPT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
@@ -46,7 +47,9 @@ class Dispatcher:
         self.owner = f"orc-{uuid.uuid4().hex[:12]}"
         self.wake = asyncio.Event()
         self.inflight: dict[str, int] = {}  # worker id → stages this process runs there
-        self.running: dict[str, tuple[asyncio.Task[None], executions.Claim, str]] = {}
+        self.running: dict[str, tuple[asyncio.Task[None], queue.Claim, str]] = {}
+        #: stage id → worker id → loop time until which that worker's decline is remembered
+        self.declined: dict[str, dict[str, float]] = {}
         self._stubs: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerServiceAsyncStub]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -98,7 +101,9 @@ class Dispatcher:
                 capacity[capability] = capacity.get(capability, 0) + max(0, free)
         if not any(capacity.values()):
             return
-        claims = await self.db.run(lambda s: executions.claim(s, self.owner, capacity))
+        claims = await self.db.run(
+            lambda s: queue.claim(s, self.owner, capacity, self.settings.lease_seconds)
+        )
         for claim in claims:
             self.hub.notify(claim.execution_id)
             candidates = [w for w in workers if claim.capability in w.capabilities]
@@ -117,19 +122,26 @@ class Dispatcher:
             await asyncio.sleep(1.0)
             try:
                 await self.db.run(
-                    lambda s: executions.renew_leases(s, self.owner, list(self.running))
+                    lambda s: queue.renew_leases(
+                        s, self.owner, list(self.running), self.settings.lease_seconds
+                    )
                 )
-                if await self.db.run(executions.reclaim_expired):
+                if await self.db.run(queue.reclaim_expired):
                     self.wake.set()
                 await self.db.run(
                     lambda s: registry.mark_silent_unhealthy(s, self.settings.heartbeat_timeout)
                 )
+                for execution_id, running in await self.db.run(
+                    lambda s: executions.expire(s, self.settings.queue_wait_timeout)
+                ):
+                    self.hub.notify(execution_id)
+                    await self.cancel_running(running)
                 await self.report_outcomes()
             except Exception:
                 log.exception("housekeeping round failed")
 
     async def report_outcomes(self) -> None:
-        for execution in await self.db.run(executions.unreported):
+        for execution in await self.db.run(outcomes.unreported):
             try:
                 await self.kam.report_outcome(execution)
             except grpc.aio.AioRpcError as error:
@@ -138,15 +150,11 @@ class Dispatcher:
                     extra={"execution": execution.id, "code": error.code().name},
                 )
                 continue
-            await self.db.run(
-                functools.partial(executions.mark_reported, execution_id=execution.id)
-            )
+            await self.db.run(functools.partial(outcomes.mark_reported, execution_id=execution.id))
 
     # --- one stage attempt --------------------------------------------------------------------
 
-    async def _run_stage(
-        self, claim: executions.Claim, candidates: list[tuple[str, str, int]]
-    ) -> None:
+    async def _run_stage(self, claim: queue.Claim, candidates: list[tuple[str, str, int]]) -> None:
         execution_id_var.set(claim.execution_id)
         try:
             await self._offer_and_process(claim, candidates)
@@ -159,7 +167,7 @@ class Dispatcher:
             failure = str(error)
             await self._record(
                 claim,
-                lambda s: executions.record_failure(
+                lambda s: outcomes.record_failure(
                     s,
                     claim,
                     error_class="INTERNAL",
@@ -170,12 +178,12 @@ class Dispatcher:
                 ),
             )
 
-    async def _record(self, claim: executions.Claim, work: Callable[[Session], Any]) -> None:
+    async def _record(self, claim: queue.Claim, work: Callable[[Session], Any]) -> None:
         finished = await self._db(work, claim.execution_id)
         if getattr(finished, "terminal", False):
             await self.report_outcomes()
 
-    def _offer(self, claim: executions.Claim) -> worker_pb2.HandshakeRequest:
+    def _offer(self, claim: queue.Claim) -> worker_pb2.HandshakeRequest:
         stage_timeout = duration_pb2.Duration()
         stage_timeout.FromMilliseconds(int(claim.timeout_s * 1000))
         return worker_pb2.HandshakeRequest(
@@ -196,7 +204,7 @@ class Dispatcher:
         )
 
     @staticmethod
-    def _ref(claim: executions.Claim) -> worker_pb2.StageRef:
+    def _ref(claim: queue.Claim) -> worker_pb2.StageRef:
         return worker_pb2.StageRef(
             execution_id=claim.execution_id,
             stage_id=claim.stage_id,
@@ -204,135 +212,176 @@ class Dispatcher:
             epoch=claim.epoch,
         )
 
-    async def _offer_and_process(
-        self, claim: executions.Claim, candidates: list[tuple[str, str, int]]
-    ) -> None:
-        metadata = service_metadata(self.settings)
+    def _choose(
+        self, claim: queue.Claim, candidates: list[tuple[str, str, int]]
+    ) -> tuple[str, str] | None:
+        """The least loaded worker with a free slot, preferring those that have not just
+        declined this stage; the re-attach worker when the attempt may live on there."""
+        if claim.reattach_worker:
+            for worker_id, address, _ in candidates:
+                if worker_id == claim.reattach_worker:
+                    return worker_id, address
+        now = asyncio.get_running_loop().time()
+        declined = {w for w, until in self.declined.get(claim.stage_id, {}).items() if until > now}
         free = [c for c in candidates if self.inflight.get(c[0], 0) < c[2]]
-        free.sort(key=lambda c: self.inflight.get(c[0], 0) / c[2])  # least loaded first
-        if not free:
-            await self._record(
-                claim,
-                lambda s: executions.record_decline(
-                    s, claim, "", "AT_CAPACITY", "no free worker", 0.2, final=False
-                ),
-            )
+        free.sort(key=lambda c: (c[0] in declined, self.inflight.get(c[0], 0) / c[2]))
+        return (free[0][0], free[0][1]) if free else None
+
+    async def _offer_and_process(
+        self, claim: queue.Claim, candidates: list[tuple[str, str, int]]
+    ) -> None:
+        chosen = self._choose(claim, candidates)
+        if chosen is None:
+            await self._requeue(claim, "", "AT_CAPACITY", "no free worker", 0.2)
             return
-        worker_id, address, _ = free[0]
+        worker_id, address = chosen
         stub = self.stub(address)
-        await self._db(lambda s: executions.record_offer(s, claim, worker_id), claim.execution_id)
-        try:
-            answer = await stub.Handshake(self._offer(claim), timeout=5.0, metadata=metadata)
-        except grpc.aio.AioRpcError as error:
-            failure = f"handshake failed: {error.code().name}"
-            await self._record(
-                claim,
-                lambda s: executions.record_decline(
-                    s,
-                    claim,
-                    worker_id,
-                    "UNREACHABLE",
-                    failure,
-                    1.0,
-                    final=False,
-                ),
-            )
-            return
-        if not answer.accepted:
-            reason = worker_pb2.DeclineReason.Name(answer.decline_reason).removeprefix(
-                "DECLINE_REASON_"
-            )
-            await self._record(
-                claim,
-                lambda s: executions.record_decline(
-                    s,
-                    claim,
-                    worker_id,
-                    reason,
-                    answer.message,
-                    _seconds(answer.retry_after),
-                    final=reason in FINAL_DECLINES,
-                ),
-            )
+        await self._db(lambda s: outcomes.record_offer(s, claim, worker_id), claim.execution_id)
+        if claim.reattach_worker != worker_id and not await self._handshake(
+            claim, worker_id, stub, has_alternative=len(candidates) > 1
+        ):
             return
         self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
         self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
         try:
             await self._db(
-                lambda s: executions.record_accept(s, claim, worker_id), claim.execution_id
+                lambda s: outcomes.record_accept(s, claim, worker_id), claim.execution_id
             )
-            follower = asyncio.create_task(self._follow(stub, claim))
-            try:
-                response = await stub.Process(
-                    worker_pb2.ProcessRequest(stage=self._ref(claim)),
-                    timeout=claim.timeout_s,
-                    metadata=metadata,
-                )
-            except grpc.aio.AioRpcError as error:
-                timed_out = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
-                message = error.details() or error.code().name
-                await self._record(
-                    claim,
-                    lambda s: executions.record_failure(
-                        s,
-                        claim,
-                        error_class="TRANSIENT",
-                        reason=reason,
-                        message=message,
-                        retry_after=0.0,
-                        usage={},
-                        status="timed_out" if timed_out else "failed",
-                    ),
-                )
-                return
-            finally:
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
-            usage = convert.usage_from_proto(response.usage)
-            if response.WhichOneof("outcome") == "result":
-                result = response.result
-                quality = {
-                    "score": result.quality.score,
-                    "components": dict(result.quality.components),
-                    "feedback": result.quality.feedback,
-                    "violations": [
-                        {"path": v.path, "rule": v.rule, "message": v.message}
-                        for v in result.quality.violations
-                    ],
-                }
-                await self._record(
-                    claim,
-                    lambda s: executions.record_result(
-                        s,
-                        claim,
-                        output=convert.from_struct(result.output),
-                        job_id=result.job_id,
-                        quality=quality,
-                        usage=usage,
-                    ),
-                )
-            else:
-                err = response.error
-                await self._record(
-                    claim,
-                    lambda s: executions.record_failure(
-                        s,
-                        claim,
-                        error_class=worker_pb2.ErrorClass.Name(err.error_class).removeprefix(
-                            "ERROR_CLASS_"
-                        ),
-                        reason=err.reason,
-                        message=err.message,
-                        retry_after=_seconds(err.retry_after),
-                        usage=usage,
-                    ),
-                )
+            await self._process(claim, worker_id, stub)
         finally:
             self.inflight[worker_id] -= 1
 
+    async def _requeue(
+        self,
+        claim: queue.Claim,
+        worker_id: str,
+        reason: str,
+        message: str,
+        wait: float,
+        final: bool = False,
+    ) -> None:
+        await self._record(
+            claim,
+            lambda s: outcomes.record_decline(
+                s, claim, worker_id, reason, message, wait, final=final
+            ),
+        )
+
+    async def _handshake(
+        self,
+        claim: queue.Claim,
+        worker_id: str,
+        stub: worker_pb2_grpc.WorkerServiceAsyncStub,
+        has_alternative: bool,
+    ) -> bool:
+        """Offers the stage; on a decline, uses the reason: another worker now, a back-off from
+        the retry hint, or failing the stage when its input is invalid."""
+        try:
+            answer = await stub.Handshake(
+                self._offer(claim), timeout=5.0, metadata=service_metadata(self.settings)
+            )
+        except grpc.aio.AioRpcError as error:
+            # An unreachable worker gets no offers until its next heartbeat proves it alive.
+            await self.db.run(lambda s: registry.mark_unhealthy(s, worker_id))
+            await self._requeue(
+                claim, worker_id, "UNREACHABLE", f"handshake failed: {error.code().name}", 0.0
+            )
+            return False
+        if answer.accepted:
+            return True
+        reason = worker_pb2.DeclineReason.Name(answer.decline_reason).removeprefix(
+            "DECLINE_REASON_"
+        )
+        wait = _seconds(answer.retry_after)
+        now = asyncio.get_running_loop().time()
+        self.declined.setdefault(claim.stage_id, {})[worker_id] = now + max(wait, 1.0)
+        await self._requeue(
+            claim,
+            worker_id,
+            reason,
+            answer.message,
+            0.0 if has_alternative else wait,
+            final=reason in FINAL_DECLINES,
+        )
+        return False
+
+    async def _process(
+        self, claim: queue.Claim, worker_id: str, stub: worker_pb2_grpc.WorkerServiceAsyncStub
+    ) -> None:
+        follower = asyncio.create_task(self._follow(stub, claim))
+        try:
+            response = await stub.Process(
+                worker_pb2.ProcessRequest(stage=self._ref(claim)),
+                timeout=claim.timeout_s,
+                metadata=service_metadata(self.settings),
+            )
+        except grpc.aio.AioRpcError as error:
+            if claim.reattach_worker and error.code() in _LOST_ATTEMPT:
+                # The worker no longer has the attempt: offer it afresh.
+                await self._requeue(claim, worker_id, "REATTACH_FAILED", "attempt lost", 0.0)
+                return
+            timed_out = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
+            message = error.details() or error.code().name
+            await self._record(
+                claim,
+                lambda s: outcomes.record_failure(
+                    s,
+                    claim,
+                    error_class="TRANSIENT",
+                    reason=reason,
+                    message=message,
+                    retry_after=0.0,
+                    usage={},
+                    status="timed_out" if timed_out else "failed",
+                ),
+            )
+            return
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+        self.declined.pop(claim.stage_id, None)
+        usage = convert.usage_from_proto(response.usage)
+        if response.WhichOneof("outcome") == "result":
+            result = response.result
+            quality = {
+                "score": result.quality.score,
+                "components": dict(result.quality.components),
+                "feedback": result.quality.feedback,
+                "violations": [
+                    {"path": v.path, "rule": v.rule, "message": v.message}
+                    for v in result.quality.violations
+                ],
+            }
+            await self._record(
+                claim,
+                lambda s: outcomes.record_result(
+                    s,
+                    claim,
+                    output=convert.from_struct(result.output),
+                    job_id=result.job_id,
+                    quality=quality,
+                    usage=usage,
+                ),
+            )
+            return
+        err = response.error
+        error_class = worker_pb2.ErrorClass.Name(err.error_class).removeprefix("ERROR_CLASS_")
+        await self._record(
+            claim,
+            lambda s: outcomes.record_failure(
+                s,
+                claim,
+                error_class=error_class,
+                reason=err.reason,
+                message=err.message,
+                retry_after=_seconds(err.retry_after),
+                usage=usage,
+            ),
+        )
+
     async def _follow(
-        self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: executions.Claim
+        self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim
     ) -> None:
         """Re-publishes the worker's progress events on the execution's log."""
         call = stub.WatchProgress(
@@ -345,7 +394,7 @@ class Dispatcher:
                 phase = worker_pb2.Phase.Name(event.phase).removeprefix("PHASE_").lower()
                 await self._db(
                     functools.partial(
-                        executions.record_progress,
+                        outcomes.record_progress,
                         claim_=claim,
                         phase=phase,
                         message=event.message,

@@ -17,6 +17,9 @@ class EventHub:
         for waiter in self._waiters.get(execution_id, ()):
             waiter.set()
 
+    def subscribers(self, execution_id: str) -> int:
+        return len(self._waiters.get(execution_id, ()))
+
     @contextmanager
     def subscribe(self, execution_id: str) -> Iterator[asyncio.Event]:
         """An event set whenever the execution's log grows. Subscribe before reading the log,

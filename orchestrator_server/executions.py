@@ -3,24 +3,21 @@ the ordered event log. Plain synchronous logic on a SQLAlchemy session; no grpc 
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
 from orchestrator_server import models
-from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound, StaleAttempt
+from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
-#: How long a claim lives without renewal; a dead holder's stages are re-queued after it.
-LEASE_SECONDS = 15.0
 PRIORITIES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
 
 EXECUTION_TRANSITIONS = {
@@ -110,6 +107,7 @@ class NewExecution:
     request_id: str
     client_id: str
     idempotency_key: str
+    client_concurrency: int = 0
 
 
 def create(session: Session, new: NewExecution) -> models.Execution:
@@ -136,6 +134,7 @@ def create(session: Session, new: NewExecution) -> models.Execution:
         spec=new.spec,
         priority=priority,
         idempotency_key=new.idempotency_key or None,
+        client_concurrency=new.client_concurrency,
         deadline_at=now + timedelta(seconds=timeout_s) if timeout_s else None,
         created_at=now,
     )
@@ -158,7 +157,7 @@ def create(session: Session, new: NewExecution) -> models.Execution:
         session.add(stage)
     session.flush()
     first = stages_of(session, execution.id)[0]
-    _enqueue(first, priority, now)
+    enqueue(first, priority, now)
     append_event(session, execution, "EXECUTION_QUEUED", message="queued")
     append_event(
         session, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
@@ -166,10 +165,10 @@ def create(session: Session, new: NewExecution) -> models.Execution:
     return execution
 
 
-def _enqueue(stage: models.Stage, priority: int, now: datetime) -> None:
+def enqueue(stage: models.Stage, priority: int, now: datetime) -> None:
     move_stage(stage, "queued")
     stage.queued_at = stage.ready_at = now
-    stage.params = {**stage.params, "_queue_key": str(queue_key(priority, now))}
+    stage.queue_key = queue_key(priority, now)
 
 
 def stage_fields(stage: models.Stage) -> dict[str, Any]:
@@ -251,157 +250,7 @@ def cancel(
     return execution, running
 
 
-# --- the queue ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claimed stage attempt: everything the dispatcher needs without touching the DB."""
-
-    stage_id: str
-    execution_id: str
-    client_id: str
-    attempt: int
-    epoch: int
-    capability: str
-    action: str
-    structure_template: str
-    params: dict[str, str]
-    timeout_s: float
-    spec: dict[str, Any]
-    previous_output: dict[str, Any]
-    previous_job_id: str
-    feedback: str
-    min_quality: float
-
-
-def claim(session: Session, owner: str, capacity: dict[str, int]) -> list[Claim]:
-    """Claims ready stages, best first, up to the free capacity per capability."""
-    now = utcnow()
-    claims: list[Claim] = []
-    for capability, free in capacity.items():
-        if free <= 0:
-            continue
-        rows = list(
-            session.scalars(
-                select(models.Stage)
-                .where(
-                    models.Stage.status.in_(("queued", "retry_wait")),
-                    models.Stage.ready_at <= now,
-                    models.Stage.capability == capability,
-                )
-                .order_by(models.Stage.ready_at)
-                .limit(free * 4)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        rows.sort(key=lambda s: float(s.params.get("_queue_key", 0)))
-        for stage in rows[:free]:
-            claims.append(_claim_one(session, stage, owner, now))
-    return claims
-
-
-def _claim_one(session: Session, stage: models.Stage, owner: str, now: datetime) -> Claim:
-    execution = session.get_one(models.Execution, stage.execution_id)
-    move_stage(stage, "running")
-    stage.attempts += 1
-    stage.epoch += 1
-    stage.lease_owner = owner
-    stage.lease_expires_at = now + timedelta(seconds=LEASE_SECONDS)
-    stage.started_at = stage.started_at or now
-    if execution.status == "queued":
-        move_execution(execution, "running")
-        execution.started_at = now
-        append_event(session, execution, "EXECUTION_STARTED", message="started")
-    previous = None
-    if stage.order > 1:
-        previous = session.scalar(
-            select(models.Stage).where(
-                models.Stage.execution_id == stage.execution_id,
-                models.Stage.order == stage.order - 1,
-            )
-        )
-    return Claim(
-        stage_id=stage.id,
-        execution_id=stage.execution_id,
-        client_id=execution.client_id,
-        attempt=stage.attempts,
-        epoch=stage.epoch,
-        capability=stage.capability,
-        action=stage.action,
-        structure_template=stage.structure_template,
-        params={k: v for k, v in stage.params.items() if not k.startswith("_")},
-        timeout_s=stage.timeout_s,
-        spec=execution.spec,
-        previous_output=previous.output if previous else {},
-        previous_job_id=previous.job_id if previous else "",
-        feedback=stage.feedback,
-        min_quality=stage.min_quality,
-    )
-
-
-def renew_leases(session: Session, owner: str, stage_ids: list[str]) -> None:
-    if stage_ids:
-        session.execute(
-            update(models.Stage)
-            .where(models.Stage.id.in_(stage_ids), models.Stage.lease_owner == owner)
-            .values(lease_expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
-        )
-
-
-def reclaim_expired(session: Session) -> int:
-    """Re-queues running stages whose lease expired (their holder died)."""
-    now = utcnow()
-    rows = list(
-        session.scalars(
-            select(models.Stage)
-            .where(models.Stage.status == "running", models.Stage.lease_expires_at < now)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    for stage in rows:
-        _end_attempt(session, stage, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
-        move_stage(stage, "queued")
-        stage.ready_at = now
-        stage.lease_owner = ""
-        stage.epoch += 1
-        execution = session.get_one(models.Execution, stage.execution_id)
-        append_event(
-            session,
-            execution,
-            "STAGE_QUEUED",
-            **stage_fields(stage),
-            message="its holder stopped responding; offered again",
-        )
-    return len(rows)
-
-
-def queue_stats(session: Session) -> dict[str, Any]:
-    now = utcnow()
-    levels = {}
-    for priority in (4, 3, 2, 1):
-        depth, oldest = session.execute(
-            select(func.count(), func.min(models.Stage.queued_at)).where(
-                models.Stage.status == "queued", models.Stage.priority == priority
-            )
-        ).one()
-        levels[priority] = (depth, (now - oldest).total_seconds() if oldest else 0.0)
-    running = session.scalar(select(func.count()).where(models.Stage.status == "running"))
-    waiting = session.scalar(select(func.count()).where(models.Stage.status == "retry_wait"))
-    return {"levels": levels, "running": running or 0, "retry_waiting": waiting or 0}
-
-
-# --- attempt outcomes -----------------------------------------------------------------------
-
-
-def _current(session: Session, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
-    stage = session.get_one(models.Stage, stage_id)
-    if stage.epoch != epoch or stage.status != "running":
-        raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
-    return stage, session.get_one(models.Execution, stage.execution_id)
-
-
-def _end_attempt(
+def end_attempt(
     session: Session, stage: models.Stage, epoch: int, status: str, **values: Any
 ) -> None:
     attempt = session.scalar(
@@ -416,280 +265,72 @@ def _end_attempt(
             setattr(attempt, key, value)
 
 
-def record_offer(session: Session, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    offers = session.scalar(select(func.count()).where(models.Attempt.stage_id == stage.id))
-    session.add(
-        models.Attempt(
-            stage_id=stage.id, number=(offers or 0) + 1, epoch=claim_.epoch, worker_id=worker_id
+def retry(session: Session, principal: Principal, execution_id: str) -> models.Execution:
+    """Re-runs a failed execution from its failed stage; earlier results are kept."""
+    execution = get(session, principal, execution_id)
+    if execution.status != "failed":
+        raise ExecutionFinished(
+            f"execution {execution.id} is {execution.status}; only failed executions are retried",
+            reason="NOT_FAILED",
+        )
+    failed = [s for s in stages_of(session, execution.id) if s.status == "failed"]
+    if not failed:
+        raise ExecutionFinished(f"execution {execution.id} has no failed stage to retry")
+    first = failed[0]
+    enqueue(first, execution.priority, utcnow())
+    first.attempts_base, first.error, first.feedback, first.best = first.attempts, {}, "", {}
+    first.epoch += 1
+    first.ended_at = None
+    move_execution(execution, "queued")
+    execution.error, execution.ended_at, execution.outcome_reported = {}, None, False
+    append_event(session, execution, "EXECUTION_QUEUED", message="retried from the failed stage")
+    append_event(
+        session, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
+    )
+    return execution
+
+
+def expire(session: Session, queue_wait_s: float) -> list[tuple[str, list[str]]]:
+    """Fails executions past their deadline, and those whose stage waited in the queue longer
+    than `queue_wait_s`; returns (execution id, running stage ids) for each, so the workers of
+    running stages can be told to stop."""
+    now = utcnow()
+    expired: list[tuple[str, list[str]]] = []
+    overdue = session.scalars(
+        select(models.Execution).where(
+            models.Execution.status.in_(("queued", "running")),
+            models.Execution.deadline_at < now,
         )
     )
-    append_event(
-        session,
-        execution,
-        "STAGE_OFFERED",
-        **stage_fields(stage),
-        worker_id=worker_id,
-        message=f"offered to {worker_id}",
-    )
-
-
-def record_accept(session: Session, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    attempt = session.scalar(
-        select(models.Attempt).where(
-            models.Attempt.stage_id == stage.id, models.Attempt.epoch == claim_.epoch
+    waiting = session.scalars(
+        select(models.Execution)
+        .join(models.Stage, models.Stage.execution_id == models.Execution.id)
+        .where(
+            models.Stage.status == "queued",
+            models.Stage.queued_at < now - timedelta(seconds=queue_wait_s),
         )
     )
-    if attempt is not None:
-        attempt.status = "running"
-    append_event(
-        session,
-        execution,
-        "STAGE_ACCEPTED",
-        **stage_fields(stage),
-        worker_id=worker_id,
-        message=f"{worker_id} accepted",
-    )
-
-
-def record_progress(
-    session: Session, claim_: Claim, phase: str, message: str, fraction: float
-) -> None:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    stages = stages_of(session, execution.id)
-    done = sum(1 for s in stages if s.status == "succeeded")
-    append_event(
-        session,
-        execution,
-        "STAGE_PROGRESS",
-        **stage_fields(stage),
-        phase=phase,
-        message=message,
-        progress=(done + fraction) / len(stages),
-    )
-
-
-def record_decline(
-    session: Session,
-    claim_: Claim,
-    worker_id: str,
-    reason: str,
-    message: str,
-    retry_after: float,
-    final: bool,
-) -> None:
-    """A decline costs no attempt: the stage goes back to the queue (after retry_after), or
-    fails for good when the input itself is invalid."""
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    _end_attempt(
-        session, stage, claim_.epoch, "declined", error={"reason": reason, "message": message}
-    )
-    append_event(
-        session,
-        execution,
-        "STAGE_DECLINED",
-        **stage_fields(stage),
-        worker_id=worker_id,
-        message=f"{worker_id} declined: {message}",
-        error={"reason": reason, "message": message},
-    )
-    stage.attempts -= 1
-    if final:
-        _fail_stage(
-            session, stage, execution, {"reason": reason, "message": message, "retryable": False}
-        )
-        return
-    move_stage(stage, "queued")
-    stage.ready_at = utcnow() + timedelta(seconds=retry_after)
-    stage.lease_owner = ""
-
-
-def _backoff(policy: dict[str, Any], attempt: int, hint: float) -> float:
-    base = float(policy.get("initial_backoff_s", 0.5))
-    cap = float(policy.get("max_backoff_s", 10.0))
-    factor = float(policy.get("backoff_multiplier", 2.0))
-    delay = min(cap, base * factor ** max(0, attempt - 1))
-    delay = random.uniform(delay / 2, delay)  # jitter spreads retries of many stages apart
-    return max(delay, hint)
-
-
-def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(total)
-    for key in ("prompt_tokens", "completion_tokens", "worker_time_ms", "llm_calls"):
-        merged[key] = int(merged.get(key, 0)) + int(usage.get(key, 0))
-    merged["cost_usd"] = float(merged.get("cost_usd", 0.0)) + float(usage.get("cost_usd", 0.0))
-    for key in ("model", "provider"):
-        if usage.get(key):
-            merged[key] = usage[key]
-    return merged
-
-
-@dataclass(frozen=True)
-class Finished:
-    """What the dispatcher must do after an outcome: report to KAM when the execution ended."""
-
-    execution_id: str
-    terminal: bool
-
-
-def record_result(
-    session: Session,
-    claim_: Claim,
-    *,
-    output: dict[str, Any],
-    job_id: str,
-    quality: dict[str, Any],
-    usage: dict[str, Any],
-) -> Finished:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    score = float(quality.get("score", 0.0))
-    stage.usage = add_usage(stage.usage, usage)
-    execution.usage = add_usage(execution.usage, usage)
-    below = stage.min_quality > 0 and score < stage.min_quality
-    if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
-        stage.best = {"output": output, "job_id": job_id, "quality": quality}
-    max_attempts = int(stage.retry_policy.get("max_attempts", 1))
-    if below and stage.attempts < max_attempts:
-        _end_attempt(
-            session, stage, claim_.epoch, "below_quality", usage=usage, quality_score=score
-        )
-        stage.feedback = str(quality.get("feedback", ""))
+    for execution, reason, message in [
+        *((e, "EXECUTION_TIMEOUT", "the execution ran past its time limit") for e in overdue),
+        *((e, "QUEUE_TIMEOUT", "no worker took the stage in time") for e in waiting),
+    ]:
+        if execution.status in TERMINAL_EXECUTION:
+            continue
+        running = [s.id for s in stages_of(session, execution.id) if s.status == "running"]
+        for stage in stages_of(session, execution.id):
+            if stage.status in ("queued", "running", "retry_wait"):
+                move_stage(stage, "failed")
+                stage.epoch += 1
+                stage.ended_at = now
+        move_execution(execution, "failed")
+        execution.error = {"reason": reason, "message": message, "retryable": True}
+        execution.ended_at = now
         append_event(
             session,
             execution,
-            "QUALITY_BELOW_THRESHOLD",
-            **stage_fields(stage),
-            message=f"quality {score:.0f} below {stage.min_quality:.0f}; regenerating",
+            "EXECUTION_FAILED",
+            error=execution.error,
+            message=f"execution failed: {message}",
         )
-        move_stage(stage, "retry_wait")
-        stage.ready_at = utcnow()
-        return Finished(execution.id, False)
-    _end_attempt(session, stage, claim_.epoch, "succeeded", usage=usage, quality_score=score)
-    best = stage.best
-    stage.output, stage.job_id = best["output"], best["job_id"]
-    stage.quality = {**best["quality"], "below_threshold": below}
-    move_stage(stage, "succeeded")
-    stage.ended_at = utcnow()
-    append_event(
-        session,
-        execution,
-        "STAGE_SUCCEEDED",
-        **stage_fields(stage),
-        usage=execution.usage,
-        message=f"stage {stage.name} done (quality {float(best['quality'].get('score', 0)):.0f})",
-    )
-    following = session.scalar(
-        select(models.Stage).where(
-            models.Stage.execution_id == execution.id, models.Stage.order == stage.order + 1
-        )
-    )
-    if following is not None:
-        _enqueue(following, execution.priority, utcnow())
-        append_event(
-            session,
-            execution,
-            "STAGE_QUEUED",
-            **stage_fields(following),
-            message="waiting for a worker",
-        )
-        return Finished(execution.id, False)
-    move_execution(execution, "succeeded")
-    execution.ended_at = utcnow()
-    execution.job_id = stage.job_id
-    append_event(
-        session,
-        execution,
-        "EXECUTION_SUCCEEDED",
-        usage=execution.usage,
-        message="execution succeeded",
-        progress=1.0,
-    )
-    return Finished(execution.id, True)
-
-
-def record_failure(
-    session: Session,
-    claim_: Claim,
-    *,
-    error_class: str,
-    reason: str,
-    message: str,
-    retry_after: float,
-    usage: dict[str, Any],
-    status: str = "failed",
-) -> Finished:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    error = {
-        "reason": reason,
-        "message": message,
-        "retryable": error_class not in NON_RETRYABLE_CLASSES,
-    }
-    stage.usage = add_usage(stage.usage, usage)
-    execution.usage = add_usage(execution.usage, usage)
-    _end_attempt(session, stage, claim_.epoch, status, usage=usage, error=error)
-    policy = stage.retry_policy
-    non_retryable = set(policy.get("non_retryable_errors", [])) | NON_RETRYABLE_CLASSES
-    if error_class not in non_retryable and stage.attempts < int(policy.get("max_attempts", 1)):
-        delay = _backoff(policy, stage.attempts, retry_after)
-        move_stage(stage, "retry_wait")
-        stage.ready_at = utcnow() + timedelta(seconds=delay)
-        stage.lease_owner = ""
-        append_event(
-            session,
-            execution,
-            "STAGE_RETRY_SCHEDULED",
-            **stage_fields(stage),
-            error=error,
-            message=f"attempt {stage.attempts} failed ({reason}); retrying in {delay:.1f}s",
-        )
-        return Finished(execution.id, False)
-    _fail_stage(session, stage, execution, error)
-    return Finished(execution.id, True)
-
-
-def _fail_stage(
-    session: Session, stage: models.Stage, execution: models.Execution, error: dict[str, Any]
-) -> None:
-    move_stage(stage, "failed")
-    stage.error = error
-    stage.ended_at = utcnow()
-    append_event(
-        session,
-        execution,
-        "STAGE_FAILED",
-        **stage_fields(stage),
-        error=error,
-        message=f"stage {stage.name} failed: {error['message']}",
-    )
-    for later in stages_of(session, execution.id):
-        if later.status == "pending":
-            move_stage(later, "cancelled")
-    move_execution(execution, "failed")
-    execution.error = error
-    execution.ended_at = utcnow()
-    append_event(
-        session,
-        execution,
-        "EXECUTION_FAILED",
-        error=error,
-        message=f"execution failed: {error['message']}",
-    )
-
-
-def unreported(session: Session) -> list[models.Execution]:
-    return list(
-        session.scalars(
-            select(models.Execution)
-            .where(
-                models.Execution.status.in_(TERMINAL_EXECUTION),
-                models.Execution.outcome_reported.is_(False),
-                models.Execution.request_id != "",
-            )
-            .limit(50)
-        )
-    )
-
-
-def mark_reported(session: Session, execution_id: str) -> None:
-    session.get_one(models.Execution, execution_id).outcome_reported = True
+        expired.append((execution.id, running))
+    return expired

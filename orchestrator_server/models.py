@@ -27,6 +27,8 @@ class Execution(OrchestratorBase):
     template_version: Mapped[int]
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     priority: Mapped[int]  # 1 low … 4 critical
+    #: The most of this client's executions that may run at once (its tier's limit; 0 = none).
+    client_concurrency: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str] = mapped_column(String(60), default="")
@@ -42,7 +44,7 @@ class Execution(OrchestratorBase):
 
 class Stage(OrchestratorBase):
     __tablename__ = "stages"
-    __table_args__ = (Index("ix_stages_queue", "status", "ready_at"),)
+    __table_args__ = (Index("ix_stages_queue", "status", "capability", "queue_key"),)
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"), index=True)
     order: Mapped[int]
@@ -56,12 +58,19 @@ class Stage(OrchestratorBase):
     min_quality: Mapped[float] = mapped_column(default=0.0)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     priority: Mapped[int] = mapped_column(default=2)
+    #: Attempts so far; never reset, so (execution, stage, attempt) names one piece of work.
     attempts: Mapped[int] = mapped_column(default=0)
+    #: Attempts made before the last RetryExecution; the retry policy counts from here.
+    attempts_base: Mapped[int] = mapped_column(default=0)
     epoch: Mapped[int] = mapped_column(default=0)
     lease_owner: Mapped[str] = mapped_column(String(60), default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Queue order: enqueue time moved earlier by priority (see executions.queue_key).
+    queue_key: Mapped[float] = mapped_column(default=0.0)
+    #: After its holder died: the worker that may still hold this attempt's result.
+    reattach_worker: Mapped[str] = mapped_column(String(100), default="")
     feedback: Mapped[str] = mapped_column(String(4000), default="")
     output: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str] = mapped_column(String(60), default="")

@@ -77,6 +77,12 @@ def mark_silent_unhealthy(session: Session, timeout_s: float) -> list[str]:
     return [row.id for row in rows]
 
 
+def mark_unhealthy(session: Session, worker_id: str) -> None:
+    row = session.get(models.Worker, worker_id)
+    if row is not None and row.state == "healthy":
+        row.state = "unhealthy"
+
+
 def available(session: Session) -> list[models.Worker]:
     return list(
         session.scalars(

@@ -32,9 +32,7 @@ class OrchestratorServer(MeshServer):
         self.kam = KamClient(settings)
         self.hub = EventHub()
         self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam)
-        handlers = OrchestratorHandlers(  # type: ignore[abstract]  # RetryExecution: issue 4
-            self.db, self.hub, self.kam, self.dispatcher
-        )
+        handlers = OrchestratorHandlers(self.db, self.hub, self.kam, self.dispatcher)
         registry_handlers = RegistryHandlers(
             self.db, self.dispatcher, settings.heartbeat_interval, settings.heartbeat_timeout
         )

@@ -22,7 +22,7 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from orchestrator_server import executions, models, registry
+from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
@@ -178,6 +178,9 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             request_id=request.request_id,
             client_id=client_id,
             idempotency_key=request.idempotency_key,
+            client_concurrency=(
+                request.client_concurrency_limit if principal.sees_all_clients else 0
+            ),
         )
         row = await self.db.run(lambda s: executions.create(s, new))
         self.dispatcher.wake.set()
@@ -220,6 +223,15 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         await self.dispatcher.report_outcomes()
         return orchestrator_pb2.CancelExecutionResponse(execution=await self._full(row.id))
 
+    async def RetryExecution(
+        self, request: orchestrator_pb2.RetryExecutionRequest, context: Context
+    ) -> orchestrator_pb2.RetryExecutionResponse:
+        principal = current_principal()
+        row = await self.db.run(lambda s: executions.retry(s, principal, request.execution_id))
+        self.hub.notify(row.id)
+        self.dispatcher.wake.set()
+        return orchestrator_pb2.RetryExecutionResponse(execution=await self._full(row.id))
+
     async def WatchExecution(
         self, request: orchestrator_pb2.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[orchestrator_pb2.WatchExecutionResponse]:
@@ -248,7 +260,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetQueue(
         self, request: orchestrator_pb2.GetQueueRequest, context: Context
     ) -> orchestrator_pb2.GetQueueResponse:
-        stats = await self.db.run(executions.queue_stats)
+        stats = await self.db.run(queue.queue_stats)
         levels = []
         for priority, (depth, oldest) in stats["levels"].items():
             wait = duration_pb2.Duration()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,19 @@ async def make_client(
             timeout=10,
         )
     return Client(mesh, login.session_token, created.client.client_id, key.key)
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Waits until `condition()` holds, failing the test after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for _ in range(int(within / 0.02) + 1):
+        if condition():
+            return
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within}s")
 
 
 @pytest.fixture

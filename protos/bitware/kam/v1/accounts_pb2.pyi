@@ -275,7 +275,7 @@ class UpdateUserRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change: display_name, role, client_id, active."""
+        """The fields to change: display_name, role, client_id, active. Required."""
 
     def __init__(
         self,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class UserServiceStub:
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself.
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
     """
 
     def __init__(self, channel):
@@ -63,12 +64,13 @@ class UserServiceStub:
 
 
 class UserServiceServicer:
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself.
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
     """
 
     def CreateUser(self, request, context):
-        """Creates a user.
-        Errors: INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
+        """Creates a user. Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
         PERMISSION_DENIED (not an admin), NOT_FOUND (client_id unknown), RESOURCE_EXHAUSTED
         (reason TIER_LIMIT_USERS: the client's tier allows no more users).
         """
@@ -77,31 +79,37 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Returns a user. Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Returns a user. Admins and support read any user; other users only themselves (any other
+        id answers NOT_FOUND).
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (workers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListUsers(self, request, context):
-        """Lists users by email. Errors: INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
+        """Lists users by email. Admins and support only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateUser(self, request, context):
-        """Updates the fields named in update_mask.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (would leave no
-        active admin).
+        """Updates the fields named in update_mask (required). Deactivating a user or changing the
+        password ends the user's sessions. Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND, PERMISSION_DENIED,
+        FAILED_PRECONDITION (reason LAST_ADMIN: would leave no active admin), RESOURCE_EXHAUSTED
+        (reason TIER_LIMIT_USERS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Deletes a user and revokes their sessions.
-        Errors: NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (the last admin).
+        """Deletes a user and revokes their sessions. Admins only.
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (reason
+        LAST_ADMIN: the last active admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,7 +152,8 @@ def add_UserServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UserService:
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself.
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
     """
 
     @staticmethod
@@ -336,7 +345,7 @@ class ClientServiceServicer:
 
     def CreateClient(self, request, context):
         """Creates a client. Admins only.
-        Errors: INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -344,7 +353,7 @@ class ClientServiceServicer:
 
     def GetClient(self, request, context):
         """Returns a client. A client principal sees only its own (others answer NOT_FOUND).
-        Errors: NOT_FOUND.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -352,31 +361,36 @@ class ClientServiceServicer:
 
     def ListClients(self, request, context):
         """Lists clients, filtered by status and tier. Admins and support only.
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or filter), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateClient(self, request, context):
-        """Updates the fields named in update_mask. Admins only.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        """Updates the fields named in update_mask (required). Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations, unknown mask paths), NOT_FOUND,
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SuspendClient(self, request, context):
-        """Suspends a client: its keys and users stop working for new work. Admins only.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Suspends a client: its keys and users may still read, but creating or executing requests
+        fails with FAILED_PRECONDITION (reason CLIENT_SUSPENDED). Admins only; UpdateClient with
+        status ACTIVE lifts it.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id), NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """Returns month-to-date spend against the budget, per template and per request.
-        Errors: NOT_FOUND.
+        """Returns month-to-date spend against the budget, per template and per request. A client
+        principal sees only its own client (others answer NOT_FOUND).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id for a caller without a client),
+        PERMISSION_DENIED (workers), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -384,6 +398,7 @@ class ClientServiceServicer:
 
     def ListTiers(self, request, context):
         """Lists the tiers with their enforced limits. Any authenticated caller.
+        Errors: UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -630,7 +645,8 @@ class ClientService:
 
 
 class ApiKeyServiceStub:
-    """API keys of client programs. Admins for any client, client users for their own.
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
     """
 
     def __init__(self, channel):
@@ -657,12 +673,14 @@ class ApiKeyServiceStub:
 
 
 class ApiKeyServiceServicer:
-    """API keys of client programs. Admins for any client, client users for their own.
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
     """
 
     def CreateApiKey(self, request, context):
         """Creates a key; the plaintext is returned once and stored only as a hash.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (client), PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
+        PERMISSION_DENIED (support, workers, API keys).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -670,15 +688,17 @@ class ApiKeyServiceServicer:
 
     def ListApiKeys(self, request, context):
         """Lists a client's keys (never their secrets).
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token; no client_id for a caller
+        without a client), NOT_FOUND, PERMISSION_DENIED (workers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes a key; it stops working within the services' 30 s auth cache.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Revokes a key: KAM refuses it at once, the other services within their auth cache (at
+        most 30 s). Revoking twice is harmless.
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (support, workers, API keys).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -711,7 +731,8 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
-    """API keys of client programs. Admins for any client, client users for their own.
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
     """
 
     @staticmethod
@@ -834,31 +855,33 @@ class WorkerCredentialServiceServicer:
 
     def CreateWorkerCredential(self, request, context):
         """Creates a credential; the token is returned once and stored only as a hash.
-        Errors: INVALID_ARGUMENT, ALREADY_EXISTS, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS,
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RotateWorkerCredential(self, request, context):
-        """Replaces a credential's token; the old one stops working.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Replaces a credential's token (and lifts a revocation); the old token stops working at
+        KAM at once, at the other services within their auth cache.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkerCredentials(self, request, context):
-        """Lists credentials (never their tokens).
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        """Lists credentials (never their tokens). Admins and support.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeWorkerCredential(self, request, context):
-        """Revokes a credential.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Revokes a credential. Revoking twice is harmless.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1031,7 +1054,7 @@ class AuditServiceServicer:
 
     def ListAuditEvents(self, request, context):
         """Lists audit events, newest first.
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

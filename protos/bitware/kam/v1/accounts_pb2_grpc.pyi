@@ -29,59 +29,81 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class UserServiceStub:
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself."""
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UserServiceAsyncStub: ...
     CreateUser: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateUserRequest, _accounts_pb2.CreateUserResponse]
-    """Creates a user.
-    Errors: INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
+    """Creates a user. Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
     PERMISSION_DENIED (not an admin), NOT_FOUND (client_id unknown), RESOURCE_EXHAUSTED
     (reason TIER_LIMIT_USERS: the client's tier allows no more users).
     """
     GetUser: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetUserRequest, _accounts_pb2.GetUserResponse]
-    """Returns a user. Errors: NOT_FOUND, PERMISSION_DENIED."""
+    """Returns a user. Admins and support read any user; other users only themselves (any other
+    id answers NOT_FOUND).
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (workers).
+    """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListUsersRequest, _accounts_pb2.ListUsersResponse]
-    """Lists users by email. Errors: INVALID_ARGUMENT (bad page token), PERMISSION_DENIED."""
+    """Lists users by email. Admins and support only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
+    """
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.UpdateUserRequest, _accounts_pb2.UpdateUserResponse]
-    """Updates the fields named in update_mask.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (would leave no
-    active admin).
+    """Updates the fields named in update_mask (required). Deactivating a user or changing the
+    password ends the user's sessions. Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND, PERMISSION_DENIED,
+    FAILED_PRECONDITION (reason LAST_ADMIN: would leave no active admin), RESOURCE_EXHAUSTED
+    (reason TIER_LIMIT_USERS).
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DeleteUserRequest, _accounts_pb2.DeleteUserResponse]
-    """Deletes a user and revokes their sessions.
-    Errors: NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (the last admin).
+    """Deletes a user and revokes their sessions. Admins only.
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (reason
+    LAST_ADMIN: the last active admin).
     """
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself."""
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateUserRequest, _accounts_pb2.CreateUserResponse]  # type: ignore[assignment]
-    """Creates a user.
-    Errors: INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
+    """Creates a user. Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
     PERMISSION_DENIED (not an admin), NOT_FOUND (client_id unknown), RESOURCE_EXHAUSTED
     (reason TIER_LIMIT_USERS: the client's tier allows no more users).
     """
     GetUser: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetUserRequest, _accounts_pb2.GetUserResponse]  # type: ignore[assignment]
-    """Returns a user. Errors: NOT_FOUND, PERMISSION_DENIED."""
+    """Returns a user. Admins and support read any user; other users only themselves (any other
+    id answers NOT_FOUND).
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (workers).
+    """
     ListUsers: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListUsersRequest, _accounts_pb2.ListUsersResponse]  # type: ignore[assignment]
-    """Lists users by email. Errors: INVALID_ARGUMENT (bad page token), PERMISSION_DENIED."""
+    """Lists users by email. Admins and support only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
+    """
     UpdateUser: _aio.UnaryUnaryMultiCallable[_accounts_pb2.UpdateUserRequest, _accounts_pb2.UpdateUserResponse]  # type: ignore[assignment]
-    """Updates the fields named in update_mask.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (would leave no
-    active admin).
+    """Updates the fields named in update_mask (required). Deactivating a user or changing the
+    password ends the user's sessions. Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND, PERMISSION_DENIED,
+    FAILED_PRECONDITION (reason LAST_ADMIN: would leave no active admin), RESOURCE_EXHAUSTED
+    (reason TIER_LIMIT_USERS).
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DeleteUserRequest, _accounts_pb2.DeleteUserResponse]  # type: ignore[assignment]
-    """Deletes a user and revokes their sessions.
-    Errors: NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (the last admin).
+    """Deletes a user and revokes their sessions. Admins only.
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (reason
+    LAST_ADMIN: the last active admin).
     """
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
-    """People who sign in to the dashboard. Admins only, except GetUser on oneself."""
+    """People who sign in to the dashboard. Admins change users; admins and support read them; a
+    user may read itself.
+    """
 
     @_abc_1.abstractmethod
     def CreateUser(
@@ -89,8 +111,8 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.CreateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CreateUserResponse, _abc.Awaitable[_accounts_pb2.CreateUserResponse]]:
-        """Creates a user.
-        Errors: INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
+        """Creates a user. Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS (email taken),
         PERMISSION_DENIED (not an admin), NOT_FOUND (client_id unknown), RESOURCE_EXHAUSTED
         (reason TIER_LIMIT_USERS: the client's tier allows no more users).
         """
@@ -101,7 +123,10 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.GetUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.GetUserResponse, _abc.Awaitable[_accounts_pb2.GetUserResponse]]:
-        """Returns a user. Errors: NOT_FOUND, PERMISSION_DENIED."""
+        """Returns a user. Admins and support read any user; other users only themselves (any other
+        id answers NOT_FOUND).
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (workers).
+        """
 
     @_abc_1.abstractmethod
     def ListUsers(
@@ -109,7 +134,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.ListUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListUsersResponse, _abc.Awaitable[_accounts_pb2.ListUsersResponse]]:
-        """Lists users by email. Errors: INVALID_ARGUMENT (bad page token), PERMISSION_DENIED."""
+        """Lists users by email. Admins and support only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def UpdateUser(
@@ -117,9 +144,11 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.UpdateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.UpdateUserResponse, _abc.Awaitable[_accounts_pb2.UpdateUserResponse]]:
-        """Updates the fields named in update_mask.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (would leave no
-        active admin).
+        """Updates the fields named in update_mask (required). Deactivating a user or changing the
+        password ends the user's sessions. Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND, PERMISSION_DENIED,
+        FAILED_PRECONDITION (reason LAST_ADMIN: would leave no active admin), RESOURCE_EXHAUSTED
+        (reason TIER_LIMIT_USERS).
         """
 
     @_abc_1.abstractmethod
@@ -128,8 +157,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.DeleteUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.DeleteUserResponse, _abc.Awaitable[_accounts_pb2.DeleteUserResponse]]:
-        """Deletes a user and revokes their sessions.
-        Errors: NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (the last admin).
+        """Deletes a user and revokes their sessions. Admins only.
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION (reason
+        LAST_ADMIN: the last active admin).
         """
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -143,30 +173,37 @@ class ClientServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ClientServiceAsyncStub: ...
     CreateClient: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateClientRequest, _accounts_pb2.CreateClientResponse]
     """Creates a client. Admins only.
-    Errors: INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
     """
     GetClient: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetClientRequest, _accounts_pb2.GetClientResponse]
     """Returns a client. A client principal sees only its own (others answer NOT_FOUND).
-    Errors: NOT_FOUND.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
     """
     ListClients: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListClientsRequest, _accounts_pb2.ListClientsResponse]
     """Lists clients, filtered by status and tier. Admins and support only.
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or filter), PERMISSION_DENIED.
     """
     UpdateClient: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.UpdateClientRequest, _accounts_pb2.UpdateClientResponse]
-    """Updates the fields named in update_mask. Admins only.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    """Updates the fields named in update_mask (required). Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations, unknown mask paths), NOT_FOUND,
+    PERMISSION_DENIED.
     """
     SuspendClient: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.SuspendClientRequest, _accounts_pb2.SuspendClientResponse]
-    """Suspends a client: its keys and users stop working for new work. Admins only.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Suspends a client: its keys and users may still read, but creating or executing requests
+    fails with FAILED_PRECONDITION (reason CLIENT_SUSPENDED). Admins only; UpdateClient with
+    status ACTIVE lifts it.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id), NOT_FOUND, PERMISSION_DENIED.
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetUsageRequest, _accounts_pb2.GetUsageResponse]
-    """Returns month-to-date spend against the budget, per template and per request.
-    Errors: NOT_FOUND.
+    """Returns month-to-date spend against the budget, per template and per request. A client
+    principal sees only its own client (others answer NOT_FOUND).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id for a caller without a client),
+    PERMISSION_DENIED (workers), NOT_FOUND.
     """
     ListTiers: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListTiersRequest, _accounts_pb2.ListTiersResponse]
-    """Lists the tiers with their enforced limits. Any authenticated caller."""
+    """Lists the tiers with their enforced limits. Any authenticated caller.
+    Errors: UNAUTHENTICATED.
+    """
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -175,30 +212,37 @@ class ClientServiceAsyncStub(ClientServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateClient: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateClientRequest, _accounts_pb2.CreateClientResponse]  # type: ignore[assignment]
     """Creates a client. Admins only.
-    Errors: INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
     """
     GetClient: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetClientRequest, _accounts_pb2.GetClientResponse]  # type: ignore[assignment]
     """Returns a client. A client principal sees only its own (others answer NOT_FOUND).
-    Errors: NOT_FOUND.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
     """
     ListClients: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListClientsRequest, _accounts_pb2.ListClientsResponse]  # type: ignore[assignment]
     """Lists clients, filtered by status and tier. Admins and support only.
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or filter), PERMISSION_DENIED.
     """
     UpdateClient: _aio.UnaryUnaryMultiCallable[_accounts_pb2.UpdateClientRequest, _accounts_pb2.UpdateClientResponse]  # type: ignore[assignment]
-    """Updates the fields named in update_mask. Admins only.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    """Updates the fields named in update_mask (required). Admins only.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations, unknown mask paths), NOT_FOUND,
+    PERMISSION_DENIED.
     """
     SuspendClient: _aio.UnaryUnaryMultiCallable[_accounts_pb2.SuspendClientRequest, _accounts_pb2.SuspendClientResponse]  # type: ignore[assignment]
-    """Suspends a client: its keys and users stop working for new work. Admins only.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Suspends a client: its keys and users may still read, but creating or executing requests
+    fails with FAILED_PRECONDITION (reason CLIENT_SUSPENDED). Admins only; UpdateClient with
+    status ACTIVE lifts it.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id), NOT_FOUND, PERMISSION_DENIED.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetUsageRequest, _accounts_pb2.GetUsageResponse]  # type: ignore[assignment]
-    """Returns month-to-date spend against the budget, per template and per request.
-    Errors: NOT_FOUND.
+    """Returns month-to-date spend against the budget, per template and per request. A client
+    principal sees only its own client (others answer NOT_FOUND).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id for a caller without a client),
+    PERMISSION_DENIED (workers), NOT_FOUND.
     """
     ListTiers: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListTiersRequest, _accounts_pb2.ListTiersResponse]  # type: ignore[assignment]
-    """Lists the tiers with their enforced limits. Any authenticated caller."""
+    """Lists the tiers with their enforced limits. Any authenticated caller.
+    Errors: UNAUTHENTICATED.
+    """
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     """Client organisations with a tier and a monthly budget."""
@@ -210,7 +254,7 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CreateClientResponse, _abc.Awaitable[_accounts_pb2.CreateClientResponse]]:
         """Creates a client. Admins only.
-        Errors: INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -220,7 +264,7 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.GetClientResponse, _abc.Awaitable[_accounts_pb2.GetClientResponse]]:
         """Returns a client. A client principal sees only its own (others answer NOT_FOUND).
-        Errors: NOT_FOUND.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -230,7 +274,7 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListClientsResponse, _abc.Awaitable[_accounts_pb2.ListClientsResponse]]:
         """Lists clients, filtered by status and tier. Admins and support only.
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or filter), PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -239,8 +283,9 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.UpdateClientRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.UpdateClientResponse, _abc.Awaitable[_accounts_pb2.UpdateClientResponse]]:
-        """Updates the fields named in update_mask. Admins only.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        """Updates the fields named in update_mask (required). Admins only.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations, unknown mask paths), NOT_FOUND,
+        PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -249,8 +294,10 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.SuspendClientRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.SuspendClientResponse, _abc.Awaitable[_accounts_pb2.SuspendClientResponse]]:
-        """Suspends a client: its keys and users stop working for new work. Admins only.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Suspends a client: its keys and users may still read, but creating or executing requests
+        fails with FAILED_PRECONDITION (reason CLIENT_SUSPENDED). Admins only; UpdateClient with
+        status ACTIVE lifts it.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id), NOT_FOUND, PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -259,8 +306,10 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.GetUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.GetUsageResponse, _abc.Awaitable[_accounts_pb2.GetUsageResponse]]:
-        """Returns month-to-date spend against the budget, per template and per request.
-        Errors: NOT_FOUND.
+        """Returns month-to-date spend against the budget, per template and per request. A client
+        principal sees only its own client (others answer NOT_FOUND).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no client_id for a caller without a client),
+        PERMISSION_DENIED (workers), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -269,12 +318,16 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.ListTiersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListTiersResponse, _abc.Awaitable[_accounts_pb2.ListTiersResponse]]:
-        """Lists the tiers with their enforced limits. Any authenticated caller."""
+        """Lists the tiers with their enforced limits. Any authenticated caller.
+        Errors: UNAUTHENTICATED.
+        """
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ApiKeyServiceStub:
-    """API keys of client programs. Admins for any client, client users for their own."""
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -282,37 +335,47 @@ class ApiKeyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ApiKeyServiceAsyncStub: ...
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateApiKeyRequest, _accounts_pb2.CreateApiKeyResponse]
     """Creates a key; the plaintext is returned once and stored only as a hash.
-    Errors: INVALID_ARGUMENT, NOT_FOUND (client), PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
+    PERMISSION_DENIED (support, workers, API keys).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListApiKeysRequest, _accounts_pb2.ListApiKeysResponse]
     """Lists a client's keys (never their secrets).
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token; no client_id for a caller
+    without a client), NOT_FOUND, PERMISSION_DENIED (workers).
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.RevokeApiKeyRequest, _accounts_pb2.RevokeApiKeyResponse]
-    """Revokes a key; it stops working within the services' 30 s auth cache.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Revokes a key: KAM refuses it at once, the other services within their auth cache (at
+    most 30 s). Revoking twice is harmless.
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (support, workers, API keys).
     """
 
 @_typing.type_check_only
 class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
-    """API keys of client programs. Admins for any client, client users for their own."""
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateApiKeyRequest, _accounts_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates a key; the plaintext is returned once and stored only as a hash.
-    Errors: INVALID_ARGUMENT, NOT_FOUND (client), PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
+    PERMISSION_DENIED (support, workers, API keys).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListApiKeysRequest, _accounts_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists a client's keys (never their secrets).
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token; no client_id for a caller
+    without a client), NOT_FOUND, PERMISSION_DENIED (workers).
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_accounts_pb2.RevokeApiKeyRequest, _accounts_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes a key; it stops working within the services' 30 s auth cache.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Revokes a key: KAM refuses it at once, the other services within their auth cache (at
+    most 30 s). Revoking twice is harmless.
+    Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (support, workers, API keys).
     """
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
-    """API keys of client programs. Admins for any client, client users for their own."""
+    """API keys of client programs. Admins for any client, client users for their own; support
+    reads; API keys may list their client's keys but not create or revoke keys.
+    """
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -321,7 +384,8 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CreateApiKeyResponse, _abc.Awaitable[_accounts_pb2.CreateApiKeyResponse]]:
         """Creates a key; the plaintext is returned once and stored only as a hash.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (client), PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
+        PERMISSION_DENIED (support, workers, API keys).
         """
 
     @_abc_1.abstractmethod
@@ -331,7 +395,8 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListApiKeysResponse, _abc.Awaitable[_accounts_pb2.ListApiKeysResponse]]:
         """Lists a client's keys (never their secrets).
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token; no client_id for a caller
+        without a client), NOT_FOUND, PERMISSION_DENIED (workers).
         """
 
     @_abc_1.abstractmethod
@@ -340,8 +405,9 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.RevokeApiKeyResponse, _abc.Awaitable[_accounts_pb2.RevokeApiKeyResponse]]:
-        """Revokes a key; it stops working within the services' 30 s auth cache.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Revokes a key: KAM refuses it at once, the other services within their auth cache (at
+        most 30 s). Revoking twice is harmless.
+        Errors: UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED (support, workers, API keys).
         """
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -355,19 +421,21 @@ class WorkerCredentialServiceStub:
     def __new__(cls, channel: _aio.Channel) -> WorkerCredentialServiceAsyncStub: ...
     CreateWorkerCredential: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateWorkerCredentialRequest, _accounts_pb2.CreateWorkerCredentialResponse]
     """Creates a credential; the token is returned once and stored only as a hash.
-    Errors: INVALID_ARGUMENT, ALREADY_EXISTS, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS,
+    PERMISSION_DENIED.
     """
     RotateWorkerCredential: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.RotateWorkerCredentialRequest, _accounts_pb2.RotateWorkerCredentialResponse]
-    """Replaces a credential's token; the old one stops working.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Replaces a credential's token (and lifts a revocation); the old token stops working at
+    KAM at once, at the other services within their auth cache.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
     """
     ListWorkerCredentials: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListWorkerCredentialsRequest, _accounts_pb2.ListWorkerCredentialsResponse]
-    """Lists credentials (never their tokens).
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    """Lists credentials (never their tokens). Admins and support.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
     """
     RevokeWorkerCredential: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.RevokeWorkerCredentialRequest, _accounts_pb2.RevokeWorkerCredentialResponse]
-    """Revokes a credential.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Revokes a credential. Revoking twice is harmless.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
     """
 
 @_typing.type_check_only
@@ -377,19 +445,21 @@ class WorkerCredentialServiceAsyncStub(WorkerCredentialServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateWorkerCredential: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateWorkerCredentialRequest, _accounts_pb2.CreateWorkerCredentialResponse]  # type: ignore[assignment]
     """Creates a credential; the token is returned once and stored only as a hash.
-    Errors: INVALID_ARGUMENT, ALREADY_EXISTS, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS,
+    PERMISSION_DENIED.
     """
     RotateWorkerCredential: _aio.UnaryUnaryMultiCallable[_accounts_pb2.RotateWorkerCredentialRequest, _accounts_pb2.RotateWorkerCredentialResponse]  # type: ignore[assignment]
-    """Replaces a credential's token; the old one stops working.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Replaces a credential's token (and lifts a revocation); the old token stops working at
+    KAM at once, at the other services within their auth cache.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
     """
     ListWorkerCredentials: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListWorkerCredentialsRequest, _accounts_pb2.ListWorkerCredentialsResponse]  # type: ignore[assignment]
-    """Lists credentials (never their tokens).
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    """Lists credentials (never their tokens). Admins and support.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
     """
     RevokeWorkerCredential: _aio.UnaryUnaryMultiCallable[_accounts_pb2.RevokeWorkerCredentialRequest, _accounts_pb2.RevokeWorkerCredentialResponse]  # type: ignore[assignment]
-    """Revokes a credential.
-    Errors: NOT_FOUND, PERMISSION_DENIED.
+    """Revokes a credential. Revoking twice is harmless.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
     """
 
 class WorkerCredentialServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -402,7 +472,8 @@ class WorkerCredentialServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CreateWorkerCredentialResponse, _abc.Awaitable[_accounts_pb2.CreateWorkerCredentialResponse]]:
         """Creates a credential; the token is returned once and stored only as a hash.
-        Errors: INVALID_ARGUMENT, ALREADY_EXISTS, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), ALREADY_EXISTS,
+        PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -411,8 +482,9 @@ class WorkerCredentialServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.RotateWorkerCredentialRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.RotateWorkerCredentialResponse, _abc.Awaitable[_accounts_pb2.RotateWorkerCredentialResponse]]:
-        """Replaces a credential's token; the old one stops working.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Replaces a credential's token (and lifts a revocation); the old token stops working at
+        KAM at once, at the other services within their auth cache.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -421,8 +493,8 @@ class WorkerCredentialServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.ListWorkerCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListWorkerCredentialsResponse, _abc.Awaitable[_accounts_pb2.ListWorkerCredentialsResponse]]:
-        """Lists credentials (never their tokens).
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        """Lists credentials (never their tokens). Admins and support.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -431,8 +503,8 @@ class WorkerCredentialServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.RevokeWorkerCredentialRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.RevokeWorkerCredentialResponse, _abc.Awaitable[_accounts_pb2.RevokeWorkerCredentialResponse]]:
-        """Revokes a credential.
-        Errors: NOT_FOUND, PERMISSION_DENIED.
+        """Revokes a credential. Revoking twice is harmless.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no worker_id), NOT_FOUND, PERMISSION_DENIED.
         """
 
 def add_WorkerCredentialServiceServicer_to_server(servicer: WorkerCredentialServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -446,7 +518,7 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListAuditEventsRequest, _accounts_pb2.ListAuditEventsResponse]
     """Lists audit events, newest first.
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
     """
 
 @_typing.type_check_only
@@ -456,7 +528,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListAuditEventsRequest, _accounts_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists audit events, newest first.
-    Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -469,7 +541,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ListAuditEventsResponse, _abc.Awaitable[_accounts_pb2.ListAuditEventsResponse]]:
         """Lists audit events, newest first.
-        Errors: INVALID_ARGUMENT, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token), PERMISSION_DENIED.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -71,8 +71,8 @@ class AuthServiceServicer:
 
     def Logout(self, request, context):
         """Revokes the caller's session token.
-        Errors: UNAUTHENTICATED (no valid session token), FAILED_PRECONDITION (the caller did not
-        authenticate with a session token).
+        Errors: UNAUTHENTICATED (no valid credential), PERMISSION_DENIED (workers),
+        FAILED_PRECONDITION (the caller did not authenticate with a session token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,9 +80,11 @@ class AuthServiceServicer:
 
     def Authenticate(self, request, context):
         """Turns a credential into a principal. Called by the orchestrator, the granulator and the
-        gateway; services and workers may check any credential, every other caller only its own.
-        Errors: INVALID_ARGUMENT (no credential given), UNAUTHENTICATED (the credential is unknown,
-        revoked or expired), PERMISSION_DENIED (a non-service caller asked about another credential).
+        gateway; services and workers may check any credential, every other caller only its own
+        (an empty request answers who the caller is).
+        Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
+        caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
+        non-service caller asked about another credential).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

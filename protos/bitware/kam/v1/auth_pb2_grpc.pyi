@@ -46,14 +46,16 @@ class AuthServiceStub:
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
     """Revokes the caller's session token.
-    Errors: UNAUTHENTICATED (no valid session token), FAILED_PRECONDITION (the caller did not
-    authenticate with a session token).
+    Errors: UNAUTHENTICATED (no valid credential), PERMISSION_DENIED (workers),
+    FAILED_PRECONDITION (the caller did not authenticate with a session token).
     """
     Authenticate: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AuthenticateRequest, _auth_pb2.AuthenticateResponse]
     """Turns a credential into a principal. Called by the orchestrator, the granulator and the
-    gateway; services and workers may check any credential, every other caller only its own.
-    Errors: INVALID_ARGUMENT (no credential given), UNAUTHENTICATED (the credential is unknown,
-    revoked or expired), PERMISSION_DENIED (a non-service caller asked about another credential).
+    gateway; services and workers may check any credential, every other caller only its own
+    (an empty request answers who the caller is).
+    Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
+    caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
+    non-service caller asked about another credential).
     """
 
 @_typing.type_check_only
@@ -72,14 +74,16 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
     """Revokes the caller's session token.
-    Errors: UNAUTHENTICATED (no valid session token), FAILED_PRECONDITION (the caller did not
-    authenticate with a session token).
+    Errors: UNAUTHENTICATED (no valid credential), PERMISSION_DENIED (workers),
+    FAILED_PRECONDITION (the caller did not authenticate with a session token).
     """
     Authenticate: _aio.UnaryUnaryMultiCallable[_auth_pb2.AuthenticateRequest, _auth_pb2.AuthenticateResponse]  # type: ignore[assignment]
     """Turns a credential into a principal. Called by the orchestrator, the granulator and the
-    gateway; services and workers may check any credential, every other caller only its own.
-    Errors: INVALID_ARGUMENT (no credential given), UNAUTHENTICATED (the credential is unknown,
-    revoked or expired), PERMISSION_DENIED (a non-service caller asked about another credential).
+    gateway; services and workers may check any credential, every other caller only its own
+    (an empty request answers who the caller is).
+    Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
+    caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
+    non-service caller asked about another credential).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,8 +111,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]:
         """Revokes the caller's session token.
-        Errors: UNAUTHENTICATED (no valid session token), FAILED_PRECONDITION (the caller did not
-        authenticate with a session token).
+        Errors: UNAUTHENTICATED (no valid credential), PERMISSION_DENIED (workers),
+        FAILED_PRECONDITION (the caller did not authenticate with a session token).
         """
 
     @_abc_1.abstractmethod
@@ -118,9 +122,11 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.AuthenticateResponse, _abc.Awaitable[_auth_pb2.AuthenticateResponse]]:
         """Turns a credential into a principal. Called by the orchestrator, the granulator and the
-        gateway; services and workers may check any credential, every other caller only its own.
-        Errors: INVALID_ARGUMENT (no credential given), UNAUTHENTICATED (the credential is unknown,
-        revoked or expired), PERMISSION_DENIED (a non-service caller asked about another credential).
+        gateway; services and workers may check any credential, every other caller only its own
+        (an empty request answers who the caller is).
+        Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
+        caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
+        non-service caller asked about another credential).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -110,6 +110,7 @@ class ClientRequest(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESERVED_USD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id."""
     client_id: _builtins.str
@@ -127,11 +128,13 @@ class ClientRequest(_message.Message):
     execution_id: _builtins.str
     """The execution running it, once executed."""
     cost_usd: _builtins.float
-    """Dollars charged (or reserved while running)."""
+    """Dollars charged once settled; while running, the dollars reserved (see reserved_usd)."""
     job_id: _builtins.str
     """The deliverable: the granulator job holding the structure."""
     error_message: _builtins.str
     """Why it failed, in words."""
+    reserved_usd: _builtins.float
+    """Dollars held against the budget while the execution runs; 0 once settled."""
     @_builtins.property
     def spec(self) -> _common_pb2.ContentSpec:
         """What to build."""
@@ -166,10 +169,11 @@ class ClientRequest(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        reserved_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cost_usd", b"cost_usd", "create_time", b"create_time", "error_message", b"error_message", "execution_id", b"execution_id", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "master_template", b"master_template", "request_id", b"request_id", "spec", b"spec", "status", b"status", "template_version", b"template_version", "update_time", b"update_time", "urgency", b"urgency", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cost_usd", b"cost_usd", "create_time", b"create_time", "error_message", b"error_message", "execution_id", b"execution_id", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "master_template", b"master_template", "request_id", b"request_id", "reserved_usd", b"reserved_usd", "spec", b"spec", "status", b"status", "template_version", b"template_version", "update_time", b"update_time", "urgency", b"urgency", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,6 +300,7 @@ class ListRequestsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     STRUCTURE_TYPE_FIELD_NUMBER: _builtins.int
+    MASTER_TEMPLATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many (default 50, at most 200)."""
     page_token: _builtins.str
@@ -306,6 +311,8 @@ class ListRequestsRequest(_message.Message):
     """Only this client's (admins and support); clients always see only their own."""
     structure_type: _common_pb2.StructureType.ValueType
     """Only this structure type, when set."""
+    master_template: _builtins.str
+    """Only requests of this master template, when set."""
     def __init__(
         self,
         *,
@@ -314,10 +321,11 @@ class ListRequestsRequest(_message.Message):
         status: Global___RequestStatus.ValueType = ...,
         client_id: _builtins.str = ...,
         structure_type: _common_pb2.StructureType.ValueType = ...,
+        master_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "structure_type", b"structure_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "master_template", b"master_template", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "structure_type", b"structure_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,25 +72,29 @@ class RequestServiceServicer:
     """
 
     def CreateRequest(self, request, context):
-        """Creates a request. The same idempotency key returns the same request.
-        Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (master template),
-        PERMISSION_DENIED (tier may not use the template or priority; reason TIER_TEMPLATE or
-        TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS), FAILED_PRECONDITION (client
-        suspended).
+        """Creates a request. The same idempotency key returns the same request. Admins and client
+        principals.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
+        client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
+        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
+        FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRequest(self, request, context):
-        """Returns a request. Errors: NOT_FOUND.
+        """Returns a request. Another client's request answers NOT_FOUND.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRequests(self, request, context):
-        """Lists requests, newest first. Errors: INVALID_ARGUMENT.
+        """Lists requests, newest first; client principals see only their own client's.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), INVALID_ARGUMENT (bad page token or
+        filter).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,17 +103,21 @@ class RequestServiceServicer:
     def ExecuteRequest(self, request, context):
         """Executes a request: checks tier and budget, reserves the cost estimate and starts the
         pinned template version on the orchestrator. Executing twice returns the same execution.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (cancelled request, suspended client, deprecated
-        template), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or TIER_LIMIT_CONCURRENCY),
-        UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+        FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
+        TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+        nothing was reserved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelRequest(self, request, context):
-        """Cancels a request and its execution, if any.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
+        """Cancels a request and its execution, if any; the reservation is released and any usage
+        the execution still reports is charged.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+        FAILED_PRECONDITION (already finished).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,7 +126,8 @@ class RequestServiceServicer:
     def RecordExecutionOutcome(self, request, context):
         """Records what became of an execution: status, usage and deliverable; settles the budget
         (charges actual, releases the rest). Idempotent. Services only.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (not a service),
+        FAILED_PRECONDITION (reason EXECUTION_MISMATCH: the request runs another execution).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

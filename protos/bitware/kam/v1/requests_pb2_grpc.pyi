@@ -34,31 +34,42 @@ class RequestServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RequestServiceAsyncStub: ...
     CreateRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CreateRequestRequest, _requests_pb2.CreateRequestResponse]
-    """Creates a request. The same idempotency key returns the same request.
-    Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (master template),
-    PERMISSION_DENIED (tier may not use the template or priority; reason TIER_TEMPLATE or
-    TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS), FAILED_PRECONDITION (client
-    suspended).
+    """Creates a request. The same idempotency key returns the same request. Admins and client
+    principals.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
+    client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
+    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
+    FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
     """
     GetRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetRequestRequest, _requests_pb2.GetRequestResponse]
-    """Returns a request. Errors: NOT_FOUND."""
+    """Returns a request. Another client's request answers NOT_FOUND.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
+    """
     ListRequests: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListRequestsRequest, _requests_pb2.ListRequestsResponse]
-    """Lists requests, newest first. Errors: INVALID_ARGUMENT."""
+    """Lists requests, newest first; client principals see only their own client's.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), INVALID_ARGUMENT (bad page token or
+    filter).
+    """
     ExecuteRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ExecuteRequestRequest, _requests_pb2.ExecuteRequestResponse]
     """Executes a request: checks tier and budget, reserves the cost estimate and starts the
     pinned template version on the orchestrator. Executing twice returns the same execution.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (cancelled request, suspended client, deprecated
-    template), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or TIER_LIMIT_CONCURRENCY),
-    UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+    FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
+    TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+    nothing was reserved).
     """
     CancelRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]
-    """Cancels a request and its execution, if any.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
+    """Cancels a request and its execution, if any; the reservation is released and any usage
+    the execution still reports is charged.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+    FAILED_PRECONDITION (already finished).
     """
     RecordExecutionOutcome: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RecordExecutionOutcomeRequest, _requests_pb2.RecordExecutionOutcomeResponse]
     """Records what became of an execution: status, usage and deliverable; settles the budget
     (charges actual, releases the rest). Idempotent. Services only.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (not a service),
+    FAILED_PRECONDITION (reason EXECUTION_MISMATCH: the request runs another execution).
     """
 
 @_typing.type_check_only
@@ -67,31 +78,42 @@ class RequestServiceAsyncStub(RequestServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CreateRequestRequest, _requests_pb2.CreateRequestResponse]  # type: ignore[assignment]
-    """Creates a request. The same idempotency key returns the same request.
-    Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (master template),
-    PERMISSION_DENIED (tier may not use the template or priority; reason TIER_TEMPLATE or
-    TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS), FAILED_PRECONDITION (client
-    suspended).
+    """Creates a request. The same idempotency key returns the same request. Admins and client
+    principals.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
+    client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
+    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
+    FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
     """
     GetRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetRequestRequest, _requests_pb2.GetRequestResponse]  # type: ignore[assignment]
-    """Returns a request. Errors: NOT_FOUND."""
+    """Returns a request. Another client's request answers NOT_FOUND.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
+    """
     ListRequests: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListRequestsRequest, _requests_pb2.ListRequestsResponse]  # type: ignore[assignment]
-    """Lists requests, newest first. Errors: INVALID_ARGUMENT."""
+    """Lists requests, newest first; client principals see only their own client's.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), INVALID_ARGUMENT (bad page token or
+    filter).
+    """
     ExecuteRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.ExecuteRequestRequest, _requests_pb2.ExecuteRequestResponse]  # type: ignore[assignment]
     """Executes a request: checks tier and budget, reserves the cost estimate and starts the
     pinned template version on the orchestrator. Executing twice returns the same execution.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (cancelled request, suspended client, deprecated
-    template), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or TIER_LIMIT_CONCURRENCY),
-    UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+    FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
+    TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+    nothing was reserved).
     """
     CancelRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]  # type: ignore[assignment]
-    """Cancels a request and its execution, if any.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
+    """Cancels a request and its execution, if any; the reservation is released and any usage
+    the execution still reports is charged.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+    FAILED_PRECONDITION (already finished).
     """
     RecordExecutionOutcome: _aio.UnaryUnaryMultiCallable[_requests_pb2.RecordExecutionOutcomeRequest, _requests_pb2.RecordExecutionOutcomeResponse]  # type: ignore[assignment]
     """Records what became of an execution: status, usage and deliverable; settles the budget
     (charges actual, releases the rest). Idempotent. Services only.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (not a service),
+    FAILED_PRECONDITION (reason EXECUTION_MISMATCH: the request runs another execution).
     """
 
 class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,11 +125,12 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.CreateRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.CreateRequestResponse, _abc.Awaitable[_requests_pb2.CreateRequestResponse]]:
-        """Creates a request. The same idempotency key returns the same request.
-        Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (master template),
-        PERMISSION_DENIED (tier may not use the template or priority; reason TIER_TEMPLATE or
-        TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS), FAILED_PRECONDITION (client
-        suspended).
+        """Creates a request. The same idempotency key returns the same request. Admins and client
+        principals.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
+        client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
+        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
+        FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
         """
 
     @_abc_1.abstractmethod
@@ -116,7 +139,9 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.GetRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.GetRequestResponse, _abc.Awaitable[_requests_pb2.GetRequestResponse]]:
-        """Returns a request. Errors: NOT_FOUND."""
+        """Returns a request. Another client's request answers NOT_FOUND.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ListRequests(
@@ -124,7 +149,10 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.ListRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.ListRequestsResponse, _abc.Awaitable[_requests_pb2.ListRequestsResponse]]:
-        """Lists requests, newest first. Errors: INVALID_ARGUMENT."""
+        """Lists requests, newest first; client principals see only their own client's.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers), INVALID_ARGUMENT (bad page token or
+        filter).
+        """
 
     @_abc_1.abstractmethod
     def ExecuteRequest(
@@ -134,9 +162,11 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_requests_pb2.ExecuteRequestResponse, _abc.Awaitable[_requests_pb2.ExecuteRequestResponse]]:
         """Executes a request: checks tier and budget, reserves the cost estimate and starts the
         pinned template version on the orchestrator. Executing twice returns the same execution.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (cancelled request, suspended client, deprecated
-        template), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or TIER_LIMIT_CONCURRENCY),
-        UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+        FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
+        TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+        nothing was reserved).
         """
 
     @_abc_1.abstractmethod
@@ -145,8 +175,10 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _requests_pb2.CancelRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.CancelRequestResponse, _abc.Awaitable[_requests_pb2.CancelRequestResponse]]:
-        """Cancels a request and its execution, if any.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
+        """Cancels a request and its execution, if any; the reservation is released and any usage
+        the execution still reports is charged.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
+        FAILED_PRECONDITION (already finished).
         """
 
     @_abc_1.abstractmethod
@@ -157,7 +189,8 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_requests_pb2.RecordExecutionOutcomeResponse, _abc.Awaitable[_requests_pb2.RecordExecutionOutcomeResponse]]:
         """Records what became of an execution: status, usage and deliverable; settles the budget
         (charges actual, releases the rest). Idempotent. Services only.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (not a service),
+        FAILED_PRECONDITION (reason EXECUTION_MISMATCH: the request runs another execution).
         """
 
 def add_RequestServiceServicer_to_server(servicer: RequestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -33,9 +33,13 @@ class RetryPolicy(_message.Message):
     BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_ERRORS_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
-    """Attempts in all, the first included (1 means no retry). From 1 to 10."""
+    """Attempts in all, the first included (1 means no retry). From 1 to 10 when the policy is
+    given; a stage without a policy gets 3 attempts.
+    """
     backoff_multiplier: _builtins.float
-    """The factor the wait grows by per attempt (at least 1); a random jitter is added."""
+    """The factor the wait grows by per attempt (at least 1; 0 means the default, 2); a random
+    jitter is added.
+    """
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
         """The wait before the second attempt."""
@@ -118,7 +122,7 @@ class StageDefinition(_message.Message):
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """How long one attempt may run."""
+        """How long one attempt may run; unset means 120 s. Must not be negative."""
 
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:

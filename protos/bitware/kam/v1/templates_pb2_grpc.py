@@ -64,24 +64,27 @@ class TemplateServiceServicer:
     def CreateMasterTemplate(self, request, context):
         """Creates a template; an existing name gets a new, immutable version.
         Admins only.
-        Errors: INVALID_ARGUMENT (with field violations: empty stages, duplicate order, bad
-        capability format, bad policy numbers), PERMISSION_DENIED (not an admin).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
+        order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
+        unknown tiers), PERMISSION_DENIED (not an admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMasterTemplate(self, request, context):
-        """Returns a template by name, the latest version unless a version is given.
-        Errors: INVALID_ARGUMENT (no name), NOT_FOUND (no such name or version).
+        """Returns a template by name, the latest version unless a version is given. Any
+        authenticated caller.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name, negative version), NOT_FOUND (no such
+        name or version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMasterTemplates(self, request, context):
-        """Lists the latest version of each template, by name.
-        Errors: INVALID_ARGUMENT (bad page token or size).
+        """Lists the latest version of each template, by name. Any authenticated caller.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,8 +92,9 @@ class TemplateServiceServicer:
 
     def DeprecateMasterTemplate(self, request, context):
         """Marks every version of a template deprecated: it can no longer be executed.
-        Admins only.
-        Errors: NOT_FOUND (no such template), PERMISSION_DENIED (not an admin).
+        Admins only. Deprecating twice is harmless.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name), NOT_FOUND (no such template),
+        PERMISSION_DENIED (not an admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,21 +36,25 @@ class TemplateServiceStub:
     CreateMasterTemplate: _grpc.UnaryUnaryMultiCallable[_templates_pb2.CreateMasterTemplateRequest, _templates_pb2.CreateMasterTemplateResponse]
     """Creates a template; an existing name gets a new, immutable version.
     Admins only.
-    Errors: INVALID_ARGUMENT (with field violations: empty stages, duplicate order, bad
-    capability format, bad policy numbers), PERMISSION_DENIED (not an admin).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
+    order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
+    unknown tiers), PERMISSION_DENIED (not an admin).
     """
     GetMasterTemplate: _grpc.UnaryUnaryMultiCallable[_templates_pb2.GetMasterTemplateRequest, _templates_pb2.GetMasterTemplateResponse]
-    """Returns a template by name, the latest version unless a version is given.
-    Errors: INVALID_ARGUMENT (no name), NOT_FOUND (no such name or version).
+    """Returns a template by name, the latest version unless a version is given. Any
+    authenticated caller.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name, negative version), NOT_FOUND (no such
+    name or version).
     """
     ListMasterTemplates: _grpc.UnaryUnaryMultiCallable[_templates_pb2.ListMasterTemplatesRequest, _templates_pb2.ListMasterTemplatesResponse]
-    """Lists the latest version of each template, by name.
-    Errors: INVALID_ARGUMENT (bad page token or size).
+    """Lists the latest version of each template, by name. Any authenticated caller.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or size).
     """
     DeprecateMasterTemplate: _grpc.UnaryUnaryMultiCallable[_templates_pb2.DeprecateMasterTemplateRequest, _templates_pb2.DeprecateMasterTemplateResponse]
     """Marks every version of a template deprecated: it can no longer be executed.
-    Admins only.
-    Errors: NOT_FOUND (no such template), PERMISSION_DENIED (not an admin).
+    Admins only. Deprecating twice is harmless.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name), NOT_FOUND (no such template),
+    PERMISSION_DENIED (not an admin).
     """
 
 @_typing.type_check_only
@@ -61,21 +65,25 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     CreateMasterTemplate: _aio.UnaryUnaryMultiCallable[_templates_pb2.CreateMasterTemplateRequest, _templates_pb2.CreateMasterTemplateResponse]  # type: ignore[assignment]
     """Creates a template; an existing name gets a new, immutable version.
     Admins only.
-    Errors: INVALID_ARGUMENT (with field violations: empty stages, duplicate order, bad
-    capability format, bad policy numbers), PERMISSION_DENIED (not an admin).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
+    order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
+    unknown tiers), PERMISSION_DENIED (not an admin).
     """
     GetMasterTemplate: _aio.UnaryUnaryMultiCallable[_templates_pb2.GetMasterTemplateRequest, _templates_pb2.GetMasterTemplateResponse]  # type: ignore[assignment]
-    """Returns a template by name, the latest version unless a version is given.
-    Errors: INVALID_ARGUMENT (no name), NOT_FOUND (no such name or version).
+    """Returns a template by name, the latest version unless a version is given. Any
+    authenticated caller.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name, negative version), NOT_FOUND (no such
+    name or version).
     """
     ListMasterTemplates: _aio.UnaryUnaryMultiCallable[_templates_pb2.ListMasterTemplatesRequest, _templates_pb2.ListMasterTemplatesResponse]  # type: ignore[assignment]
-    """Lists the latest version of each template, by name.
-    Errors: INVALID_ARGUMENT (bad page token or size).
+    """Lists the latest version of each template, by name. Any authenticated caller.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or size).
     """
     DeprecateMasterTemplate: _aio.UnaryUnaryMultiCallable[_templates_pb2.DeprecateMasterTemplateRequest, _templates_pb2.DeprecateMasterTemplateResponse]  # type: ignore[assignment]
     """Marks every version of a template deprecated: it can no longer be executed.
-    Admins only.
-    Errors: NOT_FOUND (no such template), PERMISSION_DENIED (not an admin).
+    Admins only. Deprecating twice is harmless.
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name), NOT_FOUND (no such template),
+    PERMISSION_DENIED (not an admin).
     """
 
 class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,8 +97,9 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_templates_pb2.CreateMasterTemplateResponse, _abc.Awaitable[_templates_pb2.CreateMasterTemplateResponse]]:
         """Creates a template; an existing name gets a new, immutable version.
         Admins only.
-        Errors: INVALID_ARGUMENT (with field violations: empty stages, duplicate order, bad
-        capability format, bad policy numbers), PERMISSION_DENIED (not an admin).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
+        order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
+        unknown tiers), PERMISSION_DENIED (not an admin).
         """
 
     @_abc_1.abstractmethod
@@ -99,8 +108,10 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _templates_pb2.GetMasterTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_templates_pb2.GetMasterTemplateResponse, _abc.Awaitable[_templates_pb2.GetMasterTemplateResponse]]:
-        """Returns a template by name, the latest version unless a version is given.
-        Errors: INVALID_ARGUMENT (no name), NOT_FOUND (no such name or version).
+        """Returns a template by name, the latest version unless a version is given. Any
+        authenticated caller.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name, negative version), NOT_FOUND (no such
+        name or version).
         """
 
     @_abc_1.abstractmethod
@@ -109,8 +120,8 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _templates_pb2.ListMasterTemplatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_templates_pb2.ListMasterTemplatesResponse, _abc.Awaitable[_templates_pb2.ListMasterTemplatesResponse]]:
-        """Lists the latest version of each template, by name.
-        Errors: INVALID_ARGUMENT (bad page token or size).
+        """Lists the latest version of each template, by name. Any authenticated caller.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (bad page token or size).
         """
 
     @_abc_1.abstractmethod
@@ -120,8 +131,9 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_templates_pb2.DeprecateMasterTemplateResponse, _abc.Awaitable[_templates_pb2.DeprecateMasterTemplateResponse]]:
         """Marks every version of a template deprecated: it can no longer be executed.
-        Admins only.
-        Errors: NOT_FOUND (no such template), PERMISSION_DENIED (not an admin).
+        Admins only. Deprecating twice is harmless.
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (no name), NOT_FOUND (no such template),
+        PERMISSION_DENIED (not an admin).
         """
 
 def add_TemplateServiceServicer_to_server(servicer: TemplateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -610,6 +610,7 @@ class ExecutePipelineRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CLIENT_CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
     template_name: _builtins.str
     """The master template's name."""
     template_version: _builtins.int
@@ -622,6 +623,10 @@ class ExecutePipelineRequest(_message.Message):
     """The client; services must set it, client principals get their own."""
     idempotency_key: _builtins.str
     """Makes the call idempotent: the same key returns the same execution."""
+    client_concurrency_limit: _builtins.int
+    """The most executions of this client that may run at once (its tier's limit); 0 means no
+    cap. Honoured from services and admins; a client principal's own tier decides otherwise.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.ContentSpec:
         """What to build."""
@@ -636,10 +641,11 @@ class ExecutePipelineRequest(_message.Message):
         request_id: _builtins.str = ...,
         client_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        client_concurrency_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "idempotency_key", b"idempotency_key", "priority", b"priority", "request_id", b"request_id", "spec", b"spec", "template_name", b"template_name", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_concurrency_limit", b"client_concurrency_limit", "client_id", b"client_id", "idempotency_key", b"idempotency_key", "priority", b"priority", "request_id", b"request_id", "spec", b"spec", "template_name", b"template_name", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

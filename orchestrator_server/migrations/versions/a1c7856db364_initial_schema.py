@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 9dd2a535b40e
+Revision ID: a1c7856db364
 Revises: 
-Create Date: 2026-11-28 23:42:15.182361
+Create Date: 2026-11-28 23:49:24.912787
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '9dd2a535b40e'
+revision: str = 'a1c7856db364'
 down_revision: Union[str, Sequence[str], None] = None
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
@@ -39,6 +39,7 @@ def upgrade() -> None:
     sa.Column('template_version', sa.Integer(), nullable=False),
     sa.Column('spec', sa.JSON(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('client_concurrency', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('usage', sa.JSON(), nullable=False),
     sa.Column('job_id', sa.String(length=60), nullable=False),
@@ -85,11 +86,14 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('attempts_base', sa.Integer(), nullable=False),
     sa.Column('epoch', sa.Integer(), nullable=False),
     sa.Column('lease_owner', sa.String(length=60), nullable=False),
     sa.Column('lease_expires_at', sa.DateTime(), nullable=True),
     sa.Column('queued_at', sa.DateTime(), nullable=True),
     sa.Column('ready_at', sa.DateTime(), nullable=True),
+    sa.Column('queue_key', sa.Double(), nullable=False),
+    sa.Column('reattach_worker', sa.String(length=100), nullable=False),
     sa.Column('feedback', sa.String(length=4000), nullable=False),
     sa.Column('output', sa.JSON(), nullable=False),
     sa.Column('job_id', sa.String(length=60), nullable=False),
@@ -104,7 +108,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('stages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_stages_execution_id'), ['execution_id'], unique=False)
-        batch_op.create_index('ix_stages_queue', ['status', 'ready_at'], unique=False)
+        batch_op.create_index('ix_stages_queue', ['status', 'capability', 'queue_key'], unique=False)
 
     op.create_table('attempts',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),

@@ -1,0 +1,314 @@
+"""What becomes of a stage attempt: accepted, declined, progress, result (with the quality gate)
+or failure (with the retry policy). Each checks the attempt's epoch first, so a stale attempt's
+late result is refused and never overwrites a newer one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bitware_core.db import utcnow
+from orchestrator_server import models
+from orchestrator_server.errors import StaleAttempt
+from orchestrator_server.executions import (
+    NON_RETRYABLE_CLASSES,
+    TERMINAL_EXECUTION,
+    append_event,
+    end_attempt,
+    enqueue,
+    move_execution,
+    move_stage,
+    stage_fields,
+    stages_of,
+)
+from orchestrator_server.queue import Claim
+
+# --- attempt outcomes -----------------------------------------------------------------------
+
+
+def _current(session: Session, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
+    stage = session.get_one(models.Stage, stage_id)
+    if stage.epoch != epoch or stage.status != "running":
+        raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
+    return stage, session.get_one(models.Execution, stage.execution_id)
+
+
+def record_offer(session: Session, claim_: Claim, worker_id: str) -> None:
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    offers = session.scalar(select(func.count()).where(models.Attempt.stage_id == stage.id))
+    session.add(
+        models.Attempt(
+            stage_id=stage.id, number=(offers or 0) + 1, epoch=claim_.epoch, worker_id=worker_id
+        )
+    )
+    append_event(
+        session,
+        execution,
+        "STAGE_OFFERED",
+        **stage_fields(stage),
+        worker_id=worker_id,
+        message=f"offered to {worker_id}",
+    )
+
+
+def record_accept(session: Session, claim_: Claim, worker_id: str) -> None:
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    attempt = session.scalar(
+        select(models.Attempt).where(
+            models.Attempt.stage_id == stage.id, models.Attempt.epoch == claim_.epoch
+        )
+    )
+    if attempt is not None:
+        attempt.status = "running"
+    append_event(
+        session,
+        execution,
+        "STAGE_ACCEPTED",
+        **stage_fields(stage),
+        worker_id=worker_id,
+        message=f"{worker_id} accepted",
+    )
+
+
+def record_progress(
+    session: Session, claim_: Claim, phase: str, message: str, fraction: float
+) -> None:
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    stages = stages_of(session, execution.id)
+    done = sum(1 for s in stages if s.status == "succeeded")
+    append_event(
+        session,
+        execution,
+        "STAGE_PROGRESS",
+        **stage_fields(stage),
+        phase=phase,
+        message=message,
+        progress=(done + fraction) / len(stages),
+    )
+
+
+def record_decline(
+    session: Session,
+    claim_: Claim,
+    worker_id: str,
+    reason: str,
+    message: str,
+    retry_after: float,
+    final: bool,
+) -> None:
+    """A decline costs no attempt: the stage goes back to the queue (after retry_after), or
+    fails for good when the input itself is invalid."""
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    end_attempt(
+        session, stage, claim_.epoch, "declined", error={"reason": reason, "message": message}
+    )
+    append_event(
+        session,
+        execution,
+        "STAGE_DECLINED",
+        **stage_fields(stage),
+        worker_id=worker_id,
+        message=f"{worker_id} declined: {message}",
+        error={"reason": reason, "message": message},
+    )
+    stage.attempts -= 1
+    if final:
+        _fail_stage(
+            session, stage, execution, {"reason": reason, "message": message, "retryable": False}
+        )
+        return
+    move_stage(stage, "queued")
+    stage.ready_at = utcnow() + timedelta(seconds=retry_after)
+    stage.lease_owner = ""
+
+
+def _backoff(policy: dict[str, Any], attempt: int, hint: float) -> float:
+    base = float(policy.get("initial_backoff_s", 0.5))
+    cap = float(policy.get("max_backoff_s", 10.0))
+    factor = float(policy.get("backoff_multiplier", 2.0))
+    delay = min(cap, base * factor ** max(0, attempt - 1))
+    delay = random.uniform(delay / 2, delay)  # jitter spreads retries of many stages apart
+    return max(delay, hint)
+
+
+def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(total)
+    for key in ("prompt_tokens", "completion_tokens", "worker_time_ms", "llm_calls"):
+        merged[key] = int(merged.get(key, 0)) + int(usage.get(key, 0))
+    merged["cost_usd"] = float(merged.get("cost_usd", 0.0)) + float(usage.get("cost_usd", 0.0))
+    for key in ("model", "provider"):
+        if usage.get(key):
+            merged[key] = usage[key]
+    return merged
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the dispatcher must do after an outcome: report to KAM when the execution ended."""
+
+    execution_id: str
+    terminal: bool
+
+
+def record_result(
+    session: Session,
+    claim_: Claim,
+    *,
+    output: dict[str, Any],
+    job_id: str,
+    quality: dict[str, Any],
+    usage: dict[str, Any],
+) -> Finished:
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    score = float(quality.get("score", 0.0))
+    stage.usage = add_usage(stage.usage, usage)
+    execution.usage = add_usage(execution.usage, usage)
+    below = stage.min_quality > 0 and score < stage.min_quality
+    if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
+        stage.best = {"output": output, "job_id": job_id, "quality": quality}
+    max_attempts = int(stage.retry_policy.get("max_attempts", 1))
+    if below and stage.attempts - stage.attempts_base < max_attempts:
+        end_attempt(session, stage, claim_.epoch, "below_quality", usage=usage, quality_score=score)
+        stage.feedback = str(quality.get("feedback", ""))
+        append_event(
+            session,
+            execution,
+            "QUALITY_BELOW_THRESHOLD",
+            **stage_fields(stage),
+            message=f"quality {score:.0f} below {stage.min_quality:.0f}; regenerating",
+        )
+        move_stage(stage, "retry_wait")
+        stage.ready_at = utcnow()
+        return Finished(execution.id, False)
+    end_attempt(session, stage, claim_.epoch, "succeeded", usage=usage, quality_score=score)
+    best = stage.best
+    stage.output, stage.job_id = best["output"], best["job_id"]
+    stage.quality = {**best["quality"], "below_threshold": below}
+    move_stage(stage, "succeeded")
+    stage.ended_at = utcnow()
+    append_event(
+        session,
+        execution,
+        "STAGE_SUCCEEDED",
+        **stage_fields(stage),
+        usage=execution.usage,
+        message=f"stage {stage.name} done (quality {float(best['quality'].get('score', 0)):.0f})",
+    )
+    following = session.scalar(
+        select(models.Stage).where(
+            models.Stage.execution_id == execution.id, models.Stage.order == stage.order + 1
+        )
+    )
+    if following is not None:
+        enqueue(following, execution.priority, utcnow())
+        append_event(
+            session,
+            execution,
+            "STAGE_QUEUED",
+            **stage_fields(following),
+            message="waiting for a worker",
+        )
+        return Finished(execution.id, False)
+    move_execution(execution, "succeeded")
+    execution.ended_at = utcnow()
+    execution.job_id = stage.job_id
+    append_event(
+        session,
+        execution,
+        "EXECUTION_SUCCEEDED",
+        usage=execution.usage,
+        message="execution succeeded",
+        progress=1.0,
+    )
+    return Finished(execution.id, True)
+
+
+def record_failure(
+    session: Session,
+    claim_: Claim,
+    *,
+    error_class: str,
+    reason: str,
+    message: str,
+    retry_after: float,
+    usage: dict[str, Any],
+    status: str = "failed",
+) -> Finished:
+    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    error = {
+        "reason": reason,
+        "message": message,
+        "retryable": error_class not in NON_RETRYABLE_CLASSES,
+    }
+    stage.usage = add_usage(stage.usage, usage)
+    execution.usage = add_usage(execution.usage, usage)
+    end_attempt(session, stage, claim_.epoch, status, usage=usage, error=error)
+    policy = stage.retry_policy
+    non_retryable = set(policy.get("non_retryable_errors", [])) | NON_RETRYABLE_CLASSES
+    used = stage.attempts - stage.attempts_base
+    if error_class not in non_retryable and used < int(policy.get("max_attempts", 1)):
+        delay = _backoff(policy, used, retry_after)
+        move_stage(stage, "retry_wait")
+        stage.ready_at = utcnow() + timedelta(seconds=delay)
+        stage.lease_owner = ""
+        append_event(
+            session,
+            execution,
+            "STAGE_RETRY_SCHEDULED",
+            **stage_fields(stage),
+            error=error,
+            message=f"attempt {stage.attempts} failed ({reason}); retrying in {delay:.1f}s",
+        )
+        return Finished(execution.id, False)
+    _fail_stage(session, stage, execution, error)
+    return Finished(execution.id, True)
+
+
+def _fail_stage(
+    session: Session, stage: models.Stage, execution: models.Execution, error: dict[str, Any]
+) -> None:
+    move_stage(stage, "failed")
+    stage.error = error
+    stage.ended_at = utcnow()
+    append_event(
+        session,
+        execution,
+        "STAGE_FAILED",
+        **stage_fields(stage),
+        error=error,
+        message=f"stage {stage.name} failed: {error['message']}",
+    )
+    # Later stages stay pending: they never ran, and RetryExecution picks up from here.
+    move_execution(execution, "failed")
+    execution.error = error
+    execution.ended_at = utcnow()
+    append_event(
+        session,
+        execution,
+        "EXECUTION_FAILED",
+        error=error,
+        message=f"execution failed: {error['message']}",
+    )
+
+
+def unreported(session: Session) -> list[models.Execution]:
+    return list(
+        session.scalars(
+            select(models.Execution)
+            .where(
+                models.Execution.status.in_(TERMINAL_EXECUTION),
+                models.Execution.outcome_reported.is_(False),
+                models.Execution.request_id != "",
+            )
+            .limit(50)
+        )
+    )
+
+
+def mark_reported(session: Session, execution_id: str) -> None:
+    session.get_one(models.Execution, execution_id).outcome_reported = True

@@ -1,0 +1,201 @@
+"""The durable priority queue. Ready stages are rows of `stages` ordered by `queue_key` (enqueue
+time moved earlier by priority, so waiting work ages upwards). Claiming one is a lease: status
+running, a new epoch, an owner and an expiry, taken with SELECT … FOR UPDATE SKIP LOCKED on
+PostgreSQL so several orchestrator replicas share one queue with no other broker."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from bitware_core.db import utcnow
+from orchestrator_server import models
+from orchestrator_server.executions import (
+    append_event,
+    end_attempt,
+    move_execution,
+    move_stage,
+    stage_fields,
+)
+
+READY = ("queued", "retry_wait")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed stage attempt: everything the dispatcher needs without touching the DB."""
+
+    stage_id: str
+    execution_id: str
+    client_id: str
+    attempt: int
+    epoch: int
+    capability: str
+    action: str
+    structure_template: str
+    params: dict[str, str]
+    timeout_s: float
+    spec: dict[str, Any]
+    previous_output: dict[str, Any]
+    previous_job_id: str
+    feedback: str
+    min_quality: float
+    #: When set, the attempt is re-attached on this worker (its result may already exist).
+    reattach_worker: str = ""
+
+
+def _running_per_client(session: Session, client_ids: set[str]) -> Counter[str]:
+    rows = session.execute(
+        select(models.Execution.client_id, func.count())
+        .join(models.Stage, models.Stage.execution_id == models.Execution.id)
+        .where(models.Stage.status == "running", models.Execution.client_id.in_(client_ids))
+        .group_by(models.Execution.client_id)
+    )
+    return Counter({client: count for client, count in rows})
+
+
+def claim(
+    session: Session, owner: str, capacity: dict[str, int], lease_seconds: float
+) -> list[Claim]:
+    """Claims ready stages, best first, up to the free capacity per capability, skipping clients
+    already running as many executions as their tier allows."""
+    now = utcnow()
+    claims: list[Claim] = []
+    for capability, free in capacity.items():
+        if free <= 0:
+            continue
+        candidates = list(
+            session.execute(
+                select(models.Stage, models.Execution)
+                .join(models.Execution, models.Stage.execution_id == models.Execution.id)
+                .where(
+                    models.Stage.status.in_(READY),
+                    models.Stage.capability == capability,
+                    models.Stage.ready_at <= now,
+                )
+                .order_by(models.Stage.queue_key)
+                .limit(free * 4)
+                .with_for_update(of=models.Stage, skip_locked=True)
+            )
+        )
+        running = _running_per_client(session, {e.client_id for _, e in candidates})
+        for stage, execution in candidates:
+            if len(claims) >= free:
+                break
+            cap = execution.client_concurrency
+            if cap and running[execution.client_id] >= cap:
+                continue
+            running[execution.client_id] += 1
+            claims.append(_claim_one(session, stage, execution, owner, now, lease_seconds))
+    return claims
+
+
+def _claim_one(
+    session: Session,
+    stage: models.Stage,
+    execution: models.Execution,
+    owner: str,
+    now: datetime,
+    lease_seconds: float,
+) -> Claim:
+    move_stage(stage, "running")
+    reattach, stage.reattach_worker = stage.reattach_worker, ""
+    if not reattach:
+        stage.attempts += 1
+    stage.epoch += 1
+    stage.lease_owner = owner
+    stage.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    stage.started_at = stage.started_at or now
+    if execution.status == "queued":
+        move_execution(execution, "running")
+        execution.started_at = now
+        append_event(session, execution, "EXECUTION_STARTED", message="started")
+    previous = None
+    if stage.order > 1:
+        previous = session.scalar(
+            select(models.Stage).where(
+                models.Stage.execution_id == stage.execution_id,
+                models.Stage.order == stage.order - 1,
+            )
+        )
+    return Claim(
+        stage_id=stage.id,
+        execution_id=stage.execution_id,
+        client_id=execution.client_id,
+        attempt=stage.attempts,
+        epoch=stage.epoch,
+        capability=stage.capability,
+        action=stage.action,
+        structure_template=stage.structure_template,
+        params=dict(stage.params),
+        timeout_s=stage.timeout_s,
+        spec=execution.spec,
+        previous_output=previous.output if previous else {},
+        previous_job_id=previous.job_id if previous else "",
+        feedback=stage.feedback,
+        min_quality=stage.min_quality,
+        reattach_worker=reattach,
+    )
+
+
+def renew_leases(session: Session, owner: str, stage_ids: list[str], lease_seconds: float) -> None:
+    if stage_ids:
+        session.execute(
+            update(models.Stage)
+            .where(models.Stage.id.in_(stage_ids), models.Stage.lease_owner == owner)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        )
+
+
+def reclaim_expired(session: Session) -> int:
+    """Re-queues running stages whose lease expired (their holder died). A stage a worker had
+    accepted is re-attached on that worker, which returns its result without working twice."""
+    now = utcnow()
+    rows = list(
+        session.scalars(
+            select(models.Stage)
+            .where(models.Stage.status == "running", models.Stage.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for stage in rows:
+        attempt = session.scalar(
+            select(models.Attempt).where(
+                models.Attempt.stage_id == stage.id, models.Attempt.epoch == stage.epoch
+            )
+        )
+        if attempt is not None and attempt.status == "running":
+            stage.reattach_worker = attempt.worker_id
+        end_attempt(session, stage, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
+        move_stage(stage, "queued")
+        stage.ready_at = now
+        stage.lease_owner = ""
+        execution = session.get_one(models.Execution, stage.execution_id)
+        append_event(
+            session,
+            execution,
+            "STAGE_QUEUED",
+            **stage_fields(stage),
+            message="its holder stopped responding; offered again",
+        )
+    return len(rows)
+
+
+def queue_stats(session: Session) -> dict[str, Any]:
+    now = utcnow()
+    levels = {}
+    for priority in (4, 3, 2, 1):
+        depth, oldest = session.execute(
+            select(func.count(), func.min(models.Stage.queued_at)).where(
+                models.Stage.status == "queued", models.Stage.priority == priority
+            )
+        ).one()
+        levels[priority] = (depth, (now - oldest).total_seconds() if oldest else 0.0)
+    running = session.scalar(select(func.count()).where(models.Stage.status == "running"))
+    waiting = session.scalar(select(func.count()).where(models.Stage.status == "retry_wait"))
+    return {"levels": levels, "running": running or 0, "retry_waiting": waiting or 0}

@@ -1,0 +1,174 @@
+"""A second kind of worker for orchestrator tests: a real gRPC server that implements the public
+`bitware.worker.v1.WorkerService` contract from a script (decline, fail, score low, stall), and
+registers itself with the orchestrator like any worker. It is what a third-party worker would
+be; it lets tests drive the orchestrator through paths the granulator rarely takes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
+from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
+
+from bitware_core.mesh import InProcessMesh
+
+
+@dataclass
+class Step:
+    """What the worker does with one offer: decline it, or accept and then answer."""
+
+    decline: int = 0  # a worker_pb2.DeclineReason; 0 accepts
+    retry_after: float = 0.0
+    delay: float = 0.0
+    score: float = 90.0
+    error_class: int = 0  # a worker_pb2.ErrorClass; 0 returns a result
+    reason: str = "SCRIPTED"
+
+
+@dataclass
+class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
+    worker_id: str
+    capability: str
+    steps: list[Step] = field(default_factory=list)
+    default: Step = field(default_factory=Step)
+    offers: list[worker_pb2.HandshakeRequest] = field(default_factory=list)
+    processed: list[worker_pb2.ProcessRequest] = field(default_factory=list)
+    cancelled: list[worker_pb2.CancelRequest] = field(default_factory=list)
+    server: grpc.aio.Server | None = None
+    address: str = ""
+    _accepted: dict[tuple[str, int], Step] = field(default_factory=dict)
+    _work: dict[tuple[str, int], asyncio.Future[worker_pb2.ProcessResponse]] = field(
+        default_factory=dict
+    )
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def Handshake(
+        self, request: worker_pb2.HandshakeRequest, context: Any
+    ) -> worker_pb2.HandshakeResponse:
+        self.offers.append(request)
+        step = self.steps.pop(0) if self.steps else self.default
+        if step.decline:
+            response = worker_pb2.HandshakeResponse(
+                accepted=False,
+                decline_reason=step.decline,
+                message="scripted decline",  # type: ignore[arg-type]
+                worker_id=self.worker_id,
+            )
+            response.retry_after.FromMilliseconds(int(step.retry_after * 1000))
+            return response
+        self._accepted[(request.stage.stage_id, request.stage.attempt)] = step
+        return worker_pb2.HandshakeResponse(accepted=True, worker_id=self.worker_id)
+
+    async def Process(
+        self, request: worker_pb2.ProcessRequest, context: Any
+    ) -> worker_pb2.ProcessResponse:
+        """Idempotent per (stage, attempt), as the contract asks: a repeated call (for example
+        from a restarted orchestrator re-attaching) joins the same work."""
+        key = (request.stage.stage_id, request.stage.attempt)
+        if key not in self._work:
+            self.processed.append(request)
+            self._work[key] = asyncio.ensure_future(self._run(request, self._accepted[key]))
+        return await asyncio.shield(self._work[key])
+
+    async def _run(
+        self, request: worker_pb2.ProcessRequest, step: Step
+    ) -> worker_pb2.ProcessResponse:
+        await asyncio.sleep(step.delay)
+        usage = common_pb2.Usage(
+            provider="scripted",
+            model="script",
+            prompt_tokens=10,
+            completion_tokens=5,
+            cost_usd=0.001,
+        )
+        if step.error_class:
+            return worker_pb2.ProcessResponse(
+                error=worker_pb2.StageError(
+                    error_class=step.error_class,
+                    reason=step.reason,  # type: ignore[arg-type]
+                    message="scripted failure",
+                ),
+                usage=usage,
+            )
+        result = worker_pb2.StageResult(
+            job_id=f"job-{request.stage.stage_id}-{request.stage.attempt}"
+        )
+        result.output.update({"attempt": request.stage.attempt})
+        result.quality.score = step.score
+        result.quality.feedback = f"attempt {request.stage.attempt} scored {step.score}"
+        return worker_pb2.ProcessResponse(result=result, usage=usage)
+
+    async def WatchProgress(
+        self, request: worker_pb2.WatchProgressRequest, context: Any
+    ) -> AsyncIterator[worker_pb2.WatchProgressResponse]:
+        yield worker_pb2.WatchProgressResponse(
+            event=worker_pb2.ProgressEvent(
+                sequence=1, phase=worker_pb2.PHASE_GENERATING, message="working", fraction=0.5
+            )
+        )
+
+    async def Cancel(
+        self, request: worker_pb2.CancelRequest, context: Any
+    ) -> worker_pb2.CancelResponse:
+        self.cancelled.append(request)
+        return worker_pb2.CancelResponse(cancelled=True)
+
+    async def start(
+        self, mesh: InProcessMesh, admin: tuple[tuple[str, str], ...], max_concurrency: int = 4
+    ) -> None:
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        self.address = f"127.0.0.1:{port}"
+        async with grpc.aio.insecure_channel(mesh.kam.address) as kam:
+            created = await accounts_pb2_grpc.WorkerCredentialServiceStub(
+                kam
+            ).CreateWorkerCredential(
+                accounts_pb2.CreateWorkerCredentialRequest(worker_id=self.worker_id),
+                metadata=admin,
+                timeout=10,
+            )
+        self.metadata = (
+            ("authorization", f"Bearer {created.token}"),
+            ("x-worker-id", self.worker_id),
+        )
+        self.channel = grpc.aio.insecure_channel(mesh.orchestrator.address)
+        self.registry = registry_pb2_grpc.WorkerRegistryServiceStub(self.channel)
+        await self.registry.RegisterWorker(
+            registry_pb2.RegisterWorkerRequest(
+                worker_id=self.worker_id,
+                address=self.address,
+                capabilities=[self.capability],
+                max_concurrency=max_concurrency,
+                version="test",
+            ),
+            metadata=self.metadata,
+            timeout=10,
+        )
+        self._tasks.append(asyncio.create_task(self._heartbeats()))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            await self.registry.Heartbeat(
+                registry_pb2.HeartbeatRequest(worker_id=self.worker_id),
+                metadata=self.metadata,
+                timeout=5,
+            )
+
+    async def stop(self, heartbeats_only: bool = False) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if heartbeats_only:
+            return
+        if self.server is not None:
+            await asyncio.wait_for(self.server.stop(0), 5)
+        await self.channel.close()

@@ -1,0 +1,91 @@
+"""The execution event log: ordered, persisted, replayed to late watchers, resumable from a
+sequence number, and streams that clean up when their caller goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from bitware.orchestrator.v1 import orchestrator_pb2
+
+from tests.conftest import Client, eventually
+from tests.orchestrator.conftest import Runner, add_template, stage
+from tests.orchestrator.scripted_worker import Step
+
+Workers = Callable[..., Any]
+
+
+async def test_late_and_resuming_watchers_miss_nothing(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await add_template(client.mesh, "two_stages", [stage(1), stage(2)])
+    await workers("steady", default=Step(delay=0.3))
+    execution_id = await runner.start("two_stages")
+    live = asyncio.create_task(runner.events(execution_id))
+
+    # A watcher that drops after three events and comes back with its last sequence number.
+    first_part = []
+    call = runner.stub.WatchExecution(
+        orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
+        metadata=client.admin,
+        timeout=30,
+    )
+    async for message in call:
+        first_part.append(message.event)
+        if len(first_part) == 3:
+            break
+    call.cancel()
+    rest = await runner.events(execution_id, after=first_part[-1].sequence)
+
+    everything = await live
+    late = await runner.events(execution_id)
+    sequences = [e.sequence for e in everything]
+    assert sequences == list(range(1, len(everything) + 1))
+    assert [e.sequence for e in late] == sequences
+    assert [e.sequence for e in first_part + rest] == sequences
+    assert everything[-1].type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED
+    progress = [e.progress for e in everything]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+async def test_a_cancelled_watch_releases_its_subscription(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await add_template(client.mesh, "one_stage", [stage()])
+    await workers("slow", default=Step(delay=5))
+    execution_id = await runner.start("one_stage")
+    call = runner.stub.WatchExecution(
+        orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
+        metadata=client.admin,
+        timeout=30,
+    )
+    await call.read()
+    hub = client.mesh.orchestrator.hub
+    assert hub.subscribers(execution_id) == 1
+    call.cancel()
+    await eventually(lambda: hub.subscribers(execution_id) == 0)
+
+
+async def test_watching_an_unknown_or_foreign_execution_is_not_found(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    from tests.conftest import make_client
+
+    await add_template(client.mesh, "one_stage", [stage()])
+    await workers("quick")
+    execution_id = await runner.start("one_stage")
+    other = await make_client(client.mesh)
+    for metadata, target in ((client.admin, "exe_unknown"), (other.key, execution_id)):
+        call = runner.stub.WatchExecution(
+            orchestrator_pb2.WatchExecutionRequest(execution_id=target),
+            metadata=metadata,
+            timeout=10,
+        )
+        try:
+            await call.read()
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("expected NOT_FOUND")

@@ -1,0 +1,126 @@
+"""The durable queue and the attempt epochs, on a real SQLite file: priority order, aging, leases
+that expire, and stale results that are refused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from bitware_core.db import Database, utcnow
+from orchestrator_server import executions, models, outcomes, queue
+from orchestrator_server.errors import StaleAttempt
+from tests.orchestrator.conftest import stage
+
+MIGRATIONS = str(Path(executions.__file__).parent / "migrations")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'orchestrator.db'}")
+    database.migrate("orchestrator", MIGRATIONS)
+    return database
+
+
+def create(session: Session, priority: str, client: str = "cli_a") -> str:
+    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
+    spec = {"topic": "Queues", "granularity": 2}
+    new = executions.NewExecution(template, spec, priority, "", client, "")
+    return executions.create(session, new).id
+
+
+def claim_order(db: Database, count: int) -> list[str]:
+    order = []
+    for _ in range(count):
+        claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 1}, 15.0))
+        order += [c.execution_id for c in claims]
+    return order
+
+
+def test_higher_priority_is_claimed_first_and_fifo_within_a_priority(db: Database) -> None:
+    low = db.run_sync(lambda s: create(s, "low"))
+    normal_1 = db.run_sync(lambda s: create(s, "normal"))
+    normal_2 = db.run_sync(lambda s: create(s, "normal"))
+    critical = db.run_sync(lambda s: create(s, "critical"))
+    assert claim_order(db, 4) == [critical, normal_1, normal_2, low]
+
+
+def test_low_priority_ages_past_fresh_critical_work(db: Database) -> None:
+    old_low = db.run_sync(lambda s: create(s, "low"))
+    # The low stage has waited four aging periods: longer than the three levels between them.
+    waited = utcnow() - timedelta(seconds=4 * executions.AGING_SECONDS)
+    db.run_sync(
+        lambda s: s.execute(
+            update(models.Stage)
+            .where(models.Stage.execution_id == old_low)
+            .values(queue_key=executions.queue_key(1, waited))
+        )
+    )
+    fresh_critical = db.run_sync(lambda s: create(s, "critical"))
+    assert claim_order(db, 2) == [old_low, fresh_critical]
+
+
+def test_claims_respect_free_capacity_per_capability(db: Database) -> None:
+    for _ in range(3):
+        db.run_sync(lambda s: create(s, "normal"))
+    claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 2, "other": 5}, 15.0))
+    assert len(claims) == 2
+    assert db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 0}, 15.0)) == []
+
+
+def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -> None:
+    db.run_sync(lambda s: create(s, "normal"))
+    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": 1}, 15.0))
+    db.run_sync(lambda s: outcomes.record_offer(s, first, "w1"))
+    db.run_sync(
+        lambda s: s.execute(
+            update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    )
+    assert db.run_sync(queue.reclaim_expired) == 1
+    [second] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": 1}, 15.0))
+    assert second.epoch > first.epoch
+    late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": {}}
+    with pytest.raises(StaleAttempt):
+        db.run_sync(lambda s: outcomes.record_result(s, first, **late))
+    db.run_sync(lambda s: outcomes.record_offer(s, second, "w2"))
+    finished = db.run_sync(
+        lambda s: outcomes.record_result(
+            s, second, output={}, job_id="fresh", quality={"score": 90}, usage={}
+        )
+    )
+    assert finished.terminal
+    stored = db.run_sync(lambda s: s.get_one(models.Execution, finished.execution_id).job_id)
+    assert stored == "fresh"
+
+
+def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Database) -> None:
+    db.run_sync(lambda s: create(s, "normal"))
+    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": 1}, 15.0))
+    db.run_sync(lambda s: outcomes.record_offer(s, first, "w1"))
+    db.run_sync(lambda s: outcomes.record_accept(s, first, "w1"))
+    db.run_sync(
+        lambda s: s.execute(
+            update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    )
+    db.run_sync(queue.reclaim_expired)
+    [again] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": 1}, 15.0))
+    assert again.reattach_worker == "w1"
+    assert again.attempt == first.attempt  # the same attempt, so the worker's result counts
+    assert again.epoch > first.epoch
+
+
+def test_illegal_transitions_are_impossible(db: Database) -> None:
+    execution_id = db.run_sync(lambda s: create(s, "normal"))
+
+    def finish_twice(session: Session) -> None:
+        execution = session.get_one(models.Execution, execution_id)
+        executions.move_execution(execution, "succeeded")
+
+    with pytest.raises(Exception, match="cannot go from queued to succeeded"):
+        db.run_sync(finish_twice)
