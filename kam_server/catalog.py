@@ -1,17 +1,31 @@
-"""Master templates: versioned, immutable pipeline recipes, seeded with one per structure type."""
+"""Master templates: versioned, immutable pipeline recipes.
+
+Creating a template with an existing name adds a version; versions never change afterwards
+(requests pin one), except that deprecation marks every version of a name as no longer
+executable. First start installs `<type>_standard` for each structure type and the two-stage
+`course_reviewed` (generate, then an independent validation with a quality gate).
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
-from kam_server import models
+from bitware_core.errors import Violations
+from kam_server import audit, models
 from kam_server.errors import TemplateNotFound
+from kam_server.tiers import TIERS
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
+SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+MAX_STAGES = 20
+DEFAULT_TIMEOUT_S = 120.0
 
 DEFAULT_RETRY: dict[str, Any] = {
     "max_attempts": 3,
@@ -22,38 +36,160 @@ DEFAULT_RETRY: dict[str, Any] = {
 }
 
 
-def _generate_stage(structure_type: str) -> dict[str, Any]:
-    return {
-        "order": 1,
-        "name": "generate",
-        "capability": "granulate",
-        "action": "generate",
-        "structure_template": structure_type,
-        "params": {},
-        "timeout_s": 120.0,
-        "retry_policy": DEFAULT_RETRY,
-        "min_quality_score": 60.0,
-    }
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    initial_backoff_s: float
+    max_backoff_s: float
+    backoff_multiplier: float
+    non_retryable_errors: list[str]
 
 
-def seed(session: Session) -> None:
-    """Installs `<type>_standard` for each structure type when no version of it exists."""
-    for structure_type in STRUCTURE_TYPES:
-        name = f"{structure_type}_standard"
-        if session.scalar(select(func.count()).where(models.MasterTemplate.name == name)):
-            continue
-        session.add(
-            models.MasterTemplate(
-                name=name,
-                version=1,
-                description=f"Generate a {structure_type.replace('_', ' ')} with the granulator.",
-                structure_type=structure_type,
-                stages=[_generate_stage(structure_type)],
-                allowed_tiers=[],
-                cost_estimate_usd=0.05,
-                execution_timeout_s=600.0,
-            )
+@dataclass(frozen=True)
+class StageInput:
+    """One stage as a caller defines it; `retry_policy` None means the default policy."""
+
+    order: int
+    name: str
+    capability: str
+    action: str
+    structure_template: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 0.0
+    retry_policy: RetryPolicy | None = None
+    min_quality_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class TemplateInput:
+    name: str
+    description: str
+    structure_type: str
+    stages: list[StageInput]
+    allowed_tiers: list[str]
+    cost_estimate_usd: float
+    execution_timeout_s: float = 0.0
+
+
+def _validate(new: TemplateInput) -> list[dict[str, Any]]:
+    """Every problem of a definition at once, as field violations; else the stages as stored."""
+    problems = Violations()
+    problems.check(
+        bool(SNAKE.match(new.name)) and len(new.name) <= 100,
+        "template.name",
+        "must be lower_snake_case, at most 100 characters",
+    )
+    problems.check(len(new.description) <= 2000, "template.description", "is too long")
+    problems.check(
+        new.structure_type in STRUCTURE_TYPES,
+        "template.structure_type",
+        f"must be one of {', '.join(STRUCTURE_TYPES)}",
+    )
+    problems.check(bool(new.stages), "template.stages", "must not be empty")
+    problems.check(len(new.stages) <= MAX_STAGES, "template.stages", f"at most {MAX_STAGES}")
+    for index, tier in enumerate(new.allowed_tiers):
+        problems.check(tier in TIERS, f"template.allowed_tiers[{index}]", "is not a known tier")
+    problems.check(new.cost_estimate_usd >= 0, "template.cost_estimate_usd", "must not be negative")
+    problems.check(
+        new.execution_timeout_s >= 0, "template.execution_timeout", "must not be negative"
+    )
+    seen: set[int] = set()
+    stages = []
+    for index, stage in enumerate(new.stages):
+        at = f"template.stages[{index}]"
+        problems.check(stage.order >= 1, f"{at}.order", "must be at least 1")
+        problems.check(stage.order not in seen, f"{at}.order", f"{stage.order} is used twice")
+        seen.add(stage.order)
+        problems.check(
+            bool(SNAKE.match(stage.capability)),
+            f"{at}.capability",
+            "must be lower_snake_case, for example granulate",
         )
+        problems.check(bool(SNAKE.match(stage.action)), f"{at}.action", "must be lower_snake_case")
+        problems.check(len(stage.name) <= 100, f"{at}.name", "is too long")
+        problems.check(stage.timeout_s >= 0, f"{at}.timeout", "must not be negative")
+        problems.check(
+            0 <= stage.min_quality_score <= 100,
+            f"{at}.min_quality_score",
+            "must be from 0 to 100",
+        )
+        retry = dict(DEFAULT_RETRY)
+        if (policy := stage.retry_policy) is not None:
+            rp = f"{at}.retry_policy"
+            problems.check(
+                1 <= policy.max_attempts <= 10, f"{rp}.max_attempts", "must be from 1 to 10"
+            )
+            problems.check(
+                policy.backoff_multiplier == 0 or policy.backoff_multiplier >= 1,
+                f"{rp}.backoff_multiplier",
+                "must be at least 1 (0 means the default, 2)",
+            )
+            problems.check(
+                policy.initial_backoff_s >= 0, f"{rp}.initial_backoff", "must not be negative"
+            )
+            problems.check(policy.max_backoff_s >= 0, f"{rp}.max_backoff", "must not be negative")
+            problems.check(
+                policy.max_backoff_s == 0 or policy.max_backoff_s >= policy.initial_backoff_s,
+                f"{rp}.max_backoff",
+                "must not be shorter than initial_backoff",
+            )
+            retry = {
+                "max_attempts": policy.max_attempts,
+                "initial_backoff_s": policy.initial_backoff_s,
+                "max_backoff_s": policy.max_backoff_s or DEFAULT_RETRY["max_backoff_s"],
+                "backoff_multiplier": policy.backoff_multiplier or 2.0,
+                "non_retryable_errors": list(policy.non_retryable_errors),
+            }
+        stages.append(
+            {
+                "order": stage.order,
+                "name": stage.name or stage.action,
+                "capability": stage.capability,
+                "action": stage.action,
+                "structure_template": stage.structure_template,
+                "params": dict(stage.params),
+                "timeout_s": stage.timeout_s or DEFAULT_TIMEOUT_S,
+                "retry_policy": retry,
+                "min_quality_score": stage.min_quality_score,
+            }
+        )
+    problems.raise_if_any()
+    return sorted(stages, key=lambda s: int(s["order"]))
+
+
+def _add_version(session: Session, new: TemplateInput) -> models.MasterTemplate:
+    stages = _validate(new)
+    latest = session.scalar(
+        select(func.max(models.MasterTemplate.version)).where(
+            models.MasterTemplate.name == new.name
+        )
+    )
+    row = models.MasterTemplate(
+        name=new.name,
+        version=(latest or 0) + 1,
+        description=new.description,
+        structure_type=new.structure_type,
+        stages=stages,
+        allowed_tiers=list(new.allowed_tiers),
+        cost_estimate_usd=new.cost_estimate_usd,
+        execution_timeout_s=new.execution_timeout_s,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def create(session: Session, actor: Principal, new: TemplateInput) -> models.MasterTemplate:
+    row = _add_version(session, new)
+    audit.record(
+        session,
+        actor,
+        "template.create",
+        f"templates/{row.name}/versions/{row.version}",
+        stages=str(len(row.stages)),
+        cost_estimate_usd=f"{row.cost_estimate_usd:.2f}",
+    )
+    return row
 
 
 def get(session: Session, name: str, version: int = 0) -> models.MasterTemplate:
@@ -87,3 +223,81 @@ def list_latest(
         session.scalars(query.order_by(models.MasterTemplate.name).offset(offset).limit(limit + 1))
     )
     return rows[:limit], next_page_token(offset, limit, len(rows))
+
+
+def deprecate(session: Session, actor: Principal, name: str) -> models.MasterTemplate:
+    problems = Violations()
+    problems.check(bool(name), "name", "is required")
+    problems.raise_if_any()
+    latest = get(session, name)
+    session.execute(
+        update(models.MasterTemplate)
+        .where(models.MasterTemplate.name == name)
+        .values(deprecated=True)
+    )
+    session.refresh(latest)
+    audit.record(session, actor, "template.deprecate", f"templates/{name}")
+    return latest
+
+
+# --- first start ----------------------------------------------------------------------------
+
+
+def _generate_stage(structure_type: str) -> StageInput:
+    return StageInput(
+        order=1,
+        name="generate",
+        capability="granulate",
+        action="generate",
+        structure_template=structure_type,
+        timeout_s=DEFAULT_TIMEOUT_S,
+        min_quality_score=60.0,
+    )
+
+
+def _seeds() -> list[TemplateInput]:
+    seeds = [
+        TemplateInput(
+            name=f"{structure_type}_standard",
+            description=f"Generate a {structure_type.replace('_', ' ')} with the granulator.",
+            structure_type=structure_type,
+            stages=[_generate_stage(structure_type)],
+            allowed_tiers=[],
+            cost_estimate_usd=0.05,
+            execution_timeout_s=600.0,
+        )
+        for structure_type in STRUCTURE_TYPES
+    ]
+    seeds.append(
+        TemplateInput(
+            name="course_reviewed",
+            description="Generate a course, then validate it independently (quality 70+).",
+            structure_type="course",
+            stages=[
+                _generate_stage("course"),
+                StageInput(
+                    order=2,
+                    name="review",
+                    capability="validate",
+                    action="validate",
+                    structure_template="course",
+                    timeout_s=60.0,
+                    min_quality_score=70.0,
+                ),
+            ],
+            allowed_tiers=[],
+            cost_estimate_usd=0.08,
+            execution_timeout_s=900.0,
+        )
+    )
+    return seeds
+
+
+def seed(session: Session) -> None:
+    """Installs each built-in template when no version of its name exists."""
+    for template in _seeds():
+        exists = session.scalar(
+            select(func.count()).where(models.MasterTemplate.name == template.name)
+        )
+        if not exists:
+            _add_version(session, template)

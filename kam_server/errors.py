@@ -1,17 +1,21 @@
-"""KAM's domain errors.
+"""KAM's domain errors (each maps to one gRPC status in `bitware_core.server`).
 
 MeshError (bitware_core.errors)
 ├── NotFound
-│   ├── ClientNotFound, RequestNotFound, TemplateNotFound, ApiKeyNotFound
+│   └── ClientNotFound, UserNotFound, RequestNotFound, TemplateNotFound, ApiKeyNotFound,
+│       WorkerCredentialNotFound
 ├── ResourceExhausted
 │   ├── BudgetExceeded          (reason BUDGET_EXCEEDED)
-│   ├── TierLimitExceeded       (reason TIER_LIMIT_*)
+│   ├── TierLimitExceeded       (reason TIER_LIMIT_USERS / _REQUESTS / _CONCURRENCY)
 │   └── LoginThrottled          (reason LOGIN_THROTTLED, with a retry delay)
 ├── PermissionDenied
 │   └── TierNotAllowed          (reason TIER_TEMPLATE / TIER_PRIORITY)
 ├── FailedPrecondition
 │   ├── ClientSuspended         (reason CLIENT_SUSPENDED)
-│   └── TemplateDeprecated      (reason TEMPLATE_DEPRECATED)
+│   ├── TemplateDeprecated      (reason TEMPLATE_DEPRECATED)
+│   ├── LastAdmin               (reason LAST_ADMIN)
+│   ├── RequestFinished         (reason REQUEST_FINISHED)
+│   └── ExecutionMismatch       (reason EXECUTION_MISMATCH)
 └── Unauthenticated
     └── BadCredential           (reason BAD_CREDENTIAL)
 """
@@ -31,6 +35,10 @@ class ClientNotFound(NotFound):
     reason = "CLIENT_NOT_FOUND"
 
 
+class UserNotFound(NotFound):
+    reason = "USER_NOT_FOUND"
+
+
 class RequestNotFound(NotFound):
     reason = "REQUEST_NOT_FOUND"
 
@@ -41,6 +49,10 @@ class TemplateNotFound(NotFound):
 
 class ApiKeyNotFound(NotFound):
     reason = "API_KEY_NOT_FOUND"
+
+
+class WorkerCredentialNotFound(NotFound):
+    reason = "WORKER_CREDENTIAL_NOT_FOUND"
 
 
 class BudgetExceeded(ResourceExhausted):
@@ -65,6 +77,18 @@ class ClientSuspended(FailedPrecondition):
 
 class TemplateDeprecated(FailedPrecondition):
     reason = "TEMPLATE_DEPRECATED"
+
+
+class LastAdmin(FailedPrecondition):
+    reason = "LAST_ADMIN"
+
+
+class RequestFinished(FailedPrecondition):
+    reason = "REQUEST_FINISHED"
+
+
+class ExecutionMismatch(FailedPrecondition):
+    reason = "EXECUTION_MISMATCH"
 
 
 class BadCredential(Unauthenticated):

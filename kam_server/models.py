@@ -63,6 +63,7 @@ class LoginFailure(KamBase):
 
 class ApiKey(KamBase):
     __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_client_created", "client_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
     name: Mapped[str] = mapped_column(String(200))
@@ -106,6 +107,7 @@ class ClientRequest(KamBase):
     __table_args__ = (
         UniqueConstraint("client_id", "idempotency_key"),
         Index("ix_requests_client_created", "client_id", "created_at"),
+        Index("ix_requests_client_charged", "client_id", "charged_at"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
@@ -117,8 +119,12 @@ class ClientRequest(KamBase):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     execution_id: Mapped[str] = mapped_column(String(60), default="")
+    #: Dollars held against the budget while the execution runs (the template's estimate).
     reserved_usd: Mapped[float] = mapped_column(default=0.0)
+    #: Dollars charged for the work done, set when the outcome is settled.
     cost_usd: Mapped[float] = mapped_column(default=0.0)
+    #: When the cost was charged: the month it counts against. None until settled.
+    charged_at: Mapped[datetime | None] = mapped_column(default=None)
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str] = mapped_column(String(60), default="")
     error_message: Mapped[str] = mapped_column(String(2000), default="")

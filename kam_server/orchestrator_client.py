@@ -9,10 +9,9 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
-from bitware_core.errors import Unavailable
+from bitware_core.errors import FailedPrecondition, Unavailable
 from kam_server import models
-
-PRIORITY_OF_URGENCY = {"low": "low", "normal": "normal", "high": "high", "critical": "critical"}
+from kam_server.requests import URGENCY_PRIORITY
 
 
 class OrchestratorClient:
@@ -37,7 +36,7 @@ class OrchestratorClient:
             template_version=row.template_version,
             spec=convert.spec_to_proto(row.spec),
             priority=convert.enum_value(
-                common_pb2.Priority, PRIORITY_OF_URGENCY[row.urgency], "PRIORITY_"
+                common_pb2.Priority, URGENCY_PRIORITY[row.urgency], "PRIORITY_"
             ),
             request_id=row.id,
             client_id=row.client_id,
@@ -50,7 +49,11 @@ class OrchestratorClient:
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise Unavailable(f"orchestrator unreachable: {error.details()}") from error
-            raise
+            raise FailedPrecondition(
+                f"the orchestrator refused the execution: {error.details()}",
+                reason="ORCHESTRATOR_REFUSED",
+                metadata={"code": error.code().name},
+            ) from error
         return response.execution.execution_id
 
     async def cancel(self, execution_id: str, deadline: float) -> None:
@@ -63,8 +66,12 @@ class OrchestratorClient:
                 metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # already finished
-                raise
+            # FAILED_PRECONDITION: it has finished already; NOT_FOUND: it never started.
+            if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                return
+            raise Unavailable(
+                f"the orchestrator could not cancel the execution: {error.details()}"
+            ) from error
 
     async def close(self) -> None:
         if self._channel is not None:

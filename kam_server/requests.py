@@ -1,10 +1,14 @@
 """Client requests: creation with tier checks, execution with a budget reservation, and the
-outcome reported back by the orchestrator (which settles the budget)."""
+outcome reported back by the orchestrator (which settles the budget).
+
+A request's life: pending → running (executed: reservation held) → completed | failed |
+cancelled (settled). The orchestrator's report of an execution's end drives the last step, so
+status, cost and deliverable follow the execution rather than a poll.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,18 +16,21 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.errors import FailedPrecondition, Violations
-from kam_server import catalog, models
+from bitware_core.errors import Violations
+from kam_server import catalog, ledger, models
+from kam_server.accounts import get_client
 from kam_server.errors import (
-    BudgetExceeded,
     ClientSuspended,
+    ExecutionMismatch,
+    RequestFinished,
     RequestNotFound,
     TemplateDeprecated,
     TierLimitExceeded,
     TierNotAllowed,
 )
-from kam_server.identity import PRIORITIES, TIER_LIMITS, get_client
+from kam_server.tiers import TIER_LIMITS
 
+#: How urgent a request is → the execution's priority.
 URGENCY_PRIORITY = {"low": "low", "normal": "normal", "high": "high", "critical": "critical"}
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -42,29 +49,45 @@ class NewRequest:
     client_id: str
 
 
-def _month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def _check_active(client: models.Client) -> None:
+    if client.status != "active":
+        raise ClientSuspended(
+            f"client {client.id} is suspended: no new requests or executions",
+            metadata={"client_id": client.id},
+        )
+
+
+def _check_template(client: models.Client, template: models.MasterTemplate) -> None:
+    if template.deprecated:
+        raise TemplateDeprecated(
+            f"master template {template.name!r} is deprecated",
+            metadata={"template": template.name},
+        )
+    if template.allowed_tiers and client.tier not in template.allowed_tiers:
+        raise TierNotAllowed(
+            f"tier {client.tier} may not use template {template.name!r}",
+            reason="TIER_TEMPLATE",
+            metadata={"tier": client.tier, "template": template.name},
+        )
 
 
 def create(session: Session, principal: Principal, new: NewRequest) -> models.ClientRequest:
     problems = Violations()
     problems.check(bool(new.topic.strip()), "spec.topic", "is required")
     problems.check(len(new.topic) <= 500, "spec.topic", "must be at most 500 characters")
+    problems.check(len(new.audience) <= 200, "spec.audience", "must be at most 200 characters")
     problems.check(
         bool(new.structure_type or new.master_template),
         "spec.structure_type",
         "is required unless master_template is given",
     )
-    problems.check(
-        new.structure_type in ("", *catalog.STRUCTURE_TYPES),
-        "spec.structure_type",
-        "is not a known structure type",
-    )
     problems.check(1 <= new.granularity <= 5, "spec.granularity", "must be from 1 to 5")
+    problems.check(len(new.idempotency_key) <= 200, "idempotency_key", "is too long")
     client_id = new.client_id if principal.sees_all_clients else principal.client_id
     problems.check(bool(client_id), "client_id", "is required for callers without a client")
     problems.raise_if_any()
     client = get_client(session, principal, client_id)
+    _check_active(client)
     if new.idempotency_key:
         existing = session.scalar(
             select(models.ClientRequest).where(
@@ -74,32 +97,34 @@ def create(session: Session, principal: Principal, new: NewRequest) -> models.Cl
         )
         if existing is not None:
             return existing
-    if client.status != "active":
-        raise ClientSuspended(f"client {client.id} is suspended")
     template = catalog.get(session, new.master_template or f"{new.structure_type}_standard")
-    if template.deprecated:
-        raise TemplateDeprecated(f"master template {template.name!r} is deprecated")
-    limits = TIER_LIMITS[client.tier]
-    if template.allowed_tiers and client.tier not in template.allowed_tiers:
-        raise TierNotAllowed(
-            f"tier {client.tier} may not use template {template.name!r}", reason="TIER_TEMPLATE"
+    if new.structure_type and new.structure_type != template.structure_type:
+        problems.add(
+            "spec.structure_type",
+            f"template {template.name!r} builds a {template.structure_type}, "
+            f"not a {new.structure_type}",
         )
+        problems.raise_if_any()
+    _check_template(client, template)
+    limits = TIER_LIMITS[client.tier]
     priority = URGENCY_PRIORITY[new.urgency]
-    if PRIORITIES.index(priority) > PRIORITIES.index(limits.max_priority):
+    if not limits.allows_priority(priority):
         raise TierNotAllowed(
             f"tier {client.tier} allows priority up to {limits.max_priority}",
             reason="TIER_PRIORITY",
+            metadata={"tier": client.tier, "max_priority": limits.max_priority},
         )
     this_month = session.scalar(
         select(func.count()).where(
             models.ClientRequest.client_id == client.id,
-            models.ClientRequest.created_at >= _month_start(utcnow()),
+            models.ClientRequest.created_at >= ledger.month_start(),
         )
     )
     if (this_month or 0) >= limits.max_requests_per_month:
         raise TierLimitExceeded(
             f"tier {client.tier} allows {limits.max_requests_per_month} requests a month",
             reason="TIER_LIMIT_REQUESTS",
+            metadata={"tier": client.tier, "limit": str(limits.max_requests_per_month)},
         )
     spec: dict[str, Any] = {
         "topic": new.topic.strip(),
@@ -130,26 +155,29 @@ def get(session: Session, principal: Principal, request_id: str) -> models.Clien
     return row
 
 
+@dataclass(frozen=True)
+class RequestFilter:
+    status: str = ""
+    client_id: str = ""
+    structure_type: str = ""
+    master_template: str = ""
+
+
 def list_requests(
-    session: Session,
-    principal: Principal,
-    *,
-    page_size: int,
-    page_token: str,
-    status: str,
-    client_id: str,
-    structure_type: str,
+    session: Session, principal: Principal, page_size: int, page_token: str, where: RequestFilter
 ) -> tuple[list[models.ClientRequest], str]:
     offset, limit = page_window(page_size, page_token)
     query = select(models.ClientRequest)
     if not principal.sees_all_clients:
         query = query.where(models.ClientRequest.client_id == principal.client_id)
-    elif client_id:
-        query = query.where(models.ClientRequest.client_id == client_id)
-    if status:
-        query = query.where(models.ClientRequest.status == status)
-    if structure_type:
-        query = query.where(models.ClientRequest.structure_type == structure_type)
+    elif where.client_id:
+        query = query.where(models.ClientRequest.client_id == where.client_id)
+    if where.status:
+        query = query.where(models.ClientRequest.status == where.status)
+    if where.structure_type:
+        query = query.where(models.ClientRequest.structure_type == where.structure_type)
+    if where.master_template:
+        query = query.where(models.ClientRequest.master_template == where.master_template)
     query = query.order_by(models.ClientRequest.created_at.desc(), models.ClientRequest.id.desc())
     rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
     return rows[:limit], next_page_token(offset, limit, len(rows))
@@ -158,19 +186,18 @@ def list_requests(
 def begin_execution(
     session: Session, principal: Principal, request_id: str
 ) -> models.ClientRequest:
-    """Checks tier and budget and reserves the template's cost estimate; a request already
-    running is returned as it is (so executing twice starts nothing new)."""
+    """Checks client, template, tier and budget and reserves the template's cost estimate. A
+    request that was executed already is returned as it is (so executing twice starts nothing
+    new); the caller starts the execution only when `execution_id` is empty."""
     row = get(session, principal, request_id)
-    if row.status == "running":
+    if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
         return row
     if row.status != "pending":
-        raise FailedPrecondition(f"request {row.id} is {row.status}", reason="REQUEST_FINISHED")
+        raise RequestFinished(f"request {row.id} is {row.status}")
     client = get_client(session, principal, row.client_id)
-    if client.status != "active":
-        raise ClientSuspended(f"client {client.id} is suspended")
+    _check_active(client)
     template = catalog.get(session, row.master_template, row.template_version)
-    if template.deprecated:
-        raise TemplateDeprecated(f"master template {template.name!r} is deprecated")
+    _check_template(client, template)
     running = session.scalar(
         select(func.count()).where(
             models.ClientRequest.client_id == client.id, models.ClientRequest.status == "running"
@@ -181,53 +208,36 @@ def begin_execution(
         raise TierLimitExceeded(
             f"tier {client.tier} allows {limits.max_concurrent_executions} executions at once",
             reason="TIER_LIMIT_CONCURRENCY",
+            metadata={"tier": client.tier, "limit": str(limits.max_concurrent_executions)},
         )
-    committed = month_spend(session, client.id)
-    if committed + template.cost_estimate_usd > client.monthly_budget_usd:
-        raise BudgetExceeded(
-            f"executing needs ${template.cost_estimate_usd:.2f} but only "
-            f"${max(0.0, client.monthly_budget_usd - committed):.2f} of the monthly budget is left",
-            metadata={"client_id": client.id},
-        )
+    ledger.reserve(session, client, row, template.cost_estimate_usd)
     row.status = "running"
-    row.reserved_usd = template.cost_estimate_usd
     row.updated_at = utcnow()
     return row
 
 
-def month_spend(session: Session, client_id: str) -> float:
-    """Charged plus reserved dollars this calendar month."""
-    total = session.scalar(
-        select(
-            func.coalesce(
-                func.sum(models.ClientRequest.cost_usd + models.ClientRequest.reserved_usd), 0.0
-            )
-        ).where(
-            models.ClientRequest.client_id == client_id,
-            models.ClientRequest.created_at >= _month_start(utcnow()),
-        )
-    )
-    return float(total or 0.0)
-
-
 def attach_execution(session: Session, request_id: str, execution_id: str) -> models.ClientRequest:
+    """Remembers the execution the orchestrator started (its outcome may have arrived first)."""
     row = session.get(models.ClientRequest, request_id)
     if row is None:
         raise RequestNotFound(f"request {request_id!r} not found")
-    row.execution_id = execution_id
+    if not row.execution_id:
+        row.execution_id = execution_id
     return row
 
 
 def abandon_execution(session: Session, request_id: str) -> None:
-    """The orchestrator could not be reached: nothing runs, so nothing stays reserved."""
+    """The orchestrator did not start the execution: nothing runs, so nothing stays reserved."""
     row = session.get(models.ClientRequest, request_id)
     if row is not None and row.status == "running" and not row.execution_id:
-        row.status, row.reserved_usd = "pending", 0.0
+        row.status = "pending"
+        ledger.release(row)
 
 
 def record_outcome(
     session: Session,
     request_id: str,
+    execution_id: str,
     *,
     status: str,
     usage: dict[str, Any],
@@ -235,29 +245,47 @@ def record_outcome(
     job_id: str,
     error_message: str,
 ) -> models.ClientRequest:
-    """Settles the budget: charges the actual cost and releases the reservation. Idempotent."""
+    """Settles the budget: charges the actual cost and releases the reservation. Idempotent: a
+    settled request stays as it is. A request cancelled while running keeps its status, but the
+    work its execution did is still charged."""
+    problems = Violations()
+    problems.check(bool(request_id), "request_id", "is required")
+    problems.check(bool(execution_id), "execution_id", "is required")
+    problems.raise_if_any()
     row = session.get(models.ClientRequest, request_id)
     if row is None:
         raise RequestNotFound(f"request {request_id!r} not found")
-    if row.status in TERMINAL:
+    if row.execution_id and row.execution_id != execution_id:
+        raise ExecutionMismatch(
+            f"request {row.id} runs execution {row.execution_id}, not {execution_id}"
+        )
+    if row.charged_at is not None or row.status == "pending":
         return row
-    row.status = status
-    row.usage = usage
-    row.cost_usd = cost_usd
-    row.reserved_usd = 0.0
-    row.job_id = job_id
-    row.error_message = error_message
+    row.execution_id = execution_id
+    ledger.charge(row, cost_usd, usage)
+    if row.status == "running":
+        row.status = status
+        row.job_id = job_id if status == "completed" else ""
+        row.error_message = error_message[:2000]
     row.updated_at = utcnow()
     return row
 
 
-def cancel(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
+def cancellable(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
+    """The request, if the caller may see it and it has not finished."""
     row = get(session, principal, request_id)
     if row.status in TERMINAL:
-        raise FailedPrecondition(
-            f"request {row.id} is already {row.status}", reason="REQUEST_FINISHED"
-        )
+        raise RequestFinished(f"request {row.id} is already {row.status}")
+    return row
+
+
+def cancel(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
+    """Marks the request cancelled after its execution was cancelled (whose outcome, reported
+    meanwhile, may have finished the request already: then it stays as reported)."""
+    row = get(session, principal, request_id)
+    if row.status in TERMINAL:
+        return row
     row.status = "cancelled"
-    row.reserved_usd = 0.0
+    ledger.release(row)
     row.updated_at = utcnow()
     return row

@@ -1,0 +1,135 @@
+"""RequestService: client requests, their execution on the orchestrator, and outcomes."""
+
+from __future__ import annotations
+
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+
+from bitware_core import convert
+from bitware_core.auth import current_principal
+from bitware_core.context import timeout
+from bitware_core.db import Database
+from bitware_core.errors import MeshError, Violations
+from kam_server import messages, requests
+from kam_server.orchestrator_client import OrchestratorClient
+from kam_server.services import Context, Handlers
+
+
+class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
+    def __init__(self, db: Database, orchestrator: OrchestratorClient) -> None:
+        super().__init__(db)
+        self.orchestrator = orchestrator
+
+    async def CreateRequest(
+        self, request: requests_pb2.CreateRequestRequest, context: Context
+    ) -> requests_pb2.CreateRequestResponse:
+        actor = current_principal()
+        spec = request.spec
+        new = requests.NewRequest(
+            topic=spec.topic,
+            structure_type=convert.checked_enum(
+                common_pb2.StructureType,
+                spec.structure_type,
+                "STRUCTURE_TYPE_",
+                "spec.structure_type",
+            ),
+            audience=spec.audience,
+            granularity=spec.granularity or 3,
+            constraints=dict(spec.constraints),
+            options=dict(spec.options),
+            master_template=request.master_template,
+            urgency=convert.checked_enum(
+                requests_pb2.Urgency, request.urgency, "URGENCY_", "urgency"
+            )
+            or "normal",
+            idempotency_key=request.idempotency_key,
+            client_id=request.client_id,
+        )
+        row = await self.run(lambda s: requests.create(s, actor, new))
+        return requests_pb2.CreateRequestResponse(request=messages.request_to_proto(row))
+
+    async def GetRequest(
+        self, request: requests_pb2.GetRequestRequest, context: Context
+    ) -> requests_pb2.GetRequestResponse:
+        actor = current_principal()
+        row = await self.run(lambda s: requests.get(s, actor, request.request_id))
+        return requests_pb2.GetRequestResponse(request=messages.request_to_proto(row))
+
+    async def ListRequests(
+        self, request: requests_pb2.ListRequestsRequest, context: Context
+    ) -> requests_pb2.ListRequestsResponse:
+        actor = current_principal()
+        where = requests.RequestFilter(
+            status=convert.checked_enum(
+                requests_pb2.RequestStatus, request.status, "REQUEST_STATUS_", "status"
+            ),
+            client_id=request.client_id,
+            structure_type=convert.checked_enum(
+                common_pb2.StructureType,
+                request.structure_type,
+                "STRUCTURE_TYPE_",
+                "structure_type",
+            ),
+            master_template=request.master_template,
+        )
+        rows, token = await self.run(
+            lambda s: requests.list_requests(s, actor, request.page_size, request.page_token, where)
+        )
+        return requests_pb2.ListRequestsResponse(
+            requests=[messages.request_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def ExecuteRequest(
+        self, request: requests_pb2.ExecuteRequestRequest, context: Context
+    ) -> requests_pb2.ExecuteRequestResponse:
+        actor = current_principal()
+        row = await self.run(lambda s: requests.begin_execution(s, actor, request.request_id))
+        if not row.execution_id:
+            try:
+                execution_id = await self.orchestrator.execute(row, timeout(10.0))
+            except MeshError:
+                # The orchestrator did not start it: release the reservation, then report.
+                await self.run(lambda s: requests.abandon_execution(s, row.id))
+                raise
+            row = await self.run(lambda s: requests.attach_execution(s, row.id, execution_id))
+        return requests_pb2.ExecuteRequestResponse(
+            request=messages.request_to_proto(row), execution_id=row.execution_id
+        )
+
+    async def CancelRequest(
+        self, request: requests_pb2.CancelRequestRequest, context: Context
+    ) -> requests_pb2.CancelRequestResponse:
+        actor = current_principal()
+        # The execution is cancelled first, so that when the orchestrator cannot be reached
+        # nothing has changed and the caller can simply try again.
+        row = await self.run(lambda s: requests.cancellable(s, actor, request.request_id))
+        if row.execution_id:
+            await self.orchestrator.cancel(row.execution_id, timeout(10.0))
+        row = await self.run(lambda s: requests.cancel(s, actor, request.request_id))
+        return requests_pb2.CancelRequestResponse(request=messages.request_to_proto(row))
+
+    async def RecordExecutionOutcome(
+        self, request: requests_pb2.RecordExecutionOutcomeRequest, context: Context
+    ) -> requests_pb2.RecordExecutionOutcomeResponse:
+        status = convert.checked_enum(
+            requests_pb2.RequestStatus, request.status, "REQUEST_STATUS_", "status"
+        )
+        problems = Violations()
+        problems.check(
+            status in requests.TERMINAL, "status", "must be completed, failed or cancelled"
+        )
+        problems.check(request.usage.cost_usd >= 0, "usage.cost_usd", "must not be negative")
+        problems.raise_if_any()
+        row = await self.run(
+            lambda s: requests.record_outcome(
+                s,
+                request.request_id,
+                request.execution_id,
+                status=status,
+                usage=convert.usage_from_proto(request.usage),
+                cost_usd=request.usage.cost_usd,
+                job_id=request.job_id,
+                error_message=request.error_message,
+            )
+        )
+        return requests_pb2.RecordExecutionOutcomeResponse(request=messages.request_to_proto(row))
