@@ -1,16 +1,42 @@
-"""The granulator's domain errors.
+"""The granulator's errors.
 
-MeshError (bitware_core.errors)
-├── NotFound
-│   ├── JobNotFound
-│   └── TemplateNotFound
-└── FailedPrecondition
-    └── NoReservation          (reason NO_RESERVATION: Process without an accepted offer)
+Two families. `MeshError` subclasses cross the wire as a gRPC status (mapped once by
+`bitware_core.server`); `StageFailure` subclasses are *work* failures that `Process` reports
+inside its response as a typed `StageError` (with the usage spent so far), never as a status::
+
+    MeshError (bitware_core.errors)
+    ├── InvalidArgument
+    │   └── InvalidTemplate        (field violations of a structure template)
+    ├── NotFound
+    │   ├── JobNotFound
+    │   └── TemplateNotFound
+    ├── AlreadyExists
+    │   └── TemplateExists
+    ├── FailedPrecondition
+    │   └── NoReservation          (Process without an accepted offer, or an older epoch)
+    └── Cancelled
+        └── StageCancelled         (Process of a stage that Cancel stopped)
+
+    StageFailure                   (error class decides whether the orchestrator retries)
+    ├── ProviderTransient          TRANSIENT: 429, 5xx, timeouts, connection errors
+    ├── ProviderRefused            REFUSED: refusal or content filter, never retried
+    ├── InvalidOutput              INVALID_OUTPUT: unparseable, schema-breaking or truncated
+    ├── ProviderRejected           INVALID_INPUT: the endpoint rejected the request (4xx)
+    ├── InvalidStageInput          INVALID_INPUT: e.g. validate without a previous job
+    └── ProviderMisconfigured      INTERNAL: authentication or model errors at the endpoint
 """
 
 from __future__ import annotations
 
-from bitware_core.errors import FailedPrecondition, NotFound
+from typing import Any
+
+from bitware_core.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 
 class JobNotFound(NotFound):
@@ -21,5 +47,62 @@ class TemplateNotFound(NotFound):
     reason = "TEMPLATE_NOT_FOUND"
 
 
+class TemplateExists(AlreadyExists):
+    reason = "TEMPLATE_EXISTS"
+
+
+class InvalidTemplate(InvalidArgument):
+    reason = "INVALID_TEMPLATE"
+
+
 class NoReservation(FailedPrecondition):
     reason = "NO_RESERVATION"
+
+
+class StageCancelled(Cancelled):
+    reason = "STAGE_CANCELLED"
+
+
+class StageFailure(Exception):
+    """A stage's work failed; `error_class` names a `bitware.worker.v1.ErrorClass` without its
+    prefix. `usage` holds what every attempt consumed before the failure."""
+
+    error_class = "INTERNAL"
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        retry_after: float = 0.0,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+        self.usage: dict[str, Any] = usage or {}
+
+
+class ProviderTransient(StageFailure):
+    error_class = "TRANSIENT"
+
+
+class ProviderRefused(StageFailure):
+    error_class = "REFUSED"
+
+
+class InvalidOutput(StageFailure):
+    error_class = "INVALID_OUTPUT"
+
+
+class ProviderRejected(StageFailure):
+    error_class = "INVALID_INPUT"
+
+
+class InvalidStageInput(StageFailure):
+    error_class = "INVALID_INPUT"
+
+
+class ProviderMisconfigured(StageFailure):
+    error_class = "INTERNAL"

@@ -38,18 +38,27 @@ def start(
     structure_type: str,
     template_name: str,
 ) -> models.Job:
-    job = models.Job(
-        id=new_id("job"),
-        client_id=client_id,
-        execution_id=execution_id,
-        stage_id=stage_id,
-        attempt=attempt,
-        action=action,
-        spec=spec,
-        structure_type=structure_type,
-        template_name=template_name,
-    )
-    session.add(job)
+    """The attempt's job, made running; one left behind by an interrupted run is reused."""
+    job = find(session, execution_id, stage_id, attempt)
+    if job is None:
+        job = models.Job(
+            id=new_id("job"),
+            client_id=client_id,
+            execution_id=execution_id,
+            stage_id=stage_id,
+            attempt=attempt,
+            action=action,
+            spec=spec,
+            structure_type=structure_type,
+            template_name=template_name,
+            document={},
+            quality={},
+            validations=[],
+            usage={},
+            result={},
+        )
+        session.add(job)
+    job.status, job.updated_at = "running", utcnow()
     return job
 
 
@@ -71,6 +80,7 @@ def complete(
     usage: dict[str, Any],
     result: dict[str, Any],
 ) -> models.Job:
+    """Stores a generated structure with its element tree and first (rules) validation."""
     job = session.get_one(models.Job, job_id)
     session.execute(delete(models.Element).where(models.Element.job_id == job_id))
     elements = to_elements(job.structure_type, document)
@@ -88,19 +98,52 @@ def complete(
     )
     quality = quality_dict(report)
     job.status, job.document, job.quality, job.usage = "completed", document, quality, usage
-    job.validations = [
-        *job.validations,
-        {"time": utcnow().isoformat(), "validator": "rules", "quality": quality},
-    ]
+    job.validations = [*job.validations, validation_record("rules", quality)]
     job.element_count = len(elements)
-    job.result = result
+    job.result = {**result, "metrics": {**result.get("metrics", {}), "elements": len(elements)}}
     job.updated_at = utcnow()
     return job
 
 
-def fail(session: Session, job_id: str, status: str, message: str, result: dict[str, Any]) -> None:
+def validation_record(validator: str, quality: dict[str, Any]) -> dict[str, Any]:
+    return {"time": utcnow().isoformat(), "validator": validator, "quality": quality}
+
+
+def record_validations(
+    session: Session, job_id: str, records: list[dict[str, Any]], latest: dict[str, Any]
+) -> None:
+    """Appends validation records to a job's history; `latest` becomes its quality."""
+    job = session.get_one(models.Job, job_id)
+    job.validations = [*job.validations, *records]
+    job.quality, job.updated_at = latest, utcnow()
+
+
+def finish_validation(
+    session: Session,
+    job_id: str,
+    *,
+    quality: dict[str, Any],
+    usage: dict[str, Any],
+    result: dict[str, Any],
+) -> None:
+    """Completes a `validate` job (it stores no structure of its own)."""
+    job = session.get_one(models.Job, job_id)
+    job.status, job.quality, job.usage, job.result = "completed", quality, usage, result
+    job.updated_at = utcnow()
+
+
+def fail(
+    session: Session,
+    job_id: str,
+    status: str,
+    message: str,
+    result: dict[str, Any],
+    usage: dict[str, Any] | None = None,
+) -> None:
     job = session.get_one(models.Job, job_id)
     job.status, job.error_message, job.result, job.updated_at = status, message, result, utcnow()
+    if usage:
+        job.usage = usage
 
 
 def get(session: Session, principal: Principal, job_id: str) -> models.Job:
@@ -143,3 +186,7 @@ def list_jobs(
     query = query.order_by(models.Job.created_at.desc(), models.Job.id.desc())
     rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
     return rows[:limit], next_page_token(offset, limit, len(rows))
+
+
+def find_by_id(session: Session, job_id: str) -> models.Job | None:
+    return session.get(models.Job, job_id) if job_id else None

@@ -1,11 +1,12 @@
-"""The granulator's tables: jobs (one per stage attempt) and their element trees."""
+"""The granulator's tables: structure templates, jobs (one per stage attempt) and their element
+trees."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bitware_core.db import utcnow
@@ -50,3 +51,19 @@ class Element(GranulatorBase):
     order: Mapped[int]
     title: Mapped[str] = mapped_column(String(1000))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Template(GranulatorBase):
+    """A structure template; the six seeds are inserted on first start, admins add more."""
+
+    __tablename__ = "structure_templates"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    structure_type: Mapped[str] = mapped_column(String(40), index=True)
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    json_schema: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prompt_template: Mapped[str] = mapped_column(Text)
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON)
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

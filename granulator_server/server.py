@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,9 @@ from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.kam import KamConnection
 from bitware_core.server import MeshServer, Service, run_until_signal
-from granulator_server.providers import OfflineProvider
+from granulator_server import template_store
+from granulator_server.pricing import PriceTable
+from granulator_server.providers import OpenAIProvider, choose_provider
 from granulator_server.service import GranulatorHandlers
 from granulator_server.worker import CAPABILITIES, WorkerHandlers
 
@@ -31,10 +34,11 @@ class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
         self.db = Database(settings.database_url_for("granulator"))
         self.kam = KamConnection(settings)
+        self.provider = choose_provider(settings, PriceTable.from_env(os.environ))
         self.worker = WorkerHandlers(
-            self.db, OfflineProvider(), settings.max_concurrent_jobs, settings.worker_id
+            self.db, self.provider, settings.max_concurrent_jobs, settings.worker_id
         )
-        handlers = GranulatorHandlers(self.db)  # type: ignore[abstract]  # templates: issue 5
+        handlers = GranulatorHandlers(self.db)
         services = [
             Service(
                 worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
@@ -71,6 +75,14 @@ class GranulatorServer(MeshServer):
 
     async def start(self) -> int:
         self.db.migrate("granulator", str(Path(__file__).parent / "migrations"))
+        added = await self.db.run(template_store.seed)
+        if added:
+            log.info("seeded structure templates", extra={"count": added})
+        log.info(
+            "generating with the %s provider",
+            self.provider.name,
+            extra={"provider": self.provider.name, "model": self.provider.model},
+        )
         port = await super().start()
         if self.settings.orchestrator_address:
             self._orchestrator = open_channel(self.settings.orchestrator_address, self.settings)
@@ -119,6 +131,7 @@ class GranulatorServer(MeshServer):
             await asyncio.sleep(interval)
 
     async def stop(self, grace: float | None = None) -> None:
+        self.worker.draining = True
         if self._registration is not None:
             self._registration.cancel()
             await asyncio.gather(self._registration, return_exceptions=True)
@@ -126,6 +139,8 @@ class GranulatorServer(MeshServer):
         if self._orchestrator is not None:
             await self._orchestrator.close()
         await self.kam.close()
+        if isinstance(self.provider, OpenAIProvider):
+            await self.provider.close()
         self.db.close()
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import grpc
 from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
+from google.protobuf import json_format
 
 from bitware_core import convert
 from bitware_core.auth import current_principal
-from bitware_core.db import Database, next_page_token, page_window
+from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from granulator_server import jobs, models
-from granulator_server.domain import SEED_TEMPLATES, StructureTemplate, match_template
-from granulator_server.errors import TemplateNotFound
+from granulator_server import jobs, models, template_store
+from granulator_server.domain import StructureTemplate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -25,26 +24,47 @@ def _type(name: str) -> Any:
     return convert.enum_value(common_pb2.StructureType, name, "STRUCTURE_TYPE_")
 
 
-def template_to_proto(template: StructureTemplate) -> granulator_pb2.StructureTemplate:
+def template_to_proto(
+    template: StructureTemplate, updated_at: datetime | None = None
+) -> granulator_pb2.StructureTemplate:
     return granulator_pb2.StructureTemplate(
         name=template.name,
         structure_type=_type(template.structure_type),
         description=template.description,
         json_schema=convert.to_struct(template.json_schema),
         prompt_template=template.prompt_template,
-        rules=convert.to_struct(json.loads(json.dumps(asdict(template.rules)))),
+        rules=convert.to_struct(template_store.rules_to_dict(template.rules)),
         defaults={k: str(v) for k, v in template.defaults.items()},
         version=template.version,
+        update_time=convert.timestamp(updated_at),
+    )
+
+
+def template_from_proto(message: granulator_pb2.StructureTemplate) -> StructureTemplate:
+    """The domain template of a request; field problems are raised as INVALID_ARGUMENT."""
+    structure_type = convert.checked_enum(
+        common_pb2.StructureType,
+        message.structure_type,
+        "STRUCTURE_TYPE_",
+        "template.structure_type",
+    )
+    try:
+        rules = template_store.rules_from_dict(convert.from_struct(message.rules))
+    except ValueError as error:
+        raise InvalidArgument([FieldViolation("template.rules", str(error))]) from None
+    return StructureTemplate(
+        name=message.name.strip(),
+        structure_type=structure_type,
+        description=message.description,
+        json_schema=convert.from_struct(message.json_schema),
+        prompt_template=message.prompt_template,
+        rules=rules,
+        defaults=dict(message.defaults),
     )
 
 
 def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
-    return common_pb2.QualityReport(
-        score=quality.get("score", 0.0),
-        components=quality.get("components", {}),
-        feedback=quality.get("feedback", ""),
-        violations=[common_pb2.Violation(**v) for v in quality.get("violations", [])],
-    )
+    return json_format.ParseDict(quality, common_pb2.QualityReport(), ignore_unknown_fields=True)
 
 
 def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.Job:
@@ -77,7 +97,6 @@ def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.J
 class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.templates = sorted(SEED_TEMPLATES, key=lambda t: t.name)
 
     async def GetJob(
         self, request: granulator_pb2.GetJobRequest, context: Context
@@ -121,6 +140,13 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
             return job, jobs.elements_of(s, job.id)
 
         job, elements = await self.db.run(load)
+        if job.action == "validate":
+            target = job.result.get("job_id", "")
+            raise FailedPrecondition(
+                f"job {job.id} validated job {target}; the structure is stored there",
+                reason="NO_STRUCTURE",
+                metadata={"structure_job_id": target},
+            )
         if job.status != "completed":
             raise FailedPrecondition(
                 f"job {job.id} is {job.status}; it has no structure yet", reason="NO_STRUCTURE"
@@ -146,15 +172,16 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
     async def ListTemplates(
         self, request: granulator_pb2.ListTemplatesRequest, context: Context
     ) -> granulator_pb2.ListTemplatesResponse:
-        offset, limit = page_window(request.page_size, request.page_token)
         wanted = convert.checked_enum(
             common_pb2.StructureType, request.structure_type, "STRUCTURE_TYPE_", "structure_type"
         )
-        matching = [t for t in self.templates if not wanted or t.structure_type == wanted]
-        window = matching[offset : offset + limit + 1]
+        page, token = await self.db.run(
+            lambda s: template_store.list_templates(
+                s, request.page_size, request.page_token, wanted
+            )
+        )
         return granulator_pb2.ListTemplatesResponse(
-            templates=[template_to_proto(t) for t in window[:limit]],
-            next_page_token=next_page_token(offset, limit, len(window)),
+            templates=[template_to_proto(t, at) for t, at in page], next_page_token=token
         )
 
     async def GetTemplate(
@@ -163,15 +190,32 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
         query = request.query.strip()
         if not query:
             raise InvalidArgument([FieldViolation("query", "is required")])
-        template = match_template(self.templates, query)
-        if template is None:
-            raise TemplateNotFound(f"no structure template matches {query!r}")
-        normal = query.lower().replace("-", "_").replace(" ", "_")
-        match = (
-            "exact"
-            if template.name == normal
-            else "structure_type"
-            if template.structure_type == normal
-            else "partial"
+        template, updated_at, match = await self.db.run(lambda s: template_store.find(s, query))
+        return granulator_pb2.GetTemplateResponse(
+            template=template_to_proto(template, updated_at), match=match
         )
-        return granulator_pb2.GetTemplateResponse(template=template_to_proto(template), match=match)
+
+    async def CreateTemplate(
+        self, request: granulator_pb2.CreateTemplateRequest, context: Context
+    ) -> granulator_pb2.CreateTemplateResponse:
+        template = template_from_proto(request.template)
+        stored, updated_at = await self.db.run(lambda s: template_store.create(s, template))
+        return granulator_pb2.CreateTemplateResponse(template=template_to_proto(stored, updated_at))
+
+    async def UpdateTemplate(
+        self, request: granulator_pb2.UpdateTemplateRequest, context: Context
+    ) -> granulator_pb2.UpdateTemplateResponse:
+        changes = template_from_proto(
+            granulator_pb2.StructureTemplate(
+                name=request.template.name,
+                structure_type=request.template.structure_type,
+                description=request.template.description,
+                json_schema=request.template.json_schema,
+                prompt_template=request.template.prompt_template,
+                rules=request.template.rules,
+                defaults=request.template.defaults,
+            )
+        )
+        mask = list(request.update_mask.paths)
+        stored, updated_at = await self.db.run(lambda s: template_store.update(s, changes, mask))
+        return granulator_pb2.UpdateTemplateResponse(template=template_to_proto(stored, updated_at))

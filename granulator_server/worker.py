@@ -1,284 +1,297 @@
-"""The granulator's side of the worker protocol: reservations from accepted offers, idempotent
-processing per (execution, stage, attempt), per-attempt progress logs and cancellation."""
+"""The granulator's side of the worker protocol (`bitware.worker.v1.WorkerService`): checks
+offers and reserves slots, runs accepted attempts once per (execution, stage, attempt), streams
+their progress and cancels them. Thin: the work itself is in `stages`, the logs in `progress`.
+
+A reservation lasts `reservation_seconds`; when `Process` has not started by then the slot is
+freed and the attempt's log ends as cancelled. Progress logs of ended attempts are dropped
+`progress.retention` seconds after they end.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from bitware.common.v1 import common_pb2
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 
 from bitware_core import convert
 from bitware_core.db import Database
 from bitware_core.errors import NotFound
-from granulator_server import jobs
-from granulator_server.domain import (
-    SEED_TEMPLATES,
-    StructureTemplate,
-    match_template,
-    score_quality,
-)
-from granulator_server.errors import NoReservation
+from granulator_server import jobs, progress, stages, template_store
+from granulator_server.errors import NoReservation, StageCancelled
 from granulator_server.providers import Provider
 
 log = logging.getLogger("bitware.granulator.worker")
 Context = grpc.aio.ServicerContext[Any, Any]
 Key = tuple[str, str, int]
-CAPABILITIES = ("granulate",)
-ACTIONS = {"granulate": ("generate",)}
+CAPABILITIES = tuple(stages.ACTIONS)
 RESERVATION_SECONDS = 30.0
-TERMINAL = {worker_pb2.PHASE_COMPLETED, worker_pb2.PHASE_FAILED, worker_pb2.PHASE_CANCELLED}
-
-
-@dataclass
-class StageLog:
-    """The ordered progress events of one stage attempt, for WatchProgress."""
-
-    events: list[worker_pb2.ProgressEvent] = field(default_factory=list)
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    async def add(self, phase: int, message: str, fraction: float, elements: int = 0) -> None:
-        event = worker_pb2.ProgressEvent(
-            sequence=len(self.events) + 1,
-            phase=phase,  # type: ignore[arg-type]
-            message=message,
-            fraction=fraction,
-            elements_so_far=elements,
-        )
-        event.time.GetCurrentTime()
-        async with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def has_after(self, sequence: int) -> bool:
-        return len(self.events) > sequence
+LOG_RETENTION_SECONDS = 300.0
+BUSY_RETRY_SECONDS = 1.0
 
 
 @dataclass
 class Offer:
-    request: worker_pb2.HandshakeRequest
-    template: StructureTemplate
-    expires_at: float
-    task: asyncio.Task[worker_pb2.ProcessResponse] | None = None
+    """An accepted offer: reserved until Process starts it, then running until it ends."""
+
+    work: stages.Work
+    epoch: int
+    expiry: asyncio.TimerHandle | None = None
+    task: asyncio.Task[dict[str, Any]] | None = None
 
 
 def _key(ref: worker_pb2.StageRef) -> Key:
     return (ref.execution_id, ref.stage_id, ref.attempt)
 
 
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromMilliseconds(int(seconds * 1000))
+    return value
+
+
 class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, db: Database, provider: Provider, max_jobs: int, worker_id: str) -> None:
         self.db, self.provider, self.max_jobs, self.worker_id = db, provider, max_jobs, worker_id
+        self.runner = stages.StageRunner(db, provider)
         self.offers: dict[Key, Offer] = {}
-        self.logs: dict[Key, StageLog] = {}
-        self.templates = list(SEED_TEMPLATES)
+        self.progress = progress.ProgressBook(LOG_RETENTION_SECONDS)
+        self.reservation_seconds = RESERVATION_SECONDS
+        #: Set when the server stops: every new offer is declined as DRAINING.
+        self.draining = False
 
     @property
     def active(self) -> int:
-        now = time.monotonic()
-        return sum(1 for o in self.offers.values() if o.task is not None or o.expires_at > now)
+        """Slots in use: running attempts and live reservations."""
+        return len(self.offers)
 
     def _decline(
         self, reason: int, message: str, retry_after: float = 0.0
     ) -> worker_pb2.HandshakeResponse:
-        wait = duration_pb2.Duration()
-        wait.FromMilliseconds(int(retry_after * 1000))
         return worker_pb2.HandshakeResponse(
             accepted=False,
             decline_reason=reason,  # type: ignore[arg-type]
             message=message,
-            retry_after=wait,
+            retry_after=_duration(retry_after),
             worker_id=self.worker_id,
         )
 
     async def Handshake(
         self, request: worker_pb2.HandshakeRequest, context: Context
     ) -> worker_pb2.HandshakeResponse:
-        spec = request.input.spec
-        if request.action not in ACTIONS.get(request.capability, ()):
+        if self.draining:
+            return self._decline(worker_pb2.DECLINE_REASON_DRAINING, "the worker is stopping")
+        if request.action not in stages.ACTIONS.get(request.capability, ()):
             return self._decline(
                 worker_pb2.DECLINE_REASON_UNSUPPORTED,
-                f"cannot {request.capability}/{request.action}",
+                f"capability {request.capability!r} with action {request.action!r} is not "
+                f"offered here; capabilities: {', '.join(CAPABILITIES)}",
             )
-        query = request.structure_template or convert.enum_name(
-            common_pb2.StructureType, spec.structure_type, "STRUCTURE_TYPE_"
-        )
-        template = match_template(self.templates, query) if query else None
-        if template is None:
+        spec = request.input.spec
+        try:
+            structure_type = convert.enum_name(
+                common_pb2.StructureType, spec.structure_type, "STRUCTURE_TYPE_"
+            )
+        except ValueError:
+            return self._decline(
+                worker_pb2.DECLINE_REASON_INVALID_INPUT,
+                f"unknown structure type {spec.structure_type}",
+            )
+        query = request.structure_template or structure_type
+        found = await self.db.run(lambda s: template_store.resolve(s, query)) if query else None
+        if found is None:
             return self._decline(
                 worker_pb2.DECLINE_REASON_UNKNOWN_TEMPLATE,
                 f"no structure template matches {query!r}",
             )
+        template = found[0]
         problems = []
+        if structure_type and template.structure_type != structure_type:
+            problems.append(f"template {template.name} builds {template.structure_type}")
         if not spec.topic.strip():
             problems.append("spec.topic is empty")
         if not 1 <= spec.granularity <= 5:
             problems.append(f"spec.granularity {spec.granularity} is not from 1 to 5")
+        previous = stages.target_job(
+            request.input.previous_job_id, convert.from_struct(request.input.previous_output)
+        )
+        if request.action == "validate" and not previous:
+            problems.append("validate needs the previous stage's job")
+        try:
+            stages.judge_level(dict(request.params))
+        except ValueError as error:
+            problems.append(f"params.{error}")
         if problems:
             return self._decline(worker_pb2.DECLINE_REASON_INVALID_INPUT, "; ".join(problems))
         key = _key(request.stage)
-        if key not in self.offers:
+        offer = self.offers.get(key)
+        if offer is not None:
+            offer.epoch = max(offer.epoch, request.stage.epoch)
+        elif not await self._finished(key):
             if self.active >= self.max_jobs:
                 return self._decline(
                     worker_pb2.DECLINE_REASON_AT_CAPACITY,
-                    f"all {self.max_jobs} slots busy",
-                    retry_after=1.0,
+                    f"all {self.max_jobs} slots are busy",
+                    retry_after=BUSY_RETRY_SECONDS,
                 )
-            self.offers[key] = Offer(request, template, time.monotonic() + RESERVATION_SECONDS)
-            self.logs[key] = StageLog()
-            await self.logs[key].add(worker_pb2.PHASE_ACCEPTED, "offer accepted", 0.0)
-        expires = self.offers[key].expires_at
+            work = stages.Work(
+                execution_id=key[0],
+                stage_id=key[1],
+                attempt=key[2],
+                client_id=request.client_id,
+                capability=request.capability,
+                action=request.action,
+                template=template,
+                spec=convert.spec_from_proto(spec),
+                params=dict(request.params),
+                previous_job_id=previous,
+                feedback=request.input.feedback,
+                min_quality=request.input.min_quality_score,
+            )
+            offer = self.offers[key] = Offer(work, request.stage.epoch)
+            offer.expiry = asyncio.get_running_loop().call_later(
+                self.reservation_seconds, self._expire, key, offer
+            )
+            self.progress.open(key).add(progress.ACCEPTED, "offer accepted", 0.0)
+        return self._accepted(template, convert.spec_from_proto(spec), request.action)
+
+    async def _finished(self, key: Key) -> bool:
+        stored = await self.db.run(lambda s: jobs.find(s, *key))
+        return stored is not None and bool(stored.result)
+
+    def _accepted(
+        self, template: Any, spec: dict[str, Any], action: str
+    ) -> worker_pb2.HandshakeResponse:
         response = worker_pb2.HandshakeResponse(accepted=True, worker_id=self.worker_id)
-        response.estimated_duration.FromMilliseconds(100)
-        response.reservation_expire_time.FromSeconds(int(time.time() + expires - time.monotonic()))
+        if action == "generate":
+            guess = stages.estimate(template, spec)
+            response.estimate.prompt_tokens = guess["prompt_tokens"]
+            response.estimate.completion_tokens = guess["completion_tokens"]
+            prices = getattr(self.provider, "prices", None)
+            if prices is not None:
+                response.estimate.cost_usd = prices.cost(
+                    self.provider.model, guess["prompt_tokens"], guess["completion_tokens"]
+                )
+        response.estimate.memory_mb = 64
+        seconds = 0.1 if self.provider.name == "offline" else 30.0
+        response.estimated_duration.CopyFrom(_duration(seconds))
+        response.reservation_expire_time.FromMilliseconds(
+            int((time.time() + self.reservation_seconds) * 1000)
+        )
         return response
+
+    def _expire(self, key: Key, offer: Offer) -> None:
+        if self.offers.get(key) is offer and offer.task is None:
+            del self.offers[key]
+            self.progress.open(key).add(
+                progress.CANCELLED, "reservation expired: Process did not follow in time", 1.0
+            )
 
     async def Process(
         self, request: worker_pb2.ProcessRequest, context: Context
     ) -> worker_pb2.ProcessResponse:
         ref = request.stage
-        stored = await self.db.run(
-            lambda s: jobs.find(s, ref.execution_id, ref.stage_id, ref.attempt)
-        )
+        stored = await self.db.run(lambda s: jobs.find(s, *_key(ref)))
         if stored is not None and stored.result:
-            return worker_pb2.ProcessResponse.FromString(bytes.fromhex(stored.result["response"]))
-        offer = self.offers.get(_key(ref))
-        if offer is None or offer.request.stage.epoch != ref.epoch:
+            if stored.result.get("cancelled"):
+                raise StageCancelled(f"stage {ref.stage_id} attempt {ref.attempt} was cancelled")
+            return outcome_to_proto(stored.result)
+        key = _key(ref)
+        offer = self.offers.get(key)
+        if offer is None or ref.epoch < offer.epoch:
             raise NoReservation(f"no accepted offer for stage {ref.stage_id} attempt {ref.attempt}")
         if offer.task is None:
-            offer.task = asyncio.create_task(self._run(offer))
-        # Shielded: a dropped call does not stop the work; a repeated call gets the same result.
-        return await asyncio.shield(offer.task)
-
-    async def _run(self, offer: Offer) -> worker_pb2.ProcessResponse:
-        request, template = offer.request, offer.template
-        ref, stage_log = request.stage, self.logs[_key(request.stage)]
-        spec = convert.spec_from_proto(request.input.spec)
-        job = await self.db.run(
-            lambda s: jobs.start(
-                s,
-                client_id=request.client_id,
-                execution_id=ref.execution_id,
-                stage_id=ref.stage_id,
-                attempt=ref.attempt,
-                action=request.action,
-                spec=spec,
-                structure_type=template.structure_type,
-                template_name=template.name,
-            )
-        )
+            if offer.expiry is not None:
+                offer.expiry.cancel()
+            offer.task = asyncio.create_task(self._run(key, offer))
+        task = offer.task
         try:
-            await stage_log.add(
-                worker_pb2.PHASE_PROMPT_BUILT, f"using template {template.name}", 0.1
-            )
-            await stage_log.add(
-                worker_pb2.PHASE_GENERATING,
-                f"generating with the {self.provider.name} provider",
-                0.2,
-            )
-            generation = await self.provider.generate(template, spec, request.input.feedback)
-            await stage_log.add(worker_pb2.PHASE_VALIDATING, "validating", 0.7)
-            report = score_quality(template, generation.document, int(spec["granularity"]))
-            await stage_log.add(worker_pb2.PHASE_STORING, "storing the element tree", 0.85)
-            response = worker_pb2.ProcessResponse(
-                result=worker_pb2.StageResult(
-                    output=convert.to_struct(
-                        {
-                            "job_id": job.id,
-                            "structure_type": template.structure_type,
-                            "quality_score": report.score,
-                        }
-                    ),
-                    job_id=job.id,
-                    quality=common_pb2.QualityReport(
-                        score=report.score,
-                        components=report.components,
-                        feedback=report.feedback,
-                        violations=[
-                            common_pb2.Violation(path=v.path, rule=v.rule, message=v.message)
-                            for v in report.violations
-                        ],
-                        below_threshold=report.score < request.input.min_quality_score,
-                    ),
-                ),
-                usage=convert.usage_to_proto(generation.usage),
-            )
-            stored = await self.db.run(
-                lambda s: jobs.complete(
-                    s,
-                    job.id,
-                    document=generation.document,
-                    report=report,
-                    usage=generation.usage,
-                    result={"response": response.SerializeToString().hex()},
-                )
-            )
-            response.metrics["elements"] = stored.element_count
-            await stage_log.add(worker_pb2.PHASE_COMPLETED, "completed", 1.0, stored.element_count)
-            return response
+            # Shielded: a dropped call does not stop the work; a repeated call joins it.
+            outcome = await asyncio.shield(task)
         except asyncio.CancelledError:
-            await self.db.run(lambda s: jobs.fail(s, job.id, "cancelled", "cancelled", {}))
-            await stage_log.add(worker_pb2.PHASE_CANCELLED, "cancelled", 1.0)
+            if task.cancelled():
+                raise StageCancelled(
+                    f"stage {ref.stage_id} attempt {ref.attempt} was cancelled"
+                ) from None
             raise
-        except Exception as error:
-            log.exception("generation failed", extra={"job": job.id})
-            failure = str(error)
-            response = worker_pb2.ProcessResponse(
-                error=worker_pb2.StageError(
-                    error_class=worker_pb2.ERROR_CLASS_INTERNAL,
-                    reason="GENERATION_ERROR",
-                    message=failure,
-                )
-            )
-            await self.db.run(
-                lambda s: jobs.fail(
-                    s,
-                    job.id,
-                    "failed",
-                    failure,
-                    {"response": response.SerializeToString().hex()},
-                )
-            )
-            await stage_log.add(worker_pb2.PHASE_FAILED, failure, 1.0)
-            return response
+        return outcome_to_proto(outcome)
+
+    async def _run(self, key: Key, offer: Offer) -> dict[str, Any]:
+        try:
+            return await self.runner.run(offer.work, self.progress.open(key))
         finally:
-            self.offers.pop(_key(ref), None)
+            if self.offers.get(key) is offer:
+                del self.offers[key]
 
     async def WatchProgress(
         self, request: worker_pb2.WatchProgressRequest, context: Context
     ) -> AsyncIterator[worker_pb2.WatchProgressResponse]:
-        stage_log = self.logs.get(_key(request.stage))
+        stage_log = self.progress.get(_key(request.stage))
         if stage_log is None:
             raise NotFound(
                 f"no progress for stage {request.stage.stage_id} attempt {request.stage.attempt}"
             )
-        sent = request.after_sequence
-        while True:
-            async with stage_log.changed:
-                await stage_log.changed.wait_for(functools.partial(stage_log.has_after, sent))
-                pending = stage_log.events[sent:]
-            for event in pending:
-                sent = event.sequence
-                yield worker_pb2.WatchProgressResponse(event=event)
-                if event.phase in TERMINAL:
-                    return
+        async for event in stage_log.follow(request.after_sequence):
+            message = worker_pb2.ProgressEvent(
+                sequence=event.sequence,
+                phase=worker_pb2.Phase.Value(f"PHASE_{event.phase}"),
+                message=event.message,
+                fraction=event.fraction,
+                elements_so_far=event.elements_so_far,
+            )
+            message.time.FromMilliseconds(int(event.time * 1000))
+            yield worker_pb2.WatchProgressResponse(event=message)
 
     async def Cancel(
         self, request: worker_pb2.CancelRequest, context: Context
     ) -> worker_pb2.CancelResponse:
-        offer = self.offers.pop(_key(request.stage), None)
+        key = _key(request.stage)
+        offer = self.offers.get(key)
         if offer is None:
             return worker_pb2.CancelResponse(cancelled=False)
         if offer.task is not None:
             offer.task.cancel()
+            await asyncio.gather(offer.task, return_exceptions=True)
         else:
-            await self.logs[_key(request.stage)].add(worker_pb2.PHASE_CANCELLED, "cancelled", 1.0)
+            del self.offers[key]
+            if offer.expiry is not None:
+                offer.expiry.cancel()
+            reason = request.reason or "cancelled before it started"
+            self.progress.open(key).add(progress.CANCELLED, reason, 1.0)
         return worker_pb2.CancelResponse(cancelled=True)
+
+
+def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:
+    """A stored `stages` outcome as the Process response."""
+    response = worker_pb2.ProcessResponse(usage=convert.usage_to_proto(outcome.get("usage", {})))
+    error = outcome.get("error")
+    if error is not None:
+        response.error.CopyFrom(
+            worker_pb2.StageError(
+                error_class=worker_pb2.ErrorClass.Value(f"ERROR_CLASS_{error['error_class']}"),
+                reason=error["reason"],
+                message=error["message"],
+                retry_after=_duration(float(error.get("retry_after", 0.0))),
+            )
+        )
+        return response
+    quality = outcome["quality"]
+    response.result.CopyFrom(
+        worker_pb2.StageResult(
+            output=convert.to_struct(outcome["output"]),
+            job_id=outcome["job_id"],
+            quality=json_format.ParseDict(
+                quality, common_pb2.QualityReport(), ignore_unknown_fields=True
+            ),
+        )
+    )
+    for name, value in outcome.get("metrics", {}).items():
+        response.metrics[name] = float(value)
+    return response

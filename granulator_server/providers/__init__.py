@@ -1,0 +1,37 @@
+"""Where structures come from: the `offline` provider (no key needed) and the `openai` provider
+(any OpenAI-compatible endpoint), behind one interface. `choose_provider` picks one from config."""
+
+from __future__ import annotations
+
+from bitware_core.config import Settings
+from granulator_server.pricing import PriceTable
+from granulator_server.providers.base import (
+    Generation,
+    Judgement,
+    ProgressCallback,
+    Provider,
+    UsageMeter,
+    add_usage,
+)
+from granulator_server.providers.offline import OfflineProvider
+from granulator_server.providers.openai_chat import OpenAIProvider
+
+
+def choose_provider(settings: Settings, prices: PriceTable) -> Provider:
+    """The `openai` provider when a key or a base URL is configured, else the offline one."""
+    if settings.openai_api_key or settings.openai_base_url:
+        return OpenAIProvider.from_settings(settings, prices)
+    return OfflineProvider()
+
+
+__all__ = [
+    "Generation",
+    "Judgement",
+    "OfflineProvider",
+    "OpenAIProvider",
+    "ProgressCallback",
+    "Provider",
+    "UsageMeter",
+    "add_usage",
+    "choose_provider",
+]

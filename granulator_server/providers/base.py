@@ -1,0 +1,108 @@
+"""The provider interface, shared by the offline and the `openai` provider, and the meter that
+counts what every model call of one stage consumed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from granulator_server.domain import StructureTemplate
+from granulator_server.pricing import PriceTable
+
+#: Called with the number of elements produced so far while a reply streams in.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A structure produced by a provider and what it cost."""
+
+    document: dict[str, Any]
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """An LLM judge's verdict on a structure: a 0-100 score, per-criterion scores (0-1) and
+    text that tells a generator what to fix."""
+
+    score: float
+    criteria: dict[str, float]
+    feedback: str
+    usage: dict[str, Any]
+
+
+class Provider(Protocol):
+    """Where structures come from. `generate` raises `errors.StageFailure` subclasses."""
+
+    name: str
+    model: str
+
+    async def generate(
+        self,
+        template: StructureTemplate,
+        spec: dict[str, Any],
+        feedback: str,
+        on_progress: ProgressCallback | None = None,
+    ) -> Generation: ...
+
+    async def judge(
+        self,
+        template: StructureTemplate,
+        spec: dict[str, Any],
+        document: dict[str, Any],
+        level: int,
+    ) -> Judgement | None:
+        """A model's verdict, or None when this provider has no model to judge with."""
+        ...
+
+
+@dataclass
+class UsageMeter:
+    """Tokens, calls and time of one stage, summed over every call (retries and re-asks too)."""
+
+    provider: str
+    model: str
+    prices: PriceTable | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_calls: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def call(self) -> None:
+        self.llm_calls += 1
+
+    def add_tokens(self, prompt: int, completion: int) -> None:
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+
+    def as_dict(self) -> dict[str, Any]:
+        cost = (
+            self.prices.cost(self.model, self.prompt_tokens, self.completion_tokens)
+            if self.prices is not None
+            else 0.0
+        )
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": cost,
+            "llm_calls": self.llm_calls,
+            "worker_time_ms": int((time.monotonic() - self.started) * 1000),
+        }
+
+
+def add_usage(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two usages of one stage added together (e.g. rules validation plus an LLM judge)."""
+    if not first:
+        return dict(second)
+    if not second:
+        return dict(first)
+    total = dict(first)
+    for key in ("prompt_tokens", "completion_tokens", "llm_calls", "worker_time_ms"):
+        total[key] = int(first.get(key, 0)) + int(second.get(key, 0))
+    total["cost_usd"] = float(first.get("cost_usd", 0.0)) + float(second.get("cost_usd", 0.0))
+    return total

@@ -1,0 +1,264 @@
+"""What one accepted stage attempt does, free of gRPC: `generate` asks the provider for a
+structure, scores it and stores it as an element tree; `validate` re-scores the structure of the
+previous stage's job (optionally with an LLM judge) and records the validation on that job.
+
+An attempt ends as an `Outcome`, which is also what the job stores as its result, so a repeated
+`Process` answers from the database instead of working twice. Progress goes to the attempt's
+`StageLog` as it happens.
+
+Validate's quality: the rules score alone, or with a judge (params `judge_level` 1-3 and a real
+model configured) ``0.7 × rules + 0.3 × judge`` — the rules keep the larger say because they
+catch structural breakage that a judge reading prose can overlook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bitware_core.db import Database
+from granulator_server import jobs, progress, template_store
+from granulator_server.domain import StructureTemplate, build_prompt, score_quality, to_elements
+from granulator_server.domain.offline import generate_offline
+from granulator_server.errors import InvalidStageInput, StageFailure
+from granulator_server.providers import Provider, add_usage
+from granulator_server.providers.base import UsageMeter
+
+log = logging.getLogger("bitware.granulator.stages")
+JUDGE_WEIGHT = 0.3
+ACTIONS = {"granulate": ("generate",), "validate": ("validate",)}
+
+
+@dataclass(frozen=True)
+class Work:
+    """An accepted offer, as plain values."""
+
+    execution_id: str
+    stage_id: str
+    attempt: int
+    client_id: str
+    capability: str
+    action: str
+    template: StructureTemplate
+    spec: dict[str, Any]
+    params: dict[str, str] = field(default_factory=dict)
+    previous_job_id: str = ""
+    feedback: str = ""
+    min_quality: float = 0.0
+
+
+def target_job(previous_job_id: str, previous_output: dict[str, Any]) -> str:
+    """The job a `validate` stage works on: the previous stage's job."""
+    return previous_job_id or str(previous_output.get("job_id", ""))
+
+
+def judge_level(params: dict[str, str]) -> int:
+    """`params["judge_level"]` as 0-3; 0 (no judge) when absent. Raises ValueError otherwise."""
+    raw = params.get("judge_level", "").strip()
+    level = int(raw) if raw else 0
+    if not 0 <= level <= 3:
+        raise ValueError(f"judge_level must be 0-3, got {level}")
+    return level
+
+
+def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
+    """Expected prompt and completion tokens (about four characters a token): the offline
+    structure for the same request has the size a model's answer should have."""
+    system, user = build_prompt(
+        template,
+        spec["topic"],
+        spec.get("audience", ""),
+        int(spec["granularity"]),
+        dict(spec.get("constraints", {})),
+        dict(spec.get("options", {})),
+    )
+    schema = json.dumps(template.json_schema)
+    reference = generate_offline(
+        template, spec["topic"], spec.get("audience", ""), int(spec["granularity"]), {}
+    )
+    return {
+        "prompt_tokens": (len(system) + len(user) + len(schema)) // 4,
+        "completion_tokens": len(json.dumps(reference)) // 4,
+        "elements": len(to_elements(template.structure_type, reference)),
+    }
+
+
+class StageRunner:
+    def __init__(self, db: Database, provider: Provider) -> None:
+        self.db, self.provider = db, provider
+        #: How many generations the provider was asked for (tests check idempotency with it).
+        self.generations = 0
+
+    async def run(self, work: Work, stage_log: progress.StageLog) -> dict[str, Any]:
+        """Runs the attempt and returns its outcome (see module docstring); re-raises
+        cancellation after recording it."""
+        job = await self.db.run(
+            lambda s: jobs.start(
+                s,
+                client_id=work.client_id,
+                execution_id=work.execution_id,
+                stage_id=work.stage_id,
+                attempt=work.attempt,
+                action=work.action,
+                spec=work.spec,
+                structure_type=work.template.structure_type,
+                template_name=work.template.name,
+            )
+        )
+        try:
+            if work.action == "validate":
+                return await self._validate(work, job.id, stage_log)
+            return await self._generate(work, job.id, stage_log)
+        except asyncio.CancelledError:
+            await self.db.run(lambda s: jobs.fail(s, job.id, "cancelled", "cancelled", CANCELLED))
+            stage_log.add(progress.CANCELLED, "cancelled", 1.0)
+            raise
+        except StageFailure as failure:
+            outcome = failure_outcome(failure)
+        except Exception as error:  # a bug: reported as INTERNAL so the stage can be retried
+            log.exception("stage failed", extra={"job": job.id})
+            outcome = failure_outcome(StageFailure("WORKER_ERROR", f"{type(error).__name__}"))
+        message = outcome["error"]["message"]
+        await self.db.run(
+            lambda s: jobs.fail(s, job.id, "failed", message, outcome, outcome["usage"])
+        )
+        stage_log.add(progress.FAILED, message, 1.0)
+        return outcome
+
+    async def _generate(
+        self, work: Work, job_id: str, stage_log: progress.StageLog
+    ) -> dict[str, Any]:
+        granularity = int(work.spec["granularity"])
+        expected = max(1, estimate(work.template, work.spec)["elements"])
+        stage_log.add(progress.PROMPT_BUILT, f"using template {work.template.name}", 0.1)
+        stage_log.add(
+            progress.GENERATING, f"generating with the {self.provider.name} provider", 0.2
+        )
+
+        def streamed(count: int) -> None:
+            fraction = 0.2 + 0.5 * min(1.0, count / expected)
+            stage_log.add(progress.GENERATING, f"{count} elements so far", fraction, count)
+
+        self.generations += 1
+        generation = await self.provider.generate(work.template, work.spec, work.feedback, streamed)
+        stage_log.add(progress.VALIDATING, "validating", 0.7)
+        report = score_quality(work.template, generation.document, granularity)
+        quality = {
+            **jobs.quality_dict(report),
+            "below_threshold": report.score < work.min_quality,
+        }
+        stage_log.add(progress.STORING, "storing the element tree", 0.85)
+        outcome = {
+            "job_id": job_id,
+            "output": {
+                "job_id": job_id,
+                "structure_type": work.template.structure_type,
+                "template": work.template.name,
+                "quality_score": report.score,
+            },
+            "quality": quality,
+            "usage": generation.usage,
+            "metrics": {},
+        }
+        stored = await self.db.run(
+            lambda s: jobs.complete(
+                s,
+                job_id,
+                document=generation.document,
+                report=report,
+                usage=generation.usage,
+                result=outcome,
+            )
+        )
+        stage_log.add(progress.COMPLETED, "completed", 1.0, stored.element_count)
+        return dict(stored.result)
+
+    async def _validate(
+        self, work: Work, job_id: str, stage_log: progress.StageLog
+    ) -> dict[str, Any]:
+        target_id = work.previous_job_id
+        target = await self.db.run(lambda s: jobs.find_by_id(s, target_id))
+        if target is None or target.client_id != work.client_id:
+            raise InvalidStageInput("NO_PREVIOUS_JOB", f"job {target_id!r} not found")
+        if target.status != "completed" or not target.document:
+            raise InvalidStageInput(
+                "PREVIOUS_JOB_NOT_READY", f"job {target_id} is {target.status}; nothing to validate"
+            )
+        found = await self.db.run(lambda s: template_store.resolve(s, target.template_name))
+        template = found[0] if found else work.template
+        granularity = int(target.spec.get("granularity", work.spec["granularity"]))
+        stage_log.add(progress.VALIDATING, f"validating job {target_id} by the rules", 0.2)
+        report = score_quality(template, target.document, granularity)
+        rules_quality = jobs.quality_dict(report)
+        records = [jobs.validation_record("rules", rules_quality)]
+        usage = UsageMeter("offline", "offline").as_dict()
+        score, components = report.score, dict(report.components)
+        feedback = report.feedback
+        level = judge_level(work.params)
+        if level:
+            stage_log.add(progress.VALIDATING, f"asking the LLM judge (level {level})", 0.5)
+            try:
+                judgement = await self.provider.judge(template, target.spec, target.document, level)
+            except StageFailure as failure:  # the judge is optional: the rules still score
+                log.warning("the LLM judge failed", extra={"reason": failure.reason})
+                usage = add_usage(usage, failure.usage) if failure.usage else usage
+                judgement = None
+            if judgement is not None:
+                usage = judgement.usage
+                judged = {
+                    "score": judgement.score,
+                    "components": judgement.criteria,
+                    "feedback": judgement.feedback,
+                    "violations": [],
+                }
+                records.append(jobs.validation_record("llm_judge", judged))
+                score = round((1 - JUDGE_WEIGHT) * report.score + JUDGE_WEIGHT * judgement.score, 1)
+                components["llm_judge"] = judgement.score / 100
+                feedback = "\n".join(p for p in (feedback, judgement.feedback) if p)
+        quality = {
+            **rules_quality,
+            "score": score,
+            "components": components,
+            "feedback": feedback,
+            "below_threshold": score < work.min_quality,
+        }
+        stage_log.add(progress.STORING, "recording the validation", 0.9)
+        await self.db.run(lambda s: jobs.record_validations(s, target_id, records, quality))
+        outcome = {
+            "job_id": target_id,
+            "output": {
+                "job_id": target_id,
+                "validation_job_id": job_id,
+                "structure_type": template.structure_type,
+                "quality_score": score,
+                "validators": [r["validator"] for r in records],
+            },
+            "quality": quality,
+            "usage": usage,
+            "metrics": {"validations": float(len(records))},
+        }
+        await self.db.run(
+            lambda s: jobs.finish_validation(
+                s, job_id, quality=quality, usage=usage, result=outcome
+            )
+        )
+        stage_log.add(progress.COMPLETED, "validated", 1.0)
+        return outcome
+
+
+CANCELLED: dict[str, Any] = {"cancelled": True}
+
+
+def failure_outcome(failure: StageFailure) -> dict[str, Any]:
+    return {
+        "error": {
+            "error_class": failure.error_class,
+            "reason": failure.reason,
+            "message": failure.message,
+            "retry_after": failure.retry_after,
+        },
+        "usage": failure.usage,
+    }

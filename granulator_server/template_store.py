@@ -1,0 +1,256 @@
+"""Structure templates in the granulator's database: the six seeds inserted on first start,
+admin-made templates created and updated (each update bumps the version), and lookup by the
+flexible match of `domain.match_template` (exact name → structure type → partial name).
+
+Templates are checked before they are stored; every problem comes back as a field violation.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import asdict, replace
+from datetime import datetime
+from typing import Any
+
+from jsonschema import Draft202012Validator, SchemaError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bitware_core.db import next_page_token, page_window, utcnow
+from bitware_core.errors import FieldViolation, Violations
+from granulator_server import models
+from granulator_server.domain import (
+    SEED_TEMPLATES,
+    STRUCTURE_TYPES,
+    StructureTemplate,
+    ValidationRules,
+    match_template,
+)
+from granulator_server.domain.rules import (
+    GRANULARITY_LEVELS,
+    CountRule,
+    DependencyGraph,
+    ExactlyOne,
+    Mix,
+    Reference,
+    UniqueRule,
+)
+from granulator_server.errors import InvalidTemplate, TemplateExists, TemplateNotFound
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{1,99}$")
+PLACEHOLDERS = frozenset({"topic", "audience", "granularity", "counts", "constraints", "options"})
+EMPTY_RULES = ValidationRules(counts=(), required=(), descriptive=())
+UPDATABLE = ("description", "json_schema", "prompt_template", "rules", "defaults")
+
+
+def rules_to_dict(rules: ValidationRules) -> dict[str, Any]:
+    """Plain JSON (tuples become lists)."""
+    plain: dict[str, Any] = asdict(rules)
+    for rule in plain["counts"]:
+        rule["by_granularity"] = [list(pair) for pair in rule["by_granularity"]]
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in plain.items()}
+
+
+def rules_from_dict(data: dict[str, Any]) -> ValidationRules:
+    """The inverse of `rules_to_dict`. Raises ValueError naming what is wrong."""
+    try:
+        counts = tuple(
+            CountRule(
+                str(c["name"]),
+                str(c["path"]),
+                tuple((int(lo), int(hi)) for lo, hi in c["by_granularity"]),
+            )
+            for c in data.get("counts", [])
+        )
+        for rule in counts:
+            if any(lo < 0 or hi < lo for lo, hi in rule.by_granularity):
+                raise ValueError(f"{rule.name}: each range needs 0 <= min <= max")
+        optional = {
+            "acyclic": DependencyGraph,
+            "exactly_one": ExactlyOne,
+            "mix": Mix,
+        }
+        extra: dict[str, Any] = {}
+        for key, kind in optional.items():
+            value = data.get(key)
+            if value:
+                if kind is Mix:
+                    value = {**value, "values": tuple(value["values"])}
+                extra[key] = kind(**value)
+        return ValidationRules(
+            counts=counts,
+            required=tuple(str(p) for p in data.get("required", [])),
+            descriptive=tuple(str(p) for p in data.get("descriptive", [])),
+            unique=tuple(UniqueRule(**u) for u in data.get("unique", [])),
+            references=tuple(Reference(**r) for r in data.get("references", [])),
+            **extra,
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"malformed rules: {error!r}") from None
+
+
+def to_domain(row: models.Template) -> StructureTemplate:
+    return StructureTemplate(
+        name=row.name,
+        structure_type=row.structure_type,
+        description=row.description,
+        json_schema=row.json_schema,
+        prompt_template=row.prompt_template,
+        rules=rules_from_dict(row.rules),
+        defaults=dict(row.defaults),
+        version=row.version,
+    )
+
+
+def seed(session: Session) -> int:
+    """Inserts each seed template whose name is not stored yet; returns how many it added."""
+    present = set(session.scalars(select(models.Template.name)))
+    added = 0
+    for template in SEED_TEMPLATES:
+        if template.name not in present:
+            session.add(_row(template))
+            added += 1
+    return added
+
+
+def all_templates(session: Session) -> list[StructureTemplate]:
+    rows = session.scalars(select(models.Template).order_by(models.Template.name))
+    return [to_domain(row) for row in rows]
+
+
+def resolve(session: Session, query: str) -> tuple[StructureTemplate, str] | None:
+    """The best match and how it matched (`exact`, `structure_type`, `partial`), or None."""
+    template = match_template(all_templates(session), query)
+    if template is None:
+        return None
+    wanted = query.strip().casefold().replace("-", "_").replace(" ", "_")
+    if template.name.casefold() == wanted:
+        return template, "exact"
+    return template, "structure_type" if template.structure_type == wanted else "partial"
+
+
+def find(session: Session, query: str) -> tuple[StructureTemplate, datetime, str]:
+    found = resolve(session, query)
+    if found is None:
+        raise TemplateNotFound(f"no structure template matches {query!r}")
+    template, match = found
+    return template, session.get_one(models.Template, template.name).updated_at, match
+
+
+def list_templates(
+    session: Session, page_size: int, page_token: str, structure_type: str
+) -> tuple[list[tuple[StructureTemplate, datetime]], str]:
+    offset, limit = page_window(page_size, page_token)
+    query = select(models.Template).order_by(models.Template.name)
+    if structure_type:
+        query = query.where(models.Template.structure_type == structure_type)
+    rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
+    page = [(to_domain(row), row.updated_at) for row in rows[:limit]]
+    return page, next_page_token(offset, limit, len(rows))
+
+
+def create(session: Session, template: StructureTemplate) -> tuple[StructureTemplate, datetime]:
+    """Stores a new template at version 1. Empty rules inherit the rules of the seed template
+    of the same structure type (the element tree and counts of a type stay the same)."""
+    if template.rules == EMPTY_RULES:
+        seed_of_type = next(
+            (t for t in SEED_TEMPLATES if t.structure_type == template.structure_type), None
+        )
+        if seed_of_type is not None:
+            template = replace(template, rules=seed_of_type.rules)
+    check(template, prefix="template")
+    if session.get(models.Template, template.name) is not None:
+        raise TemplateExists(f"structure template {template.name!r} already exists")
+    row = _row(replace(template, version=1))
+    session.add(row)
+    return to_domain(row), row.updated_at
+
+
+def update(
+    session: Session, changes: StructureTemplate, mask: list[str]
+) -> tuple[StructureTemplate, datetime]:
+    """Applies the masked fields of `changes` (all updatable ones when the mask is empty)."""
+    problems = Violations()
+    for index, path in enumerate(mask):
+        problems.check(path in UPDATABLE, f"update_mask.paths[{index}]", f"cannot update {path!r}")
+    problems.raise_if_any()
+    row = session.get(models.Template, changes.name) if changes.name else None
+    if row is None:
+        raise TemplateNotFound(f"structure template {changes.name!r} not found")
+    current = to_domain(row)
+    # Without a mask, the fields the request sets (AIP-134); empty rules count as unset.
+    paths = mask or [p for p in UPDATABLE if getattr(changes, p) not in ("", {}, EMPTY_RULES)]
+    fields = {path: getattr(changes, path) for path in paths}
+    updated = replace(current, **fields, version=current.version + 1)
+    check(updated, prefix="template")
+    row.description, row.json_schema = updated.description, updated.json_schema
+    row.prompt_template, row.defaults = updated.prompt_template, updated.defaults
+    row.rules, row.version, row.updated_at = rules_to_dict(updated.rules), updated.version, utcnow()
+    return updated, row.updated_at
+
+
+def check(template: StructureTemplate, prefix: str) -> None:
+    """Raises InvalidTemplate listing every problem of `template`."""
+    problems: list[FieldViolation] = []
+
+    def add(field: str, description: str) -> None:
+        problems.append(FieldViolation(f"{prefix}.{field}", description))
+
+    if not NAME.match(template.name):
+        add("name", "must be 2-100 characters of a-z, 0-9 and _, starting with a letter")
+    if template.structure_type not in STRUCTURE_TYPES:
+        add("structure_type", f"unknown structure type; one of {', '.join(STRUCTURE_TYPES)}")
+    _check_prompt(template.prompt_template, add)
+    _check_schema(template.json_schema, add)
+    for index, rule in enumerate(template.rules.counts):
+        if len(rule.by_granularity) != GRANULARITY_LEVELS:
+            add(f"rules.counts[{index}]", f"needs {GRANULARITY_LEVELS} (min, max) ranges")
+    if problems:
+        raise InvalidTemplate(problems)
+
+
+def _check_prompt(prompt: str, add: Any) -> None:
+    if not prompt.strip():
+        add("prompt_template", "must not be empty")
+        return
+    try:
+        names = {field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None}
+    except ValueError as error:
+        add("prompt_template", f"is not a valid format string: {error}")
+        return
+    unknown = sorted(names - PLACEHOLDERS)
+    if unknown:
+        known = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
+        add("prompt_template", f"unknown placeholders {unknown}; known ones are {known}")
+    if "topic" not in names:
+        add("prompt_template", "must use the {topic} placeholder")
+
+
+def _check_schema(schema: dict[str, Any], add: Any) -> None:
+    if not schema:
+        add("json_schema", "is required")
+        return
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        add("json_schema", f"is not a valid JSON Schema: {error.message}")
+        return
+    if schema.get("type") != "object":
+        add("json_schema", "must describe a JSON object (type: object)")
+
+
+def _row(template: StructureTemplate) -> models.Template:
+    now = utcnow()
+    return models.Template(
+        name=template.name,
+        structure_type=template.structure_type,
+        description=template.description,
+        json_schema=template.json_schema,
+        prompt_template=template.prompt_template,
+        rules=rules_to_dict(template.rules),
+        defaults=dict(template.defaults),
+        version=template.version,
+        created_at=now,
+        updated_at=now,
+    )

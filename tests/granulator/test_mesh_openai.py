@@ -1,0 +1,89 @@
+"""The whole mesh with the granulator configured for an OpenAI-compatible endpoint (a scripted
+local server): a request runs through KAM and the orchestrator on the `openai` provider, and its
+usage (tokens of every call, cost from the price table) reaches the execution."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+
+from bitware_core.config import Settings
+from bitware_core.mesh import InProcessMesh, start_mesh
+from granulator_server.domain import SEED_TEMPLATES, generate_offline
+from tests.conftest import make_client
+from tests.granulator.fake_openai import FakeOpenAI, failure, reply
+
+COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
+
+
+@pytest.fixture
+async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
+    settings = Settings(
+        heartbeat_interval=0.5,
+        openai_base_url=fake_openai.base_url,
+        openai_api_key="sk-test",
+        openai_model="gpt-4o-mini",
+        openai_timeout=5.0,
+        openai_max_retries=1,
+    )
+    running = await start_mesh(tmp_path, base=settings)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_request_runs_on_the_openai_provider_with_counted_usage(
+    openai_mesh: InProcessMesh, fake_openai: FakeOpenAI
+) -> None:
+    document = generate_offline(COURSE, "Compilers", "students", 3, {})
+    fake_openai.add(
+        failure(429, headers={"Retry-After": "0.1"}),
+        reply(document, pieces=16, prompt_tokens=2000, completion_tokens=1000),
+    )
+    client = await make_client(openai_mesh)
+    async with (
+        grpc.aio.insecure_channel(openai_mesh.kam.address) as kam,
+        grpc.aio.insecure_channel(openai_mesh.orchestrator.address) as orchestrator,
+    ):
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
+        created = await requests.CreateRequest(
+            requests_pb2.CreateRequestRequest(
+                spec=common_pb2.ContentSpec(
+                    topic="Compilers",
+                    structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
+                    audience="students",
+                    granularity=3,
+                )
+            ),
+            metadata=client.key,
+            timeout=10,
+        )
+        executed = await requests.ExecuteRequest(
+            requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
+            metadata=client.key,
+            timeout=10,
+        )
+        watch = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator).WatchExecution(
+            orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+            metadata=client.key,
+            timeout=30,
+        )
+        try:
+            events = [m.event async for m in watch]
+        finally:
+            watch.cancel()
+
+    assert orchestrator_pb2.EventType.Name(events[-1].type) == "EVENT_TYPE_EXECUTION_SUCCEEDED"
+    usage = events[-1].usage
+    assert usage.provider == "openai" and usage.model == "gpt-4o-mini"
+    assert (usage.prompt_tokens, usage.completion_tokens) == (2000, 1000)
+    assert usage.llm_calls == 2  # the rate-limited call counts too
+    assert usage.cost_usd == pytest.approx((2000 * 0.15 + 1000 * 0.60) / 1e6)
+    assert fake_openai.requests[1]["stream"] is True

@@ -1,0 +1,409 @@
+"""The worker protocol of the granulator (`WorkerHandlers`) on a real SQLite database, with the
+offline provider or the `openai` provider against a scripted local server: handshake checks,
+reservations, idempotent Process, resumable progress, cancellation, validation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bitware.common.v1 import common_pb2
+from bitware.worker.v1 import worker_pb2
+from google.protobuf import struct_pb2
+
+from bitware_core.db import Database
+from granulator_server import jobs, models, template_store
+from granulator_server.domain import SEED_TEMPLATES, generate_offline
+from granulator_server.errors import NoReservation, StageCancelled
+from granulator_server.providers import OfflineProvider, OpenAIProvider, Provider
+from granulator_server.worker import WorkerHandlers
+from tests.granulator.fake_openai import FakeOpenAI, reply
+
+MIGRATIONS = str(Path(__file__).parents[2] / "granulator_server" / "migrations")
+COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
+VALID = generate_offline(COURSE, "AI Development", "beginners", 2, {})
+NO_CONTEXT: Any = None
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'granulator.db'}")
+    database.migrate("granulator", MIGRATIONS)
+    await database.run(template_store.seed)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def workers(db: Database, provider: Provider | None = None, max_jobs: int = 4) -> WorkerHandlers:
+    return WorkerHandlers(db, provider or OfflineProvider(), max_jobs, "granulator-test")
+
+
+def openai_provider(fake: FakeOpenAI, **options: Any) -> OpenAIProvider:
+    settings: dict[str, Any] = {"model": "gpt-4o-mini", "base_url": fake.base_url, "backoff": 0.01}
+    return OpenAIProvider(**{**settings, **options})
+
+
+def stage(name: str = "s1", attempt: int = 1, epoch: int = 1) -> worker_pb2.StageRef:
+    return worker_pb2.StageRef(execution_id="ex1", stage_id=name, attempt=attempt, epoch=epoch)
+
+
+def offer(
+    ref: worker_pb2.StageRef | None = None,
+    *,
+    capability: str = "granulate",
+    action: str = "generate",
+    template: str = "course",
+    topic: str = "AI Development",
+    granularity: int = 2,
+    structure_type: int = common_pb2.STRUCTURE_TYPE_COURSE,
+    previous_job_id: str = "",
+    feedback: str = "",
+    params: dict[str, str] | None = None,
+) -> worker_pb2.HandshakeRequest:
+    return worker_pb2.HandshakeRequest(
+        stage=ref or stage(),
+        capability=capability,
+        action=action,
+        structure_template=template,
+        params=params or {},
+        client_id="client-1",
+        input=worker_pb2.StageInput(
+            spec=common_pb2.ContentSpec(
+                topic=topic,
+                structure_type=structure_type,  # type: ignore[arg-type]
+                audience="beginners",
+                granularity=granularity,
+            ),
+            previous_job_id=previous_job_id,
+            feedback=feedback,
+            min_quality_score=60,
+        ),
+    )
+
+
+async def run_stage(
+    handlers: WorkerHandlers, request: worker_pb2.HandshakeRequest
+) -> worker_pb2.ProcessResponse:
+    answer = await handlers.Handshake(request, NO_CONTEXT)
+    assert answer.accepted, answer.message
+    return await handlers.Process(worker_pb2.ProcessRequest(stage=request.stage), NO_CONTEXT)
+
+
+async def events_of(
+    handlers: WorkerHandlers, ref: worker_pb2.StageRef, after: int = 0
+) -> list[worker_pb2.ProgressEvent]:
+    request = worker_pb2.WatchProgressRequest(stage=ref, after_sequence=after)
+    return [m.event async for m in handlers.WatchProgress(request, NO_CONTEXT)]
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason", "words"),
+    [
+        (offer(template="poem"), worker_pb2.DECLINE_REASON_UNKNOWN_TEMPLATE, "poem"),
+        (offer(template="", structure_type=42), worker_pb2.DECLINE_REASON_INVALID_INPUT, "type"),
+        (offer(topic="  "), worker_pb2.DECLINE_REASON_INVALID_INPUT, "topic"),
+        (offer(granularity=0), worker_pb2.DECLINE_REASON_INVALID_INPUT, "granularity"),
+        (offer(granularity=6), worker_pb2.DECLINE_REASON_INVALID_INPUT, "granularity"),
+        (offer(template="quiz"), worker_pb2.DECLINE_REASON_INVALID_INPUT, "builds quiz"),
+        (offer(capability="translate"), worker_pb2.DECLINE_REASON_UNSUPPORTED, "translate"),
+        (offer(action="summarise"), worker_pb2.DECLINE_REASON_UNSUPPORTED, "summarise"),
+        (
+            offer(capability="validate", action="validate"),
+            worker_pb2.DECLINE_REASON_INVALID_INPUT,
+            "previous",
+        ),
+        (
+            offer(params={"judge_level": "7"}),
+            worker_pb2.DECLINE_REASON_INVALID_INPUT,
+            "judge_level",
+        ),
+    ],
+)
+async def test_handshake_declines_offers_it_cannot_serve(
+    db: Database, request_: worker_pb2.HandshakeRequest, reason: int, words: str
+) -> None:
+    handlers = workers(db)
+
+    answer = await handlers.Handshake(request_, NO_CONTEXT)
+
+    assert not answer.accepted
+    assert answer.decline_reason == reason
+    assert words in answer.message
+    assert handlers.active == 0
+
+
+async def test_handshake_at_capacity_declines_with_a_retry_hint(db: Database) -> None:
+    handlers = workers(db, max_jobs=1)
+    assert (await handlers.Handshake(offer(stage("a")), NO_CONTEXT)).accepted
+
+    busy = await handlers.Handshake(offer(stage("b")), NO_CONTEXT)
+    again = await handlers.Handshake(offer(stage("a")), NO_CONTEXT)  # same attempt: still held
+
+    assert not busy.accepted
+    assert busy.decline_reason == worker_pb2.DECLINE_REASON_AT_CAPACITY
+    assert busy.retry_after.ToMilliseconds() > 0
+    assert again.accepted
+
+
+async def test_draining_worker_declines_new_offers(db: Database) -> None:
+    handlers = workers(db)
+    handlers.draining = True
+
+    answer = await handlers.Handshake(offer(), NO_CONTEXT)
+
+    assert answer.decline_reason == worker_pb2.DECLINE_REASON_DRAINING
+
+
+async def test_accepted_offer_carries_an_estimate_and_a_reservation_deadline(
+    db: Database,
+) -> None:
+    answer = await workers(db).Handshake(offer(), NO_CONTEXT)
+
+    assert answer.accepted and answer.worker_id == "granulator-test"
+    assert answer.estimate.prompt_tokens > 100 and answer.estimate.completion_tokens > 100
+    assert answer.reservation_expire_time.seconds > 0
+
+
+async def test_reservation_is_released_when_process_does_not_follow(db: Database) -> None:
+    handlers = workers(db, max_jobs=1)
+    handlers.reservation_seconds = 0.2
+    assert (await handlers.Handshake(offer(stage("a")), NO_CONTEXT)).accepted
+
+    await asyncio.sleep(0.4)
+
+    assert handlers.active == 0
+    assert (await handlers.Handshake(offer(stage("b")), NO_CONTEXT)).accepted
+    with pytest.raises(NoReservation):
+        await handlers.Process(worker_pb2.ProcessRequest(stage=stage("a")), NO_CONTEXT)
+    events = await events_of(handlers, stage("a"))
+    assert events[-1].phase == worker_pb2.PHASE_CANCELLED
+    assert "expired" in events[-1].message
+
+
+async def test_process_without_an_offer_is_refused(db: Database) -> None:
+    with pytest.raises(NoReservation):
+        await workers(db).Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+
+
+async def test_process_with_an_older_epoch_is_refused(db: Database) -> None:
+    handlers = workers(db)
+    await handlers.Handshake(offer(stage(epoch=2)), NO_CONTEXT)
+
+    with pytest.raises(NoReservation):
+        await handlers.Process(worker_pb2.ProcessRequest(stage=stage(epoch=1)), NO_CONTEXT)
+
+
+async def test_process_is_idempotent_and_never_generates_twice(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, delay=0.2, prompt_tokens=10, completion_tokens=20))
+    handlers = workers(db, openai_provider(fake_openai))
+    await handlers.Handshake(offer(), NO_CONTEXT)
+    process = worker_pb2.ProcessRequest(stage=stage())
+
+    first, second = await asyncio.gather(
+        handlers.Process(process, NO_CONTEXT), handlers.Process(process, NO_CONTEXT)
+    )
+    third = await handlers.Process(process, NO_CONTEXT)
+
+    assert len(fake_openai.requests) == 1
+    assert handlers.runner.generations == 1
+    assert first == second == third
+    assert first.result.job_id and first.result.quality.score >= 80
+    assert first.usage.completion_tokens == 20 and first.usage.provider == "openai"
+    assert first.metrics["elements"] > 10
+
+
+async def test_progress_is_ordered_resumable_and_counts_streamed_elements(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, pieces=12, chunk_delay=0.01))
+    handlers = workers(db, openai_provider(fake_openai, stream=True))
+    response = await run_stage(handlers, offer())
+    assert response.WhichOneof("outcome") == "result"
+
+    events = await events_of(handlers, stage())
+    resumed = await events_of(handlers, stage(), after=3)
+
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    phases = [e.phase for e in events]
+    assert phases[0] == worker_pb2.PHASE_ACCEPTED and phases[-1] == worker_pb2.PHASE_COMPLETED
+    assert phases.index(worker_pb2.PHASE_VALIDATING) < phases.index(worker_pb2.PHASE_STORING)
+    streamed = [e.elements_so_far for e in events if e.phase == worker_pb2.PHASE_GENERATING]
+    assert max(streamed) > 5 and streamed == sorted(streamed)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions)
+    assert resumed == events[3:]
+
+
+async def test_watch_progress_follows_a_running_stage_live(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, delay=0.2))
+    handlers = workers(db, openai_provider(fake_openai))
+    await handlers.Handshake(offer(), NO_CONTEXT)
+    watcher = asyncio.create_task(events_of(handlers, stage()))
+    await asyncio.sleep(0.05)
+
+    await handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+    events = await asyncio.wait_for(watcher, 5)
+
+    assert events[-1].phase == worker_pb2.PHASE_COMPLETED
+
+
+async def test_cancel_stops_a_running_generation_promptly(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, delay=10.0))
+    handlers = workers(db, openai_provider(fake_openai, timeout=30))
+    await handlers.Handshake(offer(), NO_CONTEXT)
+    process = asyncio.create_task(
+        handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+    )
+    await asyncio.wait_for(fake_openai.wait_for_requests(), 5)
+    started = asyncio.get_running_loop().time()
+
+    cancelled = await handlers.Cancel(
+        worker_pb2.CancelRequest(stage=stage(), reason="client cancelled"), NO_CONTEXT
+    )
+
+    assert cancelled.cancelled
+    with pytest.raises(StageCancelled):
+        await process
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert handlers.active == 0
+    assert (await events_of(handlers, stage()))[-1].phase == worker_pb2.PHASE_CANCELLED
+    with pytest.raises(StageCancelled):  # a repeated Process does not start it again
+        await handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+    assert len(fake_openai.requests) == 1
+
+
+async def test_cancel_of_a_reserved_offer_frees_its_slot(db: Database) -> None:
+    handlers = workers(db, max_jobs=1)
+    await handlers.Handshake(offer(), NO_CONTEXT)
+
+    first = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
+    second = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
+
+    assert first.cancelled and not second.cancelled
+    assert handlers.active == 0
+
+
+async def test_progress_logs_of_finished_stages_are_dropped_after_a_while(
+    db: Database,
+) -> None:
+    handlers = workers(db)
+    handlers.progress.retention = 0.1
+    for name in ("a", "b", "c"):
+        await run_stage(handlers, offer(stage(name)))
+    assert len(handlers.progress) == 3
+
+    await asyncio.sleep(0.2)
+    handlers.progress.sweep()
+
+    assert len(handlers.progress) == 0
+
+
+async def test_provider_failure_is_a_typed_stage_error_with_usage(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply("", refusal="No.", prompt_tokens=30, completion_tokens=2))
+    handlers = workers(db, openai_provider(fake_openai))
+
+    response = await run_stage(handlers, offer())
+
+    assert response.error.error_class == worker_pb2.ERROR_CLASS_REFUSED
+    assert response.error.reason == "REFUSED"
+    assert response.usage.prompt_tokens == 30 and response.usage.llm_calls == 1
+    job = await db.run(lambda s: jobs.find(s, "ex1", "s1", 1))
+    assert job is not None and job.status == "failed"
+    events = await events_of(handlers, stage())
+    assert events[-1].phase == worker_pb2.PHASE_FAILED
+
+
+async def test_quality_gate_feedback_reaches_the_prompt(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID))
+    handlers = workers(db, openai_provider(fake_openai))
+
+    await run_stage(handlers, offer(feedback="- /modules/0: too few lessons"))
+
+    prompt = fake_openai.requests[0]["messages"][-1]["content"]
+    assert "too few lessons" in prompt
+
+
+async def test_offline_generation_names_itself_and_costs_nothing(db: Database) -> None:
+    response = await run_stage(workers(db), offer())
+
+    assert response.usage.provider == "offline" and response.usage.model == "offline"
+    assert response.usage.cost_usd == 0 and response.usage.llm_calls == 0
+
+
+async def test_validate_records_a_validation_on_the_previous_job(db: Database) -> None:
+    handlers = workers(db)
+    generated = await run_stage(handlers, offer(stage("generate")))
+    job_id = generated.result.job_id
+    previous_output = struct_pb2.Struct()
+    previous_output.update({"job_id": job_id})
+    request = offer(stage("validate"), capability="validate", action="validate")
+    request.input.previous_output.CopyFrom(previous_output)
+
+    validated = await run_stage(handlers, request)
+
+    assert validated.result.job_id == job_id
+    assert validated.result.quality.score == generated.result.quality.score
+    assert validated.result.output["validation_job_id"] != job_id
+    job = await db.run(lambda s: s.get_one(models.Job, job_id))
+    assert [v["validator"] for v in job.validations] == ["rules", "rules"]
+
+
+async def test_validate_with_llm_judge_blends_the_judge_into_the_quality(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    handlers = workers(db)
+    job_id = (await run_stage(handlers, offer(stage("generate")))).result.job_id
+    verdict = {
+        "ratings": {"accuracy": 5, "coherence": 5, "coverage": 5},
+        "feedback": "Add examples.",
+    }
+    fake_openai.add(reply(json.dumps(verdict), prompt_tokens=400, completion_tokens=30))
+    handlers.runner.provider = openai_provider(fake_openai)
+    request = offer(
+        stage("validate"),
+        capability="validate",
+        action="validate",
+        previous_job_id=job_id,
+        params={"judge_level": "2"},
+    )
+
+    validated = await run_stage(handlers, request)
+
+    rules_score = (await db.run(lambda s: s.get_one(models.Job, job_id))).validations[0]["quality"][
+        "score"
+    ]
+    quality = validated.result.quality
+    assert quality.score == pytest.approx(0.7 * rules_score + 0.3 * 50, abs=0.1)
+    assert quality.components["llm_judge"] == 0.5
+    assert "Add examples." in quality.feedback
+    assert validated.usage.prompt_tokens == 400 and validated.usage.provider == "openai"
+    job = await db.run(lambda s: s.get_one(models.Job, job_id))
+    assert [v["validator"] for v in job.validations] == ["rules", "rules", "llm_judge"]
+    assert job.quality["score"] == quality.score
+
+
+async def test_validate_of_a_missing_job_fails_as_invalid_input(db: Database) -> None:
+    request = offer(
+        stage("validate"), capability="validate", action="validate", previous_job_id="job_nope"
+    )
+
+    response = await run_stage(workers(db), request)
+
+    assert response.error.error_class == worker_pb2.ERROR_CLASS_INVALID_INPUT
+    assert response.error.reason == "NO_PREVIOUS_JOB"
