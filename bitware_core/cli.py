@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
+
 from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import (
@@ -25,7 +26,6 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from bitware_core.supervisor import MeshPlan, PortTaken, Supervisor
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")

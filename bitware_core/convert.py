@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bitware.common.v1 import common_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from bitware.common.v1 import common_pb2
 from bitware_core.auth import Principal
 from bitware_core.errors import FieldViolation, InvalidArgument
 

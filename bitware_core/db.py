@@ -67,6 +67,10 @@ class Database:
             max_workers=1 if self.is_sqlite else 8, thread_name_prefix="db"
         )
 
+    def libpq_url(self) -> str:
+        """The URL without SQLAlchemy's driver suffix, for a plain psycopg connection."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
     def migrate(self, service: str, script_location: str) -> None:
         """Brings the schema to the newest Alembic revision of `service` (each service keeps its
         own version table, so several services may share one PostgreSQL database)."""

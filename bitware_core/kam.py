@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 
+from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import Credentials, Principal
 from bitware_core.channels import open_channel, service_metadata

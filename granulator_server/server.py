@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import grpc
+
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
-
 from bitware_core import logs
 from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
 from bitware_core.channels import open_channel, service_metadata

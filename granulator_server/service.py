@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from bitware.common.v1 import common_pb2
-from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from google.protobuf import json_format
 
+from bitware.common.v1 import common_pb2
+from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from bitware.common.v1 import common_pb2
-from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from google.protobuf import duration_pb2, json_format
 
+from bitware.common.v1 import common_pb2
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.db import Database
 from bitware_core.errors import NotFound

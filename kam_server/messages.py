@@ -3,10 +3,10 @@ handlers (the logic never sees protobuf)."""
 
 from __future__ import annotations
 
-from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from bitware_core import convert
 from kam_server import catalog, ledger, models
 

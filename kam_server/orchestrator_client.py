@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings

@@ -15,7 +15,6 @@ from bitware.kam.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-
 from bitware_core import logs
 from bitware_core.auth import (
     ADMIN,

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from google.protobuf import duration_pb2
 from sqlalchemy.orm import Session
 
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings

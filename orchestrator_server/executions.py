@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
@@ -18,6 +18,8 @@ from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
+#: The PostgreSQL NOTIFY channel on which replicas announce new events.
+EVENTS_CHANNEL = "bitware_events"
 PRIORITIES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
 
 EXECUTION_TRANSITIONS = {
@@ -73,6 +75,11 @@ def append_event(session: Session, execution: models.Execution, type_: str, **da
             execution_id=execution.id, sequence=execution.last_sequence, type=type_, data=data
         )
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit to every replica's listener, which wakes its watchers.
+        session.execute(
+            text("SELECT pg_notify(:channel, :id)"), {"channel": EVENTS_CHANNEL, "id": execution.id}
+        )
     return execution.last_sequence
 
 
@@ -200,8 +207,16 @@ def attempts_of(session: Session, stage_ids: list[str]) -> list[models.Attempt]:
     )
 
 
-def get(session: Session, principal: Principal, execution_id: str) -> models.Execution:
-    row = session.get(models.Execution, execution_id) if execution_id else None
+def get(
+    session: Session, principal: Principal, execution_id: str, for_update: bool = False
+) -> models.Execution:
+    """The execution if the caller may see it; `for_update` locks its row (every writer locks
+    the execution before its stages, so replicas on PostgreSQL never deadlock)."""
+    row = (
+        session.get(models.Execution, execution_id, with_for_update=for_update)
+        if execution_id
+        else None
+    )
     if row is None or not principal.visible_client(row.client_id):
         raise ExecutionNotFound(f"execution {execution_id!r} not found")
     return row
@@ -232,7 +247,7 @@ def cancel(
     session: Session, principal: Principal, execution_id: str, reason: str
 ) -> tuple[models.Execution, list[models.Stage]]:
     """Cancels the execution; returns the stages that were running (their workers must be told)."""
-    execution = get(session, principal, execution_id)
+    execution = get(session, principal, execution_id, for_update=True)
     if execution.status in TERMINAL_EXECUTION:
         raise ExecutionFinished(f"execution {execution.id} is already {execution.status}")
     running = []
@@ -267,7 +282,7 @@ def end_attempt(
 
 def retry(session: Session, principal: Principal, execution_id: str) -> models.Execution:
     """Re-runs a failed execution from its failed stage; earlier results are kept."""
-    execution = get(session, principal, execution_id)
+    execution = get(session, principal, execution_id, for_update=True)
     if execution.status != "failed":
         raise ExecutionFinished(
             f"execution {execution.id} is {execution.status}; only failed executions are retried",
@@ -297,10 +312,12 @@ def expire(session: Session, queue_wait_s: float) -> list[tuple[str, list[str]]]
     now = utcnow()
     expired: list[tuple[str, list[str]]] = []
     overdue = session.scalars(
-        select(models.Execution).where(
+        select(models.Execution)
+        .where(
             models.Execution.status.in_(("queued", "running")),
             models.Execution.deadline_at < now,
         )
+        .with_for_update(skip_locked=True)
     )
     waiting = session.scalars(
         select(models.Execution)
@@ -309,6 +326,7 @@ def expire(session: Session, queue_wait_s: float) -> list[tuple[str, list[str]]]
             models.Stage.status == "queued",
             models.Stage.queued_at < now - timedelta(seconds=queue_wait_s),
         )
+        .with_for_update(of=models.Execution, skip_locked=True)
     )
     for execution, reason, message in [
         *((e, "EXECUTION_TIMEOUT", "the execution ran past its time limit") for e in overdue),

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+
 from bitware.kam.v1 import (
     requests_pb2,
     requests_pb2_grpc,
     templates_pb2,
     templates_pb2_grpc,
 )
-from google.protobuf import duration_pb2
-
 from bitware_core import convert
 from bitware_core.channels import service_metadata
 from bitware_core.config import Settings

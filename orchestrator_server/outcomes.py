@@ -32,10 +32,18 @@ from orchestrator_server.queue import Claim
 
 
 def _current(session: Session, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
-    stage = session.get_one(models.Stage, stage_id)
+    """The stage and its execution, locked (execution first, as everywhere), if the attempt is
+    still the current one; otherwise StaleAttempt."""
+    execution_id = session.scalar(
+        select(models.Stage.execution_id).where(models.Stage.id == stage_id)
+    )
+    execution = session.get_one(
+        models.Execution, execution_id, with_for_update=True, populate_existing=True
+    )
+    stage = session.get_one(models.Stage, stage_id, with_for_update=True, populate_existing=True)
     if stage.epoch != epoch or stage.status != "running":
         raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
-    return stage, session.get_one(models.Execution, stage.execution_id)
+    return stage, execution
 
 
 def record_offer(session: Session, claim_: Claim, worker_id: str) -> None:

@@ -80,7 +80,8 @@ def claim(
                 )
                 .order_by(models.Stage.queue_key)
                 .limit(free * 4)
-                .with_for_update(of=models.Stage, skip_locked=True)
+                # Never waits: a row another replica (or writer) holds is simply skipped.
+                .with_for_update(of=(models.Stage, models.Execution), skip_locked=True)
             )
         )
         running = _running_per_client(session, {e.client_id for _, e in candidates})
@@ -157,13 +158,14 @@ def reclaim_expired(session: Session) -> int:
     accepted is re-attached on that worker, which returns its result without working twice."""
     now = utcnow()
     rows = list(
-        session.scalars(
-            select(models.Stage)
+        session.execute(
+            select(models.Stage, models.Execution)
+            .join(models.Execution, models.Stage.execution_id == models.Execution.id)
             .where(models.Stage.status == "running", models.Stage.lease_expires_at < now)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=(models.Stage, models.Execution), skip_locked=True)
         )
     )
-    for stage in rows:
+    for stage, execution in rows:
         attempt = session.scalar(
             select(models.Attempt).where(
                 models.Attempt.stage_id == stage.id, models.Attempt.epoch == stage.epoch
@@ -175,7 +177,6 @@ def reclaim_expired(session: Session) -> int:
         move_stage(stage, "queued")
         stage.ready_at = now
         stage.lease_owner = ""
-        execution = session.get_one(models.Execution, stage.execution_id)
         append_event(
             session,
             execution,

@@ -11,7 +11,6 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-
 from bitware_core import logs
 from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
 from bitware_core.config import Settings
@@ -19,6 +18,7 @@ from bitware_core.db import Database
 from bitware_core.server import MeshServer, Service, run_until_signal
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
+from orchestrator_server.executions import EVENTS_CHANNEL
 from orchestrator_server.kam_client import KamClient
 from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
 
@@ -71,12 +71,15 @@ class OrchestratorServer(MeshServer):
     async def start(self) -> int:
         self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
         port = await super().start()
+        if not self.db.is_sqlite:
+            self.hub.listen(self.db.libpq_url(), EVENTS_CHANNEL)
         self.dispatcher.start()
         return port
 
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
         await self.dispatcher.stop()
+        await self.hub.close()
         await self.kam.close()
         self.db.close()
 

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import (
     orchestrator_pb2,
@@ -16,8 +18,6 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from google.protobuf import duration_pb2
-
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database

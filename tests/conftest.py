@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc, auth_pb2, auth_pb2_grpc
-
 from bitware_core.mesh import InProcessMesh, start_mesh
 
 

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
-
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.errors import Violations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
-
 from bitware_core import convert
 from bitware_core.auth import Credentials, current_principal
 from bitware_core.errors import FailedPrecondition, PermissionDenied, Violations

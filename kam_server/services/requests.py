@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
-
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.context import timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bitware.kam.v1 import templates_pb2, templates_pb2_grpc
-
 from bitware_core.auth import current_principal
 from bitware_core.errors import Violations
 from kam_server import catalog, messages

@@ -14,6 +14,12 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
 from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2
 from bitware.kam.v1 import (
@@ -27,12 +33,6 @@ from bitware.kam.v1 import (
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, registry_pb2
 from bitware.worker.v1 import worker_pb2
-from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
 from bitware_core.auth import PUBLIC, Credentials, Principal
 from bitware_core.config import Settings
 from bitware_core.errors import Unauthenticated

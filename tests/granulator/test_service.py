@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from bitware.common.v1 import common_pb2
-from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
-from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
-from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from bitware.common.v1 import common_pb2
+from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
+from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from granulator_server.domain import SEED_TEMPLATES
 from granulator_server.service import template_to_proto
 from tests.conftest import Client, make_client

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bitware.common.v1 import common_pb2
-from bitware.worker.v1 import worker_pb2
 from google.protobuf import struct_pb2
 
+from bitware.common.v1 import common_pb2
+from bitware.worker.v1 import worker_pb2
 from bitware_core.db import Database
 from granulator_server import jobs, models, template_store
 from granulator_server.domain import SEED_TEMPLATES, generate_offline

@@ -10,6 +10,11 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import (
     accounts_pb2,
@@ -21,11 +26,6 @@ from bitware.kam.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from google.protobuf import duration_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
 from bitware_core.mesh import InProcessMesh
 from tests.conftest import Client
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
-from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import auth_pb2
 from google.rpc import error_details_pb2
 from sqlalchemy import select, update
 
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import auth_pb2
 from bitware_core.auth import hash_secret
 from bitware_core.db import utcnow
 from bitware_core.mesh import InProcessMesh

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import accounts_pb2, auth_pb2, requests_pb2, templates_pb2
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import accounts_pb2, auth_pb2, requests_pb2, templates_pb2
 from tests.conftest import Client, make_client
 from tests.kam.helpers import Kam, Metadata, client_user, fails, kam
 

@@ -8,10 +8,10 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, auth_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from bitware_core.config import Settings
 from bitware_core.mesh import start_mesh
 from tests.conftest import Client, make_client

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import templates_pb2
-
 from tests.conftest import Client
 from tests.kam.helpers import fails, kam, reason, seconds, stage, template, violated_fields
 

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-
 from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
 from bitware_core.supervisor import reserve_port

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from bitware.orchestrator.v1 import orchestrator_pb2
 
+from bitware.orchestrator.v1 import orchestrator_pb2
 from tests.conftest import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step
