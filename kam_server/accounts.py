@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import ADMIN, SUPPORT, Principal, hash_password
 from bitware_core.db import new_id, next_page_token, page_window
 from bitware_core.errors import AlreadyExists, Violations
+from bitware_core.tiers import TIER_LIMITS, TIERS
 from kam_server import audit, models
 from kam_server.errors import ClientNotFound, LastAdmin, TierLimitExceeded, UserNotFound
-from kam_server.tiers import TIER_LIMITS, TIERS
 
 ROLES = ("admin", "client", "support")
 CLIENT_STATUSES = ("active", "suspended")

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
 from bitware_core.errors import Violations
+from bitware_core.tiers import TIERS
 from kam_server import audit, models
 from kam_server.errors import TemplateNotFound
-from kam_server.tiers import TIERS
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")

@@ -10,6 +10,7 @@ from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.errors import FailedPrecondition, Unavailable
+from bitware_core.tiers import TIER_LIMITS
 from kam_server import models
 from kam_server.requests import URGENCY_PRIORITY
 
@@ -30,7 +31,9 @@ class OrchestratorClient:
             raise Unavailable("KAM has no orchestrator address configured")
         return self._stub
 
-    async def execute(self, row: models.ClientRequest, deadline: float) -> str:
+    async def execute(self, row: models.ClientRequest, tier: str, deadline: float) -> str:
+        """Starts the request's execution; the orchestrator caps the client's running
+        executions at its tier's limit."""
         request = orchestrator_pb2.ExecutePipelineRequest(
             template_name=row.master_template,
             template_version=row.template_version,
@@ -41,6 +44,7 @@ class OrchestratorClient:
             request_id=row.id,
             client_id=row.client_id,
             idempotency_key=f"request:{row.id}",
+            client_concurrency_limit=TIER_LIMITS[tier].max_concurrent_executions,
         )
         try:
             response = await self._require().ExecutePipeline(

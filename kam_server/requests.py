@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
+from bitware_core.tiers import TIER_LIMITS
 from kam_server import catalog, ledger, models
 from kam_server.accounts import get_client
 from kam_server.errors import (
@@ -28,7 +29,6 @@ from kam_server.errors import (
     TierLimitExceeded,
     TierNotAllowed,
 )
-from kam_server.tiers import TIER_LIMITS
 
 #: How urgent a request is → the execution's priority.
 URGENCY_PRIORITY = {"low": "low", "normal": "normal", "high": "high", "critical": "critical"}
@@ -181,6 +181,10 @@ def list_requests(
     query = query.order_by(models.ClientRequest.created_at.desc(), models.ClientRequest.id.desc())
     rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
     return rows[:limit], next_page_token(offset, limit, len(rows))
+
+
+def client_tier(session: Session, client_id: str) -> str:
+    return session.get_one(models.Client, client_id).tier
 
 
 def begin_execution(

@@ -83,8 +83,18 @@ def append_event(session: Session, execution: models.Execution, type_: str, **da
     return execution.last_sequence
 
 
-def events_after(session: Session, execution_id: str, after: int) -> list[models.Event]:
-    return list(
+@dataclass(frozen=True)
+class LogPage:
+    events: list[models.Event]
+    finished: bool
+    last_sequence: int
+
+
+def log_after(session: Session, execution_id: str, after: int) -> LogPage:
+    """The next events of an execution's log after `after`, read together with whether the
+    execution has finished and how long its log is."""
+    execution = session.get_one(models.Execution, execution_id)
+    events = list(
         session.scalars(
             select(models.Event)
             .where(models.Event.execution_id == execution_id, models.Event.sequence > after)
@@ -92,6 +102,7 @@ def events_after(session: Session, execution_id: str, after: int) -> list[models
             .limit(500)
         )
     )
+    return LogPage(events, execution.status in TERMINAL_EXECUTION, execution.last_sequence)
 
 
 def progress(session: Session, execution: models.Execution) -> float:

@@ -22,13 +22,13 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from bitware_core.tiers import TIER_LIMITS
 from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
-TERMINAL_EVENTS = {"EXECUTION_SUCCEEDED", "EXECUTION_FAILED", "EXECUTION_CANCELLED"}
 PRIORITY_NAMES = {1: "low", 2: "normal", 3: "high", 4: "critical"}
 
 
@@ -179,7 +179,9 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             client_id=client_id,
             idempotency_key=request.idempotency_key,
             client_concurrency=(
-                request.client_concurrency_limit if principal.sees_all_clients else 0
+                request.client_concurrency_limit
+                if principal.sees_all_clients
+                else TIER_LIMITS[principal.tier].max_concurrent_executions
             ),
         )
         row = await self.db.run(lambda s: executions.create(s, new))
@@ -243,17 +245,19 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         with self.hub.subscribe(request.execution_id) as changed:
             while True:
                 changed.clear()
-                rows = await self.db.run(
+                log = await self.db.run(
                     functools.partial(
-                        executions.events_after, execution_id=request.execution_id, after=after
+                        executions.log_after, execution_id=request.execution_id, after=after
                     )
                 )
-                for row in rows:
+                for row in log.events:
                     after = row.sequence
                     yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
-                    if row.type in TERMINAL_EVENTS:
-                        return
-                if not rows:
+                # The stream ends once a finished execution's log is fully sent. (A retried
+                # execution is not finished, so its watchers go on past the failure.)
+                if log.finished and after >= log.last_sequence:
+                    return
+                if not log.events:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), timeout=1.0)
 

@@ -84,8 +84,9 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         actor = current_principal()
         row = await self.run(lambda s: requests.begin_execution(s, actor, request.request_id))
         if not row.execution_id:
+            tier = await self.run(lambda s: requests.client_tier(s, row.client_id))
             try:
-                execution_id = await self.orchestrator.execute(row, timeout(10.0))
+                execution_id = await self.orchestrator.execute(row, tier, timeout(10.0))
             except MeshError:
                 # The orchestrator did not start it: release the reservation, then report.
                 await self.run(lambda s: requests.abandon_execution(s, row.id))

@@ -89,3 +89,14 @@ async def test_watching_an_unknown_or_foreign_execution_is_not_found(
             assert error.code() == grpc.StatusCode.NOT_FOUND
         else:
             raise AssertionError("expected NOT_FOUND")
+
+
+async def test_resuming_after_the_last_event_of_a_finished_execution_ends_at_once(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await add_template(client.mesh, "one_stage", [stage()])
+    await workers("quick")
+    execution = await runner.run("one_stage")
+    started = asyncio.get_running_loop().time()
+    assert await runner.events(execution.execution_id, after=execution.last_sequence) == []
+    assert asyncio.get_running_loop().time() - started < 0.5

@@ -1,0 +1,156 @@
+"""Templates, jobs and structure trees, and the admin routes for clients and keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from tests.conftest import Client
+from tests.gateway.conftest import admin, create_and_execute, key
+
+
+async def _job_of(http: httpx.AsyncClient, client: Client, execution_id: str) -> str:
+    for _ in range(100):
+        execution = (await http.get(f"/api/executions/{execution_id}", headers=key(client))).json()
+        if execution["execution"]["status"] == "EXECUTION_STATUS_SUCCEEDED":
+            return str(execution["execution"]["job_id"])
+        await asyncio.sleep(0.1)
+    raise AssertionError("the execution did not succeed")
+
+
+async def test_job_structure_is_returned_and_downloadable(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    _, execution_id = await create_and_execute(http, client)
+    job_id = await _job_of(http, client, execution_id)
+
+    job = await http.get(f"/api/jobs/{job_id}", headers=key(client))
+    assert job.status_code == 200 and job.json()["job"]["status"] == "JOB_STATUS_COMPLETED"
+    jobs = await http.get("/api/jobs", params={"execution_id": execution_id}, headers=key(client))
+    assert job_id in [j["job_id"] for j in jobs.json()["jobs"]]
+
+    structure = await http.get(f"/api/jobs/{job_id}/structure", headers=key(client))
+    assert structure.status_code == 200
+    assert "content-disposition" not in structure.headers
+    elements = structure.json()["elements"]
+    assert elements[0]["kind"] == "course" and elements[0]["parent_id"] == ""
+
+    download = await http.get(
+        f"/api/jobs/{job_id}/structure", params={"download": 1}, headers=key(client)
+    )
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/json"
+    assert download.headers["content-disposition"] == (
+        f'attachment; filename="structure-{job_id}.json"'
+    )
+    assert json.loads(download.content) == structure.json()
+
+
+async def test_unknown_job_is_404(http: httpx.AsyncClient, client: Client) -> None:
+    answer = await http.get("/api/jobs/job_nope/structure", headers=key(client))
+    assert answer.status_code == 404
+
+
+async def test_master_and_structure_templates_are_readable(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    masters = await http.get("/api/master-templates", headers=key(client))
+    assert masters.status_code == 200
+    names = [t["name"] for t in masters.json()["templates"]]
+    assert names
+    one = await http.get(f"/api/master-templates/{names[0]}", headers=key(client))
+    assert one.json()["template"]["name"] == names[0]
+    assert (await http.get("/api/master-templates/nope", headers=key(client))).status_code == 404
+
+    structures = await http.get(
+        "/api/structure-templates", params={"structure_type": "course"}, headers=key(client)
+    )
+    assert structures.status_code == 200
+    assert {t["structure_type"] for t in structures.json()["templates"]} == {
+        "STRUCTURE_TYPE_COURSE"
+    }
+    match = await http.get("/api/structure-templates/course", headers=key(client))
+    assert match.status_code == 200
+    assert match.json()["template"]["structure_type"] == "STRUCTURE_TYPE_COURSE"
+
+
+async def test_admin_creates_a_client_and_a_key_and_revokes_it(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    created = await http.post(
+        "/api/clients",
+        json={"company_name": "Globex", "contact_email": "it@globex.test", "tier": "basic"},
+        headers=admin(client),
+    )
+    assert created.status_code == 200, created.text
+    new = created.json()["client"]
+    assert new["tier"] == "TIER_BASIC"
+    got = await http.get(f"/api/clients/{new['client_id']}", headers=admin(client))
+    assert got.json()["client"]["company_name"] == "Globex"
+
+    made = await http.post(
+        f"/api/clients/{new['client_id']}/api-keys", json={"name": "ci"}, headers=admin(client)
+    )
+    assert made.status_code == 200, made.text
+    secret, key_id = made.json()["key"], made.json()["api_key"]["api_key_id"]
+    me = await http.get("/api/auth/me", headers={"X-API-Key": secret})
+    assert me.json()["principal"]["client_id"] == new["client_id"]
+
+    revoked = await http.delete(f"/api/api-keys/{key_id}", headers=admin(client))
+    assert revoked.status_code == 200 and revoked.json()["api_key"]["revoked"] is True
+    assert (await http.get("/api/auth/me", headers={"X-API-Key": secret})).status_code == 401
+
+
+async def test_a_client_cannot_read_another_client(http: httpx.AsyncClient, client: Client) -> None:
+    created = await http.post(
+        "/api/clients",
+        json={"company_name": "Initech", "contact_email": "a@initech.test", "tier": "basic"},
+        headers=admin(client),
+    )
+    other = created.json()["client"]["client_id"]
+    assert (await http.get(f"/api/clients/{other}", headers=key(client))).status_code == 404
+    own = await http.get(f"/api/clients/{client.client_id}", headers=key(client))
+    assert own.status_code == 200
+
+
+async def test_admin_lists_clients_keys_and_users_and_creates_a_user(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    clients = await http.get("/api/clients", params={"tier": "standard"}, headers=admin(client))
+    assert clients.status_code == 200, clients.text
+    assert client.client_id in [c["client_id"] for c in clients.json()["clients"]]
+
+    keys = await http.get(f"/api/clients/{client.client_id}/api-keys", headers=admin(client))
+    assert keys.status_code == 200, keys.text
+    assert [k["name"] for k in keys.json()["api_keys"]] == ["tests"]
+    assert "key" not in keys.json()["api_keys"][0]  # never the secret
+
+    created = await http.post(
+        "/api/users",
+        json={
+            "email": "dana@acme.test",
+            "password": "a-long-enough-password",
+            "display_name": "Dana",
+            "role": "client",
+            "client_id": client.client_id,
+        },
+        headers=admin(client),
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["user"]["role"] == "ROLE_CLIENT"
+    again = await http.post(
+        "/api/users",
+        json={"email": "dana@acme.test", "password": "another-long-password", "role": "support"},
+        headers=admin(client),
+    )
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "ALREADY_EXISTS"
+
+    users = await http.get("/api/users", headers=admin(client))
+    assert "dana@acme.test" in [u["email"] for u in users.json()["users"]]
+    login = await http.post(
+        "/api/auth/login", json={"email": "dana@acme.test", "password": "a-long-enough-password"}
+    )
+    assert login.json()["principal"]["client_id"] == client.client_id
