@@ -31,6 +31,8 @@ from orchestrator_server.kam_client import KamClient
 log = logging.getLogger("bitware.orchestrator.dispatch")
 T = TypeVar("T")
 FINAL_DECLINES = {"INVALID_INPUT", "UNKNOWN_TEMPLATE"}
+#: How long to let a finished stage's progress stream drain before recording its outcome.
+FOLLOW_GRACE_SECONDS = 0.5
 _LOST_ATTEMPT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
@@ -338,6 +340,10 @@ class Dispatcher:
             )
             return
         finally:
+            # The worker's stream ends after its terminal event; let it deliver what is left
+            # (a fast stage finishes before its progress is read), but never wait long.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(follower), FOLLOW_GRACE_SECONDS)
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
         self.declined.pop(claim.stage_id, None)
