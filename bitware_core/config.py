@@ -61,6 +61,8 @@ class Settings:
     tls_ca: str = ""
     #: How long a verified credential is trusted without asking KAM again, in seconds (≤ 30).
     auth_cache_seconds: float = 10.0
+    #: host:port on which to serve Prometheus metrics at /metrics; empty means none.
+    metrics_address: str = ""
     #: Log as one JSON object per line instead of key=value text.
     log_json: bool = False
     #: Logging level name.

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -38,6 +38,7 @@ from bitware_core.context import (
     request_id_var,
 )
 from bitware_core.errors import MeshError, PermissionDenied, Unimplemented
+from bitware_core.metrics import Registry, serve_metrics
 
 log = logging.getLogger("bitware.server")
 
@@ -111,11 +112,25 @@ def _status_for(error: MeshError, domain: str) -> grpc.Status:
 
 class _MeshInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, authenticator: Authenticator, access: Mapping[str, frozenset[str]], domain: str
+        self,
+        authenticator: Authenticator,
+        access: Mapping[str, frozenset[str]],
+        domain: str,
+        metrics: Registry,
     ) -> None:
         self._authenticator = authenticator
         self._access = access
         self._domain = domain
+        self._calls = metrics.counter(
+            "bitware_rpc_total", "RPCs served, by method and status code.", ("method", "code")
+        )
+        self._seconds = metrics.histogram(
+            "bitware_rpc_seconds", "Time to serve an RPC (streams: until they end).", ("method",)
+        )
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        self._calls.inc(method, code)
+        self._seconds.observe(time.monotonic() - started, method)
 
     async def intercept_service(
         self,
@@ -157,7 +172,9 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         authorise(principal, allowed, method)
         principal_var.set(principal)
 
-    async def _fail(self, method: str, error: BaseException, context: Context) -> None:
+    async def _fail(
+        self, method: str, error: BaseException, context: Context, started: float
+    ) -> NoReturn:
         if isinstance(error, NotImplementedError):  # a generated servicer's default method
             error = Unimplemented(f"{method} is not implemented by this server")
         elif not isinstance(error, MeshError):
@@ -165,6 +182,7 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             error = MeshError("internal error; the server logged the details")
         elif error.code == "INTERNAL":
             log.error("internal error", extra={"method": method, "reason": error.reason})
+        self._record(method, error.code, started)
         await context.abort_with_status(_status_for(error, self._domain))
 
     def _wrap_unary(
@@ -174,13 +192,16 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         inner: Callable[[Any, Context], Awaitable[Any]],
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def behaviour(request: Any, context: Context) -> Any:
+            started = time.monotonic()
             try:
                 await self._enter(method, allowed, context)
-                return await inner(request, context)
+                response = await inner(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as error:  # every failure leaves as a status, never UNKNOWN
-                await self._fail(method, error, context)
+                await self._fail(method, error, context, started)
+            self._record(method, "OK", started)
+            return response
 
         return behaviour
 
@@ -191,14 +212,19 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         inner: Callable[[Any, Context], AsyncIterator[Any]],
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.monotonic()
             try:
                 await self._enter(method, allowed, context)
                 async for item in inner(request, context):
                     yield item
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                self._record(method, "CANCELLED", started)
+                raise
+            except grpc.aio.AbortError:
                 raise
             except Exception as error:
-                await self._fail(method, error, context)
+                await self._fail(method, error, context, started)
+            self._record(method, "OK", started)
 
         return behaviour
 
@@ -224,6 +250,7 @@ class MeshServer:
         services: list[Service],
         authenticator: Authenticator,
         domain: str,
+        metrics: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -232,8 +259,10 @@ class MeshServer:
             for service in services
             for method, tags in service.access.items()
         }
+        self.metrics = metrics or Registry()
+        self._metrics_server: asyncio.Server | None = None
         self.server = grpc.aio.server(
-            interceptors=[_MeshInterceptor(authenticator, access, domain)],
+            interceptors=[_MeshInterceptor(authenticator, access, domain, self.metrics)],
             options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS],
         )
         self.health = health.aio.HealthServicer()
@@ -263,12 +292,16 @@ class MeshServer:
         else:
             self.port = self.server.add_secure_port(bind, credentials)
         await self.server.start()
+        if self.settings.metrics_address:
+            self._metrics_server = await serve_metrics(self.metrics, self.settings.metrics_address)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         grace = self.settings.shutdown_grace if grace is None else grace
         try:
             # grpc.aio's stop can, rarely, wait past its grace for a call it already cancelled.

@@ -23,6 +23,7 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
+from bitware_core.metrics import Registry
 from orchestrator_server import executions, outcomes, queue, registry
 from orchestrator_server.errors import StaleAttempt
 from orchestrator_server.events import EventHub
@@ -41,7 +42,9 @@ def _seconds(duration: duration_pb2.Duration) -> float:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, db: Database, hub: EventHub, kam: KamClient) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, hub: EventHub, kam: KamClient, metrics: Registry
+    ) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
@@ -54,6 +57,39 @@ class Dispatcher:
         self.declined: dict[str, dict[str, float]] = {}
         self._stubs: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerServiceAsyncStub]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._claimed_at: dict[str, float] = {}
+        self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
+        self._dispatch_seconds = metrics.histogram(
+            "bitware_dispatch_seconds", "From claiming a ready stage to a worker accepting it."
+        )
+        self._stage_seconds = metrics.histogram(
+            "bitware_stage_seconds",
+            "Time a worker spent on a stage attempt, by outcome.",
+            ("capability", "outcome"),
+        )
+        self._retries = metrics.counter(
+            "bitware_stage_retries_total",
+            "Stage attempts that failed and will run again.",
+            ("reason",),
+        )
+        metrics.gauge(
+            "bitware_queue_depth",
+            "Stages waiting for a worker, by priority.",
+            ("priority",),
+            lambda: {(p,): depth for p, (depth, _) in self._snapshot["levels"].items()},
+        )
+        metrics.gauge(
+            "bitware_queue_oldest_wait_seconds",
+            "How long the oldest waiting stage has waited.",
+            ("priority",),
+            lambda: {(p,): wait for p, (_, wait) in self._snapshot["levels"].items()},
+        )
+        metrics.gauge(
+            "bitware_workers",
+            "Registered workers, by state.",
+            ("state",),
+            lambda: {(state,): n for state, n in self._snapshot["workers"].items()},
+        )
 
     def start(self) -> None:
         self._tasks = [
@@ -107,6 +143,7 @@ class Dispatcher:
             lambda s: queue.claim(s, self.owner, capacity, self.settings.lease_seconds)
         )
         for claim in claims:
+            self._claimed_at[claim.stage_id] = asyncio.get_running_loop().time()
             self.hub.notify(claim.execution_id)
             candidates = [w for w in workers if claim.capability in w.capabilities]
             task = asyncio.create_task(
@@ -117,30 +154,38 @@ class Dispatcher:
 
     def _finished(self, stage_id: str, _task: asyncio.Task[None]) -> None:
         self.running.pop(stage_id, None)
+        self._claimed_at.pop(stage_id, None)
         self.wake.set()
 
     async def _housekeeping_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self.db.run(
-                    lambda s: queue.renew_leases(
-                        s, self.owner, list(self.running), self.settings.lease_seconds
-                    )
-                )
-                if await self.db.run(queue.reclaim_expired):
+                reclaimed, expired = await self.db.run(self._housekeep)
+                if reclaimed:
                     self.wake.set()
-                await self.db.run(
-                    lambda s: registry.mark_silent_unhealthy(s, self.settings.heartbeat_timeout)
-                )
-                for execution_id, running in await self.db.run(
-                    lambda s: executions.expire(s, self.settings.queue_wait_timeout)
-                ):
+                for execution_id, running in expired:
                     self.hub.notify(execution_id)
                     await self.cancel_running(running)
                 await self.report_outcomes()
             except Exception:
                 log.exception("housekeeping round failed")
+
+    def _housekeep(self, session: Session) -> tuple[int, list[tuple[str, list[str]]]]:
+        """Once a second, in one transaction: renew this replica's leases, re-queue the stages
+        of dead holders, mark silent workers unhealthy, fail what ran out of time, and take the
+        figures the metrics report."""
+        settings = self.settings
+        queue.renew_leases(session, self.owner, list(self.running), settings.lease_seconds)
+        reclaimed = queue.reclaim_expired(session)
+        registry.mark_silent_unhealthy(session, settings.heartbeat_timeout)
+        expired = executions.expire(session, settings.queue_wait_timeout)
+        stats = queue.queue_stats(session)
+        self._snapshot = {
+            "levels": {executions.PRIORITY_NAMES[p]: level for p, level in stats["levels"].items()},
+            "workers": registry.count_by_state(session),
+        }
+        return reclaimed, expired
 
     async def report_outcomes(self) -> None:
         for execution in await self.db.run(outcomes.unreported):
@@ -182,8 +227,11 @@ class Dispatcher:
 
     async def _record(self, claim: queue.Claim, work: Callable[[Session], Any]) -> None:
         finished = await self._db(work, claim.execution_id)
-        if getattr(finished, "terminal", False):
-            await self.report_outcomes()
+        if isinstance(finished, outcomes.Finished):
+            if finished.retry_reason:
+                self._retries.inc(finished.retry_reason)
+            if finished.terminal:
+                await self.report_outcomes()
 
     def _offer(self, claim: queue.Claim) -> worker_pb2.HandshakeRequest:
         stage_timeout = duration_pb2.Duration()
@@ -243,6 +291,9 @@ class Dispatcher:
             claim, worker_id, stub, has_alternative=len(candidates) > 1
         ):
             return
+        claimed_at = self._claimed_at.pop(claim.stage_id, None)
+        if claimed_at is not None:
+            self._dispatch_seconds.observe(asyncio.get_running_loop().time() - claimed_at)
         self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
         self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
         try:
@@ -311,13 +362,17 @@ class Dispatcher:
         self, claim: queue.Claim, worker_id: str, stub: worker_pb2_grpc.WorkerServiceAsyncStub
     ) -> None:
         follower = asyncio.create_task(self._follow(stub, claim))
+        started = asyncio.get_running_loop().time()
+        outcome = "error"
         try:
             response = await stub.Process(
                 worker_pb2.ProcessRequest(stage=self._ref(claim)),
                 timeout=claim.timeout_s,
                 metadata=service_metadata(self.settings),
             )
+            outcome = response.WhichOneof("outcome") or "error"
         except grpc.aio.AioRpcError as error:
+            outcome = error.code().name.lower()
             if claim.reattach_worker and error.code() in _LOST_ATTEMPT:
                 # The worker no longer has the attempt: offer it afresh.
                 await self._requeue(claim, worker_id, "REATTACH_FAILED", "attempt lost", 0.0)
@@ -340,6 +395,9 @@ class Dispatcher:
             )
             return
         finally:
+            self._stage_seconds.observe(
+                asyncio.get_running_loop().time() - started, claim.capability, outcome
+            )
             # The worker's stream ends after its terminal event; let it deliver what is left
             # (a fast stage finishes before its progress is read), but never wait long.
             with contextlib.suppress(TimeoutError):

@@ -21,6 +21,7 @@ AGING_SECONDS = 30.0
 #: The PostgreSQL NOTIFY channel on which replicas announce new events.
 EVENTS_CHANNEL = "bitware_events"
 PRIORITIES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
+PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 EXECUTION_TRANSITIONS = {
     "queued": {"running", "cancelled", "failed"},

@@ -161,6 +161,8 @@ class Finished:
 
     execution_id: str
     terminal: bool
+    #: Why the stage runs again, when it does (for the retry metric).
+    retry_reason: str = ""
 
 
 def record_result(
@@ -192,7 +194,7 @@ def record_result(
         )
         move_stage(stage, "retry_wait")
         stage.ready_at = utcnow()
-        return Finished(execution.id, False)
+        return Finished(execution.id, False, "BELOW_QUALITY")
     end_attempt(session, stage, claim_.epoch, "succeeded", usage=usage, quality_score=score)
     best = stage.best
     stage.output, stage.job_id = best["output"], best["job_id"]
@@ -272,7 +274,7 @@ def record_failure(
             error=error,
             message=f"attempt {stage.attempts} failed ({reason}); retrying in {delay:.1f}s",
         )
-        return Finished(execution.id, False)
+        return Finished(execution.id, False, reason)
     _fail_stage(session, stage, execution, error)
     return Finished(execution.id, True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
@@ -81,6 +81,11 @@ def mark_unhealthy(session: Session, worker_id: str) -> None:
     row = session.get(models.Worker, worker_id)
     if row is not None and row.state == "healthy":
         row.state = "unhealthy"
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    rows = session.execute(select(models.Worker.state, func.count()).group_by(models.Worker.state))
+    return {state: count for state, count in rows}
 
 
 def available(session: Session) -> list[models.Worker]:

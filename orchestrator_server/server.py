@@ -15,6 +15,7 @@ from bitware_core import logs
 from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
 from bitware_core.config import Settings
 from bitware_core.db import Database
+from bitware_core.metrics import Registry
 from bitware_core.server import MeshServer, Service, run_until_signal
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
@@ -31,7 +32,8 @@ class OrchestratorServer(MeshServer):
         self.db = Database(settings.database_url_for("orchestrator"))
         self.kam = KamClient(settings)
         self.hub = EventHub()
-        self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam)
+        metrics = Registry()
+        self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam, metrics)
         handlers = OrchestratorHandlers(self.db, self.hub, self.kam, self.dispatcher)
         registry_handlers = RegistryHandlers(
             self.db, self.dispatcher, settings.heartbeat_interval, settings.heartbeat_timeout
@@ -66,7 +68,7 @@ class OrchestratorServer(MeshServer):
             ),
         ]
         authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
-        super().__init__(settings, services, authenticator, "orchestrator.bitware")
+        super().__init__(settings, services, authenticator, "orchestrator.bitware", metrics)
 
     async def start(self) -> int:
         self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))

@@ -29,7 +29,6 @@ from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
 
 Context = grpc.aio.ServicerContext[Any, Any]
-PRIORITY_NAMES = {1: "low", 2: "normal", 3: "high", 4: "critical"}
 
 
 def _enum(enum: Any, prefix: str, name: str) -> Any:
@@ -72,7 +71,7 @@ def execution_to_proto(
         template_name=row.template_name,
         template_version=row.template_version,
         spec=convert.spec_to_proto(row.spec),
-        priority=_enum(common_pb2.Priority, "PRIORITY_", PRIORITY_NAMES[row.priority]),
+        priority=_enum(common_pb2.Priority, "PRIORITY_", executions.PRIORITY_NAMES[row.priority]),
         status=_enum(orchestrator_pb2.ExecutionStatus, "EXECUTION_STATUS_", row.status),
         stages=[
             orchestrator_pb2.Stage(
@@ -271,7 +270,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             wait.FromMilliseconds(int(oldest * 1000))
             levels.append(
                 orchestrator_pb2.QueueLevel(
-                    priority=_enum(common_pb2.Priority, "PRIORITY_", PRIORITY_NAMES[priority]),
+                    priority=_enum(common_pb2.Priority, "PRIORITY_", executions.PRIORITY_NAMES[priority]),
                     depth=depth,
                     oldest_wait=wait,
                 )
