@@ -13,6 +13,7 @@ Hierarchy (each server's own `errors.py` adds specific subclasses)::
     ├── Unavailable                  (UNAVAILABLE)
     ├── DeadlineExceeded             (DEADLINE_EXCEEDED)
     ├── Cancelled                    (CANCELLED)
+    ├── DataLoss                     (DATA_LOSS)
     └── Unimplemented                (UNIMPLEMENTED)
 
 The logic raises these; `bitware_core.server` maps them to a status. This module does not import
@@ -108,6 +109,11 @@ class DeadlineExceeded(MeshError):
 class Cancelled(MeshError):
     code = "CANCELLED"
     reason = "CANCELLED"
+
+
+class DataLoss(MeshError):
+    code = "DATA_LOSS"
+    reason = "DATA_LOSS"
 
 
 class Unimplemented(MeshError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import uuid
@@ -24,8 +25,8 @@ from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.metrics import Registry
-from orchestrator_server import executions, outcomes, queue, registry
-from orchestrator_server.errors import StaleAttempt
+from orchestrator_server import executions, outcomes, payloads, queue, registry
+from orchestrator_server.errors import CorruptPayload, StaleAttempt
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
 
@@ -204,7 +205,25 @@ class Dispatcher:
     async def _run_stage(self, claim: queue.Claim, candidates: list[tuple[str, str, int]]) -> None:
         execution_id_var.set(claim.execution_id)
         try:
+            if claim.previous_output_ref:
+                reference = claim.previous_output_ref
+                output = await self.db.run(lambda s: payloads.load(s, reference))
+                claim = dataclasses.replace(claim, previous_output=output)
             await self._offer_and_process(claim, candidates)
+        except CorruptPayload as error:
+            reason, message = error.reason, error.message
+            await self._record(
+                claim,
+                lambda s: outcomes.record_failure(
+                    s,
+                    claim,
+                    error_class="CORRUPT",
+                    reason=reason,
+                    message=message,
+                    retry_after=0.0,
+                    usage={},
+                ),
+            )
         except StaleAttempt:
             log.info("stale attempt dropped", extra={"stage": claim.stage_id})
         except asyncio.CancelledError:

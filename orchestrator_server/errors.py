@@ -11,7 +11,7 @@ MeshError (bitware_core.errors)
 
 from __future__ import annotations
 
-from bitware_core.errors import FailedPrecondition, NotFound
+from bitware_core.errors import DataLoss, FailedPrecondition, NotFound
 
 
 class ExecutionNotFound(NotFound):
@@ -28,3 +28,7 @@ class ExecutionFinished(FailedPrecondition):
 
 class StaleAttempt(FailedPrecondition):
     reason = "STALE_ATTEMPT"
+
+
+class CorruptPayload(DataLoss):
+    reason = "CORRUPT_PAYLOAD"

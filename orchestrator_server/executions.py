@@ -40,7 +40,7 @@ STAGE_TRANSITIONS = {
     "cancelled": set(),
 }
 TERMINAL_EXECUTION = ("succeeded", "failed", "cancelled")
-NON_RETRYABLE_CLASSES = {"INVALID_INPUT", "REFUSED", "TOO_LARGE", "CANCELLED"}
+NON_RETRYABLE_CLASSES = {"INVALID_INPUT", "REFUSED", "TOO_LARGE", "CANCELLED", "CORRUPT"}
 
 
 def _move(kind: str, row: Any, to: str, table: dict[str, set[str]]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bitware_core.db import utcnow
@@ -73,6 +73,8 @@ class Stage(OrchestratorBase):
     reattach_worker: Mapped[str] = mapped_column(String(100), default="")
     feedback: Mapped[str] = mapped_column(String(4000), default="")
     output: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: `sha256:<hex>` of an output too large to keep inline (see `Blob`).
+    output_ref: Mapped[str] = mapped_column(String(80), default="")
     job_id: Mapped[str] = mapped_column(String(60), default="")
     quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     best: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -107,6 +109,17 @@ class Event(OrchestratorBase):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     type: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Blob(OrchestratorBase):
+    """A large stage output, stored once by its SHA-256 and verified whenever it is read. It
+    lives in the database so that every replica can read it."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Worker(OrchestratorBase):

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bitware_core.db import utcnow
-from orchestrator_server import models
+from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
 from orchestrator_server.executions import (
     NON_RETRYABLE_CLASSES,
@@ -174,13 +174,29 @@ def record_result(
     quality: dict[str, Any],
     usage: dict[str, Any],
 ) -> Finished:
+    if len(payloads.encode(output)) > payloads.HARD_LIMIT:
+        return record_failure(
+            session,
+            claim_,
+            error_class="TOO_LARGE",
+            reason="OUTPUT_TOO_LARGE",
+            message=f"the stage output is larger than {payloads.HARD_LIMIT // 2**20} MiB",
+            retry_after=0.0,
+            usage=usage,
+        )
     stage, execution = _current(session, claim_.stage_id, claim_.epoch)
     score = float(quality.get("score", 0.0))
     stage.usage = add_usage(stage.usage, usage)
     execution.usage = add_usage(execution.usage, usage)
     below = stage.min_quality > 0 and score < stage.min_quality
     if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
-        stage.best = {"output": output, "job_id": job_id, "quality": quality}
+        inline, reference = payloads.store(session, output)
+        stage.best = {
+            "output": inline,
+            "output_ref": reference,
+            "job_id": job_id,
+            "quality": quality,
+        }
     max_attempts = int(stage.retry_policy.get("max_attempts", 1))
     if below and stage.attempts - stage.attempts_base < max_attempts:
         end_attempt(session, stage, claim_.epoch, "below_quality", usage=usage, quality_score=score)
@@ -197,7 +213,11 @@ def record_result(
         return Finished(execution.id, False, "BELOW_QUALITY")
     end_attempt(session, stage, claim_.epoch, "succeeded", usage=usage, quality_score=score)
     best = stage.best
-    stage.output, stage.job_id = best["output"], best["job_id"]
+    stage.output, stage.output_ref, stage.job_id = (
+        best["output"],
+        best["output_ref"],
+        best["job_id"],
+    )
     stage.quality = {**best["quality"], "below_threshold": below}
     move_stage(stage, "succeeded")
     stage.ended_at = utcnow()

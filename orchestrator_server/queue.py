@@ -42,6 +42,8 @@ class Claim:
     timeout_s: float
     spec: dict[str, Any]
     previous_output: dict[str, Any]
+    #: Set instead of previous_output when that output is stored by reference.
+    previous_output_ref: str
     previous_job_id: str
     feedback: str
     min_quality: float
@@ -137,6 +139,7 @@ def _claim_one(
         timeout_s=stage.timeout_s,
         spec=execution.spec,
         previous_output=previous.output if previous else {},
+        previous_output_ref=previous.output_ref if previous else "",
         previous_job_id=previous.job_id if previous else "",
         feedback=stage.feedback,
         min_quality=stage.min_quality,

@@ -98,6 +98,7 @@ def execution_to_proto(
                 usage=convert.usage_to_proto(s.usage),
                 quality=_quality(s.quality) if s.quality else None,
                 output=convert.to_struct(s.output) if s.output else None,
+                output_ref=s.output_ref,
                 error=_error(s.error),
                 job_id=s.job_id,
                 start_time=convert.timestamp(s.started_at),
@@ -270,7 +271,9 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             wait.FromMilliseconds(int(oldest * 1000))
             levels.append(
                 orchestrator_pb2.QueueLevel(
-                    priority=_enum(common_pb2.Priority, "PRIORITY_", executions.PRIORITY_NAMES[priority]),
+                    priority=_enum(
+                        common_pb2.Priority, "PRIORITY_", executions.PRIORITY_NAMES[priority]
+                    ),
                     depth=depth,
                     oldest_wait=wait,
                 )

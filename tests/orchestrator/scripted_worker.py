@@ -29,6 +29,7 @@ class Step:
     score: float = 90.0
     error_class: int = 0  # a worker_pb2.ErrorClass; 0 returns a result
     reason: str = "SCRIPTED"
+    output_bytes: int = 0  # the size of a filler field in the output
 
 
 @dataclass
@@ -99,7 +100,7 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
         result = worker_pb2.StageResult(
             job_id=f"job-{request.stage.stage_id}-{request.stage.attempt}"
         )
-        result.output.update({"attempt": request.stage.attempt})
+        result.output.update({"attempt": request.stage.attempt, "filler": "x" * step.output_bytes})
         result.quality.score = step.score
         result.quality.feedback = f"attempt {request.stage.attempt} scored {step.score}"
         return worker_pb2.ProcessResponse(result=result, usage=usage)
@@ -122,7 +123,9 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def start(
         self, mesh: InProcessMesh, admin: tuple[tuple[str, str], ...], max_concurrency: int = 4
     ) -> None:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_send_message_length", 64 * 2**20)]
+        )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(self, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()

@@ -1,0 +1,45 @@
+"""Stage outputs: small ones inline, large ones by reference (`sha256:<hex>`) in the blobs
+table, checked against their checksum whenever they are read; oversized ones refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from orchestrator_server import models
+from orchestrator_server.errors import CorruptPayload
+
+#: Outputs larger than this (as JSON) are stored by reference.
+INLINE_LIMIT = 256 * 1024
+#: Outputs larger than this fail their stage for good (error class TOO_LARGE).
+HARD_LIMIT = 16 * 1024 * 1024
+
+
+def encode(output: dict[str, Any]) -> bytes:
+    return json.dumps(output, separators=(",", ":"), sort_keys=True).encode()
+
+
+def store(session: Session, output: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(inline output, "") for small outputs; ({}, reference) for large ones."""
+    data = encode(output)
+    if len(data) <= INLINE_LIMIT:
+        return output, ""
+    digest = hashlib.sha256(data).hexdigest()
+    if session.get(models.Blob, digest) is None:
+        session.add(models.Blob(sha256=digest, size=len(data), content=data))
+    return {}, f"sha256:{digest}"
+
+
+def load(session: Session, reference: str) -> dict[str, Any]:
+    """The output a reference names, after checking its checksum."""
+    digest = reference.removeprefix("sha256:")
+    blob = session.get(models.Blob, digest)
+    if blob is None:
+        raise CorruptPayload(f"stage output {reference} is missing")
+    if hashlib.sha256(blob.content).hexdigest() != digest:
+        raise CorruptPayload(f"stage output {reference} does not match its checksum")
+    loaded: dict[str, Any] = json.loads(blob.content)
+    return loaded
