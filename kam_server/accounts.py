@@ -270,8 +270,14 @@ def _check_client(problems: Violations, fields: ClientFields, mask: tuple[str, .
         problems.check(len(fields.company_size) <= 20, "client.company_size", "is too long")
 
 
-def get_client(session: Session, principal: Principal, client_id: str) -> models.Client:
-    client = session.get(models.Client, client_id) if client_id else None
+def get_client(
+    session: Session, principal: Principal, client_id: str, for_update: bool = False
+) -> models.Client:
+    """The client if the caller may see it; `for_update` locks its row, which serialises
+    budget and tier checks of one client across KAM replicas on PostgreSQL."""
+    client = (
+        session.get(models.Client, client_id, with_for_update=for_update) if client_id else None
+    )
     if client is None or not principal.visible_client(client.id):
         raise ClientNotFound(f"client {client_id!r} not found")
     return client

@@ -194,11 +194,12 @@ def begin_execution(
     request that was executed already is returned as it is (so executing twice starts nothing
     new); the caller starts the execution only when `execution_id` is empty."""
     row = get(session, principal, request_id)
+    client = get_client(session, principal, row.client_id, for_update=True)
+    session.refresh(row)  # as it is now that no other execution of this client is deciding
     if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
         return row
     if row.status != "pending":
         raise RequestFinished(f"request {row.id} is {row.status}")
-    client = get_client(session, principal, row.client_id)
     _check_active(client)
     template = catalog.get(session, row.master_template, row.template_version)
     _check_template(client, template)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc, auth_pb2, auth_pb2_grpc
 from bitware_core.mesh import InProcessMesh, start_mesh
+
+#: The machine's PostgreSQL (trust auth); tests create their own database and drop it.
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -35,6 +40,21 @@ class Client:
     def worker(self, worker_id: str) -> tuple[tuple[str, str], ...]:
         token = self.mesh.credentials.tokens[worker_id]
         return (("authorization", f"Bearer {token}"), ("x-worker-id", worker_id))
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    name = f"bitware_test_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {error}")
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
 
 
 @pytest.fixture

@@ -5,14 +5,10 @@ complete, none runs a stage twice, and a watcher on either replica sees every ev
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
-import psycopg
-import pytest
 from sqlalchemy import create_engine, text
 
 from bitware.common.v1 import common_pb2
@@ -24,23 +20,7 @@ from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
 from tests.conftest import make_client
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 EXECUTIONS = 200
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    name = f"bitware_test_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {error}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.close()
 
 
 async def test_two_replicas_and_two_granulators_share_the_queue(
