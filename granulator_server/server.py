@@ -130,8 +130,25 @@ class GranulatorServer(MeshServer):
                 interval = 1.0
             await asyncio.sleep(interval)
 
+    async def _leave(self) -> None:
+        """Tells the orchestrator to stop offering work here; current work finishes."""
+        if self._orchestrator is None:
+            return
+        stub = registry_pb2_grpc.WorkerRegistryServiceStub(self._orchestrator)
+        try:
+            await stub.DeregisterWorker(
+                registry_pb2.DeregisterWorkerRequest(worker_id=self.settings.worker_id, drain=True),
+                timeout=2.0,
+                metadata=service_metadata(self.settings),
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "could not deregister from the orchestrator", extra={"code": error.code().name}
+            )
+
     async def stop(self, grace: float | None = None) -> None:
         self.worker.draining = True
+        await self._leave()
         if self._registration is not None:
             self._registration.cancel()
             await asyncio.gather(self._registration, return_exceptions=True)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.orm import Session
 
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -33,6 +34,8 @@ from orchestrator_server.kam_client import KamClient
 log = logging.getLogger("bitware.orchestrator.dispatch")
 T = TypeVar("T")
 FINAL_DECLINES = {"INVALID_INPUT", "UNKNOWN_TEMPLATE"}
+#: Seconds between health checks of each healthy worker.
+HEALTH_PROBE_SECONDS = 2.0
 #: How long to let a finished stage's progress stream drain before recording its outcome.
 FOLLOW_GRACE_SECONDS = 0.5
 _LOST_ATTEMPT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
@@ -56,7 +59,11 @@ class Dispatcher:
         self.running: dict[str, tuple[asyncio.Task[None], queue.Claim, str]] = {}
         #: stage id → worker id → loop time until which that worker's decline is remembered
         self.declined: dict[str, dict[str, float]] = {}
-        self._stubs: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerServiceAsyncStub]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerServiceAsyncStub] = {}
+        self._health: dict[str, health_pb2_grpc.HealthStub] = {}
+        #: Workers whose last health check failed: no offers from this replica.
+        self.not_serving: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._claimed_at: dict[str, float] = {}
         self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
@@ -96,6 +103,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._dispatch_loop()),
             asyncio.create_task(self._housekeeping_loop()),
+            asyncio.create_task(self._health_loop()),
         ]
 
     async def stop(self) -> None:
@@ -104,14 +112,19 @@ class Dispatcher:
         await asyncio.gather(
             *self._tasks, *(t for t, _, _ in self.running.values()), return_exceptions=True
         )
-        for channel, _ in self._stubs.values():
+        for channel in self._channels.values():
             await channel.close()
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """One long-lived channel per worker address."""
+        if address not in self._channels:
+            self._channels[address] = open_channel(address, self.settings)
+        return self._channels[address]
 
     def stub(self, address: str) -> worker_pb2_grpc.WorkerServiceAsyncStub:
         if address not in self._stubs:
-            channel = open_channel(address, self.settings)
-            self._stubs[address] = (channel, worker_pb2_grpc.WorkerServiceStub(channel))
-        return self._stubs[address][1]
+            self._stubs[address] = worker_pb2_grpc.WorkerServiceStub(self.channel(address))
+        return self._stubs[address]
 
     async def _db(self, work: Callable[[Session], T], execution_id: str = "") -> T:
         result = await self.db.run(work)
@@ -132,7 +145,7 @@ class Dispatcher:
             self.wake.clear()
 
     async def _dispatch_once(self) -> None:
-        workers = await self.db.run(registry.available)
+        workers = [w for w in await self.db.run(registry.available) if w.id not in self.not_serving]
         capacity: dict[str, int] = {}
         for worker in workers:
             free = worker.max_concurrency - self.inflight.get(worker.id, 0)
@@ -187,6 +200,36 @@ class Dispatcher:
             "workers": registry.count_by_state(session),
         }
         return reclaimed, expired
+
+    async def _health_loop(self) -> None:
+        """Asks each healthy worker's gRPC health service how it is, every few seconds; one that
+        answers NOT_SERVING (it is shutting down) or not at all gets no offers from this replica
+        until it answers SERVING again. A worker without a health service is judged by its
+        heartbeats alone."""
+        while True:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            try:
+                workers = await self.db.run(registry.available)
+                results = await asyncio.gather(*(self._probe(w.address) for w in workers))
+                failing = {w.id for w, serving in zip(workers, results, strict=True) if not serving}
+                for worker_id in failing - self.not_serving:
+                    log.warning("worker failed its health check", extra={"worker": worker_id})
+                self.not_serving = failing
+            except Exception:
+                log.exception("health round failed")
+
+    async def _probe(self, address: str) -> bool:
+        if address not in self._health:
+            self._health[address] = health_pb2_grpc.HealthStub(self.channel(address))
+        try:
+            answer = await self._health[address].Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as error:
+            # No health service, or none for the whole server: heartbeats alone decide.
+            return error.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
+        serving: bool = answer.status == health_pb2.HealthCheckResponse.SERVING
+        return serving
 
     async def report_outcomes(self) -> None:
         for execution in await self.db.run(outcomes.unreported):

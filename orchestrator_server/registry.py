@@ -64,16 +64,20 @@ def heartbeat(session: Session, principal: Principal, worker_id: str, active: in
 
 
 def mark_silent_unhealthy(session: Session, timeout_s: float) -> list[str]:
+    """Healthy workers silent past the timeout become unhealthy; draining workers that are idle
+    or silent are gone."""
     cutoff = utcnow() - timedelta(seconds=timeout_s)
     rows = list(
         session.scalars(
             select(models.Worker).where(
-                models.Worker.state == "healthy", models.Worker.last_heartbeat_at < cutoff
+                models.Worker.state.in_(("healthy", "draining")),
+                (models.Worker.last_heartbeat_at < cutoff)
+                | ((models.Worker.state == "draining") & (models.Worker.active_stages == 0)),
             )
         )
     )
     for row in rows:
-        row.state = "unhealthy"
+        row.state = "unhealthy" if row.state == "healthy" else "deregistered"
     return [row.id for row in rows]
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
@@ -43,6 +44,7 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     cancelled: list[worker_pb2.CancelRequest] = field(default_factory=list)
     server: grpc.aio.Server | None = None
     address: str = ""
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     _accepted: dict[tuple[str, int], Step] = field(default_factory=dict)
     _work: dict[tuple[str, int], asyncio.Future[worker_pb2.ProcessResponse]] = field(
         default_factory=dict
@@ -127,8 +129,10 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             options=[("grpc.so_reuseport", 0), ("grpc.max_send_message_length", 64 * 2**20)]
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(self, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.address = f"127.0.0.1:{port}"
         async with grpc.aio.insecure_channel(mesh.kam.address) as kam:
             created = await accounts_pb2_grpc.WorkerCredentialServiceStub(
@@ -160,11 +164,20 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(0.3)
+            busy = sum(1 for work in self._work.values() if not work.done())
             await self.registry.Heartbeat(
-                registry_pb2.HeartbeatRequest(worker_id=self.worker_id),
+                registry_pb2.HeartbeatRequest(worker_id=self.worker_id, active_stages=busy),
                 metadata=self.metadata,
                 timeout=5,
             )
+
+    async def leave(self, drain: bool = True) -> registry_pb2.Worker:
+        response = await self.registry.DeregisterWorker(
+            registry_pb2.DeregisterWorkerRequest(worker_id=self.worker_id, drain=drain),
+            metadata=self.metadata,
+            timeout=5,
+        )
+        return response.worker
 
     async def stop(self, heartbeats_only: bool = False) -> None:
         for task in self._tasks:
