@@ -299,11 +299,13 @@ async def test_progress_logs_of_finished_stages_are_dropped_after_a_while(
     db: Database,
 ) -> None:
     handlers = workers(db)
-    handlers.progress.retention = 0.1
+    handlers.progress.retention = 60.0
     for name in ("a", "b", "c"):
         await run_stage(handlers, offer(stage(name)))
-    assert len(handlers.progress) == 3
+    handlers.progress.sweep()
+    assert len(handlers.progress) == 3  # finished, but kept while the retention lasts
 
+    handlers.progress.retention = 0.1
     await asyncio.sleep(0.2)
     handlers.progress.sweep()
 
