@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from bitware_core import logs
 from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
 from bitware_core.config import Settings
 from bitware_core.context import (
@@ -330,3 +331,17 @@ async def run_until_signal(
     await server.stop()
     if on_stop is not None:
         await on_stop()
+
+
+def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
+    """The whole life of a server process: settings from the environment, logs, start, serve
+    until SIGTERM or SIGINT, stop gracefully."""
+
+    async def run() -> None:
+        settings = Settings.from_env()
+        logs.configure(service, as_json=settings.log_json, level=settings.log_level)
+        server = build(settings)
+        await server.start()
+        await run_until_signal(server, service)
+
+    asyncio.run(run())

@@ -12,13 +12,12 @@ import grpc
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
-from bitware_core import logs
 from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.kam import KamConnection
-from bitware_core.server import MeshServer, Service, run_until_signal
+from bitware_core.server import MeshServer, Service, run_process
 from granulator_server import template_store
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import OpenAIProvider, choose_provider
@@ -167,12 +166,5 @@ async def serve(settings: Settings) -> GranulatorServer:
     return server
 
 
-async def _main() -> None:
-    settings = Settings.from_env()
-    logs.configure("granulator", as_json=settings.log_json, level=settings.log_level)
-    server = await serve(settings)
-    await run_until_signal(server, "granulator")
-
-
 def main() -> None:
-    asyncio.run(_main())
+    run_process("granulator", GranulatorServer)

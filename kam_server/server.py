@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from bitware.kam.v1 import (
@@ -15,7 +14,6 @@ from bitware.kam.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from bitware_core import logs
 from bitware_core.auth import (
     ADMIN,
     ANYONE,
@@ -29,7 +27,7 @@ from bitware_core.auth import (
 )
 from bitware_core.config import Settings
 from bitware_core.db import Database
-from bitware_core.server import MeshServer, Service, run_until_signal
+from bitware_core.server import MeshServer, Service, run_process
 from kam_server import catalog, identity
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.services.accounts import (
@@ -208,12 +206,5 @@ async def serve(settings: Settings) -> KamServer:
     return server
 
 
-async def _main() -> None:
-    settings = Settings.from_env()
-    logs.configure("kam", as_json=settings.log_json, level=settings.log_level)
-    server = await serve(settings)
-    await run_until_signal(server, "kam")
-
-
 def main() -> None:
-    asyncio.run(_main())
+    run_process("kam", KamServer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from bitware.orchestrator.v1 import (
@@ -11,12 +10,11 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from bitware_core import logs
 from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
 from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.metrics import Registry
-from bitware_core.server import MeshServer, Service, run_until_signal
+from bitware_core.server import MeshServer, Service, run_process
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
 from orchestrator_server.executions import EVENTS_CHANNEL
@@ -92,12 +90,5 @@ async def serve(settings: Settings) -> OrchestratorServer:
     return server
 
 
-async def _main() -> None:
-    settings = Settings.from_env()
-    logs.configure("orchestrator", as_json=settings.log_json, level=settings.log_level)
-    server = await serve(settings)
-    await run_until_signal(server, "orchestrator")
-
-
 def main() -> None:
-    asyncio.run(_main())
+    run_process("orchestrator", OrchestratorServer)
