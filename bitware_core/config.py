@@ -77,6 +77,9 @@ class Settings:
     openai_timeout: float = 60.0
     #: Retries of one model call on 429, 5xx and timeouts.
     openai_max_retries: int = 2
+    #: Granulator: prices per 1M tokens merged over the built-in table, as JSON
+    #: `{"model": {"input": 0.15, "output": 0.6}}` (dated model names match by prefix).
+    price_table: str = ""
     #: Granulator: jobs run at once; further offers are declined as AT_CAPACITY.
     max_concurrent_jobs: int = 4
     #: Orchestrator: seconds between worker heartbeats.

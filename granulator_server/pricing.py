@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger("bitware.granulator.pricing")
@@ -43,15 +42,14 @@ class PriceTable:
     _unknown_logged: set[str] = field(default_factory=set)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> PriceTable:
-        """The default table with `BITWARE_PRICE_TABLE` merged over it.
+    def with_overrides(cls, raw: str) -> PriceTable:
+        """The default table with `raw` (Settings.price_table, JSON) merged over it.
 
-        Raises ValueError when the variable is not a JSON object of
+        Raises ValueError when `raw` is not a JSON object of
         ``{"model": {"input": number, "output": number}}``.
         """
         table = cls()
-        raw = environ.get(PRICE_TABLE_ENV, "").strip()
-        if raw:
+        if raw.strip():
             table.prices.update(parse_prices(raw))
         return table
 

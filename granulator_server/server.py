@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import grpc
@@ -33,7 +32,7 @@ class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
         self.db = Database(settings.database_url_for("granulator"))
         self.kam = KamConnection(settings)
-        self.provider = choose_provider(settings, PriceTable.from_env(os.environ))
+        self.provider = choose_provider(settings, PriceTable.with_overrides(settings.price_table))
         self.worker = WorkerHandlers(
             self.db, self.provider, settings.max_concurrent_jobs, settings.worker_id
         )

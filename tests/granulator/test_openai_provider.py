@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bitware_core.config import Settings
 from granulator_server.domain import SEED_TEMPLATES, StructureTemplate, generate_offline
 from granulator_server.errors import (
     InvalidOutput,
@@ -326,15 +327,16 @@ async def test_judge_scores_each_criterion(fake_openai: FakeOpenAI) -> None:
 
 
 def test_price_table_reads_overrides_and_prices_dated_models_by_prefix() -> None:
-    table = PriceTable.from_env(
+    settings = Settings.from_env(
         {"BITWARE_PRICE_TABLE": '{"local-llama": {"input": 1.0, "output": 2.0}}'}
     )
+    table = PriceTable.with_overrides(settings.price_table)
 
     assert table.cost("local-llama", 1_000_000, 500_000) == 2.0
     assert table.cost("gpt-4o-mini-2024-07-18", 1_000_000, 0) == 0.15
     assert table.cost("unknown-model", 10, 10) == 0.0
     with pytest.raises(ValueError, match="BITWARE_PRICE_TABLE"):
-        PriceTable.from_env({"BITWARE_PRICE_TABLE": '{"m": {"input": "x"}}'})
+        PriceTable.with_overrides('{"m": {"input": "x"}}')
 
 
 async def test_stream_without_usage_is_estimated_not_free(fake_openai: FakeOpenAI) -> None:
