@@ -1,0 +1,170 @@
+"""kill -9 a granulator process mid-generation: the orchestrator offers the stage to the other
+granulator, the execution completes, and exactly one result is stored for the stage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core.config import Settings
+from bitware_core.mesh import InProcessMesh, MeshCredentials
+from bitware_core.supervisor import reserve_port
+from granulator_server.domain import SEED_TEMPLATES, generate_offline
+from kam_server.server import serve as serve_kam
+from orchestrator_server.server import serve as serve_orchestrator
+from tests.conftest import make_client
+from tests.granulator.fake_openai import FakeOpenAI, reply
+
+COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def start_granulator(env: dict[str, str]) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "granulator_server",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert line.startswith(b"BITWARE_READY granulator"), line
+    return process
+
+
+async def test_killed_granulator_stage_completes_once_on_the_other(
+    tmp_path: Path, model: FakeOpenAI
+) -> None:
+    credentials = MeshCredentials.generate(granulators=2)
+    kam = await serve_kam(
+        replace(
+            credentials.settings_for(Settings(), "kam"),
+            data_dir=tmp_path,
+            bootstrap_credentials=credentials.bootstrap_list(),
+            bootstrap_admin_email=credentials.admin_email,
+            bootstrap_admin_password=credentials.admin_password,
+        )
+    )
+    orchestrator = await serve_orchestrator(
+        replace(
+            credentials.settings_for(Settings(heartbeat_interval=0.5), "orchestrator"),
+            data_dir=tmp_path,
+            kam_address=kam.address,
+        )
+    )
+    kam.orchestrator.connect(orchestrator.address)
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    try:
+        for worker_id in ("granulator-1", "granulator-2"):
+            processes[worker_id] = await start_granulator(
+                {
+                    "BITWARE_PORT": str(reserve_port("127.0.0.1", 0)),
+                    "BITWARE_DATA_DIR": str(tmp_path / worker_id),
+                    "BITWARE_KAM_ADDRESS": kam.address,
+                    "BITWARE_ORCHESTRATOR_ADDRESS": orchestrator.address,
+                    "BITWARE_WORKER_ID": worker_id,
+                    "BITWARE_WORKER_TOKEN": credentials.tokens[worker_id],
+                    "BITWARE_OPENAI_BASE_URL": model.base_url,
+                    "BITWARE_OPENAI_API_KEY": "test-key",
+                }
+            )
+        mesh = InProcessMesh(kam, orchestrator, [], credentials)
+        client = await make_client(mesh)
+        document = generate_offline(COURSE, "Resilience", "engineers", 2, {})
+        model.add(reply(document, delay=60))  # the first worker to ask hangs …
+        model.add(reply(document))  # … the second is answered at once
+        async with (
+            grpc.aio.insecure_channel(kam.address) as kam_channel,
+            grpc.aio.insecure_channel(orchestrator.address) as orchestrator_channel,
+        ):
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
+            requests = requests_pb2_grpc.RequestServiceStub(kam_channel)
+            created = await requests.CreateRequest(
+                requests_pb2.CreateRequestRequest(
+                    spec=common_pb2.ContentSpec(
+                        topic="Resilience",
+                        audience="engineers",
+                        granularity=2,
+                        structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
+                    )
+                ),
+                metadata=client.key,
+                timeout=10,
+            )
+            executed = await requests.ExecuteRequest(
+                requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
+                metadata=client.key,
+                timeout=10,
+            )
+            await asyncio.wait_for(model.wait_for_requests(1), 30)
+            running = await stub.GetExecution(
+                orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
+                metadata=client.key,
+                timeout=10,
+            )
+            victim = running.execution.stages[0].attempts[-1].worker_id
+            processes[victim].kill()  # kill -9, mid-generation
+            await processes[victim].wait()
+            events = [
+                m.event
+                async for m in stub.WatchExecution(
+                    orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+                    metadata=client.key,
+                    timeout=60,
+                )
+            ]
+            done = (
+                await stub.GetExecution(
+                    orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
+                    metadata=client.key,
+                    timeout=10,
+                )
+            ).execution
+        assert events[-1].type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED
+        survivor = next(w for w in processes if w != victim)
+        assert done.stages[0].attempts[-1].worker_id == survivor
+        completed = {}
+        for worker_id in processes:
+            engine = create_engine(f"sqlite:///{tmp_path / worker_id / 'granulator.db'}")
+            with engine.connect() as connection:
+                completed[worker_id] = (
+                    connection.execute(
+                        text(
+                            "SELECT id FROM jobs WHERE status = 'completed' AND stage_id = :stage"
+                        ),
+                        {"stage": done.stages[0].stage_id},
+                    )
+                    .scalars()
+                    .all()
+                )
+            engine.dispose()
+        assert completed[victim] == [] and completed[survivor] == [done.job_id]
+    finally:
+        for process in processes.values():
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+        await orchestrator.stop(0.5)
+        await kam.stop(0.5)
