@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from bitware_core.context import execution_id_var, request_id_var
 
@@ -28,10 +28,6 @@ class _Formatter(logging.Formatter):
             "service": self.service,
             "event": record.getMessage(),
         }
-        if request_id := request_id_var.get():
-            fields["request_id"] = request_id
-        if execution_id := execution_id_var.get():
-            fields["execution_id"] = execution_id
         fields.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
             fields["error"] = self.formatException(record.exc_info)
@@ -40,15 +36,29 @@ class _Formatter(logging.Formatter):
         return " ".join(f"{k}={_text(v)}" for k, v in fields.items())
 
 
+class CallContext(logging.Filter):
+    """Stamps each record with the ids of the call being served, when it is emitted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if request_id := request_id_var.get():
+            record.request_id = request_id
+        if execution_id := execution_id_var.get():
+            record.execution_id = execution_id
+        return True
+
+
 def _text(value: Any) -> str:
     text = str(value)
     return json.dumps(text) if (" " in text or "=" in text or not text) else text
 
 
-def configure(service: str, *, as_json: bool = False, level: str = "INFO") -> None:
-    """Sends this process's logs to stderr, one line per event."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(
+    service: str, *, as_json: bool = False, level: str = "INFO", stream: TextIO | None = None
+) -> None:
+    """Sends this process's logs to stderr (or `stream`), one line per event."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(service, as_json))
+    handler.addFilter(CallContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

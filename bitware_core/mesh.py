@@ -3,6 +3,7 @@ granulators on free loopback ports, with fresh credentials generated for this me
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,7 +57,12 @@ class InProcessMesh:
 
     async def stop(self) -> None:
         for server in [*self.granulators, self.orchestrator, self.kam]:
-            await server.stop(0.5)
+            stopping = asyncio.create_task(server.stop(0.5))
+            done, _ = await asyncio.wait([stopping], timeout=20)
+            if not done:  # say which server hung, and where, instead of hanging the caller
+                stopping.print_stack()
+                stopping.cancel()
+                raise RuntimeError(f"{type(server).__name__} did not stop within 20 s")
 
 
 async def start_mesh(

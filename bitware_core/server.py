@@ -47,6 +47,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Calls made every few seconds by machines, logged at DEBUG so that INFO stays readable.
+_CHATTY = ("/Heartbeat", "/Authenticate")
 
 #: Messages up to 32 MiB (stage outputs may be up to 16 MiB; see orchestrator_server.payloads).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -134,8 +136,20 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _record(self, method: str, code: str, started: float) -> None:
+        seconds = time.monotonic() - started
         self._calls.inc(method, code)
-        self._seconds.observe(time.monotonic() - started, method)
+        self._seconds.observe(seconds, method)
+        level = logging.DEBUG if method.endswith(_CHATTY) else logging.INFO
+        log.log(
+            level,
+            "rpc",
+            extra={
+                "server": self._domain,
+                "method": method,
+                "code": code,
+                "ms": round(seconds * 1000, 1),
+            },
+        )
 
     async def intercept_service(
         self,

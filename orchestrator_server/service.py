@@ -20,6 +20,7 @@ from bitware.orchestrator.v1 import (
 )
 from bitware_core import convert
 from bitware_core.auth import current_principal
+from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from bitware_core.tiers import TIER_LIMITS
@@ -185,6 +186,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             ),
         )
         row = await self.db.run(lambda s: executions.create(s, new))
+        execution_id_var.set(row.id)  # this call's log line names the execution it started
         self.dispatcher.wake.set()
         return orchestrator_pb2.ExecutePipelineResponse(execution=await self._full(row.id))
 
