@@ -2,8 +2,9 @@
 
 Ports are chosen up front (a taken port is refused with a clear message), fresh service tokens
 are generated on every start and handed to KAM as hashes only, and the first admin's password is
-generated on the first start and shown once. A server that dies is restarted with backoff; Ctrl-C
-or SIGTERM stops them all (SIGTERM first, so each drains gracefully)."""
+generated on the first start and shown once (on PostgreSQL: when the database has no admin yet).
+A server that dies is restarted with backoff, saying why it died and when it is back; Ctrl-C or
+SIGTERM stops them all (SIGTERM first, so each drains gracefully)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from bitware_core.mesh import MeshCredentials
 
 READY_PREFIX = "BITWARE_READY"
+#: A server that stayed up this long before dying starts its backoff again from one second.
+STABLE_AFTER = 60.0
 
 
 class PortTaken(Exception):
@@ -37,6 +44,44 @@ def reserve_port(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
+def exit_reason(code: int) -> str:
+    """Why a child ended, in words: `was killed by SIGKILL`, `exited with code 1`."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    if code == 0:
+        return "exited on its own (code 0)"
+    return f"exited with code {code}"
+
+
+def postgres_url(url: str) -> str:
+    """A PostgreSQL URL for SQLAlchemy with the psycopg 3 driver the services ship with."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+def has_admin(url: str) -> bool:
+    """Whether KAM's database already has an admin (then no first password is made)."""
+    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("users"):
+                return False
+            query = text("SELECT count(*) FROM users WHERE role = 'admin'")
+            return bool(connection.scalar(query))
+    except SQLAlchemyError as error:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise RuntimeError(f"cannot use PostgreSQL at {shown}: {reason}") from None
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Child:
     name: str
@@ -45,6 +90,7 @@ class Child:
     address: str
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    started_at: float = 0.0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -82,7 +128,11 @@ class Supervisor:
     def _prepare(self) -> RunningMesh:
         plan = self.plan
         plan.data_dir.mkdir(parents=True, exist_ok=True)
-        first_start = not (plan.data_dir / "kam.db").exists() and not plan.postgres_url
+        if plan.postgres_url:
+            plan.postgres_url = postgres_url(plan.postgres_url)
+            first_start = not has_admin(plan.postgres_url)
+        else:
+            first_start = not (plan.data_dir / "kam.db").exists()
         credentials = MeshCredentials.generate(plan.granulators)
         ports = {
             "kam": reserve_port(plan.host, plan.kam_port),
@@ -164,6 +214,7 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         child.ready.clear()
+        child.started_at = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -180,15 +231,19 @@ class Supervisor:
         assert process.stdout is not None
         async for raw in process.stdout:
             line = raw.decode(errors="replace").strip()
-            if line.startswith(READY_PREFIX):
+            if line.startswith(READY_PREFIX) and not child.ready.is_set():
                 child.ready.set()
+                if child.restarts:
+                    self.say(f"{child.name} is back at {child.address} (pid {process.pid})")
         code = await process.wait()
         if self.stopping:
             return
+        if time.monotonic() - child.started_at >= STABLE_AFTER:
+            child.restarts = 0
         child.restarts += 1
         delay = min(30.0, 2.0 ** (child.restarts - 1))
         self.say(
-            f"{child.name} exited with code {code}; restarting in {delay:.0f}s "
+            f"{child.name} (pid {process.pid}) {exit_reason(code)}; restarting in {delay:.0f}s "
             f"(restart {child.restarts})"
         )
         await asyncio.sleep(delay)

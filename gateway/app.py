@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from bitware_core import logs
 from bitware_core.config import Settings
-from gateway import errors, schemas
+from gateway import dashboard, errors, schemas
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import admin, auth, catalog, executions, requests, system
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(system.ops)
     schemas.install(app)
+    dashboard.install(app)
     return app
 
 

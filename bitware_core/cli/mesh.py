@@ -1,6 +1,4 @@
-"""The `bitware` command: `up` runs the mesh, `demo` runs the main job end to end.
-
-Errors are one clear line on stderr and a non-zero exit, never a traceback."""
+"""`bitware up` (run the whole mesh) and `bitware demo` (the main job end to end)."""
 
 from __future__ import annotations
 
@@ -9,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,18 +23,48 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core.cli.common import (
+    OFFLINE_NOTE,
+    CliError,
+    bar,
+    print_tree,
+    running_supervisor,
+    usage_line,
+)
 from bitware_core.supervisor import MeshPlan, PortTaken, Supervisor
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
 
 
-class CliError(Exception):
-    """A failure to report as one line."""
+def say(line: str) -> None:
+    # Flushed: `bitware up` is often read through a pipe (a log collector, a test).
+    print(line, flush=True)
 
 
-def _plan(args: argparse.Namespace) -> MeshPlan:
-    return MeshPlan(
-        data_dir=Path(args.data),
+def add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = commands.add_parser("up", help="start KAM, orchestrator, granulator(s) and gateway")
+    up.add_argument("--data", default="data", help="folder for the SQLite files (default ./data)")
+    up.add_argument("--postgres", help="PostgreSQL URL for every service instead of SQLite")
+    up.add_argument("--granulators", type=int, default=1, help="how many granulator workers")
+    up.add_argument("--kam-port", type=int, default=50051, help="0 picks a free port")
+    up.add_argument("--orchestrator-port", type=int, default=50052, help="0 picks a free port")
+    up.add_argument(
+        "--granulator-port", type=int, default=50053, help="the first granulator's; 0 = free"
+    )
+    up.add_argument("--gateway-port", type=int, default=8080, help="0 picks a free port")
+    up.add_argument("--log-json", action="store_true", help="servers log JSON lines")
+    up.set_defaults(handler=up_command)
+
+
+async def up_command(args: argparse.Namespace) -> int:
+    if args.granulators < 1:
+        raise CliError("--granulators must be at least 1")
+    data = Path(args.data)
+    other = running_supervisor(data)
+    if other:
+        raise CliError(f"a mesh is already running from {data} (pid {other}); stop it first")
+    plan = MeshPlan(
+        data_dir=data,
         kam_port=args.kam_port,
         orchestrator_port=args.orchestrator_port,
         granulator_port=args.granulator_port,
@@ -46,42 +73,40 @@ def _plan(args: argparse.Namespace) -> MeshPlan:
         postgres_url=args.postgres or "",
         log_json=args.log_json,
     )
-
-
-async def _up(args: argparse.Namespace) -> int:
-    supervisor = Supervisor(_plan(args))
+    supervisor = Supervisor(plan, say=say)
     try:
         mesh = await supervisor.start()
     except PortTaken as error:
         raise CliError(f"{error}; choose another with --*-port or stop what uses it") from None
     for child in mesh.children:
-        print(f"{child.name:<14} {child.address}")
+        pid = child.process.pid if child.process else 0
+        print(f"{child.name:<14} {child.address:<22} pid {pid}")
     print(f"dashboard      http://{mesh.address('gateway')}/")
     if mesh.admin_password:
         print(f"admin          {mesh.admin_email} / {mesh.admin_password}  (shown once; keep it)")
-    print("ready: Bitware Mesh is up (Ctrl-C stops it)", flush=True)
+    say("ready: Bitware Mesh is up (Ctrl-C stops it)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("stopping…", flush=True)
+    say("stopping…")
     await supervisor.stop()
-    print("stopped")
+    say("stopped")
     return 0
 
 
-def _bar(fraction: float, width: int = 24) -> str:
-    done = round(max(0.0, min(1.0, fraction)) * width)
-    return "[" + "#" * done + "-" * (width - done) + f"] {fraction * 100:3.0f}%"
-
-
-def print_tree(elements: list[common_pb2.Element]) -> None:
-    depth: dict[str, int] = {}
-    for element in elements:
-        level = depth.get(element.parent_id, -1) + 1
-        depth[element.element_id] = level
-        print(f"{'  ' * level}{element.kind}: {element.title}")
+def add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser("demo", help="run the main job end to end and show it")
+    demo.add_argument("topic", nargs="?", default="AI Development")
+    demo.add_argument("--type", choices=STRUCTURE_TYPES, default="course")
+    demo.add_argument("--granularity", type=int, choices=range(1, 6), default=3)
+    demo.add_argument("--data", help="folder for the demo mesh (default: a temporary one)")
+    demo.add_argument("--kam", help="use the running mesh whose KAM is here (host:port)")
+    demo.add_argument("--orchestrator", default="127.0.0.1:50052")
+    demo.add_argument("--granulator", default="127.0.0.1:50053")
+    demo.add_argument("--admin-email", default="admin@bitware.local")
+    demo.set_defaults(handler=demo_command)
 
 
 async def run_demo(
@@ -147,7 +172,8 @@ async def run_demo(
             timeout=10,
         )
         print(f"request {created.request_id} → execution {executed.execution_id}")
-        watch = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel).WatchExecution(
+        orchestrator_stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
+        watch = orchestrator_stub.WatchExecution(
             orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
             metadata=as_client,
             timeout=300,
@@ -157,15 +183,13 @@ async def run_demo(
             async for message in watch:
                 last = message.event
                 kind = orchestrator_pb2.EventType.Name(last.type).removeprefix("EVENT_TYPE_")
-                print(
-                    f"{_bar(last.progress)} #{last.sequence:<3} {kind.lower():<22} {last.message}"
-                )
+                print(f"{bar(last.progress)} #{last.sequence:<3} {kind.lower():<22} {last.message}")
         finally:
             watch.cancel()
         if last is None or last.type != orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED:
             raise CliError(f"execution did not succeed: {last.message if last else 'no events'}")
         execution = (
-            await orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel).GetExecution(
+            await orchestrator_stub.GetExecution(
                 orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
                 metadata=as_client,
                 timeout=10,
@@ -180,22 +204,17 @@ async def run_demo(
         )
         print()
         print_tree(list(structure.elements))
-        usage = execution.usage
         print()
         print(
             f"quality {execution.stages[-1].quality.score:.1f}/100 · {len(structure.elements)} "
-            f"elements · provider {usage.provider} (model {usage.model}) · tokens "
-            f"{usage.prompt_tokens} in / {usage.completion_tokens} out · ${usage.cost_usd:.4f}"
+            f"elements · {usage_line(execution.usage)}"
         )
-        if usage.provider == "offline":
-            print(
-                "note: generated by the offline provider (no LLM configured); set "
-                "BITWARE_OPENAI_API_KEY to use a real model"
-            )
+        if execution.usage.provider == "offline":
+            print(OFFLINE_NOTE)
     return 0
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def demo_command(args: argparse.Namespace) -> int:
     if args.kam:
         password = os.environ.get("BITWARE_ADMIN_PASSWORD", "")
         if not password:
@@ -218,8 +237,8 @@ async def _demo(args: argparse.Namespace) -> int:
         plan = MeshPlan(
             data_dir=Path(data), kam_port=0, orchestrator_port=0, granulator_port=0, gateway_port=0
         )
-        supervisor = Supervisor(plan, say=lambda line: print(line, flush=True))
-        print("starting a mesh for the demo…", flush=True)
+        supervisor = Supervisor(plan, say=say)
+        say("starting a mesh for the demo…")
         mesh = await supervisor.start()
         try:
             if not mesh.admin_password:
@@ -236,47 +255,3 @@ async def _demo(args: argparse.Namespace) -> int:
             )
         finally:
             await supervisor.stop()
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitware", description="Run and use Bitware Mesh.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start KAM, orchestrator, granulator(s) and gateway")
-    up.add_argument("--data", default="data", help="folder for the SQLite files (default ./data)")
-    up.add_argument("--postgres", help="PostgreSQL URL for every service instead of SQLite")
-    up.add_argument("--granulators", type=int, default=1, help="how many granulator workers")
-    up.add_argument("--kam-port", type=int, default=50051)
-    up.add_argument("--orchestrator-port", type=int, default=50052)
-    up.add_argument("--granulator-port", type=int, default=50053)
-    up.add_argument("--gateway-port", type=int, default=8080)
-    up.add_argument("--log-json", action="store_true", help="servers log JSON lines")
-    demo = commands.add_parser("demo", help="run the main job end to end and show it")
-    demo.add_argument("topic", nargs="?", default="AI Development")
-    demo.add_argument("--type", choices=STRUCTURE_TYPES, default="course")
-    demo.add_argument("--granularity", type=int, choices=range(1, 6), default=3)
-    demo.add_argument("--data", help="folder for the demo mesh (default: a temporary one)")
-    demo.add_argument("--kam", help="use the running mesh whose KAM is here (host:port)")
-    demo.add_argument("--orchestrator", default="127.0.0.1:50052")
-    demo.add_argument("--granulator", default="127.0.0.1:50053")
-    demo.add_argument("--admin-email", default="admin@bitware.local")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = {"up": _up, "demo": _demo}[args.command]
-    try:
-        return asyncio.run(command(args))
-    except CliError as error:
-        print(f"bitware: {error}", file=sys.stderr)
-    except grpc.aio.AioRpcError as error:
-        print(f"bitware: {error.code().name}: {error.details()}", file=sys.stderr)
-    except (RuntimeError, OSError) as error:
-        print(f"bitware: {error}", file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
-    return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

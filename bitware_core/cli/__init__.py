@@ -1,0 +1,78 @@
+"""The `bitware` command.
+
+`up` runs the mesh and `demo` the main job (`cli.mesh`); `run` submits and watches one request
+(`cli.run`); `status`, `workers` and `queue` are what a person checks first when something is
+stuck (`cli.checks`). Errors are one clear line on stderr and a non-zero exit, never a traceback
+(set BITWARE_DEBUG=1 to see one for an unexpected failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+import grpc
+
+from bitware_core.cli.checks import add_checks
+from bitware_core.cli.common import CliError
+from bitware_core.cli.mesh import add_demo, add_up
+from bitware_core.cli.run import add_run
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+#: What to tell a person about a status code, beyond the server's own words.
+_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "is the mesh running? (`bitware status` shows what is up)",
+    grpc.StatusCode.UNAUTHENTICATED: "check --api-key / BITWARE_API_KEY or the admin password",
+    grpc.StatusCode.PERMISSION_DENIED: "this needs an admin session (BITWARE_ADMIN_PASSWORD)",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the mesh did not answer in time",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="bitware", description="Run and use Bitware Mesh.")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_up(commands)
+    add_demo(commands)
+    add_run(commands)
+    add_checks(commands)
+    return root
+
+
+def _rpc_line(error: grpc.aio.AioRpcError) -> str:
+    details = (error.details() or "").splitlines()[0] if error.details() else ""
+    hint = _HINTS.get(error.code())
+    return f"{error.code().name}: {details}" + (f" — {hint}" if hint else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handler = cast(Handler, args.handler)
+    try:
+        return asyncio.run(handler(args))
+    except CliError as error:
+        print(f"bitware: {error}", file=sys.stderr)
+    except grpc.aio.AioRpcError as error:
+        print(f"bitware: {_rpc_line(error)}", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (`bitware run … | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("bitware: interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError) as error:
+        print(f"bitware: {error}", file=sys.stderr)
+    except Exception as error:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("BITWARE_DEBUG"):
+            traceback.print_exc()
+        print(f"bitware: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+    return 1
+
+
+__all__ = ["CliError", "main", "parser"]

@@ -1,0 +1,256 @@
+"""`bitware status`, `bitware workers`, `bitware queue`: what a person checks first when
+something is stuck. `status` needs no credential (grpc.health and the gateway's /healthz);
+`workers` needs an admin or support session; `queue` any credential."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bitware.common.v1 import common_pb2
+from bitware.orchestrator.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from bitware_core.cli.common import (
+    CALL_TIMEOUT,
+    CliError,
+    MeshAddresses,
+    add_mesh_arguments,
+    as_json,
+    bar,
+    find_mesh,
+    print_json,
+    require,
+    signed_in,
+    words,
+)
+
+#: How long one health check may take, in seconds.
+HEALTH_TIMEOUT = 3.0
+
+
+def add_checks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, handler, text in (
+        ("status", status_command, "is every server of the mesh up and serving?"),
+        ("workers", workers_command, "registered workers with their state and load (staff)"),
+        ("queue", queue_command, "queue depth per priority and the oldest wait"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--json", action="store_true", help="print JSON for scripts")
+        command.add_argument("--api-key", help="a client's API key (default: $BITWARE_API_KEY)")
+        add_mesh_arguments(command)
+        command.set_defaults(handler=handler)
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass
+class Health:
+    name: str
+    address: str
+    state: str  # "serving", "not serving", "unreachable", …
+    detail: str = ""
+    ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "serving"
+
+
+async def grpc_health(name: str, address: str) -> Health:
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as error:
+            state = "unreachable" if error.code() == grpc.StatusCode.UNAVAILABLE else "failing"
+            return Health(name, address, state, f"{error.code().name}: {error.details()}")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    elapsed = (time.perf_counter() - started) * 1000
+    return Health(name, address, words(status, ""), ms=elapsed)
+
+
+def _get_healthz(address: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=HEALTH_TIMEOUT) as answer:
+            return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as error:  # 503 still carries the body saying what fails
+        return error.code, json.loads(error.read() or b"{}")
+
+
+async def gateway_health(address: str) -> Health:
+    started = time.perf_counter()
+    try:
+        status, body = await asyncio.to_thread(_get_healthz, address)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return Health("gateway", address, "unreachable", str(reason))
+    elapsed = (time.perf_counter() - started) * 1000
+    if status == 200:
+        return Health("gateway", address, "serving", ms=elapsed)
+    failing = ", ".join(body.get("failing", [])) or f"HTTP {status}"
+    return Health("gateway", address, "degraded", f"its upstreams failing: {failing}", elapsed)
+
+
+async def check_all(mesh: MeshAddresses) -> list[Health]:
+    checks = [grpc_health("kam", mesh.kam)] if mesh.kam else []
+    if mesh.orchestrator:
+        checks.append(grpc_health("orchestrator", mesh.orchestrator))
+    checks += [grpc_health(name, address) for name, address in mesh.granulators.items()]
+    if mesh.gateway:
+        checks.append(gateway_health(mesh.gateway))
+    if not checks:
+        raise CliError("no server to check: give --kam, --orchestrator, --granulator or --gateway")
+    return list(await asyncio.gather(*checks))
+
+
+async def _summary(args: argparse.Namespace, mesh: MeshAddresses) -> list[str]:
+    """Queue and worker counts, when a credential allows; never fails the status."""
+    if not mesh.kam or not mesh.orchestrator:
+        return []
+    lines = []
+    try:
+        async with (
+            grpc.aio.insecure_channel(mesh.kam) as kam,
+            grpc.aio.insecure_channel(mesh.orchestrator) as channel,
+            signed_in(kam, args, mesh, prefer_admin=True) as (metadata, kind),
+        ):
+            queue = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetQueue(
+                orchestrator_pb2.GetQueueRequest(), metadata=metadata, timeout=CALL_TIMEOUT
+            )
+            lines.append(
+                f"queue          {queue.total_depth} waiting · {queue.running} running · "
+                f"{queue.retry_waiting} waiting to retry"
+            )
+            if kind == "admin":
+                workers = (
+                    await registry_pb2_grpc.WorkerRegistryServiceStub(channel).ListWorkers(
+                        registry_pb2.ListWorkersRequest(), metadata=metadata, timeout=CALL_TIMEOUT
+                    )
+                ).workers
+                healthy = sum(w.state == registry_pb2.WORKER_STATE_HEALTHY for w in workers)
+                lines.append(f"workers        {healthy} healthy of {len(workers)} registered")
+    except CliError:
+        lines.append("(set BITWARE_API_KEY or BITWARE_ADMIN_PASSWORD to see the queue here too)")
+    except grpc.aio.AioRpcError as error:
+        lines.append(f"queue          not shown: {error.code().name}: {error.details()}")
+    return lines
+
+
+async def status_command(args: argparse.Namespace) -> int:
+    mesh = find_mesh(args)
+    results = await check_all(mesh)
+    failing = [h for h in results if not h.ok]
+    if args.json:
+        print_json({"source": mesh.source, "servers": [h.__dict__ for h in results]})
+    else:
+        print(f"mesh from {mesh.source}")
+        if mesh.supervisor_pid and not mesh.supervisor_running:
+            print(f"note: the `bitware up` that wrote it (pid {mesh.supervisor_pid}) has exited")
+        for health in results:
+            said = f"{health.ms:5.0f} ms" if health.ok else health.detail
+            print(f"{health.name:<14} {health.address:<22} {health.state:<12} {said}")
+        if not failing:
+            for line in await _summary(args, mesh):
+                print(line)
+    if failing:
+        names = ", ".join(f"{h.name} {h.state}" for h in failing)
+        raise CliError(f"{len(failing)} of {len(results)} servers not serving: {names}")
+    return 0
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _age(stamp: datetime) -> str:
+    if stamp.year < 2000:
+        return "never"
+    seconds = (datetime.now(UTC) - stamp.replace(tzinfo=UTC)).total_seconds()
+    return f"{max(0.0, seconds):.1f}s ago"
+
+
+async def workers_command(args: argparse.Namespace) -> int:
+    mesh = find_mesh(args)
+    require(mesh.kam, "--kam")
+    require(mesh.orchestrator, "--orchestrator")
+    async with (
+        grpc.aio.insecure_channel(mesh.kam) as kam,
+        grpc.aio.insecure_channel(mesh.orchestrator) as channel,
+        signed_in(kam, args, mesh, prefer_admin=True) as (metadata, _),
+    ):
+        registry = registry_pb2_grpc.WorkerRegistryServiceStub(channel)
+        workers: list[registry_pb2.Worker] = []
+        token = ""
+        while True:
+            page = await registry.ListWorkers(
+                registry_pb2.ListWorkersRequest(page_size=200, page_token=token),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT,
+            )
+            workers.extend(page.workers)
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        print_json({"workers": [as_json(w) for w in workers]})
+        return 0
+    if not workers:
+        print("no workers registered: no stage can run until a granulator starts")
+        return 0
+    print(f"{'WORKER':<16} {'STATE':<10} {'LOAD':<22} {'LAST HEARTBEAT':<15} CAPABILITIES")
+    for worker in workers:
+        state = words(registry_pb2.WorkerState.Name(worker.state), "WORKER_STATE_")
+        fraction = worker.active_stages / worker.max_concurrency if worker.max_concurrency else 0
+        load = f"{bar(fraction, 8)[:10]} {worker.active_stages}/{worker.max_concurrency}"
+        heartbeat = _age(worker.last_heartbeat_time.ToDatetime())
+        print(
+            f"{worker.worker_id:<16} {state:<10} {load:<22} {heartbeat:<15} "
+            f"{', '.join(worker.capabilities)}"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------- queue
+
+
+async def queue_command(args: argparse.Namespace) -> int:
+    mesh = find_mesh(args)
+    require(mesh.kam, "--kam")
+    require(mesh.orchestrator, "--orchestrator")
+    async with (
+        grpc.aio.insecure_channel(mesh.kam) as kam,
+        grpc.aio.insecure_channel(mesh.orchestrator) as channel,
+        signed_in(kam, args, mesh, prefer_admin=False) as (metadata, _),
+    ):
+        queue = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetQueue(
+            orchestrator_pb2.GetQueueRequest(), metadata=metadata, timeout=CALL_TIMEOUT
+        )
+    if args.json:
+        print_json(as_json(queue))
+        return 0
+    print(f"{'PRIORITY':<10} {'WAITING':>7}  OLDEST WAIT")
+    for level in queue.levels:
+        priority = words(common_pb2.Priority.Name(level.priority), "PRIORITY_")
+        wait = level.oldest_wait.ToTimedelta().total_seconds()
+        print(f"{priority:<10} {level.depth:>7}  {f'{wait:.1f}s' if level.depth else '—'}")
+    print(
+        f"total {queue.total_depth} waiting · {queue.running} running · "
+        f"{queue.retry_waiting} waiting to retry"
+    )
+    return 0

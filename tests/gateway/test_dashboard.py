@@ -1,0 +1,221 @@
+"""The dashboard in a real browser: Playwright drives Debian's Chromium against the real gateway
+(uvicorn on a free port) over the real mesh. The admin signs in, picks a client, creates and
+executes a request, watches the progress bar reach 100 %, opens the structure tree, and manages
+an API key. Screenshots go to `artifacts/` (git-ignored)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import Client
+from tests.gateway.conftest import gateway_settings, served_gateway
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+async def test_the_page_and_its_files_are_served_without_touching_the_api(
+    http: httpx.AsyncClient,
+) -> None:
+    page = await http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/dashboard/app.js"' in page.text
+    assert '<link rel="stylesheet" href="/dashboard/app.css">' in page.text
+    script = await http.get("/dashboard/app.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert (await http.get("/dashboard/app.css")).headers["content-type"].startswith("text/css")
+    # Only those three files: nothing else next to them (the Python module) is served.
+    assert (await http.get("/dashboard/__init__.py")).status_code == 404
+    assert (await http.get("/?name=__init__.py")).text == page.text
+    # The page does not shadow the API: an unknown API path is still the JSON 404.
+    missing = await http.get("/api/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    assert "/" not in (await http.get("/openapi.json")).json()["paths"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    try:
+        playwright = await async_playwright().start()
+    except Exception as error:  # the report must say why, whatever Playwright raised
+        pytest.fail(f"Playwright could not start: {error}")
+    try:
+        try:
+            launched = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+        except Exception as error:
+            pytest.fail(
+                f"Chromium at {CHROMIUM} could not be launched by Playwright (install Debian's "
+                f"`chromium` package; never `playwright install`): {error}"
+            )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+    finally:
+        await playwright.stop()
+
+
+async def open_page(browser: Browser) -> tuple[Page, list[str]]:
+    """A page that records the script errors it meets, so that a broken view fails the test."""
+    # Reduced motion: the progress bar jumps instead of sliding, so a screenshot shows it whole.
+    page = await browser.new_page(viewport={"width": 1280, "height": 900}, reduced_motion="reduce")
+    page.set_default_timeout(15_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}") if message.type == "error" else None
+        ),
+    )
+    return page, problems
+
+
+async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
+    client: Client, browser: Browser
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    credentials = client.mesh.credentials
+    async with served_gateway(gateway_settings(client.mesh)) as base:
+        page, problems = await open_page(browser)
+        await page.goto(f"{base}/")
+        await expect(page).to_have_url(re.compile(r"#/login$"))
+
+        # A wrong password is said in words, and the page stays on the form.
+        await page.get_by_label("Email").fill(credentials.admin_email)
+        await page.get_by_label("Password").fill("not the password")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("alert")).to_contain_text("do not match")
+        problems.clear()  # the browser logs the 401 itself
+
+        await page.get_by_label("Password").fill(credentials.admin_password)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+        await expect(page.get_by_text(f"{credentials.admin_email} · admin")).to_be_visible()
+
+        # The admin works on behalf of a client, chosen by name.
+        await page.get_by_label("Client", exact=True).select_option(
+            label=f"Acme Learning ({client.client_id})"
+        )
+        await page.get_by_label("Topic").fill("AI Development")
+        await page.get_by_label("Structure type").select_option("course")
+        await page.get_by_label("Audience").fill("beginners")
+        await page.get_by_label("Granularity").select_option("2")
+        await page.get_by_label("Urgency").select_option("high")
+        await page.get_by_role("button", name="Create and execute").click()
+
+        await expect(page).to_have_url(re.compile(r"#/executions/exe_"))
+        progress = page.get_by_role("progressbar", name="Execution progress")
+        await expect(progress).to_have_attribute("aria-valuenow", "100", timeout=60_000)
+        await expect(progress).to_contain_text("100 %")
+        await expect(page.get_by_role("heading", level=1)).to_contain_text("succeeded")
+        timeline = page.get_by_role("list", name="Stage timeline")
+        await expect(timeline.get_by_text("succeeded").first).to_be_visible()
+        await expect(page.get_by_role("list", name="Event log")).to_contain_text(
+            "execution succeeded"
+        )
+        facts = page.get_by_label("Cost and token usage")
+        await expect(facts).to_contain_text("offline provider")
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # The structure: a collapsible tree with a JSON download.
+        await page.get_by_role("link", name="Open the structure").click()
+        await expect(page.get_by_role("heading", name="Structure: course")).to_be_visible()
+        tree = page.get_by_role("list", name="Structure")
+        # The first level is open; deeper nodes start closed. Expand the first closed one.
+        summary = tree.locator("details:not([open]) > summary").first
+        element_id = await summary.evaluate("summary => summary.parentElement.dataset.element")
+        node = tree.locator(f'details[data-element="{element_id}"]')
+        await expect(node.locator(":scope > ul")).to_be_hidden()
+        await summary.click()
+        await expect(node).to_have_attribute("open", "")
+        await expect(node.locator(":scope > ul > li").first).to_be_visible()
+        download = page.get_by_role("link", name="Download JSON")
+        href = await download.get_attribute("href")
+        assert href is not None and href.endswith("?download=1")
+        answer = await page.request.get(f"{base}{href}")
+        assert answer.ok
+        assert "attachment" in answer.headers["content-disposition"]
+        assert (await answer.json())["elements"]
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-structure.png"), full_page=True)
+
+        # The request list shows it completed, with its cost.
+        await page.get_by_role("link", name="Requests", exact=True).click()
+        row = page.get_by_role("row").filter(has_text="AI Development")
+        await expect(row).to_contain_text("completed")
+        await expect(row.get_by_role("link", name="Structure")).to_be_visible()
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-requests.png"), full_page=True)
+
+        # Queue and workers: the registered granulator with its load.
+        await page.get_by_role("link", name="Workers").click()
+        await expect(page.get_by_role("cell", name=re.compile("granulator-1"))).to_be_visible()
+        await expect(page.get_by_text("healthy")).to_be_visible()
+        await page.get_by_role("link", name="Queue").click()
+        await expect(page.get_by_role("row", name=re.compile("^high"))).to_be_visible()
+
+        # Usage against budget, drawn as a chart.
+        await page.get_by_role("link", name="Usage").click()
+        await expect(page.get_by_role("img", name=re.compile("monthly budget"))).to_be_visible()
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-usage.png"), full_page=True)
+
+        # API keys: create one (its secret shown once), then revoke it.
+        await page.get_by_role("link", name="API keys").click()
+        await page.get_by_label("Name").fill("browser key")
+        await page.get_by_role("button", name="Create API key").click()
+        await expect(page.locator(".secret")).to_contain_text("bw")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name="Revoke browser key").click()
+        key_row = page.get_by_role("row").filter(has_text="browser key")
+        await expect(key_row).to_contain_text("revoked")
+
+        # A client created here with no budget: executing for it is refused, in words.
+        await page.get_by_role("link", name="Clients").click()
+        await expect(page.get_by_role("cell", name=re.compile("Acme Learning"))).to_be_visible()
+        await page.get_by_label("Company").fill("Thrifty Ltd")
+        await page.get_by_label("Contact email").fill("ops@thrifty.test")
+        await page.get_by_label("Monthly budget (USD)").fill("0")
+        await page.get_by_role("button", name="Create client").click()
+        await expect(page.get_by_role("alert")).to_contain_text("Created Thrifty Ltd")
+        await expect(page.get_by_role("cell", name=re.compile("Thrifty Ltd"))).to_be_visible()
+        await page.get_by_role("link", name="Requests", exact=True).click()
+        client_picker = page.get_by_label("Client", exact=True)
+        thrifty = client_picker.locator("option", has_text="Thrifty Ltd")
+        await client_picker.select_option(await thrifty.get_attribute("value"))
+        await page.get_by_label("Topic").fill("Budgeting")
+        await page.get_by_role("button", name="Create and execute").click()
+        await expect(page.get_by_role("alert")).to_contain_text("budget")
+        await expect(page).to_have_url(re.compile(r"#/requests$"))
+        pending = page.get_by_role("row").filter(has_text="Budgeting")
+        await expect(pending).to_contain_text("pending")
+        await expect(pending.get_by_role("button", name="Execute")).to_be_visible()
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-refused.png"))
+        problems.clear()  # the browser logs the refused call itself
+
+        await page.get_by_role("link", name="Users").click()
+        await expect(
+            page.get_by_role("cell", name=re.compile(credentials.admin_email))
+        ).to_be_visible()
+
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page).to_have_url(re.compile(r"#/login$"))
+        assert problems == [], problems
