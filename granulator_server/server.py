@@ -114,7 +114,7 @@ class GranulatorServer(MeshServer):
                     registered = True
                     log.info("registered with the orchestrator", extra={"address": address})
                 else:
-                    await stub.Heartbeat(
+                    beat = await stub.Heartbeat(
                         registry_pb2.HeartbeatRequest(
                             worker_id=self.settings.worker_id,
                             active_stages=self.worker.active,
@@ -122,6 +122,11 @@ class GranulatorServer(MeshServer):
                         timeout=5.0,
                         metadata=metadata,
                     )
+                    if beat.state == registry_pb2.WORKER_STATE_DEREGISTERED:
+                        # An operator took this worker out: stay out (no re-registering).
+                        log.info("deregistered by the orchestrator; taking no more work")
+                        self.worker.draining = True
+                        return
             except grpc.aio.AioRpcError as error:
                 registered = registered and error.code() != grpc.StatusCode.NOT_FOUND
                 log.warning("orchestrator not reachable", extra={"code": error.code().name})

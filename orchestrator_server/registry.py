@@ -51,11 +51,15 @@ def register(
 
 
 def heartbeat(session: Session, principal: Principal, worker_id: str, active: int) -> models.Worker:
+    """Records a heartbeat. A drained or removed worker is told its state (and stays out);
+    a worker the registry does not know at all gets NOT_FOUND and should register again."""
     row = session.get(models.Worker, worker_id or principal.worker_id)
-    if row is None or row.state == "deregistered":
+    if row is None:
         raise WorkerNotFound(f"worker {worker_id!r} is not registered; register again")
     if row.id != principal.worker_id:
         raise PermissionDenied("a worker sends heartbeats for itself only")
+    if row.state == "deregistered":
+        return row
     row.last_heartbeat_at = utcnow()
     row.active_stages = active
     if row.state == "unhealthy":

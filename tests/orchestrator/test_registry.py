@@ -78,3 +78,18 @@ async def test_a_worker_may_not_deregister_another(client: Client, workers: Work
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         else:
             raise AssertionError("expected PERMISSION_DENIED")
+
+
+async def test_a_granulator_an_admin_drained_stays_out(client: Client) -> None:
+    async with grpc.aio.insecure_channel(client.mesh.orchestrator.address) as channel:
+        stub = registry_pb2_grpc.WorkerRegistryServiceStub(channel)
+        drained = await stub.DeregisterWorker(
+            registry_pb2.DeregisterWorkerRequest(worker_id="granulator-1", drain=True),
+            metadata=client.admin,
+            timeout=5,
+        )
+        assert drained.worker.state == registry_pb2.WORKER_STATE_DRAINING
+    granulator = client.mesh.granulators[0]
+    await eventually(lambda: granulator.worker.draining, within=10)
+    await asyncio.sleep(1.5)  # heartbeats would have brought it back by now
+    assert await worker_state(client, "granulator-1") == registry_pb2.WORKER_STATE_DEREGISTERED

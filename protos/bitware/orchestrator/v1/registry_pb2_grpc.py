@@ -75,7 +75,8 @@ class WorkerRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Says the worker is alive and how loaded it is.
+        """Says the worker is alive and how loaded it is. A worker that was drained or deregistered is
+        told so in the answer and should stop (re-registering would bring it back).
         Errors: NOT_FOUND (not registered: register again), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

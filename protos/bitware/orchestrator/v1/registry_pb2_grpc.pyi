@@ -42,7 +42,8 @@ class WorkerRegistryServiceStub:
     different worker id than the credential's).
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
-    """Says the worker is alive and how loaded it is.
+    """Says the worker is alive and how loaded it is. A worker that was drained or deregistered is
+    told so in the answer and should stop (re-registering would bring it back).
     Errors: NOT_FOUND (not registered: register again), PERMISSION_DENIED.
     """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListWorkersRequest, _registry_pb2.ListWorkersResponse]
@@ -68,7 +69,8 @@ class WorkerRegistryServiceAsyncStub(WorkerRegistryServiceStub):
     different worker id than the credential's).
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    """Says the worker is alive and how loaded it is.
+    """Says the worker is alive and how loaded it is. A worker that was drained or deregistered is
+    told so in the answer and should stop (re-registering would bring it back).
     Errors: NOT_FOUND (not registered: register again), PERMISSION_DENIED.
     """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListWorkersRequest, _registry_pb2.ListWorkersResponse]  # type: ignore[assignment]
@@ -103,7 +105,8 @@ class WorkerRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.HeartbeatResponse, _abc.Awaitable[_registry_pb2.HeartbeatResponse]]:
-        """Says the worker is alive and how loaded it is.
+        """Says the worker is alive and how loaded it is. A worker that was drained or deregistered is
+        told so in the answer and should stop (re-registering would bring it back).
         Errors: NOT_FOUND (not registered: register again), PERMISSION_DENIED.
         """
 
