@@ -26,7 +26,7 @@ from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.metrics import Registry
-from orchestrator_server import executions, outcomes, payloads, queue, registry
+from orchestrator_server import executions, models, outcomes, payloads, queue, registry
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
@@ -64,6 +64,8 @@ class Dispatcher:
         self._health: dict[str, health_pb2_grpc.HealthStub] = {}
         #: Workers whose last health check failed: no offers from this replica.
         self.not_serving: set[str] = set()
+        #: The healthy workers, as of the last housekeeping round (None: read them again).
+        self._workers: list[models.Worker] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._claimed_at: dict[str, float] = {}
         self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
@@ -115,6 +117,11 @@ class Dispatcher:
         for channel in self._channels.values():
             await channel.close()
 
+    def workers_changed(self) -> None:
+        """A worker registered, left or failed: read the registry again before the next offer."""
+        self._workers = None
+        self.wake.set()
+
     def channel(self, address: str) -> grpc.aio.Channel:
         """One long-lived channel per worker address."""
         if address not in self._channels:
@@ -145,7 +152,9 @@ class Dispatcher:
             self.wake.clear()
 
     async def _dispatch_once(self) -> None:
-        workers = [w for w in await self.db.run(registry.available) if w.id not in self.not_serving]
+        if self._workers is None:
+            self._workers = await self.db.run(registry.available)
+        workers = [w for w in self._workers if w.id not in self.not_serving]
         capacity: dict[str, int] = {}
         for worker in workers:
             free = worker.max_concurrency - self.inflight.get(worker.id, 0)
@@ -194,6 +203,7 @@ class Dispatcher:
         reclaimed = queue.reclaim_expired(session)
         registry.mark_silent_unhealthy(session, settings.heartbeat_timeout)
         expired = executions.expire(session, settings.queue_wait_timeout)
+        self._workers = registry.available(session)
         stats = queue.queue_stats(session)
         self._snapshot = {
             "levels": {executions.PRIORITY_NAMES[p]: level for p, level in stats["levels"].items()},
@@ -398,6 +408,7 @@ class Dispatcher:
         except grpc.aio.AioRpcError as error:
             # An unreachable worker gets no offers until its next heartbeat proves it alive.
             await self.db.run(lambda s: registry.mark_unhealthy(s, worker_id))
+            self.workers_changed()
             await self._requeue(
                 claim, worker_id, "UNREACHABLE", f"handshake failed: {error.code().name}", 0.0
             )
@@ -509,29 +520,47 @@ class Dispatcher:
     async def _follow(
         self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim
     ) -> None:
-        """Re-publishes the worker's progress events on the execution's log."""
+        """Re-publishes the worker's progress events on the execution's log. Events that arrive
+        while the previous ones are being written go into the log together, in one transaction,
+        so a chatty worker costs few writes."""
         call = stub.WatchProgress(
             worker_pb2.WatchProgressRequest(stage=self._ref(claim)),
             metadata=service_metadata(self.settings),
         )
+        pending: list[tuple[str, str, float]] = []
+        arrived = asyncio.Event()
+        ended = False
+
+        async def write() -> None:
+            while pending or not ended:
+                await arrived.wait()
+                arrived.clear()
+                batch, pending[:] = pending[:], []
+                if batch:
+                    await self._db(
+                        functools.partial(outcomes.record_progress, claim_=claim, events=batch),
+                        claim.execution_id,
+                    )
+
+        writer = asyncio.create_task(write())
         try:
             async for message in call:
                 event = message.event
                 phase = worker_pb2.Phase.Name(event.phase).removeprefix("PHASE_").lower()
-                await self._db(
-                    functools.partial(
-                        outcomes.record_progress,
-                        claim_=claim,
-                        phase=phase,
-                        message=event.message,
-                        fraction=event.fraction,
-                    ),
-                    claim.execution_id,
-                )
-        except (grpc.aio.AioRpcError, StaleAttempt):
+                pending.append((phase, event.message, event.fraction))
+                arrived.set()
+        except grpc.aio.AioRpcError:
             pass  # progress is best effort; the outcome comes from Process
         finally:
             call.cancel()
+            ended = True
+            arrived.set()
+            try:
+                await writer  # write what has arrived
+            except StaleAttempt:
+                pass
+            finally:
+                writer.cancel()
 
     async def cancel_running(self, stage_ids: list[str]) -> None:
         """Tells the workers of cancelled stages to stop, then stops waiting for them."""

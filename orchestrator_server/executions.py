@@ -70,7 +70,7 @@ def append_event(session: Session, execution: models.Execution, type_: str, **da
     """Appends the next event of the execution's log (sequence numbers have no gaps)."""
     execution.last_sequence += 1
     data.setdefault("execution_status", execution.status)
-    data.setdefault("progress", progress(session, execution))
+    data.setdefault("progress", progress(execution))
     session.add(
         models.Event(
             execution_id=execution.id, sequence=execution.last_sequence, type=type_, data=data
@@ -106,13 +106,11 @@ def log_after(session: Session, execution_id: str, after: int) -> LogPage:
     return LogPage(events, execution.status in TERMINAL_EXECUTION, execution.last_sequence)
 
 
-def progress(session: Session, execution: models.Execution) -> float:
+def progress(execution: models.Execution, stage_fraction: float = 0.0) -> float:
+    """The share of the execution's work done, counting the running stage's own fraction."""
     if execution.status == "succeeded":
         return 1.0
-    stages = stages_of(session, execution.id)
-    if not stages:
-        return 0.0
-    return sum(1 for s in stages if s.status == "succeeded") / len(stages)
+    return (execution.stages_done + stage_fraction) / max(1, execution.stages_total)
 
 
 # --- executions -----------------------------------------------------------------------------
@@ -154,6 +152,7 @@ def create(session: Session, new: NewExecution) -> models.Execution:
         priority=priority,
         idempotency_key=new.idempotency_key or None,
         client_concurrency=new.client_concurrency,
+        stages_total=len(new.template["stages"]),
         deadline_at=now + timedelta(seconds=timeout_s) if timeout_s else None,
         created_at=now,
     )

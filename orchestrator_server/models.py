@@ -35,6 +35,9 @@ class Execution(OrchestratorBase):
     error: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
     last_sequence: Mapped[int] = mapped_column(default=0)
+    #: How many stages the execution has, and how many have succeeded (its progress).
+    stages_total: Mapped[int] = mapped_column(default=0)
+    stages_done: Mapped[int] = mapped_column(default=0)
     outcome_reported: Mapped[bool] = mapped_column(default=False)
     deadline_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -23,8 +23,8 @@ from orchestrator_server.executions import (
     enqueue,
     move_execution,
     move_stage,
+    progress,
     stage_fields,
-    stages_of,
 )
 from orchestrator_server.queue import Claim
 
@@ -83,21 +83,20 @@ def record_accept(session: Session, claim_: Claim, worker_id: str) -> None:
     )
 
 
-def record_progress(
-    session: Session, claim_: Claim, phase: str, message: str, fraction: float
-) -> None:
+def record_progress(session: Session, claim_: Claim, events: list[tuple[str, str, float]]) -> None:
+    """Appends the worker's progress events (phase, message, fraction), read together, in one
+    transaction."""
     stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    stages = stages_of(session, execution.id)
-    done = sum(1 for s in stages if s.status == "succeeded")
-    append_event(
-        session,
-        execution,
-        "STAGE_PROGRESS",
-        **stage_fields(stage),
-        phase=phase,
-        message=message,
-        progress=(done + fraction) / len(stages),
-    )
+    for phase, message, fraction in events:
+        append_event(
+            session,
+            execution,
+            "STAGE_PROGRESS",
+            **stage_fields(stage),
+            phase=phase,
+            message=message,
+            progress=progress(execution, fraction),
+        )
 
 
 def record_decline(
@@ -220,6 +219,7 @@ def record_result(
     )
     stage.quality = {**best["quality"], "below_threshold": below}
     move_stage(stage, "succeeded")
+    execution.stages_done += 1
     stage.ended_at = utcnow()
     append_event(
         session,

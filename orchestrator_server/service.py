@@ -326,7 +326,7 @@ class RegistryHandlers(registry_pb2_grpc.WorkerRegistryServiceServicer):
                 version=request.version,
             )
         )
-        self.dispatcher.wake.set()
+        self.dispatcher.workers_changed()
         interval, timeout = duration_pb2.Duration(), duration_pb2.Duration()
         interval.FromMilliseconds(int(self.interval * 1000))
         timeout.FromMilliseconds(int(self.timeout * 1000))
@@ -364,4 +364,5 @@ class RegistryHandlers(registry_pb2_grpc.WorkerRegistryServiceServicer):
         row = await self.db.run(
             lambda s: registry.deregister(s, principal, request.worker_id, request.drain)
         )
+        self.dispatcher.workers_changed()
         return registry_pb2.DeregisterWorkerResponse(worker=worker_to_proto(row))

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 35cf9e56e68c
+Revision ID: 82b5868ece3c
 Revises: 
-Create Date: 2026-11-29 00:17:17.354396
+Create Date: 2026-11-29 00:42:30.214167
 
 """
 from typing import Sequence, Union
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '35cf9e56e68c'
+revision: str = '82b5868ece3c'
 down_revision: Union[str, Sequence[str], None] = None
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
@@ -53,6 +53,8 @@ def upgrade() -> None:
     sa.Column('error', sa.JSON(), nullable=False),
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('last_sequence', sa.Integer(), nullable=False),
+    sa.Column('stages_total', sa.Integer(), nullable=False),
+    sa.Column('stages_done', sa.Integer(), nullable=False),
     sa.Column('outcome_reported', sa.Boolean(), nullable=False),
     sa.Column('deadline_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
