@@ -154,30 +154,47 @@ class Dispatcher:
     async def _dispatch_once(self) -> None:
         if self._workers is None:
             self._workers = await self.db.run(registry.available)
-        workers = [w for w in self._workers if w.id not in self.not_serving]
-        capacity: dict[str, int] = {}
-        for worker in workers:
-            free = worker.max_concurrency - self.inflight.get(worker.id, 0)
-            for capability in worker.capabilities:
-                capacity[capability] = capacity.get(capability, 0) + max(0, free)
-        if not any(capacity.values()):
+        workers = {w.id: w for w in self._workers if w.id not in self.not_serving}
+        slots = self._free_slots(list(workers.values()))
+        if not any(slots.values()):
             return
+        now = asyncio.get_running_loop().time()
+        avoid = {
+            stage_id: {w for w, until in declined.items() if until > now}
+            for stage_id, declined in self.declined.items()
+        }
         claims = await self.db.run(
-            lambda s: queue.claim(s, self.owner, capacity, self.settings.lease_seconds)
+            lambda s: queue.claim(s, self.owner, slots, avoid, self.settings.lease_seconds)
         )
         for claim in claims:
-            self._claimed_at[claim.stage_id] = asyncio.get_running_loop().time()
+            # The slot is taken from now on, so the next round cannot offer it again.
+            self.inflight[claim.worker_id] = self.inflight.get(claim.worker_id, 0) + 1
+            self._claimed_at[claim.stage_id] = now
             self.hub.notify(claim.execution_id)
-            candidates = [w for w in workers if claim.capability in w.capabilities]
+            capable = sum(1 for w in workers.values() if claim.capability in w.capabilities)
             task = asyncio.create_task(
-                self._run_stage(claim, [(w.id, w.address, w.max_concurrency) for w in candidates])
+                self._run_stage(claim, workers[claim.worker_id].address, capable > 1)
             )
             self.running[claim.stage_id] = (task, claim, "")
-            task.add_done_callback(functools.partial(self._finished, claim.stage_id))
+            task.add_done_callback(functools.partial(self._finished, claim))
 
-    def _finished(self, stage_id: str, _task: asyncio.Task[None]) -> None:
-        self.running.pop(stage_id, None)
-        self._claimed_at.pop(stage_id, None)
+    def _free_slots(self, workers: list[models.Worker]) -> dict[str, list[str]]:
+        """Per capability, one worker id per free slot: least loaded workers first, their slots
+        interleaved so that consecutive stages spread over workers."""
+        slots: dict[str, list[str]] = {}
+        by_load = sorted(workers, key=lambda w: self.inflight.get(w.id, 0) / w.max_concurrency)
+        free = {w.id: max(0, w.max_concurrency - self.inflight.get(w.id, 0)) for w in by_load}
+        for round_ in range(max(free.values(), default=0)):
+            for worker in by_load:
+                if free[worker.id] > round_:
+                    for capability in worker.capabilities:
+                        slots.setdefault(capability, []).append(worker.id)
+        return slots
+
+    def _finished(self, claim: queue.Claim, _task: asyncio.Task[None]) -> None:
+        self.running.pop(claim.stage_id, None)
+        self._claimed_at.pop(claim.stage_id, None)
+        self.inflight[claim.worker_id] -= 1
         self.wake.set()
 
     async def _housekeeping_loop(self) -> None:
@@ -255,14 +272,14 @@ class Dispatcher:
 
     # --- one stage attempt --------------------------------------------------------------------
 
-    async def _run_stage(self, claim: queue.Claim, candidates: list[tuple[str, str, int]]) -> None:
+    async def _run_stage(self, claim: queue.Claim, address: str, has_alternative: bool) -> None:
         execution_id_var.set(claim.execution_id)
         try:
             if claim.previous_output_ref:
                 reference = claim.previous_output_ref
                 output = await self.db.run(lambda s: payloads.load(s, reference))
                 claim = dataclasses.replace(claim, previous_output=output)
-            await self._offer_and_process(claim, candidates)
+            await self._offer_and_process(claim, address, has_alternative)
         except CorruptPayload as error:
             reason, message = error.reason, error.message
             await self._record(
@@ -334,47 +351,23 @@ class Dispatcher:
             epoch=claim.epoch,
         )
 
-    def _choose(
-        self, claim: queue.Claim, candidates: list[tuple[str, str, int]]
-    ) -> tuple[str, str] | None:
-        """The least loaded worker with a free slot, preferring those that have not just
-        declined this stage; the re-attach worker when the attempt may live on there."""
-        if claim.reattach_worker:
-            for worker_id, address, _ in candidates:
-                if worker_id == claim.reattach_worker:
-                    return worker_id, address
-        now = asyncio.get_running_loop().time()
-        declined = {w for w, until in self.declined.get(claim.stage_id, {}).items() if until > now}
-        free = [c for c in candidates if self.inflight.get(c[0], 0) < c[2]]
-        free.sort(key=lambda c: (c[0] in declined, self.inflight.get(c[0], 0) / c[2]))
-        return (free[0][0], free[0][1]) if free else None
-
     async def _offer_and_process(
-        self, claim: queue.Claim, candidates: list[tuple[str, str, int]]
+        self, claim: queue.Claim, address: str, has_alternative: bool
     ) -> None:
-        chosen = self._choose(claim, candidates)
-        if chosen is None:
-            await self._requeue(claim, "", "AT_CAPACITY", "no free worker", 0.2)
-            return
-        worker_id, address = chosen
+        """Runs the claimed attempt on the worker it was offered to: Handshake (unless the
+        attempt is being re-attached there), then Process."""
+        worker_id = claim.worker_id
         stub = self.stub(address)
-        await self._db(lambda s: outcomes.record_offer(s, claim, worker_id), claim.execution_id)
         if claim.reattach_worker != worker_id and not await self._handshake(
-            claim, worker_id, stub, has_alternative=len(candidates) > 1
+            claim, worker_id, stub, has_alternative
         ):
             return
         claimed_at = self._claimed_at.pop(claim.stage_id, None)
         if claimed_at is not None:
             self._dispatch_seconds.observe(asyncio.get_running_loop().time() - claimed_at)
-        self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
         self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
-        try:
-            await self._db(
-                lambda s: outcomes.record_accept(s, claim, worker_id), claim.execution_id
-            )
-            await self._process(claim, worker_id, stub)
-        finally:
-            self.inflight[worker_id] -= 1
+        await self._db(lambda s: outcomes.record_accept(s, claim, worker_id), claim.execution_id)
+        await self._process(claim, worker_id, stub)
 
     async def _requeue(
         self,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.db import utcnow
@@ -44,24 +44,6 @@ def _current(session: Session, stage_id: str, epoch: int) -> tuple[models.Stage,
     if stage.epoch != epoch or stage.status != "running":
         raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
     return stage, execution
-
-
-def record_offer(session: Session, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    offers = session.scalar(select(func.count()).where(models.Attempt.stage_id == stage.id))
-    session.add(
-        models.Attempt(
-            stage_id=stage.id, number=(offers or 0) + 1, epoch=claim_.epoch, worker_id=worker_id
-        )
-    )
-    append_event(
-        session,
-        execution,
-        "STAGE_OFFERED",
-        **stage_fields(stage),
-        worker_id=worker_id,
-        message=f"offered to {worker_id}",
-    )
 
 
 def record_accept(session: Session, claim_: Claim, worker_id: str) -> None:

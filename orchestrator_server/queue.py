@@ -49,6 +49,8 @@ class Claim:
     min_quality: float
     #: When set, the attempt is re-attached on this worker (its result may already exist).
     reattach_worker: str = ""
+    #: The worker the stage is offered to.
+    worker_id: str = ""
 
 
 def _running_per_client(session: Session, client_ids: set[str]) -> Counter[str]:
@@ -62,14 +64,22 @@ def _running_per_client(session: Session, client_ids: set[str]) -> Counter[str]:
 
 
 def claim(
-    session: Session, owner: str, capacity: dict[str, int], lease_seconds: float
+    session: Session,
+    owner: str,
+    slots: dict[str, list[str]],
+    avoid: dict[str, set[str]],
+    lease_seconds: float,
 ) -> list[Claim]:
-    """Claims ready stages, best first, up to the free capacity per capability, skipping clients
-    already running as many executions as their tier allows."""
+    """Claims ready stages, best first, and offers each to a worker in the same transaction.
+
+    `slots` lists, per capability, one worker id per free slot, best first; each claimed stage
+    takes one: the worker that may still hold its attempt (re-attach) when it has a slot, else
+    the first that is not in `avoid[stage id]` (workers that just declined it). Clients already
+    running as many executions as their tier allows are skipped."""
     now = utcnow()
     claims: list[Claim] = []
-    for capability, free in capacity.items():
-        if free <= 0:
+    for capability, free_slots in slots.items():
+        if not free_slots:
             continue
         candidates = list(
             session.execute(
@@ -81,21 +91,33 @@ def claim(
                     models.Stage.ready_at <= now,
                 )
                 .order_by(models.Stage.queue_key)
-                .limit(free * 4)
+                .limit(len(free_slots) * 4)
                 # Never waits: a row another replica (or writer) holds is simply skipped.
                 .with_for_update(of=(models.Stage, models.Execution), skip_locked=True)
             )
         )
         running = _running_per_client(session, {e.client_id for _, e in candidates})
         for stage, execution in candidates:
-            if len(claims) >= free:
+            if not free_slots:
                 break
             cap = execution.client_concurrency
             if cap and running[execution.client_id] >= cap:
                 continue
             running[execution.client_id] += 1
-            claims.append(_claim_one(session, stage, execution, owner, now, lease_seconds))
+            worker_id = _pick(free_slots, stage.reattach_worker, avoid.get(stage.id, set()))
+            claims.append(
+                _claim_one(session, stage, execution, owner, now, lease_seconds, worker_id)
+            )
     return claims
+
+
+def _pick(free_slots: list[str], reattach: str, avoid: set[str]) -> str:
+    if reattach in free_slots:
+        chosen = reattach
+    else:
+        chosen = next((w for w in free_slots if w not in avoid), free_slots[0])
+    free_slots.remove(chosen)
+    return chosen
 
 
 def _claim_one(
@@ -105,6 +127,7 @@ def _claim_one(
     owner: str,
     now: datetime,
     lease_seconds: float,
+    worker_id: str,
 ) -> Claim:
     move_stage(stage, "running")
     reattach, stage.reattach_worker = stage.reattach_worker, ""
@@ -118,6 +141,20 @@ def _claim_one(
         move_execution(execution, "running")
         execution.started_at = now
         append_event(session, execution, "EXECUTION_STARTED", message="started")
+    offers = session.scalar(select(func.count()).where(models.Attempt.stage_id == stage.id))
+    session.add(
+        models.Attempt(
+            stage_id=stage.id, number=(offers or 0) + 1, epoch=stage.epoch, worker_id=worker_id
+        )
+    )
+    append_event(
+        session,
+        execution,
+        "STAGE_OFFERED",
+        **stage_fields(stage),
+        worker_id=worker_id,
+        message=f"offered to {worker_id}",
+    )
     previous = None
     if stage.order > 1:
         previous = session.scalar(
@@ -144,6 +181,7 @@ def _claim_one(
         feedback=stage.feedback,
         min_quality=stage.min_quality,
         reattach_worker=reattach,
+        worker_id=worker_id,
     )
 
 

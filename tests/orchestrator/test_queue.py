@@ -36,7 +36,7 @@ def create(session: Session, priority: str, client: str = "cli_a") -> str:
 def claim_order(db: Database, count: int) -> list[str]:
     order = []
     for _ in range(count):
-        claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 1}, 15.0))
+        claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1"]}, {}, 15.0))
         order += [c.execution_id for c in claims]
     return order
 
@@ -67,27 +67,26 @@ def test_low_priority_ages_past_fresh_critical_work(db: Database) -> None:
 def test_claims_respect_free_capacity_per_capability(db: Database) -> None:
     for _ in range(3):
         db.run_sync(lambda s: create(s, "normal"))
-    claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 2, "other": 5}, 15.0))
-    assert len(claims) == 2
-    assert db.run_sync(lambda s: queue.claim(s, "me", {"scripted": 0}, 15.0)) == []
+    slots = {"scripted": ["w1", "w2"], "other": ["w3"] * 5}
+    claims = db.run_sync(lambda s: queue.claim(s, "me", slots, {}, 15.0))
+    assert sorted(c.worker_id for c in claims) == ["w1", "w2"]
+    assert db.run_sync(lambda s: queue.claim(s, "me", {"scripted": []}, {}, 15.0)) == []
 
 
 def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -> None:
     db.run_sync(lambda s: create(s, "normal"))
-    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": 1}, 15.0))
-    db.run_sync(lambda s: outcomes.record_offer(s, first, "w1"))
+    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": ["w1"]}, {}, 15.0))
     db.run_sync(
         lambda s: s.execute(
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     )
     assert db.run_sync(queue.reclaim_expired) == 1
-    [second] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": 1}, 15.0))
+    [second] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": ["w2"]}, {}, 15.0))
     assert second.epoch > first.epoch
     late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": {}}
     with pytest.raises(StaleAttempt):
         db.run_sync(lambda s: outcomes.record_result(s, first, **late))
-    db.run_sync(lambda s: outcomes.record_offer(s, second, "w2"))
     finished = db.run_sync(
         lambda s: outcomes.record_result(
             s, second, output={}, job_id="fresh", quality={"score": 90}, usage={}
@@ -100,8 +99,7 @@ def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -
 
 def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Database) -> None:
     db.run_sync(lambda s: create(s, "normal"))
-    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": 1}, 15.0))
-    db.run_sync(lambda s: outcomes.record_offer(s, first, "w1"))
+    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": ["w1"]}, {}, 15.0))
     db.run_sync(lambda s: outcomes.record_accept(s, first, "w1"))
     db.run_sync(
         lambda s: s.execute(
@@ -109,10 +107,22 @@ def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Datab
         )
     )
     db.run_sync(queue.reclaim_expired)
-    [again] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": 1}, 15.0))
-    assert again.reattach_worker == "w1"
+    slots = {"scripted": ["w2", "w1"]}
+    [again] = db.run_sync(lambda s: queue.claim(s, "alive", slots, {}, 15.0))
+    assert again.reattach_worker == again.worker_id == "w1"  # back to the worker that has it
     assert again.attempt == first.attempt  # the same attempt, so the worker's result counts
     assert again.epoch > first.epoch
+
+
+def test_a_stage_is_not_offered_again_to_a_worker_that_just_declined_it(db: Database) -> None:
+    db.run_sync(lambda s: create(s, "normal"))
+    [first] = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1"]}, {}, 15.0))
+    db.run_sync(
+        lambda s: outcomes.record_decline(s, first, "w1", "AT_CAPACITY", "busy", 0.0, final=False)
+    )
+    avoid = {first.stage_id: {"w1"}}
+    [second] = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1", "w2"]}, avoid, 15.0))
+    assert second.worker_id == "w2"
 
 
 def test_illegal_transitions_are_impossible(db: Database) -> None:
