@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from orchestrator_server.kam_client import KamClient
 log = logging.getLogger("bitware.orchestrator.dispatch")
 T = TypeVar("T")
 FINAL_DECLINES = {"INVALID_INPUT", "UNKNOWN_TEMPLATE"}
+#: How long stopping waits for the dispatcher's tasks to end after cancelling them.
+STOP_SECONDS = 10.0
 #: Seconds between health checks of each healthy worker.
 HEALTH_PROBE_SECONDS = 2.0
 #: How long to let a finished stage's progress stream drain before recording its outcome.
@@ -109,11 +112,17 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *(t for t, _, _ in self.running.values())]:
+        tasks = [*self._tasks, *(t for t, _, _ in self.running.values())]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(
-            *self._tasks, *(t for t, _, _ in self.running.values()), return_exceptions=True
-        )
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            for task in stuck:  # should not happen; say where it hangs rather than hang too
+                where = io.StringIO()
+                task.print_stack(file=where)
+                log.error(
+                    "task did not stop", extra={"task": task.get_name(), "stack": where.getvalue()}
+                )
         for channel in self._channels.values():
             await channel.close()
 
