@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
-import alembic.command
-import alembic.config
-from alembic import context as alembic_context
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -51,6 +50,52 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: A pooled PostgreSQL connection idle longer than this is checked with `SELECT 1` before use.
+IDLE_PING_SECONDS = 10.0
+#: PostgreSQL connections are replaced after this long (before any server or proxy idle cut).
+POOL_RECYCLE_SECONDS = 1800
+
+
+def _mark_idle(_dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pessimistic disconnect check, but only for a connection that sat idle in the pool: one
+    that was in use a moment ago is alive, so a busy server pays no extra round trip. A dead
+    connection raises DisconnectionError and the pool retries with a fresh one."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()
+    except Exception as error:
+        raise exc.DisconnectionError(f"pooled connection is gone: {error}") from error
+
+
+_REVISION = re.compile(r"^revision(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
+
+def _script_head(script_location: str) -> str | None:
+    """The single head revision of a service's migrations, read from the revision files
+    without importing Alembic; None when that is not clear-cut (then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (Path(script_location) / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 class Database:
     """An engine plus the thread pool that runs units of work against it."""
 
@@ -61,7 +106,15 @@ class Database:
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # No pool_pre_ping: it costs a round trip on every checkout, i.e. every transaction.
+            # Connections are recycled after POOL_RECYCLE_SECONDS, pinged only after sitting
+            # idle (`_ping_if_idle`), and a disconnect met mid-use invalidates the whole pool,
+            # so the next transaction reconnects.
+            self.engine = create_engine(
+                url, pool_size=10, max_overflow=10, pool_recycle=POOL_RECYCLE_SECONDS
+            )
+            event.listen(self.engine, "checkin", _mark_idle)
+            event.listen(self.engine, "checkout", _ping_if_idle)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else 8, thread_name_prefix="db"
@@ -73,13 +126,31 @@ class Database:
 
     def migrate(self, service: str, script_location: str) -> None:
         """Brings the schema to the newest Alembic revision of `service` (each service keeps its
-        own version table, so several services may share one PostgreSQL database)."""
+        own version table, so several services may share one PostgreSQL database). When the
+        stored revision is already the head, Alembic is not even imported (it costs ~0.5 s of
+        start-up)."""
+        if self._at_head(service, script_location):
+            return
+        import alembic.command
+        import alembic.config
+
         config = alembic.config.Config()
         config.set_main_option("script_location", script_location)
         config.set_main_option("version_table", f"alembic_version_{service}")
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             alembic.command.upgrade(config, "head")
+
+    def _at_head(self, service: str, script_location: str) -> bool:
+        head = _script_head(script_location)
+        if head is None:
+            return False
+        table = f"alembic_version_{service}"
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table(table):
+                return False
+            stored = connection.execute(text(f"SELECT version_num FROM {table}")).scalars().all()
+        return stored == [head]
 
     def run_sync(self, work: Callable[[Session], T]) -> T:
         with self._sessions.begin() as session:
@@ -98,6 +169,8 @@ class Database:
 def run_migrations(metadata: MetaData) -> None:
     """The body of every service's Alembic `env.py`: online migrations on the connection that
     `Database.migrate` passes in (or a URL, for `alembic revision --autogenerate`)."""
+    from alembic import context as alembic_context
+
     config = alembic_context.config
     version_table = config.get_main_option("version_table") or "alembic_version"
     connection = config.attributes.get("connection")

@@ -31,7 +31,9 @@ class KamConnection:
             request.worker.token = credentials.worker_token
         try:
             response = await self.auth.Authenticate(
-                request, timeout=timeout(5.0), metadata=service_metadata(self.settings)
+                request,
+                timeout=timeout(self.settings.rpc_timeout),
+                metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:

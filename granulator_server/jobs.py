@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
@@ -37,9 +37,12 @@ def start(
     spec: dict[str, Any],
     structure_type: str,
     template_name: str,
+    known_new: bool = False,
 ) -> models.Job:
-    """The attempt's job, made running; one left behind by an interrupted run is reused."""
-    job = find(session, execution_id, stage_id, attempt)
+    """The attempt's job, made running; one left behind by an interrupted run is reused.
+    `known_new`: the caller has just seen that no job exists for the attempt (the Handshake
+    looked), so the lookup is skipped."""
+    job = None if known_new else find(session, execution_id, stage_id, attempt)
     if job is None:
         job = models.Job(
             id=new_id("job"),
@@ -84,18 +87,23 @@ def complete(
     job = session.get_one(models.Job, job_id)
     session.execute(delete(models.Element).where(models.Element.job_id == job_id))
     elements = to_elements(job.structure_type, document)
-    session.add_all(
-        models.Element(
-            job_id=job_id,
-            position=e.index,
-            parent_position=e.parent_index,
-            kind=e.kind,
-            order=e.order,
-            title=e.title,
-            payload=e.payload,
+    if elements:
+        # One executemany (insertmanyvalues) of plain rows: no ORM object per element.
+        session.execute(
+            insert(models.Element),
+            [
+                {
+                    "job_id": job_id,
+                    "position": e.index,
+                    "parent_position": e.parent_index,
+                    "kind": e.kind,
+                    "order": e.order,
+                    "title": e.title,
+                    "payload": e.payload,
+                }
+                for e in elements
+            ],
         )
-        for e in elements
-    )
     quality = quality_dict(report)
     job.status, job.document, job.quality, job.usage = "completed", document, quality, usage
     job.validations = [*job.validations, validation_record("rules", quality)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from bitware_core.kam import KamConnection
 from bitware_core.server import MeshServer, Service, run_process
 from granulator_server import template_store
 from granulator_server.pricing import PriceTable
-from granulator_server.providers import OpenAIProvider, choose_provider
+from granulator_server.providers import choose_provider
 from granulator_server.service import GranulatorHandlers
 from granulator_server.worker import CAPABILITIES, WorkerHandlers
 
@@ -107,7 +108,7 @@ class GranulatorServer(MeshServer):
                             max_concurrency=self.settings.max_concurrent_jobs,
                             version=VERSION,
                         ),
-                        timeout=5.0,
+                        timeout=self.settings.rpc_timeout,
                         metadata=metadata,
                     )
                     interval = response.heartbeat_interval.ToTimedelta().total_seconds()
@@ -119,7 +120,7 @@ class GranulatorServer(MeshServer):
                             worker_id=self.settings.worker_id,
                             active_stages=self.worker.active,
                         ),
-                        timeout=5.0,
+                        timeout=self.settings.rpc_timeout,
                         metadata=metadata,
                     )
                     if beat.state == registry_pb2.WORKER_STATE_DEREGISTERED:
@@ -159,7 +160,9 @@ class GranulatorServer(MeshServer):
         if self._orchestrator is not None:
             await self._orchestrator.close()
         await self.kam.close()
-        if isinstance(self.provider, OpenAIProvider):
+        # Imported only if the openai provider was chosen (it is costly to import).
+        openai_chat = sys.modules.get("granulator_server.providers.openai_chat")
+        if openai_chat is not None and isinstance(self.provider, openai_chat.OpenAIProvider):
             await self.provider.close()
         self.db.close()
 

@@ -92,9 +92,11 @@ class StageRunner:
         #: How many generations the provider was asked for (tests check idempotency with it).
         self.generations = 0
 
-    async def run(self, work: Work, stage_log: progress.StageLog) -> dict[str, Any]:
+    async def run(
+        self, work: Work, stage_log: progress.StageLog, *, job_known_new: bool = False
+    ) -> dict[str, Any]:
         """Runs the attempt and returns its outcome (see module docstring); re-raises
-        cancellation after recording it."""
+        cancellation after recording it. `job_known_new`: no job for the attempt exists yet."""
         job = await self.db.run(
             lambda s: jobs.start(
                 s,
@@ -106,6 +108,7 @@ class StageRunner:
                 spec=work.spec,
                 structure_type=work.template.structure_type,
                 template_name=work.template.name,
+                known_new=job_known_new,
             )
         )
         try:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 import string
+import threading
+import time
+import weakref
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bitware_core.db import next_page_token, page_window, utcnow
@@ -103,6 +107,79 @@ def to_domain(row: models.Template) -> StructureTemplate:
     )
 
 
+#: How long a process trusts its copy of the templates: changes made in this process drop the
+#: copy at once (see `_changed`); this bounds how long another process's changes go unseen when
+#: several granulators share one database.
+CACHE_SECONDS = 10.0
+
+
+class _TemplateCache:
+    """All templates of one database, as domain objects, for `CACHE_SECONDS`.
+
+    A copy is only kept if no change committed while it was read (`generation`), so a reader
+    racing a Create/UpdateTemplate cannot store what was there before."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.templates: list[StructureTemplate] | None = None
+        self.expires = 0.0
+
+    def get(self) -> list[StructureTemplate] | None:
+        with self.lock:
+            if self.templates is not None and time.monotonic() < self.expires:
+                return self.templates
+            return None
+
+    def put(self, generation: int, templates: list[StructureTemplate]) -> None:
+        with self.lock:
+            if generation == self.generation:
+                self.templates, self.expires = templates, time.monotonic() + CACHE_SECONDS
+
+    def invalidate(self) -> None:
+        with self.lock:
+            self.generation += 1
+            self.templates = None
+
+
+_caches: weakref.WeakKeyDictionary[Engine, _TemplateCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def _cache_for(engine: Engine) -> _TemplateCache:
+    with _caches_lock:
+        cache = _caches.get(engine)
+        if cache is None:
+            cache = _caches[engine] = _TemplateCache()
+        return cache
+
+
+def _engine_of(session: Session) -> Engine | None:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else getattr(bind, "engine", None)
+
+
+def _changed(session: Session) -> None:
+    """Drops the cached templates now and again once `session` commits."""
+    engine = _engine_of(session)
+    if engine is None:
+        return
+    cache = _cache_for(engine)
+    cache.invalidate()
+    if not session.info.get("templates_changed"):
+        session.info["templates_changed"] = True
+        event.listen(session, "after_commit", lambda _session: cache.invalidate(), once=True)
+
+
+def cached(engine: Engine, query: str) -> tuple[StructureTemplate, str] | bool | None:
+    """`resolve` from the cached templates without touching the database; False when the
+    cache holds nothing (then call `resolve` in a transaction)."""
+    templates = _cache_for(engine).get()
+    if templates is None:
+        return False
+    return _match(templates, query)
+
+
 def seed(session: Session) -> int:
     """Inserts each seed template whose name is not stored yet; returns how many it added."""
     present = set(session.scalars(select(models.Template.name)))
@@ -111,17 +188,34 @@ def seed(session: Session) -> int:
         if template.name not in present:
             session.add(_row(template))
             added += 1
+    if added:
+        _changed(session)
     return added
 
 
 def all_templates(session: Session) -> list[StructureTemplate]:
+    """Every template, sorted by name; from this process's cache when it is fresh."""
+    engine = _engine_of(session)
+    cache = _cache_for(engine) if engine is not None else None
+    if cache is not None:
+        templates = cache.get()
+        if templates is not None:
+            return templates
+        generation = cache.generation
     rows = session.scalars(select(models.Template).order_by(models.Template.name))
-    return [to_domain(row) for row in rows]
+    templates = [to_domain(row) for row in rows]
+    if cache is not None and not session.info.get("templates_changed"):
+        cache.put(generation, templates)  # never what this transaction itself changed
+    return templates
 
 
 def resolve(session: Session, query: str) -> tuple[StructureTemplate, str] | None:
     """The best match and how it matched (`exact`, `structure_type`, `partial`), or None."""
-    template = match_template(all_templates(session), query)
+    return _match(all_templates(session), query)
+
+
+def _match(templates: list[StructureTemplate], query: str) -> tuple[StructureTemplate, str] | None:
+    template = match_template(templates, query)
     if template is None:
         return None
     wanted = query.strip().casefold().replace("-", "_").replace(" ", "_")
@@ -164,6 +258,7 @@ def create(session: Session, template: StructureTemplate) -> tuple[StructureTemp
         raise TemplateExists(f"structure template {template.name!r} already exists")
     row = _row(replace(template, version=1))
     session.add(row)
+    _changed(session)
     return to_domain(row), row.updated_at
 
 
@@ -187,6 +282,7 @@ def update(
     row.description, row.json_schema = updated.description, updated.json_schema
     row.prompt_template, row.defaults = updated.prompt_template, updated.defaults
     row.rules, row.version, row.updated_at = rules_to_dict(updated.rules), updated.version, utcnow()
+    _changed(session)
     return updated, row.updated_at
 
 

@@ -43,6 +43,8 @@ class Offer:
 
     work: stages.Work
     epoch: int
+    #: The Handshake found no job for the attempt, so `Process` need not look for one.
+    job_known_new: bool = False
     expiry: asyncio.TimerHandle | None = None
     task: asyncio.Task[dict[str, Any]] | None = None
 
@@ -105,7 +107,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
                 f"unknown structure type {spec.structure_type}",
             )
         query = request.structure_template or structure_type
-        found = await self.db.run(lambda s: template_store.resolve(s, query)) if query else None
+        found = await self._resolve(query) if query else None
         if found is None:
             return self._decline(
                 worker_pb2.DECLINE_REASON_UNKNOWN_TEMPLATE,
@@ -132,9 +134,10 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
             return self._decline(worker_pb2.DECLINE_REASON_INVALID_INPUT, "; ".join(problems))
         key = _key(request.stage)
         offer = self.offers.get(key)
+        finished: bool | None = False
         if offer is not None:
             offer.epoch = max(offer.epoch, request.stage.epoch)
-        elif not await self._finished(key):
+        elif not (finished := await self._finished(key)):
             if self.active >= self.max_jobs:
                 return self._decline(
                     worker_pb2.DECLINE_REASON_AT_CAPACITY,
@@ -155,16 +158,28 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
                 feedback=request.input.feedback,
                 min_quality=request.input.min_quality_score,
             )
-            offer = self.offers[key] = Offer(work, request.stage.epoch)
+            offer = self.offers[key] = Offer(
+                work, request.stage.epoch, job_known_new=finished is None
+            )
             offer.expiry = asyncio.get_running_loop().call_later(
                 self.reservation_seconds, self._expire, key, offer
             )
             self.progress.open(key).add(progress.ACCEPTED, "offer accepted", 0.0)
         return self._accepted(template, convert.spec_from_proto(spec), request.action)
 
-    async def _finished(self, key: Key) -> bool:
+    async def _resolve(self, query: str) -> tuple[Any, str] | None:
+        """The template for `query`: from the in-process cache, else from the database."""
+        hit = template_store.cached(self.db.engine, query)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        return await self.db.run(lambda s: template_store.resolve(s, query))
+
+    async def _finished(self, key: Key) -> bool | None:
+        """Whether the attempt's job has finished; None when there is no job for it at all."""
         stored = await self.db.run(lambda s: jobs.find(s, *key))
-        return stored is not None and bool(stored.result)
+        if stored is None:
+            return None
+        return bool(stored.result)
 
     def _accepted(
         self, template: Any, spec: dict[str, Any], action: str
@@ -198,13 +213,19 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         self, request: worker_pb2.ProcessRequest, context: Context
     ) -> worker_pb2.ProcessResponse:
         ref = request.stage
-        stored = await self.db.run(lambda s: jobs.find(s, *_key(ref)))
-        if stored is not None and stored.result:
-            if stored.result.get("cancelled"):
-                raise StageCancelled(f"stage {ref.stage_id} attempt {ref.attempt} was cancelled")
-            return outcome_to_proto(stored.result)
         key = _key(ref)
         offer = self.offers.get(key)
+        # An accepted offer that is still here has not finished (its task removes it when it
+        # ends, and the Handshake that made it found no finished job): no lookup needed.
+        if offer is None or ref.epoch < offer.epoch:
+            stored = await self.db.run(lambda s: jobs.find(s, *key))
+            if stored is not None and stored.result:
+                if stored.result.get("cancelled"):
+                    raise StageCancelled(
+                        f"stage {ref.stage_id} attempt {ref.attempt} was cancelled"
+                    )
+                return outcome_to_proto(stored.result)
+            offer = self.offers.get(key)
         if offer is None or ref.epoch < offer.epoch:
             raise NoReservation(f"no accepted offer for stage {ref.stage_id} attempt {ref.attempt}")
         if offer.task is None:
@@ -225,7 +246,9 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
 
     async def _run(self, key: Key, offer: Offer) -> dict[str, Any]:
         try:
-            return await self.runner.run(offer.work, self.progress.open(key))
+            return await self.runner.run(
+                offer.work, self.progress.open(key), job_known_new=offer.job_known_new
+            )
         finally:
             if self.offers.get(key) is offer:
                 del self.offers[key]

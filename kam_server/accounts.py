@@ -18,7 +18,7 @@ from bitware_core.auth import ADMIN, SUPPORT, Principal, hash_password
 from bitware_core.db import new_id, next_page_token, page_window
 from bitware_core.errors import AlreadyExists, Violations
 from bitware_core.tiers import TIER_LIMITS, TIERS
-from kam_server import audit, models
+from kam_server import audit, identity, models
 from kam_server.errors import ClientNotFound, LastAdmin, TierLimitExceeded, UserNotFound
 
 ROLES = ("admin", "client", "support")
@@ -91,6 +91,7 @@ def _other_active_admins(session: Session, user_id: str) -> int:
 
 
 def _end_sessions(session: Session, user_id: str) -> None:
+    identity.auth_changed(session)
     session.execute(
         update(models.Session).where(models.Session.user_id == user_id).values(revoked=True)
     )
@@ -203,6 +204,7 @@ def update_user(
         user.password_hash = hash_password(new_password)
         changed["password"] = "changed"  # never the password itself
         _end_sessions(session, user.id)
+    identity.auth_changed(session)
     audit.record(session, actor, "user.update", f"users/{user.id}", **changed)
     return user
 
@@ -211,6 +213,7 @@ def delete_user(session: Session, actor: Principal, user_id: str) -> None:
     user = get_user(session, actor, user_id)
     if user.role == ADMIN and user.active and not _other_active_admins(session, user.id):
         raise LastAdmin("this is the last active admin; make another admin first")
+    identity.auth_changed(session)
     session.execute(delete(models.Session).where(models.Session.user_id == user.id))
     session.delete(user)
     audit.record(session, actor, "user.delete", f"users/{user.id}", email=user.email)
@@ -345,6 +348,7 @@ def update_client(
         if getattr(client, path) != value:
             setattr(client, path, value)
             changed[path] = f"{value:.2f}" if isinstance(value, float) else str(value)
+    identity.auth_changed(session)  # an API key's principal carries the client's tier
     audit.record(session, actor, "client.update", f"clients/{client.id}", **changed)
     return client
 
@@ -357,5 +361,6 @@ def suspend_client(
     problems.raise_if_any()
     client = get_client(session, actor, client_id)
     client.status = "suspended"
+    identity.auth_changed(session)
     audit.record(session, actor, "client.suspend", f"clients/{client.id}", reason=reason[:500])
     return client

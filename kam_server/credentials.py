@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal, hash_secret, new_secret
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import AlreadyExists, PermissionDenied, Violations
-from kam_server import audit, models
+from kam_server import audit, identity, models
 from kam_server.accounts import get_client
 from kam_server.errors import ApiKeyNotFound, WorkerCredentialNotFound
 
@@ -95,6 +95,7 @@ def revoke_api_key(session: Session, actor: Principal, api_key_id: str) -> model
         raise ApiKeyNotFound(f"API key {api_key_id!r} not found")
     if not key.revoked:
         key.revoked = True
+        identity.auth_changed(session)
         audit.record(
             session,
             actor,
@@ -148,6 +149,7 @@ def rotate_worker_credential(
     cred.token_hash = hash_secret(token)
     cred.rotated_at = utcnow()
     cred.revoked = False
+    identity.auth_changed(session)
     audit.record(session, actor, "worker_credential.rotate", f"workers/{worker_id}")
     return cred, token
 
@@ -158,6 +160,7 @@ def revoke_worker_credential(
     cred = _credential(session, worker_id)
     if not cred.revoked:
         cred.revoked = True
+        identity.auth_changed(session)
         audit.record(session, actor, "worker_credential.revoke", f"workers/{worker_id}")
     return cred
 

@@ -3,15 +3,19 @@ first-start bootstrap of an admin and the mesh's own worker and service credenti
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Credentials, Principal, hash_password, hash_secret, new_secret
 from bitware_core.auth import verify_password as password_matches
-from bitware_core.db import new_id, utcnow
+from bitware_core.db import Database, new_id, utcnow
 from bitware_core.errors import Violations
 from kam_server import models
 from kam_server.errors import BadCredential, LoginThrottled
@@ -20,6 +24,12 @@ SESSION_LIFETIME = timedelta(hours=24)
 SESSION_PREFIX = "bws_"
 MAX_LOGIN_FAILURES = 5
 LOGIN_WINDOW = timedelta(minutes=15)
+#: How long KAM trusts an API key or worker credential it has checked (sessions are always
+#: checked: their expiry slides on use). Any change to keys, credentials, clients, users or
+#: sessions made in this process empties the cache at once (`auth_changed`).
+CREDENTIAL_CACHE_SECONDS = 2.0
+#: `api_keys.last_used_at` is written at most this often per key.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 # Checked against when the email is unknown, so that a wrong email costs as long as a wrong
 # password and timing does not reveal which addresses exist.
 _DUMMY_HASH = hash_password("not-a-password-of-anyone")
@@ -39,7 +49,8 @@ def authenticate(session: Session, credentials: Credentials) -> Principal:
         client = session.get(models.Client, key.client_id) if key and not key.revoked else None
         if key is None or client is None:
             raise BadCredential("unknown or revoked API key")
-        key.last_used_at = now
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+            key.last_used_at = now
         return Principal(
             kind="api_key",
             client_id=client.id,
@@ -73,6 +84,86 @@ def authenticate(session: Session, credentials: Credentials) -> Principal:
             scopes=("internal",),
         )
     raise BadCredential("no credential: send x-api-key, a session token or a bearer token")
+
+
+class CredentialCache:
+    """Principals of recently checked API keys and worker credentials, per database.
+
+    An answer is only kept if nothing that affects credentials committed while it was looked
+    up (`generation`), so a lookup racing a revocation cannot store the revoked key."""
+
+    def __init__(self, ttl: float = CREDENTIAL_CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key: str) -> Principal | None:
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, generation: int, key: str, principal: Principal) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            now = time.monotonic()
+            if len(self._entries) > 10_000:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            self._entries[key] = (now + self.ttl, principal)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries = {}
+
+
+_caches: weakref.WeakKeyDictionary[Engine, CredentialCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def cache_for(engine: Engine) -> CredentialCache:
+    with _caches_lock:
+        cache = _caches.get(engine)
+        if cache is None:
+            cache = _caches[engine] = CredentialCache()
+        return cache
+
+
+def auth_changed(session: Session) -> None:
+    """Called by every change that can make a credential invalid or alter its principal
+    (revoke, rotate, suspend, logout, user and client changes): empties this database's
+    credential cache now and again when `session` commits."""
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    cache = cache_for(engine)
+    cache.invalidate()
+    if not session.info.get("auth_changed"):
+        session.info["auth_changed"] = True
+        event.listen(session, "after_commit", lambda _session: cache.invalidate(), once=True)
+
+
+def _cacheable(credentials: Credentials) -> bool:
+    """API keys and worker credentials; not sessions (each use slides the expiry)."""
+    if credentials.api_key:
+        return True
+    return not credentials.session_token and bool(
+        credentials.worker_id and credentials.worker_token
+    )
+
+
+async def authenticate_cached(db: Database, credentials: Credentials) -> Principal:
+    """`authenticate`, answered from the in-process cache for CREDENTIAL_CACHE_SECONDS."""
+    if not _cacheable(credentials):
+        return await db.run(lambda s: authenticate(s, credentials))
+    cache = cache_for(db.engine)
+    key = credentials.cache_key()
+    principal = cache.get(key)
+    if principal is not None:
+        return principal
+    generation = cache.generation
+    principal = await db.run(lambda s: authenticate(s, credentials))
+    cache.put(generation, key, principal)
+    return principal
 
 
 def user_principal(session: Session, user: models.User) -> Principal:
@@ -159,6 +250,7 @@ def logout(session: Session, token: str) -> None:
     )
     if row is not None:
         row.revoked = True
+        auth_changed(session)
 
 
 # --- bootstrap ------------------------------------------------------------------------------
@@ -178,6 +270,7 @@ def bootstrap(session: Session, admin_email: str, admin_password: str, credentia
                 password_hash=hash_password(admin_password),
             )
         )
+    auth_changed(session)
     for entry in filter(None, (part.strip() for part in credentials.split(","))):
         worker_id, kind, token_hash = entry.split(":")
         row = session.get(models.WorkerCredential, worker_id)

@@ -49,11 +49,42 @@ def reserved(session: Session, client_id: str) -> float:
     return float(total or 0.0)
 
 
+def running_and_committed(session: Session, client_id: str) -> tuple[int, float]:
+    """How many of the client's requests run now, and its budget committed this month (spent
+    plus reserved), in one statement. Each part reads an index of its own
+    (`ix_requests_client_status`, `ix_requests_client_charged`, `ix_requests_client_reserved`):
+    only running, charged-this-month and reserving rows are visited, never all of a client's
+    requests. A reservation is never negative (estimates are not), so summing the positive
+    ones sums them all."""
+    request = models.ClientRequest
+    mine = request.client_id == client_id
+    running = select(func.count()).where(mine, request.status == "running").scalar_subquery()
+    spent = (
+        select(func.coalesce(func.sum(request.cost_usd), 0.0))
+        .where(mine, request.charged_at >= month_start())
+        .scalar_subquery()
+    )
+    held = (
+        select(func.coalesce(func.sum(request.reserved_usd), 0.0))
+        .where(mine, request.reserved_usd > 0)
+        .scalar_subquery()
+    )
+    row = session.execute(select(running, spent, held)).one()
+    return int(row[0] or 0), float(row[1] or 0.0) + float(row[2] or 0.0)
+
+
 def reserve(
-    session: Session, client: models.Client, row: models.ClientRequest, amount: float
+    session: Session,
+    client: models.Client,
+    row: models.ClientRequest,
+    amount: float,
+    committed: float | None = None,
 ) -> None:
-    """Holds `amount` for `row`, or raises BudgetExceeded and holds nothing."""
-    committed = spent_this_month(session, client.id) + reserved(session, client.id)
+    """Holds `amount` for `row`, or raises BudgetExceeded and holds nothing. `committed`: the
+    client's spend plus reservations when the caller has just read them (with the client row
+    locked), else they are read here."""
+    if committed is None:
+        committed = spent_this_month(session, client.id) + reserved(session, client.id)
     left = client.monthly_budget_usd - committed
     if amount > left + 1e-9:
         raise BudgetExceeded(

@@ -108,6 +108,9 @@ class ClientRequest(KamBase):
         UniqueConstraint("client_id", "idempotency_key"),
         Index("ix_requests_client_created", "client_id", "created_at"),
         Index("ix_requests_client_charged", "client_id", "charged_at"),
+        # For ExecuteRequest's checks (`ledger.running_and_committed`).
+        Index("ix_requests_client_status", "client_id", "status"),
+        Index("ix_requests_client_reserved", "client_id", "reserved_usd"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))

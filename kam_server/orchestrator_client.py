@@ -9,6 +9,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
+from bitware_core.context import timeout
 from bitware_core.errors import FailedPrecondition, Unavailable
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import models
@@ -31,7 +32,7 @@ class OrchestratorClient:
             raise Unavailable("KAM has no orchestrator address configured")
         return self._stub
 
-    async def execute(self, row: models.ClientRequest, tier: str, deadline: float) -> str:
+    async def execute(self, row: models.ClientRequest, tier: str) -> str:
         """Starts the request's execution; the orchestrator caps the client's running
         executions at its tier's limit."""
         request = orchestrator_pb2.ExecutePipelineRequest(
@@ -48,7 +49,9 @@ class OrchestratorClient:
         )
         try:
             response = await self._require().ExecutePipeline(
-                request, timeout=deadline, metadata=service_metadata(self.settings)
+                request,
+                timeout=timeout(self.settings.rpc_timeout),
+                metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -60,13 +63,13 @@ class OrchestratorClient:
             ) from error
         return response.execution.execution_id
 
-    async def cancel(self, execution_id: str, deadline: float) -> None:
+    async def cancel(self, execution_id: str) -> None:
         try:
             await self._require().CancelExecution(
                 orchestrator_pb2.CancelExecutionRequest(
                     execution_id=execution_id, reason="request cancelled"
                 ),
-                timeout=deadline,
+                timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:

@@ -203,19 +203,15 @@ def begin_execution(
     _check_active(client)
     template = catalog.get(session, row.master_template, row.template_version)
     _check_template(client, template)
-    running = session.scalar(
-        select(func.count()).where(
-            models.ClientRequest.client_id == client.id, models.ClientRequest.status == "running"
-        )
-    )
+    running, committed = ledger.running_and_committed(session, client.id)
     limits = TIER_LIMITS[client.tier]
-    if (running or 0) >= limits.max_concurrent_executions:
+    if running >= limits.max_concurrent_executions:
         raise TierLimitExceeded(
             f"tier {client.tier} allows {limits.max_concurrent_executions} executions at once",
             reason="TIER_LIMIT_CONCURRENCY",
             metadata={"tier": client.tier, "limit": str(limits.max_concurrent_executions)},
         )
-    ledger.reserve(session, client, row, template.cost_estimate_usd)
+    ledger.reserve(session, client, row, template.cost_estimate_usd, committed)
     row.status = "running"
     row.updated_at = utcnow()
     return row

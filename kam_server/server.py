@@ -56,7 +56,7 @@ class _LocalAuthenticator:
         self.db = db
 
     async def authenticate(self, credentials: Credentials) -> Principal:
-        return await self.db.run(lambda s: identity.authenticate(s, credentials))
+        return await identity.authenticate_cached(self.db, credentials)
 
 
 class KamServer(MeshServer):

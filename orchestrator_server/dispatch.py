@@ -405,7 +405,9 @@ class Dispatcher:
         the retry hint, or failing the stage when its input is invalid."""
         try:
             answer = await stub.Handshake(
-                self._offer(claim), timeout=5.0, metadata=service_metadata(self.settings)
+                self._offer(claim),
+                timeout=self.settings.rpc_timeout,
+                metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
             # An unreachable worker gets no offers until its next heartbeat proves it alive.
@@ -577,7 +579,7 @@ class Dispatcher:
                         worker_pb2.CancelRequest(
                             stage=self._ref(claim), reason="execution cancelled"
                         ),
-                        timeout=5.0,
+                        timeout=self.settings.rpc_timeout,
                         metadata=service_metadata(self.settings),
                     )
                 except grpc.aio.AioRpcError as error:

@@ -73,7 +73,7 @@ class KamClient(KamConnection):
         try:
             response = await self.templates.GetMasterTemplate(
                 templates_pb2.GetMasterTemplateRequest(name=name, version=version),
-                timeout=timeout(5.0),
+                timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
@@ -101,6 +101,6 @@ class KamClient(KamConnection):
                 job_id=execution.job_id,
                 error_message=str(execution.error.get("message", "")),
             ),
-            timeout=timeout(5.0),
+            timeout=timeout(self.settings.rpc_timeout),
             metadata=service_metadata(self.settings),
         )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from bitware_core.config import Settings
 from granulator_server.pricing import PriceTable
 from granulator_server.providers.base import (
@@ -14,12 +16,25 @@ from granulator_server.providers.base import (
     add_usage,
 )
 from granulator_server.providers.offline import OfflineProvider
-from granulator_server.providers.openai_chat import OpenAIProvider
+
+if TYPE_CHECKING:
+    from granulator_server.providers.openai_chat import OpenAIProvider
+
+
+def __getattr__(name: str) -> Any:
+    # The `openai` package takes ~1 s to import: only when the openai provider is wanted.
+    if name == "OpenAIProvider":
+        from granulator_server.providers.openai_chat import OpenAIProvider
+
+        return OpenAIProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def choose_provider(settings: Settings, prices: PriceTable) -> Provider:
     """The `openai` provider when a key or a base URL is configured, else the offline one."""
     if settings.openai_api_key or settings.openai_base_url:
+        from granulator_server.providers.openai_chat import OpenAIProvider
+
         return OpenAIProvider.from_settings(settings, prices)
     return OfflineProvider()
 

@@ -60,5 +60,5 @@ class AuthHandlers(Handlers, auth_pb2_grpc.AuthServiceServicer):
         else:
             problems.check(credentials.present, which, "must not be empty")
         problems.raise_if_any()
-        principal = await self.run(lambda s: identity.authenticate(s, credentials))
+        principal = await identity.authenticate_cached(self.db, credentials)
         return auth_pb2.AuthenticateResponse(principal=convert.principal_to_proto(principal))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
-from bitware_core.context import timeout
 from bitware_core.db import Database
 from bitware_core.errors import MeshError, Violations
-from kam_server import messages, requests
+from kam_server import messages, models, requests
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.services import Context, Handlers
 
@@ -82,11 +83,15 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.ExecuteRequestRequest, context: Context
     ) -> requests_pb2.ExecuteRequestResponse:
         actor = current_principal()
-        row = await self.run(lambda s: requests.begin_execution(s, actor, request.request_id))
+
+        def begin(s: Session) -> tuple[models.ClientRequest, str]:
+            started = requests.begin_execution(s, actor, request.request_id)
+            return started, requests.client_tier(s, started.client_id)  # loaded: no query
+
+        row, tier = await self.run(begin)
         if not row.execution_id:
-            tier = await self.run(lambda s: requests.client_tier(s, row.client_id))
             try:
-                execution_id = await self.orchestrator.execute(row, tier, timeout(10.0))
+                execution_id = await self.orchestrator.execute(row, tier)
             except MeshError:
                 # The orchestrator did not start it: release the reservation, then report.
                 await self.run(lambda s: requests.abandon_execution(s, row.id))
@@ -104,7 +109,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         # nothing has changed and the caller can simply try again.
         row = await self.run(lambda s: requests.cancellable(s, actor, request.request_id))
         if row.execution_id:
-            await self.orchestrator.cancel(row.execution_id, timeout(10.0))
+            await self.orchestrator.cancel(row.execution_id)
         row = await self.run(lambda s: requests.cancel(s, actor, request.request_id))
         return requests_pb2.CancelRequestResponse(request=messages.request_to_proto(row))
 

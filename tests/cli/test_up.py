@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -49,8 +50,15 @@ def test_two_granulators_on_postgres_run_a_request(mesh: Up) -> None:
     assert mesh.address("granulator-2") != mesh.address("granulator-1")
     # No SQLite files: every service keeps its tables in the one PostgreSQL database.
     assert not list(mesh.data.glob("**/*.db"))
-    status = bitware("status", "--data", str(mesh.data), BITWARE_ADMIN_PASSWORD=mesh.admin_password)
-    assert status.returncode == 0, status.stderr
+    # Workers register just after they report ready: give the second one a moment.
+    for _ in range(40):
+        status = bitware(
+            "status", "--data", str(mesh.data), BITWARE_ADMIN_PASSWORD=mesh.admin_password
+        )
+        assert status.returncode == 0, status.stderr
+        if "workers        2 healthy of 2 registered" in status.stdout:
+            break
+        time.sleep(0.25)
     assert "workers        2 healthy of 2 registered" in status.stdout
 
     client = make_client_key(mesh)

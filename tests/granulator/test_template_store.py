@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
 from bitware_core.config import Settings
 from bitware_core.db import Database
@@ -92,3 +93,42 @@ def test_provider_is_openai_when_a_key_or_base_url_is_configured() -> None:
     chosen = choose_provider(Settings(openai_base_url="http://127.0.0.1:9/v1"), prices)
     assert isinstance(chosen, OpenAIProvider) and chosen.model == "gpt-4o-mini"
     assert isinstance(choose_provider(Settings(openai_api_key="sk-x"), prices), OpenAIProvider)
+
+
+def test_templates_are_cached_until_created_or_updated_here(db: Database) -> None:
+    db.run_sync(template_store.seed)
+    name = SEED_TEMPLATES[0].name
+    assert template_store.cached(db.engine, name) is False  # nothing read yet
+    found = db.run_sync(lambda s: template_store.resolve(s, name))
+    assert found is not None and template_store.cached(db.engine, name) == found
+
+    changed = replace(SEED_TEMPLATES[0], description="Edited.")
+    db.run_sync(lambda s: template_store.update(s, changed, ["description"]))
+    assert template_store.cached(db.engine, name) is False
+    again = db.run_sync(lambda s: template_store.resolve(s, name))
+    assert again is not None and again[0].version == 2 and again[0].description == "Edited."
+
+    # A template created in a transaction that rolls back never reaches the cache.
+    def create_then_fail(session: Session) -> None:
+        template_store.create(session, replace(SEED_TEMPLATES[0], name="course_phantom"))
+        template_store.resolve(session, "course_phantom")
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        db.run_sync(create_then_fail)
+    assert db.run_sync(lambda s: template_store.resolve(s, "course_phantom")) is None
+
+
+def test_migrate_skips_alembic_when_the_schema_is_current(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alembic.command
+
+    def upgrade(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Alembic ran although the schema is at its head")
+
+    monkeypatch.setattr(alembic.command, "upgrade", upgrade)
+    db.migrate("granulator", MIGRATIONS)  # the fixture migrated it already
+    fresh = Database(f"sqlite:///{db.engine.url.database}-fresh")
+    with pytest.raises(AssertionError):
+        fresh.migrate("granulator", MIGRATIONS)  # an empty database still runs Alembic

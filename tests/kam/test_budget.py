@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from kam_server import ledger, models
 from tests.conftest import Client, make_client
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
 
@@ -132,3 +135,35 @@ async def test_usage_of_a_caller_without_a_client_needs_a_client_id(client: Clie
             accounts_pb2.GetUsageRequest(client_id=client.client_id), metadata=client.admin
         )
         assert theirs.monthly_budget_usd == 100.0 and theirs.remaining_usd == 100.0
+
+
+async def test_the_combined_budget_query_matches_the_separate_sums(client: Client) -> None:
+    orchestrator = client.worker("orchestrator")
+    db = client.mesh.kam.db
+    async with kam(client.mesh) as k:
+        await k.create_template(client.admin, parked_template("summed", cost=0.25))
+        requests = [await k.create_request(client.key, "summed") for _ in range(4)]
+        executions = [await k.execute(client.key, r.request_id) for r in requests[:3]]
+        await k.requests.RecordExecutionOutcome(
+            requests_pb2.RecordExecutionOutcomeRequest(
+                request_id=requests[0].request_id,
+                execution_id=executions[0],
+                status=requests_pb2.REQUEST_STATUS_COMPLETED,
+                usage=common_pb2.Usage(cost_usd=0.07),
+            ),
+            metadata=orchestrator,
+        )
+
+    def separate(s: Session) -> tuple[int, float]:
+        running = s.scalar(
+            select(func.count()).where(
+                models.ClientRequest.client_id == client.client_id,
+                models.ClientRequest.status == "running",
+            )
+        )
+        spent = ledger.spent_this_month(s, client.client_id)
+        return int(running or 0), spent + ledger.reserved(s, client.client_id)
+
+    combined = db.run_sync(lambda s: ledger.running_and_committed(s, client.client_id))
+    assert combined == db.run_sync(separate)
+    assert combined[0] == 2 and combined[1] == pytest.approx(0.07 + 2 * 0.25)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import grpc
+from google.protobuf import field_mask_pb2
+from sqlalchemy import select, update
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, auth_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core.auth import hash_secret
 from bitware_core.config import Settings
 from bitware_core.mesh import start_mesh
+from kam_server import identity, models
 from tests.conftest import Client, make_client
 from tests.kam.helpers import PASSWORD, client_user, fails, kam, violated_fields
 
@@ -225,3 +230,51 @@ async def test_no_secret_is_stored_in_plain_text(client: Client) -> None:
         if path.exists():
             raw = path.read_bytes()
             assert not [s[:6] for s in secrets if s.encode() in raw]
+
+
+async def test_kam_answers_a_known_key_from_its_cache_and_writes_last_used_once_a_minute(
+    client: Client,
+) -> None:
+    db = client.mesh.kam.db
+    key_hash = hash_secret(client.api_key)
+
+    def last_used() -> datetime | None:
+        return db.run_sync(
+            lambda s: s.scalar(
+                select(models.ApiKey.last_used_at).where(models.ApiKey.key_hash == key_hash)
+            )
+        )
+
+    async with kam(client.mesh) as k:
+        await k.whoami(client.key)
+        first = last_used()
+        assert first is not None
+        identity.cache_for(db.engine).invalidate()  # as if the cache had expired
+        await k.whoami(client.key)
+        assert last_used() == first  # used again within the minute: not written again
+
+        # A change made to the database behind KAM's back shows once the cache has expired.
+        db.run_sync(
+            lambda s: s.execute(
+                update(models.ApiKey).where(models.ApiKey.key_hash == key_hash).values(revoked=True)
+            )
+        )
+        await k.whoami(client.key)  # cached
+        await asyncio.sleep(identity.CREDENTIAL_CACHE_SECONDS + 0.1)
+        await fails(k.whoami(client.key), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_a_tier_change_shows_at_once_for_a_cached_key(client: Client) -> None:
+    async with kam(client.mesh) as k:
+        before = await k.whoami(client.key)
+        await k.clients.UpdateClient(
+            accounts_pb2.UpdateClientRequest(
+                client=accounts_pb2.Client(
+                    client_id=client.client_id, tier=common_pb2.TIER_PREMIUM
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["tier"]),
+            ),
+            metadata=client.admin,
+        )
+        after = await k.whoami(client.key)
+        assert before.tier != after.tier == common_pb2.TIER_PREMIUM
