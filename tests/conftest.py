@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,22 @@ async def make_client(
             timeout=10,
         )
     return Client(mesh, login.session_token, created.client.client_id, key.key)
+
+
+async def start_server_process(service: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Starts `python -m <service>_server` with `env` added, once it says it is ready."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        f"{service}_server",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert line.startswith(f"BITWARE_READY {service}".encode()), line
+    return process
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:

@@ -4,8 +4,6 @@ granulator, the execution completes, and exactly one result is stored for the st
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +21,7 @@ from bitware_core.supervisor import reserve_port
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
-from tests.conftest import make_client
+from tests.conftest import make_client, start_server_process
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
@@ -37,21 +35,6 @@ async def model() -> AsyncIterator[FakeOpenAI]:
         yield server
     finally:
         await server.stop()
-
-
-async def start_granulator(env: dict[str, str]) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "granulator_server",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert line.startswith(b"BITWARE_READY granulator"), line
-    return process
 
 
 async def test_killed_granulator_stage_completes_once_on_the_other(
@@ -78,7 +61,8 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
     processes: dict[str, asyncio.subprocess.Process] = {}
     try:
         for worker_id in ("granulator-1", "granulator-2"):
-            processes[worker_id] = await start_granulator(
+            processes[worker_id] = await start_server_process(
+                "granulator",
                 {
                     "BITWARE_PORT": str(reserve_port("127.0.0.1", 0)),
                     "BITWARE_DATA_DIR": str(tmp_path / worker_id),
@@ -88,7 +72,7 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
                     "BITWARE_WORKER_TOKEN": credentials.tokens[worker_id],
                     "BITWARE_OPENAI_BASE_URL": model.base_url,
                     "BITWARE_OPENAI_API_KEY": "test-key",
-                }
+                },
             )
         mesh = InProcessMesh(kam, orchestrator, [], credentials)
         client = await make_client(mesh)

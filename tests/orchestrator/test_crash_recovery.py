@@ -3,9 +3,6 @@ runs twice to completion, and no event is lost."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,24 +14,9 @@ from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
 from bitware_core.supervisor import reserve_port
 from kam_server.server import serve as serve_kam
-from tests.conftest import eventually, make_client
+from tests.conftest import eventually, make_client, start_server_process
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
-
-
-async def start_orchestrator(env: dict[str, str]) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator_server",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 30)
-    assert line.startswith(b"BITWARE_READY orchestrator"), line
-    return process
 
 
 async def test_orchestrator_killed_mid_run_recovers_every_execution(tmp_path: Path) -> None:
@@ -59,7 +41,7 @@ async def test_orchestrator_killed_mid_run_recovers_every_execution(tmp_path: Pa
         "BITWARE_LEASE_SECONDS": "2",
         "BITWARE_HEARTBEAT_TIMEOUT": "30",
     }
-    process = await start_orchestrator(env)
+    process = await start_server_process("orchestrator", env)
     kam.orchestrator.connect(address)
     # The test talks to the real orchestrator process; InProcessMesh only carries addresses.
     mesh = InProcessMesh(kam, kam, [], credentials)  # type: ignore[arg-type]
@@ -86,7 +68,7 @@ async def test_orchestrator_killed_mid_run_recovers_every_execution(tmp_path: Pa
             await eventually(lambda: len(worker.processed) >= 3)
         process.kill()  # kill -9, mid-run
         await process.wait()
-        process = await start_orchestrator(env)
+        process = await start_server_process("orchestrator", env)
         async with grpc.aio.insecure_channel(address) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             for execution_id in ids:
