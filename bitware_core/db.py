@@ -152,6 +152,10 @@ class Database:
             stored = connection.execute(text(f"SELECT version_num FROM {table}")).scalars().all()
         return stored == [head]
 
+    def on_commit(self, callback: Callable[[Session], None]) -> None:
+        """Calls `callback(session)` on the database thread after each transaction commits."""
+        event.listen(self._sessions, "after_commit", callback)
+
     def run_sync(self, work: Callable[[Session], T]) -> T:
         with self._sessions.begin() as session:
             return work(session)

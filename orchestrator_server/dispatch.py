@@ -143,10 +143,7 @@ class Dispatcher:
         return self._stubs[address]
 
     async def _db(self, work: Callable[[Session], T], execution_id: str = "") -> T:
-        result = await self.db.run(work)
-        if execution_id:
-            self.hub.notify(execution_id)
-        return result
+        return await self.db.run(work)
 
     # --- loops ------------------------------------------------------------------------------
 
@@ -179,7 +176,6 @@ class Dispatcher:
             # The slot is taken from now on, so the next round cannot offer it again.
             self.inflight[claim.worker_id] = self.inflight.get(claim.worker_id, 0) + 1
             self._claimed_at[claim.stage_id] = now
-            self.hub.notify(claim.execution_id)
             capable = sum(1 for w in workers.values() if claim.capability in w.capabilities)
             task = asyncio.create_task(
                 self._run_stage(claim, workers[claim.worker_id].address, capable > 1)
@@ -213,8 +209,7 @@ class Dispatcher:
                 reclaimed, expired = await self.db.run(self._housekeep)
                 if reclaimed:
                     self.wake.set()
-                for execution_id, running in expired:
-                    self.hub.notify(execution_id)
+                for _, running in expired:
                     await self.cancel_running(running)
                 await self.report_outcomes()
             except Exception:

@@ -1,7 +1,11 @@
-"""Wakes WatchExecution streams when their execution's log grows. The log itself lives in the
-database; this only saves streams from polling. On PostgreSQL every replica LISTENs for the
-NOTIFY that each appended event sends, so a watcher on any replica hears of events written by
-another at once; streams still re-check each second, should a notification be lost."""
+"""Delivers an execution's new events to its WatchExecution streams.
+
+The log lives in the database. Events this process commits are handed to the streams straight
+from the commit (`publish`), so a watcher does not read the log again for them; a stream reads
+the database for history, for a gap, and when only told that something changed (`notify`): on
+PostgreSQL every replica LISTENs for the NOTIFY that each appended event sends, so watchers on
+any replica hear of events another wrote. Streams also re-check each second, should a
+notification be lost."""
 
 from __future__ import annotations
 
@@ -9,35 +13,58 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from orchestrator_server import models
 
 log = logging.getLogger("bitware.orchestrator.events")
 
 
+@dataclass(eq=False)
+class Subscription:
+    """One stream's inbox: events published since it last looked, and a flag that wakes it."""
+
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    published: list[models.Event] = field(default_factory=list)
+
+    def take(self) -> list[models.Event]:
+        events, self.published = self.published, []
+        return events
+
+
 class EventHub:
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._subscriptions: dict[str, set[Subscription]] = {}
         self._listener: asyncio.Task[None] | None = None
 
+    def publish(self, events: list[models.Event]) -> None:
+        """Hands committed events to the streams watching their executions."""
+        for event in events:
+            for subscription in self._subscriptions.get(event.execution_id, ()):
+                subscription.published.append(event)
+                subscription.changed.set()
+
     def notify(self, execution_id: str) -> None:
-        for waiter in self._waiters.get(execution_id, ()):
-            waiter.set()
+        """Says the execution's log grew, without the events (streams read the database)."""
+        for subscription in self._subscriptions.get(execution_id, ()):
+            subscription.changed.set()
 
     def subscribers(self, execution_id: str) -> int:
-        return len(self._waiters.get(execution_id, ()))
+        return len(self._subscriptions.get(execution_id, ()))
 
     @contextmanager
-    def subscribe(self, execution_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the execution's log grows. Subscribe before reading the log,
-        so nothing written between the read and the wait is missed."""
-        waiter = asyncio.Event()
-        self._waiters.setdefault(execution_id, set()).add(waiter)
+    def subscribe(self, execution_id: str) -> Iterator[Subscription]:
+        """A subscription to the execution's new events. Subscribe before reading the log, so
+        nothing committed between the read and the wait is missed."""
+        subscription = Subscription()
+        self._subscriptions.setdefault(execution_id, set()).add(subscription)
         try:
-            yield waiter
+            yield subscription
         finally:
-            waiters = self._waiters[execution_id]
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[execution_id]
+            subscriptions = self._subscriptions[execution_id]
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._subscriptions[execution_id]
 
     def listen(self, conninfo: str, channel: str) -> None:
         """Starts hearing other replicas' events through PostgreSQL LISTEN."""
@@ -56,7 +83,8 @@ class EventHub:
                         self.notify(note.payload)
             except psycopg.Error as error:
                 log.warning(
-                    "event listener lost its connection; reconnecting", extra={"error": str(error)}
+                    "event listener lost its connection; reconnecting",
+                    extra={"error": str(error)},
                 )
                 await asyncio.sleep(1.0)
 

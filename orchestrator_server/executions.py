@@ -18,6 +18,10 @@ from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
+#: session.info key of the events a transaction appended.
+APPENDED = "appended_events"
+#: The event types that end an execution's log (unless it is retried).
+TERMINAL_EVENTS = {"EXECUTION_SUCCEEDED", "EXECUTION_FAILED", "EXECUTION_CANCELLED"}
 #: The PostgreSQL NOTIFY channel on which replicas announce new events.
 EVENTS_CHANNEL = "bitware_events"
 PRIORITIES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
@@ -71,11 +75,12 @@ def append_event(session: Session, execution: models.Execution, type_: str, **da
     execution.last_sequence += 1
     data.setdefault("execution_status", execution.status)
     data.setdefault("progress", progress(execution))
-    session.add(
-        models.Event(
-            execution_id=execution.id, sequence=execution.last_sequence, type=type_, data=data
-        )
+    event = models.Event(
+        execution_id=execution.id, sequence=execution.last_sequence, type=type_, data=data
     )
+    session.add(event)
+    # Handed to this process's watchers once the transaction commits (see OrchestratorServer).
+    session.info.setdefault(APPENDED, []).append(event)
     if session.get_bind().dialect.name == "postgresql":
         # Delivered at commit to every replica's listener, which wakes its watchers.
         session.execute(
@@ -91,10 +96,17 @@ class LogPage:
     last_sequence: int
 
 
-def log_after(session: Session, execution_id: str, after: int) -> LogPage:
+def log_after(
+    session: Session, execution_id: str, after: int, principal: Principal | None = None
+) -> LogPage:
     """The next events of an execution's log after `after`, read together with whether the
-    execution has finished and how long its log is."""
-    execution = session.get_one(models.Execution, execution_id)
+    execution has finished and how long its log is (NOT_FOUND for a principal that may not see
+    it)."""
+    execution = (
+        get(session, principal, execution_id)
+        if principal is not None
+        else session.get_one(models.Execution, execution_id)
+    )
     events = list(
         session.scalars(
             select(models.Event)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from bitware.orchestrator.v1 import (
     orchestrator_pb2,
@@ -17,7 +20,7 @@ from bitware_core.metrics import Registry
 from bitware_core.server import MeshServer, Service, run_process
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
-from orchestrator_server.executions import EVENTS_CHANNEL
+from orchestrator_server.executions import APPENDED, EVENTS_CHANNEL
 from orchestrator_server.kam_client import KamClient
 from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
 
@@ -70,6 +73,13 @@ class OrchestratorServer(MeshServer):
 
     async def start(self) -> int:
         self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
+        loop = asyncio.get_running_loop()
+
+        def committed(session: Session) -> None:  # runs on the database thread
+            if events := session.info.pop(APPENDED, None):
+                loop.call_soon_threadsafe(self.hub.publish, events)
+
+        self.db.on_commit(committed)
         port = await super().start()
         if not self.db.is_sqlite:
             self.hub.listen(self.db.libpq_url(), EVENTS_CHANNEL)

@@ -222,7 +222,6 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         row, running = await self.db.run(
             lambda s: executions.cancel(s, principal, request.execution_id, request.reason)
         )
-        self.hub.notify(row.id)
         await self.dispatcher.cancel_running([stage.id for stage in running])
         await self.dispatcher.report_outcomes()
         return orchestrator_pb2.CancelExecutionResponse(execution=await self._full(row.id))
@@ -232,7 +231,6 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.RetryExecutionResponse:
         principal = current_principal()
         row = await self.db.run(lambda s: executions.retry(s, principal, request.execution_id))
-        self.hub.notify(row.id)
         self.dispatcher.wake.set()
         return orchestrator_pb2.RetryExecutionResponse(execution=await self._full(row.id))
 
@@ -242,16 +240,17 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         principal = current_principal()
         if request.after_sequence < 0:
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
-        await self.db.run(lambda s: executions.get(s, principal, request.execution_id))
         after = request.after_sequence
-        with self.hub.subscribe(request.execution_id) as changed:
-            while True:
-                changed.clear()
-                log = await self.db.run(
-                    functools.partial(
-                        executions.log_after, execution_id=request.execution_id, after=after
-                    )
+        with self.hub.subscribe(request.execution_id) as inbox:
+            log = await self.db.run(
+                functools.partial(
+                    executions.log_after,
+                    execution_id=request.execution_id,
+                    after=after,
+                    principal=principal,
                 )
+            )
+            while True:
                 for row in log.events:
                     after = row.sequence
                     yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
@@ -259,9 +258,23 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 # execution is not finished, so its watchers go on past the failure.)
                 if log.finished and after >= log.last_sequence:
                     return
-                if not log.events:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), timeout=1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(inbox.changed.wait(), timeout=1.0)
+                inbox.changed.clear()
+                fresh = [e for e in inbox.take() if e.sequence > after]
+                if fresh and [e.sequence for e in fresh] == list(
+                    range(after + 1, after + 1 + len(fresh))
+                ):
+                    last = fresh[-1]
+                    log = executions.LogPage(
+                        fresh, last.type in executions.TERMINAL_EVENTS, last.sequence
+                    )
+                else:  # history, a gap, another replica's events, or a quiet second
+                    log = await self.db.run(
+                        functools.partial(
+                            executions.log_after, execution_id=request.execution_id, after=after
+                        )
+                    )
 
     async def GetQueue(
         self, request: orchestrator_pb2.GetQueueRequest, context: Context

@@ -107,14 +107,14 @@ async def test_closing_the_browser_cancels_the_upstream_stream(idle_mesh: InProc
                 if line.startswith("id: "):
                     break
             # The orchestrator holds one subscription per open WatchExecution stream.
-            assert execution_id in idle_mesh.orchestrator.hub._waiters
+            assert idle_mesh.orchestrator.hub.subscribers(execution_id) == 1
             metrics = (await http.get("/metrics")).text
             assert "bitware_gateway_event_streams 1" in metrics
         for _ in range(100):
-            if execution_id not in idle_mesh.orchestrator.hub._waiters:
+            if idle_mesh.orchestrator.hub.subscribers(execution_id) == 0:
                 break
             await asyncio.sleep(0.05)
-        assert execution_id not in idle_mesh.orchestrator.hub._waiters
+        assert idle_mesh.orchestrator.hub.subscribers(execution_id) == 0
         assert "bitware_gateway_event_streams 0" in (await http.get("/metrics")).text
 
 
