@@ -25,7 +25,6 @@ AUTHORIZATION_HEADER = "authorization"
 # Caller tags used by access tables. A user's tag is its role; an API key acts as a client.
 ADMIN, SUPPORT, CLIENT, WORKER, SERVICE = "admin", "support", "client", "worker", "service"
 READERS = frozenset({ADMIN, SUPPORT, CLIENT, SERVICE})
-WRITERS = frozenset({ADMIN, CLIENT, SERVICE})
 ANYONE = frozenset({ADMIN, SUPPORT, CLIENT, WORKER, SERVICE})
 PUBLIC: frozenset[str] = frozenset()
 
@@ -49,10 +48,6 @@ class Principal:
         if self.kind == "user":
             return self.role
         return {"api_key": CLIENT, "worker": WORKER, "service": SERVICE}[self.kind]
-
-    @property
-    def is_client(self) -> bool:
-        return self.tag == CLIENT
 
     @property
     def sees_all_clients(self) -> bool:

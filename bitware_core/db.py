@@ -21,15 +21,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from bitware_core.errors import Violations
 
 T = TypeVar("T")
-
-
-class Base(DeclarativeBase):
-    """Base of every service's tables (each service keeps its own metadata via subclasses)."""
 
 
 def utcnow() -> datetime:

@@ -11,7 +11,6 @@ Hierarchy (each server's own `errors.py` adds specific subclasses)::
     ├── FailedPrecondition           (FAILED_PRECONDITION)
     ├── ResourceExhausted            (RESOURCE_EXHAUSTED, with a retry delay)
     ├── Unavailable                  (UNAVAILABLE)
-    ├── DeadlineExceeded             (DEADLINE_EXCEEDED)
     ├── Cancelled                    (CANCELLED)
     ├── DataLoss                     (DATA_LOSS)
     └── Unimplemented                (UNIMPLEMENTED)
@@ -99,11 +98,6 @@ class ResourceExhausted(MeshError):
 class Unavailable(MeshError):
     code = "UNAVAILABLE"
     reason = "UNAVAILABLE"
-
-
-class DeadlineExceeded(MeshError):
-    code = "DEADLINE_EXCEEDED"
-    reason = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(MeshError):
