@@ -26,7 +26,15 @@ from bitware_core.server import KEEPALIVE_OPTIONS
 def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to `target`, over TLS (mutual when this process has a certificate) when a CA is
     configured, plaintext otherwise."""
-    options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, ("grpc.enable_retries", 1)]
+    options: list[tuple[str, Any]] = [
+        *KEEPALIVE_OPTIONS,
+        ("grpc.enable_retries", 1),
+        # Peers are near: after a refused connection (a server still starting, or restarting),
+        # try again soon rather than after gRPC's default 1 s growing to 2 min.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     if not settings.tls_ca:
         return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(

@@ -34,6 +34,7 @@ class KamConnection:
                 request,
                 timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
+                wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:

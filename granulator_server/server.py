@@ -110,6 +110,7 @@ class GranulatorServer(MeshServer):
                         ),
                         timeout=self.settings.rpc_timeout,
                         metadata=metadata,
+                        wait_for_ready=True,
                     )
                     interval = response.heartbeat_interval.ToTimedelta().total_seconds()
                     registered = True
@@ -122,6 +123,7 @@ class GranulatorServer(MeshServer):
                         ),
                         timeout=self.settings.rpc_timeout,
                         metadata=metadata,
+                        wait_for_ready=True,
                     )
                     if beat.state == registry_pb2.WORKER_STATE_DEREGISTERED:
                         # An operator took this worker out: stay out (no re-registering).

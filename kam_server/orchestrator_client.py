@@ -52,6 +52,7 @@ class OrchestratorClient:
                 request,
                 timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
+                wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -71,6 +72,7 @@ class OrchestratorClient:
                 ),
                 timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
+                wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
         except grpc.aio.AioRpcError as error:
             # FAILED_PRECONDITION: it has finished already; NOT_FOUND: it never started.

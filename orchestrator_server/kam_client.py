@@ -75,6 +75,7 @@ class KamClient(KamConnection):
                 templates_pb2.GetMasterTemplateRequest(name=name, version=version),
                 timeout=timeout(self.settings.rpc_timeout),
                 metadata=service_metadata(self.settings),
+                wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -103,4 +104,5 @@ class KamClient(KamConnection):
             ),
             timeout=timeout(self.settings.rpc_timeout),
             metadata=service_metadata(self.settings),
+            wait_for_ready=True,  # a peer still starting is waited for, within the deadline
         )
