@@ -13,8 +13,10 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +121,23 @@ class Database:
     def libpq_url(self) -> str:
         """The URL without SQLAlchemy's driver suffix, for a plain psycopg connection."""
         return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Runs start-up work (migrations, seeding) one process at a time when several share a
+        PostgreSQL database (two granulators starting together would both seed); a no-op on
+        SQLite, where each process has its own file."""
+        if self.is_sqlite:
+            yield
+            return
+        key = zlib.crc32(name.encode())
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
 
     def migrate(self, service: str, script_location: str) -> None:
         """Brings the schema to the newest Alembic revision of `service` (each service keeps its

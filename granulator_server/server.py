@@ -73,8 +73,9 @@ class GranulatorServer(MeshServer):
         self._orchestrator: grpc.aio.Channel | None = None
 
     async def start(self) -> int:
-        self.db.migrate("granulator", str(Path(__file__).parent / "migrations"))
-        added = await self.db.run(template_store.seed)
+        with self.db.exclusive("granulator start-up"):
+            self.db.migrate("granulator", str(Path(__file__).parent / "migrations"))
+            added = await self.db.run(template_store.seed)
         if added:
             log.info("seeded structure templates", extra={"count": added})
         log.info(

@@ -189,8 +189,9 @@ class KamServer(MeshServer):
                 settings.bootstrap_credentials,
             )
 
-        self.db.migrate("kam", str(Path(__file__).parent / "migrations"))
-        await self.db.run(prepare)
+        with self.db.exclusive("kam start-up"):
+            self.db.migrate("kam", str(Path(__file__).parent / "migrations"))
+            await self.db.run(prepare)
         return await super().start()
 
     async def stop(self, grace: float | None = None) -> None:

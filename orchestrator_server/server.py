@@ -72,7 +72,8 @@ class OrchestratorServer(MeshServer):
         super().__init__(settings, services, authenticator, "orchestrator.bitware", metrics)
 
     async def start(self) -> int:
-        self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
+        with self.db.exclusive("orchestrator start-up"):
+            self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
         loop = asyncio.get_running_loop()
 
         def committed(session: Session) -> None:  # runs on the database thread

@@ -124,6 +124,8 @@ def start_up(data: Path, *extra: str) -> Up:
     up.start_reading()
     try:
         up.wait_for(r"^ready: ", within=90)
+        # Every server came up first time (a crash at start-up would be restarted, and hidden).
+        assert not [line for line in up.lines if "exited with code" in line], up.lines
     except AssertionError:
         up.stop()
         raise
