@@ -15,8 +15,16 @@ import psycopg
 import pytest
 
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc, auth_pb2, auth_pb2_grpc
+from bitware.kam.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+)
 from bitware_core.mesh import InProcessMesh, start_mesh
+from tests.granulator.fake_openai import FakeOpenAI
 
 #: The machine's PostgreSQL (trust auth); tests create their own database and drop it.
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -122,6 +130,33 @@ async def start_server_process(service: str, env: dict[str, str]) -> asyncio.sub
     line = await asyncio.wait_for(process.stdout.readline(), 30)
     assert line.startswith(f"BITWARE_READY {service}".encode()), line
     return process
+
+
+async def submit(
+    kam: grpc.aio.Channel, client: Client, spec: common_pb2.ContentSpec
+) -> tuple[str, str]:
+    """Creates a request as the client's program and executes it: (request id, execution id)."""
+    requests = requests_pb2_grpc.RequestServiceStub(kam)
+    created = await requests.CreateRequest(
+        requests_pb2.CreateRequestRequest(spec=spec), metadata=client.key, timeout=10
+    )
+    executed = await requests.ExecuteRequest(
+        requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
+        metadata=client.key,
+        timeout=10,
+    )
+    return created.request.request_id, executed.execution_id
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    """A real local HTTP server speaking the OpenAI API, scripted by the test."""
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:

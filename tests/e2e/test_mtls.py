@@ -9,11 +9,11 @@ import grpc
 import pytest
 
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import auth_pb2, auth_pb2_grpc, requests_pb2, requests_pb2_grpc
+from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import start_mesh
-from tests.conftest import make_client
+from tests.conftest import make_client, submit
 from tests.tls_certs import Pki, make_pki
 
 
@@ -34,28 +34,20 @@ async def test_mesh_runs_end_to_end_over_mutual_tls(tmp_path: Path) -> None:
     try:
         async with grpc.aio.secure_channel(mesh.kam.address, _credentials(pki)) as kam:
             client = await make_client(mesh, channel_credentials=_credentials(pki))
-            requests = requests_pb2_grpc.RequestServiceStub(kam)
-            created = await requests.CreateRequest(
-                requests_pb2.CreateRequestRequest(
-                    spec=common_pb2.ContentSpec(
-                        topic="Secure Systems",
-                        structure_type=common_pb2.STRUCTURE_TYPE_QUIZ,
-                        granularity=2,
-                    )
+            _, execution_id = await submit(
+                kam,
+                client,
+                common_pb2.ContentSpec(
+                    topic="Secure Systems",
+                    structure_type=common_pb2.STRUCTURE_TYPE_QUIZ,
+                    granularity=2,
                 ),
-                metadata=client.key,
-                timeout=10,
-            )
-            executed = await requests.ExecuteRequest(
-                requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
-                metadata=client.key,
-                timeout=10,
             )
         async with grpc.aio.secure_channel(mesh.orchestrator.address, _credentials(pki)) as orc:
             events = [
                 m.event
                 async for m in orchestrator_pb2_grpc.OrchestratorServiceStub(orc).WatchExecution(
-                    orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+                    orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
                     metadata=client.key,
                     timeout=30,
                 )

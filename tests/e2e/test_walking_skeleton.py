@@ -8,7 +8,7 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from tests.conftest import Client
+from tests.conftest import Client, submit
 
 
 async def test_course_request_runs_end_to_end_with_live_progress(client: Client) -> None:
@@ -18,27 +18,20 @@ async def test_course_request_runs_end_to_end_with_live_progress(client: Client)
         grpc.aio.insecure_channel(mesh.orchestrator.address) as orchestrator,
         grpc.aio.insecure_channel(mesh.granulators[0].address) as granulator,
     ):
-        requests = requests_pb2_grpc.RequestServiceStub(kam)
-        created = await requests.CreateRequest(
-            requests_pb2.CreateRequestRequest(
-                spec=common_pb2.ContentSpec(
-                    topic="AI Development",
-                    structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
-                    audience="beginners",
-                    granularity=3,
-                )
+        request_id, execution_id = await submit(
+            kam,
+            client,
+            common_pb2.ContentSpec(
+                topic="AI Development",
+                structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
+                audience="beginners",
+                granularity=3,
             ),
-            metadata=client.key,
-            timeout=10,
         )
-        executed = await requests.ExecuteRequest(
-            requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
-            metadata=client.key,
-            timeout=10,
-        )
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
         events = []
         watch = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator).WatchExecution(
-            orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+            orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
             metadata=client.key,
             timeout=30,
         )
@@ -56,7 +49,7 @@ async def test_course_request_runs_end_to_end_with_live_progress(client: Client)
 
         execution = (
             await orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator).GetExecution(
-                orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
+                orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
                 metadata=client.key,
                 timeout=10,
             )
@@ -76,7 +69,7 @@ async def test_course_request_runs_end_to_end_with_live_progress(client: Client)
         # KAM learns the outcome from the orchestrator and settles the budget.
         request = (
             await requests.GetRequest(
-                requests_pb2.GetRequestRequest(request_id=created.request.request_id),
+                requests_pb2.GetRequestRequest(request_id=request_id),
                 metadata=client.key,
                 timeout=10,
             )
@@ -89,7 +82,7 @@ async def test_course_request_runs_end_to_end_with_live_progress(client: Client)
             await asyncio.sleep(0.1)
             request = (
                 await requests.GetRequest(
-                    requests_pb2.GetRequestRequest(request_id=created.request.request_id),
+                    requests_pb2.GetRequestRequest(request_id=request_id),
                     metadata=client.key,
                     timeout=10,
                 )

@@ -4,16 +4,13 @@ granulator, the execution completes, and exactly one result is stored for the st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
-import pytest
 from sqlalchemy import create_engine, text
 
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
@@ -21,24 +18,14 @@ from bitware_core.supervisor import reserve_port
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
-from tests.conftest import make_client, start_server_process
+from tests.conftest import make_client, start_server_process, submit
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 async def test_killed_granulator_stage_completes_once_on_the_other(
-    tmp_path: Path, model: FakeOpenAI
+    tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     credentials = MeshCredentials.generate(granulators=2)
     kam = await serve_kam(
@@ -70,41 +57,33 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
                     "BITWARE_ORCHESTRATOR_ADDRESS": orchestrator.address,
                     "BITWARE_WORKER_ID": worker_id,
                     "BITWARE_WORKER_TOKEN": credentials.tokens[worker_id],
-                    "BITWARE_OPENAI_BASE_URL": model.base_url,
+                    "BITWARE_OPENAI_BASE_URL": fake_openai.base_url,
                     "BITWARE_OPENAI_API_KEY": "test-key",
                 },
             )
         mesh = InProcessMesh(kam, orchestrator, [], credentials)
         client = await make_client(mesh)
         document = generate_offline(COURSE, "Resilience", "engineers", 2, {})
-        model.add(reply(document, delay=60))  # the first worker to ask hangs …
-        model.add(reply(document))  # … the second is answered at once
+        fake_openai.add(reply(document, delay=60))  # the first worker to ask hangs …
+        fake_openai.add(reply(document))  # … the second is answered at once
         async with (
             grpc.aio.insecure_channel(kam.address) as kam_channel,
             grpc.aio.insecure_channel(orchestrator.address) as orchestrator_channel,
         ):
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
-            requests = requests_pb2_grpc.RequestServiceStub(kam_channel)
-            created = await requests.CreateRequest(
-                requests_pb2.CreateRequestRequest(
-                    spec=common_pb2.ContentSpec(
-                        topic="Resilience",
-                        audience="engineers",
-                        granularity=2,
-                        structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
-                    )
+            _, execution_id = await submit(
+                kam_channel,
+                client,
+                common_pb2.ContentSpec(
+                    topic="Resilience",
+                    audience="engineers",
+                    granularity=2,
+                    structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
                 ),
-                metadata=client.key,
-                timeout=10,
             )
-            executed = await requests.ExecuteRequest(
-                requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
-                metadata=client.key,
-                timeout=10,
-            )
-            await asyncio.wait_for(model.wait_for_requests(1), 30)
+            await asyncio.wait_for(fake_openai.wait_for_requests(1), 30)
             running = await stub.GetExecution(
-                orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
+                orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
                 metadata=client.key,
                 timeout=10,
             )
@@ -114,14 +93,14 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
             events = [
                 m.event
                 async for m in stub.WatchExecution(
-                    orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+                    orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
                     metadata=client.key,
                     timeout=60,
                 )
             ]
             done = (
                 await stub.GetExecution(
-                    orchestrator_pb2.GetExecutionRequest(execution_id=executed.execution_id),
+                    orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
                     metadata=client.key,
                     timeout=10,
                 )
