@@ -6,7 +6,7 @@ Needs py-spy (`.venv/bin/pip install py-spy`, not a project dependency). py-spy 
 ptrace; run as a user allowed to (root in the CI container).
 
     .venv/bin/python bench/profile_mesh.py [--quick] [--window 16] [--dur 20]
-        [--provider offline|openai] [--top 25] [--postgres]
+        [--provider offline|openai] [--top 25] [--postgres] [--gil]
 
 Raw collapsed stacks are kept in $BENCH_RESULTS/profile-<process>.txt for flame graphs.
 """
@@ -95,6 +95,7 @@ async def run(a: argparse.Namespace) -> None:
                         str(out),
                         "--nonblocking",
                         "--threads",
+                        *(["--gil"] if a.gil else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -140,6 +141,9 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--gil", action="store_true", help="sample only threads holding the GIL (CPU, not waits)"
+    )
     a = ap.parse_args()
     if a.quick:
         a.dur = 8.0

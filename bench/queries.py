@@ -1,5 +1,6 @@
 """Database work per execution: every SQL statement and transaction each service runs for one
-single-stage execution, counted with a SQLAlchemy engine listener on an in-process mesh
+single-stage execution, counted by SQLite itself (a trace callback on every connection, so the
+hand-written SQL of the hot path counts as much as SQLAlchemy's) on an in-process mesh
 (`bitware_core.mesh.start_mesh`, SQLite files), executions run one at a time, offline provider.
 Also counts the Authenticate round trips KAM serves and the WatchExecution re-reads.
 
@@ -30,8 +31,7 @@ COMMITS: collections.Counter[str] = collections.Counter()
 ON = {"on": False}
 
 
-def _service(conn: Any) -> str:
-    url = str(conn.engine.url)
+def _service(url: str) -> str:
     for name in ("kam", "orchestrator", "granulator"):
         if f"{name}.db" in url:
             return name
@@ -50,16 +50,22 @@ def _shape(sql: str) -> str:
     return f"{verb} {rest.split()[0]}"
 
 
-@event.listens_for(Engine, "before_cursor_execute")
-def _count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-    if ON["on"]:
-        STATS[_service(conn)][_shape(statement)] += 1
+@event.listens_for(Engine, "engine_connect")
+def _trace(conn: Any) -> None:
+    service = _service(str(conn.engine.url))
 
+    def count(statement: str) -> None:
+        if not ON["on"]:
+            return
+        verb = statement.split(None, 1)[0].upper() if statement.strip() else ""
+        if verb == "COMMIT":
+            COMMITS[service] += 1
+        elif verb not in ("BEGIN", "ROLLBACK", "PRAGMA"):
+            STATS[service][_shape(statement)] += 1
 
-@event.listens_for(Engine, "commit")
-def _commit(conn: Any) -> None:
-    if ON["on"]:
-        COMMITS[_service(conn)] += 1
+    driver = conn.connection.driver_connection
+    if hasattr(driver, "set_trace_callback"):
+        driver.set_trace_callback(count)
 
 
 class InProc:

@@ -6,28 +6,39 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.db import (
+    Tx,
+    insert_rows,
+    new_id,
+    new_row,
+    next_page_token,
+    page_window,
+    select_rows,
+    update_row,
+    utcnow,
+    values_of,
+)
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
 from granulator_server.errors import JobNotFound
 
 
-def find(session: Session, execution_id: str, stage_id: str, attempt: int) -> models.Job | None:
-    return session.scalar(
-        select(models.Job).where(
-            models.Job.execution_id == execution_id,
-            models.Job.stage_id == stage_id,
-            models.Job.attempt == attempt,
-        )
+def find(tx: Tx, execution_id: str, stage_id: str, attempt: int) -> models.Job | None:
+    rows = select_rows(
+        tx,
+        models.Job,
+        "execution_id = :execution_id AND stage_id = :stage_id AND attempt = :attempt",
+        {"execution_id": execution_id, "stage_id": stage_id, "attempt": attempt},
     )
+    return rows[0] if rows else None
 
 
 def start(
-    session: Session,
+    tx: Tx,
     *,
     client_id: str,
     execution_id: str,
@@ -42,26 +53,24 @@ def start(
     """The attempt's job, made running; one left behind by an interrupted run is reused.
     `known_new`: the caller has just seen that no job exists for the attempt (the Handshake
     looked), so the lookup is skipped."""
-    job = None if known_new else find(session, execution_id, stage_id, attempt)
-    if job is None:
-        job = models.Job(
-            id=new_id("job"),
-            client_id=client_id,
-            execution_id=execution_id,
-            stage_id=stage_id,
-            attempt=attempt,
-            action=action,
-            spec=spec,
-            structure_type=structure_type,
-            template_name=template_name,
-            document={},
-            quality={},
-            validations=[],
-            usage={},
-            result={},
-        )
-        session.add(job)
-    job.status, job.updated_at = "running", utcnow()
+    job = None if known_new else find(tx, execution_id, stage_id, attempt)
+    if job is not None:
+        job.status, job.updated_at = "running", utcnow()
+        update_row(tx, job, "status", "updated_at")
+        return job
+    job = new_row(
+        models.Job,
+        id=new_id("job"),
+        client_id=client_id,
+        execution_id=execution_id,
+        stage_id=stage_id,
+        attempt=attempt,
+        action=action,
+        spec=spec,
+        structure_type=structure_type,
+        template_name=template_name,
+    )
+    insert_rows(tx, models.Job, [values_of(job)])
     return job
 
 
@@ -75,7 +84,7 @@ def quality_dict(report: QualityReport) -> dict[str, Any]:
 
 
 def complete(
-    session: Session,
+    tx: Tx,
     job_id: str,
     *,
     document: dict[str, Any],
@@ -84,32 +93,43 @@ def complete(
     result: dict[str, Any],
 ) -> models.Job:
     """Stores a generated structure with its element tree and first (rules) validation."""
-    job = session.get_one(models.Job, job_id)
-    session.execute(delete(models.Element).where(models.Element.job_id == job_id))
+    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    tx.execute("DELETE FROM elements WHERE job_id = :id", {"id": job_id})
     elements = to_elements(job.structure_type, document)
-    if elements:
-        # One executemany (insertmanyvalues) of plain rows: no ORM object per element.
-        session.execute(
-            insert(models.Element),
-            [
-                {
-                    "job_id": job_id,
-                    "position": e.index,
-                    "parent_position": e.parent_index,
-                    "kind": e.kind,
-                    "order": e.order,
-                    "title": e.title,
-                    "payload": e.payload,
-                }
-                for e in elements
-            ],
-        )
+    insert_rows(
+        tx,
+        models.Element,
+        [
+            {
+                "job_id": job_id,
+                "position": e.index,
+                "parent_position": e.parent_index,
+                "kind": e.kind,
+                "order": e.order,
+                "title": e.title,
+                "payload": e.payload,
+            }
+            for e in elements
+        ],
+    )
     quality = quality_dict(report)
     job.status, job.document, job.quality, job.usage = "completed", document, quality, usage
     job.validations = [*job.validations, validation_record("rules", quality)]
     job.element_count = len(elements)
     job.result = {**result, "metrics": {**result.get("metrics", {}), "elements": len(elements)}}
     job.updated_at = utcnow()
+    update_row(
+        tx,
+        job,
+        "status",
+        "document",
+        "quality",
+        "usage",
+        "validations",
+        "element_count",
+        "result",
+        "updated_at",
+    )
     return job
 
 
@@ -141,17 +161,18 @@ def finish_validation(
 
 
 def fail(
-    session: Session,
+    tx: Tx,
     job_id: str,
     status: str,
     message: str,
     result: dict[str, Any],
     usage: dict[str, Any] | None = None,
 ) -> None:
-    job = session.get_one(models.Job, job_id)
+    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     job.status, job.error_message, job.result, job.updated_at = status, message, result, utcnow()
     if usage:
         job.usage = usage
+    update_row(tx, job, "status", "error_message", "result", "updated_at", "usage")
 
 
 def get(session: Session, principal: Principal, job_id: str) -> models.Job:

@@ -97,9 +97,9 @@ class StageRunner:
     ) -> dict[str, Any]:
         """Runs the attempt and returns its outcome (see module docstring); re-raises
         cancellation after recording it. `job_known_new`: no job for the attempt exists yet."""
-        job = await self.db.run(
-            lambda s: jobs.start(
-                s,
+        job = await self.db.run_tx(
+            lambda tx: jobs.start(
+                tx,
                 client_id=work.client_id,
                 execution_id=work.execution_id,
                 stage_id=work.stage_id,
@@ -116,7 +116,9 @@ class StageRunner:
                 return await self._validate(work, job.id, stage_log)
             return await self._generate(work, job.id, stage_log)
         except asyncio.CancelledError:
-            await self.db.run(lambda s: jobs.fail(s, job.id, "cancelled", "cancelled", CANCELLED))
+            await self.db.run_tx(
+                lambda tx: jobs.fail(tx, job.id, "cancelled", "cancelled", CANCELLED)
+            )
             stage_log.add(progress.CANCELLED, "cancelled", 1.0)
             raise
         except StageFailure as failure:
@@ -125,8 +127,8 @@ class StageRunner:
             log.exception("stage failed", extra={"job": job.id})
             outcome = failure_outcome(StageFailure("WORKER_ERROR", f"{type(error).__name__}"))
         message = outcome["error"]["message"]
-        await self.db.run(
-            lambda s: jobs.fail(s, job.id, "failed", message, outcome, outcome["usage"])
+        await self.db.run_tx(
+            lambda tx: jobs.fail(tx, job.id, "failed", message, outcome, outcome["usage"])
         )
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
@@ -166,9 +168,9 @@ class StageRunner:
             "usage": generation.usage,
             "metrics": {},
         }
-        stored = await self.db.run(
-            lambda s: jobs.complete(
-                s,
+        stored = await self.db.run_tx(
+            lambda tx: jobs.complete(
+                tx,
                 job_id,
                 document=generation.document,
                 report=report,

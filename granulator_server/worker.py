@@ -176,7 +176,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
 
     async def _finished(self, key: Key) -> bool | None:
         """Whether the attempt's job has finished; None when there is no job for it at all."""
-        stored = await self.db.run(lambda s: jobs.find(s, *key))
+        stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
         if stored is None:
             return None
         return bool(stored.result)
@@ -218,7 +218,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         # An accepted offer that is still here has not finished (its task removes it when it
         # ends, and the Handshake that made it found no finished job): no lookup needed.
         if offer is None or ref.epoch < offer.epoch:
-            stored = await self.db.run(lambda s: jobs.find(s, *key))
+            stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
             if stored is not None and stored.result:
                 if stored.result.get("cancelled"):
                     raise StageCancelled(

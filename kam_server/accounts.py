@@ -281,6 +281,14 @@ def get_client(
     client = (
         session.get(models.Client, client_id, with_for_update=for_update) if client_id else None
     )
+    return visible_client(principal, client_id, client)
+
+
+def visible_client(
+    principal: Principal, client_id: str, client: models.Client | None
+) -> models.Client:
+    """The client found for `client_id`, or ClientNotFound when there is none or the caller may
+    not see it (the same answer, so that ids cannot be probed)."""
     if client is None or not principal.visible_client(client.id):
         raise ClientNotFound(f"client {client_id!r} not found")
     return client

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import next_page_token, page_window
+from bitware_core.db import Tx, next_page_token, page_window, select_rows
 from bitware_core.errors import Violations
 from bitware_core.tiers import TIERS
 from kam_server import audit, models
@@ -192,15 +192,19 @@ def create(session: Session, actor: Principal, new: TemplateInput) -> models.Mas
     return row
 
 
-def get(session: Session, name: str, version: int = 0) -> models.MasterTemplate:
-    query = select(models.MasterTemplate).where(models.MasterTemplate.name == name)
-    if version:
-        query = query.where(models.MasterTemplate.version == version)
-    row = session.scalar(query.order_by(models.MasterTemplate.version.desc()).limit(1))
-    if row is None:
+def get(tx: Tx, name: str, version: int = 0) -> models.MasterTemplate:
+    """The template of that name: the given version, else the newest."""
+    where = "name = :name" + (" AND version = :version" if version else "")
+    rows = select_rows(
+        tx,
+        models.MasterTemplate,
+        f"{where} ORDER BY version DESC LIMIT 1",
+        {"name": name, "version": version},
+    )
+    if not rows:
         suffix = f" version {version}" if version else ""
         raise TemplateNotFound(f"master template {name!r}{suffix} not found")
-    return row
+    return rows[0]
 
 
 def list_latest(
@@ -229,13 +233,13 @@ def deprecate(session: Session, actor: Principal, name: str) -> models.MasterTem
     problems = Violations()
     problems.check(bool(name), "name", "is required")
     problems.raise_if_any()
-    latest = get(session, name)
+    latest = get(Tx.of(session), name)
     session.execute(
         update(models.MasterTemplate)
         .where(models.MasterTemplate.name == name)
         .values(deprecated=True)
     )
-    session.refresh(latest)
+    latest.deprecated = True
     audit.record(session, actor, "template.deprecate", f"templates/{name}")
     return latest
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from bitware_core.db import utcnow
+from bitware_core.db import Tx, utcnow
 from kam_server import models
 from kam_server.errors import BudgetExceeded
 
@@ -30,61 +30,29 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def spent_this_month(session: Session, client_id: str) -> float:
-    total = session.scalar(
-        select(func.coalesce(func.sum(models.ClientRequest.cost_usd), 0.0)).where(
-            models.ClientRequest.client_id == client_id,
-            models.ClientRequest.charged_at >= month_start(),
-        )
-    )
-    return float(total or 0.0)
-
-
-def reserved(session: Session, client_id: str) -> float:
-    total = session.scalar(
-        select(func.coalesce(func.sum(models.ClientRequest.reserved_usd), 0.0)).where(
-            models.ClientRequest.client_id == client_id
-        )
-    )
-    return float(total or 0.0)
-
-
-def running_and_committed(session: Session, client_id: str) -> tuple[int, float]:
+def running_and_committed(tx: Tx, client_id: str) -> tuple[int, float]:
     """How many of the client's requests run now, and its budget committed this month (spent
     plus reserved), in one statement. Each part reads an index of its own
     (`ix_requests_client_status`, `ix_requests_client_charged`, `ix_requests_client_reserved`):
     only running, charged-this-month and reserving rows are visited, never all of a client's
     requests. A reservation is never negative (estimates are not), so summing the positive
     ones sums them all."""
-    request = models.ClientRequest
-    mine = request.client_id == client_id
-    running = select(func.count()).where(mine, request.status == "running").scalar_subquery()
-    spent = (
-        select(func.coalesce(func.sum(request.cost_usd), 0.0))
-        .where(mine, request.charged_at >= month_start())
-        .scalar_subquery()
+    running, spent, held = tx.one(
+        "SELECT (SELECT count(*) FROM requests WHERE client_id = :id AND status = 'running'),"
+        " (SELECT coalesce(sum(cost_usd), 0.0) FROM requests"
+        "  WHERE client_id = :id AND charged_at >= :start),"
+        " (SELECT coalesce(sum(reserved_usd), 0.0) FROM requests"
+        "  WHERE client_id = :id AND reserved_usd > 0)",
+        {"id": client_id, "start": tx.ts(month_start())},
     )
-    held = (
-        select(func.coalesce(func.sum(request.reserved_usd), 0.0))
-        .where(mine, request.reserved_usd > 0)
-        .scalar_subquery()
-    )
-    row = session.execute(select(running, spent, held)).one()
-    return int(row[0] or 0), float(row[1] or 0.0) + float(row[2] or 0.0)
+    return int(running or 0), float(spent or 0.0) + float(held or 0.0)
 
 
 def reserve(
-    session: Session,
-    client: models.Client,
-    row: models.ClientRequest,
-    amount: float,
-    committed: float | None = None,
+    client: models.Client, row: models.ClientRequest, amount: float, committed: float
 ) -> None:
     """Holds `amount` for `row`, or raises BudgetExceeded and holds nothing. `committed`: the
-    client's spend plus reservations when the caller has just read them (with the client row
-    locked), else they are read here."""
-    if committed is None:
-        committed = spent_this_month(session, client.id) + reserved(session, client.id)
+    client's spend plus reservations, read with the client row locked."""
     left = client.monthly_budget_usd - committed
     if amount > left + 1e-9:
         raise BudgetExceeded(

@@ -11,15 +11,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.db import (
+    Tx,
+    insert_rows,
+    new_id,
+    new_row,
+    next_page_token,
+    page_window,
+    select_rows,
+    update_row,
+    utcnow,
+    values_of,
+)
 from bitware_core.errors import Violations
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import catalog, ledger, models
-from kam_server.accounts import get_client
+from kam_server.accounts import visible_client
 from kam_server.errors import (
     ClientSuspended,
     ExecutionMismatch,
@@ -71,7 +82,19 @@ def _check_template(client: models.Client, template: models.MasterTemplate) -> N
         )
 
 
-def create(session: Session, principal: Principal, new: NewRequest) -> models.ClientRequest:
+def _client(tx: Tx, principal: Principal, client_id: str, lock: bool = False) -> models.Client:
+    rows = select_rows(tx, models.Client, "id = :id", {"id": client_id}, tx.lock() if lock else "")
+    return visible_client(principal, client_id, rows[0] if rows else None)
+
+
+def _request(tx: Tx, request_id: str, lock: bool = False) -> models.ClientRequest | None:
+    rows = select_rows(
+        tx, models.ClientRequest, "id = :id", {"id": request_id}, tx.lock() if lock else ""
+    )
+    return rows[0] if rows else None
+
+
+def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientRequest:
     problems = Violations()
     problems.check(bool(new.topic.strip()), "spec.topic", "is required")
     problems.check(len(new.topic) <= 500, "spec.topic", "must be at most 500 characters")
@@ -86,18 +109,18 @@ def create(session: Session, principal: Principal, new: NewRequest) -> models.Cl
     client_id = new.client_id if principal.sees_all_clients else principal.client_id
     problems.check(bool(client_id), "client_id", "is required for callers without a client")
     problems.raise_if_any()
-    client = get_client(session, principal, client_id)
+    client = _client(tx, principal, client_id)
     _check_active(client)
     if new.idempotency_key:
-        existing = session.scalar(
-            select(models.ClientRequest).where(
-                models.ClientRequest.client_id == client.id,
-                models.ClientRequest.idempotency_key == new.idempotency_key,
-            )
+        existing = select_rows(
+            tx,
+            models.ClientRequest,
+            "client_id = :client AND idempotency_key = :key",
+            {"client": client.id, "key": new.idempotency_key},
         )
-        if existing is not None:
-            return existing
-    template = catalog.get(session, new.master_template or f"{new.structure_type}_standard")
+        if existing:
+            return existing[0]
+    template = catalog.get(tx, new.master_template or f"{new.structure_type}_standard")
     if new.structure_type and new.structure_type != template.structure_type:
         problems.add(
             "spec.structure_type",
@@ -114,13 +137,11 @@ def create(session: Session, principal: Principal, new: NewRequest) -> models.Cl
             reason="TIER_PRIORITY",
             metadata={"tier": client.tier, "max_priority": limits.max_priority},
         )
-    this_month = session.scalar(
-        select(func.count()).where(
-            models.ClientRequest.client_id == client.id,
-            models.ClientRequest.created_at >= ledger.month_start(),
-        )
+    [this_month] = tx.one(
+        "SELECT count(*) FROM requests WHERE client_id = :id AND created_at >= :start",
+        {"id": client.id, "start": tx.ts(ledger.month_start())},
     )
-    if (this_month or 0) >= limits.max_requests_per_month:
+    if this_month >= limits.max_requests_per_month:
         raise TierLimitExceeded(
             f"tier {client.tier} allows {limits.max_requests_per_month} requests a month",
             reason="TIER_LIMIT_REQUESTS",
@@ -134,7 +155,8 @@ def create(session: Session, principal: Principal, new: NewRequest) -> models.Cl
         "constraints": new.constraints,
         "options": new.options,
     }
-    row = models.ClientRequest(
+    row = new_row(
+        models.ClientRequest,
         id=new_id("req"),
         client_id=client.id,
         spec=spec,
@@ -144,7 +166,7 @@ def create(session: Session, principal: Principal, new: NewRequest) -> models.Cl
         urgency=new.urgency,
         idempotency_key=new.idempotency_key or None,
     )
-    session.add(row)
+    insert_rows(tx, models.ClientRequest, [values_of(row)])
     return row
 
 
@@ -183,27 +205,26 @@ def list_requests(
     return rows[:limit], next_page_token(offset, limit, len(rows))
 
 
-def client_tier(session: Session, client_id: str) -> str:
-    return session.get_one(models.Client, client_id).tier
-
-
 def begin_execution(
-    session: Session, principal: Principal, request_id: str
-) -> models.ClientRequest:
+    tx: Tx, principal: Principal, request_id: str
+) -> tuple[models.ClientRequest, models.Client]:
     """Checks client, template, tier and budget and reserves the template's cost estimate. A
     request that was executed already is returned as it is (so executing twice starts nothing
     new); the caller starts the execution only when `execution_id` is empty."""
-    row = get(session, principal, request_id)
-    client = get_client(session, principal, row.client_id, for_update=True)
-    session.refresh(row)  # as it is now that no other execution of this client is deciding
+    row = _request(tx, request_id)
+    if row is None or not principal.visible_client(row.client_id):
+        raise RequestNotFound(f"request {request_id!r} not found")
+    client = _client(tx, principal, row.client_id, lock=True)
+    row = _request(tx, request_id)  # as it is now that no other execution of this client decides
+    assert row is not None  # requests are never deleted
     if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
-        return row
+        return row, client
     if row.status != "pending":
         raise RequestFinished(f"request {row.id} is {row.status}")
     _check_active(client)
-    template = catalog.get(session, row.master_template, row.template_version)
+    template = catalog.get(tx, row.master_template, row.template_version)
     _check_template(client, template)
-    running, committed = ledger.running_and_committed(session, client.id)
+    running, committed = ledger.running_and_committed(tx, client.id)
     limits = TIER_LIMITS[client.tier]
     if running >= limits.max_concurrent_executions:
         raise TierLimitExceeded(
@@ -211,19 +232,21 @@ def begin_execution(
             reason="TIER_LIMIT_CONCURRENCY",
             metadata={"tier": client.tier, "limit": str(limits.max_concurrent_executions)},
         )
-    ledger.reserve(session, client, row, template.cost_estimate_usd, committed)
+    ledger.reserve(client, row, template.cost_estimate_usd, committed)
     row.status = "running"
     row.updated_at = utcnow()
-    return row
+    update_row(tx, row, "reserved_usd", "status", "updated_at")
+    return row, client
 
 
-def attach_execution(session: Session, request_id: str, execution_id: str) -> models.ClientRequest:
+def attach_execution(tx: Tx, request_id: str, execution_id: str) -> models.ClientRequest:
     """Remembers the execution the orchestrator started (its outcome may have arrived first)."""
-    row = session.get(models.ClientRequest, request_id)
+    row = _request(tx, request_id, lock=True)
     if row is None:
         raise RequestNotFound(f"request {request_id!r} not found")
     if not row.execution_id:
         row.execution_id = execution_id
+        update_row(tx, row, "execution_id")
     return row
 
 
@@ -236,7 +259,7 @@ def abandon_execution(session: Session, request_id: str) -> None:
 
 
 def record_outcome(
-    session: Session,
+    tx: Tx,
     request_id: str,
     execution_id: str,
     *,
@@ -253,7 +276,7 @@ def record_outcome(
     problems.check(bool(request_id), "request_id", "is required")
     problems.check(bool(execution_id), "execution_id", "is required")
     problems.raise_if_any()
-    row = session.get(models.ClientRequest, request_id)
+    row = _request(tx, request_id, lock=True)
     if row is None:
         raise RequestNotFound(f"request {request_id!r} not found")
     if row.execution_id and row.execution_id != execution_id:
@@ -269,6 +292,19 @@ def record_outcome(
         row.job_id = job_id if status == "completed" else ""
         row.error_message = error_message[:2000]
     row.updated_at = utcnow()
+    update_row(
+        tx,
+        row,
+        "execution_id",
+        "cost_usd",
+        "usage",
+        "charged_at",
+        "reserved_usd",
+        "status",
+        "job_id",
+        "error_message",
+        "updated_at",
+    )
     return row
 
 

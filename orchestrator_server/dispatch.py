@@ -25,7 +25,7 @@ from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
-from bitware_core.db import Database
+from bitware_core.db import Database, Tx
 from bitware_core.metrics import Registry
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
@@ -142,8 +142,8 @@ class Dispatcher:
             self._stubs[address] = worker_pb2_grpc.WorkerServiceStub(self.channel(address))
         return self._stubs[address]
 
-    async def _db(self, work: Callable[[Session], T], execution_id: str = "") -> T:
-        return await self.db.run(work)
+    async def _db(self, work: Callable[[Tx], T]) -> T:
+        return await self.db.run_tx(work)
 
     # --- loops ------------------------------------------------------------------------------
 
@@ -169,8 +169,8 @@ class Dispatcher:
             stage_id: {w for w, until in declined.items() if until > now}
             for stage_id, declined in self.declined.items()
         }
-        claims = await self.db.run(
-            lambda s: queue.claim(s, self.owner, slots, avoid, self.settings.lease_seconds)
+        claims = await self.db.run_tx(
+            lambda tx: queue.claim(tx, self.owner, slots, avoid, self.settings.lease_seconds)
         )
         for claim in claims:
             # The slot is taken from now on, so the next round cannot offer it again.
@@ -263,7 +263,7 @@ class Dispatcher:
         return serving
 
     async def report_outcomes(self) -> None:
-        for execution in await self.db.run(outcomes.unreported):
+        for execution in await self.db.run_tx(outcomes.unreported):
             try:
                 await self.kam.report_outcome(execution)
             except grpc.aio.AioRpcError as error:
@@ -272,7 +272,9 @@ class Dispatcher:
                     extra={"execution": execution.id, "code": error.code().name},
                 )
                 continue
-            await self.db.run(functools.partial(outcomes.mark_reported, execution_id=execution.id))
+            await self.db.run_tx(
+                functools.partial(outcomes.mark_reported, execution_id=execution.id)
+            )
 
     # --- one stage attempt --------------------------------------------------------------------
 
@@ -281,15 +283,14 @@ class Dispatcher:
         try:
             if claim.previous_output_ref:
                 reference = claim.previous_output_ref
-                output = await self.db.run(lambda s: payloads.load(s, reference))
+                output = await self.db.run_tx(lambda tx: payloads.load(tx, reference))
                 claim = dataclasses.replace(claim, previous_output=output)
             await self._offer_and_process(claim, address, has_alternative)
         except CorruptPayload as error:
             reason, message = error.reason, error.message
             await self._record(
-                claim,
-                lambda s: outcomes.record_failure(
-                    s,
+                lambda tx: outcomes.record_failure(
+                    tx,
                     claim,
                     error_class="CORRUPT",
                     reason=reason,
@@ -306,9 +307,8 @@ class Dispatcher:
             log.exception("stage attempt crashed", extra={"stage": claim.stage_id})
             failure = str(error)
             await self._record(
-                claim,
-                lambda s: outcomes.record_failure(
-                    s,
+                lambda tx: outcomes.record_failure(
+                    tx,
                     claim,
                     error_class="INTERNAL",
                     reason="ORCHESTRATOR_ERROR",
@@ -318,8 +318,8 @@ class Dispatcher:
                 ),
             )
 
-    async def _record(self, claim: queue.Claim, work: Callable[[Session], Any]) -> None:
-        finished = await self._db(work, claim.execution_id)
+    async def _record(self, work: Callable[[Tx], Any]) -> None:
+        finished = await self._db(work)
         if isinstance(finished, outcomes.Finished):
             if finished.retry_reason:
                 self._retries.inc(finished.retry_reason)
@@ -370,7 +370,7 @@ class Dispatcher:
         if claimed_at is not None:
             self._dispatch_seconds.observe(asyncio.get_running_loop().time() - claimed_at)
         self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
-        await self._db(lambda s: outcomes.record_accept(s, claim, worker_id), claim.execution_id)
+        await self._db(lambda tx: outcomes.record_accept(tx, claim, worker_id))
         await self._process(claim, worker_id, stub)
 
     async def _requeue(
@@ -383,9 +383,8 @@ class Dispatcher:
         final: bool = False,
     ) -> None:
         await self._record(
-            claim,
-            lambda s: outcomes.record_decline(
-                s, claim, worker_id, reason, message, wait, final=final
+            lambda tx: outcomes.record_decline(
+                tx, claim, worker_id, reason, message, wait, final=final
             ),
         )
 
@@ -453,9 +452,8 @@ class Dispatcher:
             reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
             message = error.details() or error.code().name
             await self._record(
-                claim,
-                lambda s: outcomes.record_failure(
-                    s,
+                lambda tx: outcomes.record_failure(
+                    tx,
                     claim,
                     error_class="TRANSIENT",
                     reason=reason,
@@ -490,9 +488,8 @@ class Dispatcher:
                 ],
             }
             await self._record(
-                claim,
-                lambda s: outcomes.record_result(
-                    s,
+                lambda tx: outcomes.record_result(
+                    tx,
                     claim,
                     output=convert.from_struct(result.output),
                     job_id=result.job_id,
@@ -504,9 +501,8 @@ class Dispatcher:
         err = response.error
         error_class = worker_pb2.ErrorClass.Name(err.error_class).removeprefix("ERROR_CLASS_")
         await self._record(
-            claim,
-            lambda s: outcomes.record_failure(
-                s,
+            lambda tx: outcomes.record_failure(
+                tx,
                 claim,
                 error_class=error_class,
                 reason=err.reason,
@@ -537,8 +533,7 @@ class Dispatcher:
                 batch, pending[:] = pending[:], []
                 if batch:
                     await self._db(
-                        functools.partial(outcomes.record_progress, claim_=claim, events=batch),
-                        claim.execution_id,
+                        functools.partial(outcomes.record_progress, claim_=claim, events=batch)
                     )
 
         writer = asyncio.create_task(write())

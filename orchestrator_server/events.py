@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from orchestrator_server import models
+from orchestrator_server.executions import LoggedEvent
 
 log = logging.getLogger("bitware.orchestrator.events")
 
@@ -25,9 +25,9 @@ class Subscription:
     """One stream's inbox: events published since it last looked, and a flag that wakes it."""
 
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    published: list[models.Event] = field(default_factory=list)
+    published: list[LoggedEvent] = field(default_factory=list)
 
-    def take(self) -> list[models.Event]:
+    def take(self) -> list[LoggedEvent]:
         events, self.published = self.published, []
         return events
 
@@ -37,7 +37,7 @@ class EventHub:
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._listener: asyncio.Task[None] | None = None
 
-    def publish(self, events: list[models.Event]) -> None:
+    def publish(self, events: list[LoggedEvent]) -> None:
         """Hands committed events to the streams watching their executions."""
         for event in events:
             for subscription in self._subscriptions.get(event.execution_id, ()):

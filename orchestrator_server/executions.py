@@ -7,11 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.db import (
+    Tx,
+    insert_rows,
+    new_id,
+    next_page_token,
+    page_window,
+    select_rows,
+    utcnow,
+    values_of,
+)
 from bitware_core.errors import Violations
 from orchestrator_server import models
 from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
@@ -70,52 +79,88 @@ def queue_key(priority: int, at: datetime) -> float:
 # --- events ---------------------------------------------------------------------------------
 
 
-def append_event(session: Session, execution: models.Execution, type_: str, **data: Any) -> int:
-    """Appends the next event of the execution's log (sequence numbers have no gaps)."""
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One event of an execution's log, as written and as read back."""
+
+    execution_id: str
+    sequence: int
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+
+def append_event(tx: Tx, execution: models.Execution, type_: str, **data: Any) -> int:
+    """Appends the next event of the execution's log (sequence numbers have no gaps). The
+    caller writes `execution.last_sequence` back (the ORM does so for a session's objects)."""
     execution.last_sequence += 1
     data.setdefault("execution_status", execution.status)
     data.setdefault("progress", progress(execution))
-    event = models.Event(
-        execution_id=execution.id, sequence=execution.last_sequence, type=type_, data=data
+    event = LoggedEvent(execution.id, execution.last_sequence, type_, data, utcnow())
+    tx.execute(
+        "INSERT INTO events (execution_id, sequence, at, type, data)"
+        " VALUES (:execution_id, :sequence, :at, :type, :data)",
+        {
+            "execution_id": event.execution_id,
+            "sequence": event.sequence,
+            "at": tx.ts(event.at),
+            "type": type_,
+            "data": tx.json(data),
+        },
     )
-    session.add(event)
     # Handed to this process's watchers once the transaction commits (see OrchestratorServer).
-    session.info.setdefault(APPENDED, []).append(event)
-    if session.get_bind().dialect.name == "postgresql":
+    tx.info.setdefault(APPENDED, []).append(event)
+    if tx.postgres:
         # Delivered at commit to every replica's listener, which wakes its watchers.
-        session.execute(
-            text("SELECT pg_notify(:channel, :id)"), {"channel": EVENTS_CHANNEL, "id": execution.id}
+        tx.execute(
+            "SELECT pg_notify(:channel, :id)", {"channel": EVENTS_CHANNEL, "id": execution.id}
         )
     return execution.last_sequence
 
 
 @dataclass(frozen=True)
 class LogPage:
-    events: list[models.Event]
+    events: list[LoggedEvent]
     finished: bool
     last_sequence: int
 
 
-def log_after(
-    session: Session, execution_id: str, after: int, principal: Principal | None = None
-) -> LogPage:
+def log_after(tx: Tx, execution_id: str, after: int, principal: Principal | None = None) -> LogPage:
     """The next events of an execution's log after `after`, read together with whether the
     execution has finished and how long its log is (NOT_FOUND for a principal that may not see
     it)."""
-    execution = (
-        get(session, principal, execution_id)
-        if principal is not None
-        else session.get_one(models.Execution, execution_id)
+    row = tx.one(
+        "SELECT client_id, status, last_sequence FROM executions WHERE id = :id",
+        {"id": execution_id},
     )
-    events = list(
-        session.scalars(
-            select(models.Event)
-            .where(models.Event.execution_id == execution_id, models.Event.sequence > after)
-            .order_by(models.Event.sequence)
-            .limit(500)
+    if row is None or (principal is not None and not principal.visible_client(row[0])):
+        raise ExecutionNotFound(f"execution {execution_id!r} not found")
+    events = [
+        LoggedEvent(execution_id, sequence, type_, tx.loads(data), tx.when(at) or utcnow())
+        for sequence, type_, data, at in tx.all(
+            "SELECT sequence, type, data, at FROM events"
+            " WHERE execution_id = :id AND sequence > :after ORDER BY sequence LIMIT 500",
+            {"id": execution_id, "after": after},
         )
+    ]
+    return LogPage(events, row[1] in TERMINAL_EXECUTION, row[2])
+
+
+def load_full(
+    tx: Tx, execution_id: str
+) -> tuple[models.Execution, list[models.Stage], list[models.Attempt]]:
+    """An execution with its stages and their attempts (detached objects)."""
+    [execution] = select_rows(tx, models.Execution, "id = :id", {"id": execution_id})
+    stages = select_rows(
+        tx, models.Stage, 'execution_id = :id ORDER BY "order"', {"id": execution_id}
     )
-    return LogPage(events, execution.status in TERMINAL_EXECUTION, execution.last_sequence)
+    attempts = select_rows(
+        tx,
+        models.Attempt,
+        "stage_id IN (SELECT id FROM stages WHERE execution_id = :id) ORDER BY stage_id, number",
+        {"id": execution_id},
+    )
+    return execution, stages, attempts
 
 
 def progress(execution: models.Execution, stage_fraction: float = 0.0) -> float:
@@ -139,18 +184,20 @@ class NewExecution:
     client_concurrency: int = 0
 
 
-def create(session: Session, new: NewExecution) -> models.Execution:
+def create(tx: Tx, new: NewExecution) -> str:
+    """Stores a new execution with its stages, the first one queued; returns its id (that of
+    the existing execution for a known idempotency key)."""
     problems = Violations()
     problems.check(bool(new.spec.get("topic", "").strip()), "spec.topic", "is required")
     problems.check(1 <= int(new.spec.get("granularity", 0)) <= 5, "spec.granularity", "must be 1-5")
     problems.check(bool(new.client_id), "client_id", "is required")
     problems.raise_if_any()
     if new.idempotency_key:
-        existing = session.scalar(
-            select(models.Execution).where(models.Execution.idempotency_key == new.idempotency_key)
+        existing = tx.one(
+            "SELECT id FROM executions WHERE idempotency_key = :key", {"key": new.idempotency_key}
         )
         if existing is not None:
-            return existing
+            return str(existing[0])
     now = utcnow()
     priority = PRIORITIES[new.priority or "normal"]
     timeout_s = float(new.template.get("execution_timeout_s") or 0)
@@ -164,13 +211,15 @@ def create(session: Session, new: NewExecution) -> models.Execution:
         priority=priority,
         idempotency_key=new.idempotency_key or None,
         client_concurrency=new.client_concurrency,
+        status="queued",
+        last_sequence=0,
+        stages_done=0,
         stages_total=len(new.template["stages"]),
         deadline_at=now + timedelta(seconds=timeout_s) if timeout_s else None,
         created_at=now,
     )
-    session.add(execution)
-    for definition in sorted(new.template["stages"], key=lambda s: s["order"]):
-        stage = models.Stage(
+    stages = [
+        models.Stage(
             id=new_id("stg"),
             execution_id=execution.id,
             order=definition["order"],
@@ -183,16 +232,20 @@ def create(session: Session, new: NewExecution) -> models.Execution:
             retry_policy=definition.get("retry_policy", {}),
             min_quality=definition.get("min_quality_score", 0.0),
             priority=priority,
+            status="pending",
+            attempts=0,
         )
-        session.add(stage)
-    session.flush()
-    first = stages_of(session, execution.id)[0]
+        for definition in sorted(new.template["stages"], key=lambda s: s["order"])
+    ]
+    first = stages[0]
     enqueue(first, priority, now)
-    append_event(session, execution, "EXECUTION_QUEUED", message="queued")
+    append_event(tx, execution, "EXECUTION_QUEUED", message="queued")
     append_event(
-        session, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
+        tx, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
     )
-    return execution
+    insert_rows(tx, models.Execution, [values_of(execution)])
+    insert_rows(tx, models.Stage, [values_of(stage) for stage in stages])
+    return execution.id
 
 
 def enqueue(stage: models.Stage, priority: int, now: datetime) -> None:
@@ -216,16 +269,6 @@ def stages_of(session: Session, execution_id: str) -> list[models.Stage]:
             select(models.Stage)
             .where(models.Stage.execution_id == execution_id)
             .order_by(models.Stage.order)
-        )
-    )
-
-
-def attempts_of(session: Session, stage_ids: list[str]) -> list[models.Attempt]:
-    return list(
-        session.scalars(
-            select(models.Attempt)
-            .where(models.Attempt.stage_id.in_(stage_ids))
-            .order_by(models.Attempt.stage_id, models.Attempt.number)
         )
     )
 
@@ -284,23 +327,28 @@ def cancel(
     move_execution(execution, "cancelled")
     execution.ended_at = utcnow()
     execution.error = {"reason": "CANCELLED", "message": reason or "cancelled", "retryable": False}
-    append_event(session, execution, "EXECUTION_CANCELLED", message=reason or "cancelled")
+    append_event(Tx.of(session), execution, "EXECUTION_CANCELLED", message=reason or "cancelled")
     return execution, running
 
 
-def end_attempt(
-    session: Session, stage: models.Stage, epoch: int, status: str, **values: Any
-) -> None:
-    attempt = session.scalar(
-        select(models.Attempt).where(
-            models.Attempt.stage_id == stage.id, models.Attempt.epoch == epoch
-        )
+def end_attempt(tx: Tx, stage_id: str, epoch: int, status: str, **values: Any) -> None:
+    """Ends the stage's attempt of that epoch (unless it already ended), with its usage, error
+    or quality score."""
+    sets = "".join(f", {name} = :{name}" for name in values)
+    params = {
+        name: tx.json(value) if isinstance(value, dict) else value for name, value in values.items()
+    }
+    tx.execute(
+        f"UPDATE attempts SET status = :status, ended_at = :ended_at{sets}"
+        " WHERE stage_id = :stage_id AND epoch = :epoch AND ended_at IS NULL",
+        {
+            **params,
+            "status": status,
+            "ended_at": tx.ts(utcnow()),
+            "stage_id": stage_id,
+            "epoch": epoch,
+        },
     )
-    if attempt is not None and attempt.ended_at is None:
-        attempt.status = status
-        attempt.ended_at = utcnow()
-        for key, value in values.items():
-            setattr(attempt, key, value)
 
 
 def retry(session: Session, principal: Principal, execution_id: str) -> models.Execution:
@@ -321,9 +369,10 @@ def retry(session: Session, principal: Principal, execution_id: str) -> models.E
     first.ended_at = None
     move_execution(execution, "queued")
     execution.error, execution.ended_at, execution.outcome_reported = {}, None, False
-    append_event(session, execution, "EXECUTION_QUEUED", message="retried from the failed stage")
+    tx = Tx.of(session)
+    append_event(tx, execution, "EXECUTION_QUEUED", message="retried from the failed stage")
     append_event(
-        session, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
+        tx, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
     )
     return execution
 
@@ -367,7 +416,7 @@ def expire(session: Session, queue_wait_s: float) -> list[tuple[str, list[str]]]
         execution.error = {"reason": reason, "message": message, "retryable": True}
         execution.ended_at = now
         append_event(
-            session,
+            Tx.of(session),
             execution,
             "EXECUTION_FAILED",
             error=execution.error,

@@ -9,15 +9,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from bitware_core.db import utcnow
+from bitware_core.db import Tx, select_rows, update_row, utcnow
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
 from orchestrator_server.executions import (
     NON_RETRYABLE_CLASSES,
-    TERMINAL_EXECUTION,
     append_event,
     end_attempt,
     enqueue,
@@ -30,48 +26,78 @@ from orchestrator_server.queue import Claim
 
 # --- attempt outcomes -----------------------------------------------------------------------
 
+#: The stage columns an outcome may change (written back together).
+_STAGE_CHANGES = (
+    "status",
+    "attempts",
+    "ready_at",
+    "lease_owner",
+    "usage",
+    "best",
+    "feedback",
+    "output",
+    "output_ref",
+    "job_id",
+    "quality",
+    "error",
+    "ended_at",
+)
+_EXECUTION_CHANGES = (
+    "status",
+    "last_sequence",
+    "usage",
+    "stages_done",
+    "ended_at",
+    "job_id",
+    "error",
+)
 
-def _current(session: Session, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
+
+def _current(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
     """The stage and its execution, locked (execution first, as everywhere), if the attempt is
     still the current one; otherwise StaleAttempt."""
-    execution_id = session.scalar(
-        select(models.Stage.execution_id).where(models.Stage.id == stage_id)
+    [execution] = select_rows(
+        tx,
+        models.Execution,
+        "id = (SELECT execution_id FROM stages WHERE id = :id)",
+        {"id": stage_id},
+        tx.lock(),
     )
-    execution = session.get_one(
-        models.Execution, execution_id, with_for_update=True, populate_existing=True
-    )
-    stage = session.get_one(models.Stage, stage_id, with_for_update=True, populate_existing=True)
+    [stage] = select_rows(tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock())
     if stage.epoch != epoch or stage.status != "running":
         raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
     return stage, execution
 
 
-def record_accept(session: Session, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
-    attempt = session.scalar(
-        select(models.Attempt).where(
-            models.Attempt.stage_id == stage.id, models.Attempt.epoch == claim_.epoch
-        )
+def _save(tx: Tx, stage: models.Stage, execution: models.Execution) -> None:
+    update_row(tx, stage, *_STAGE_CHANGES)
+    update_row(tx, execution, *_EXECUTION_CHANGES)
+
+
+def record_accept(tx: Tx, claim_: Claim, worker_id: str) -> None:
+    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    tx.execute(
+        "UPDATE attempts SET status = 'running' WHERE stage_id = :id AND epoch = :epoch",
+        {"id": stage.id, "epoch": claim_.epoch},
     )
-    if attempt is not None:
-        attempt.status = "running"
     append_event(
-        session,
+        tx,
         execution,
         "STAGE_ACCEPTED",
         **stage_fields(stage),
         worker_id=worker_id,
         message=f"{worker_id} accepted",
     )
+    update_row(tx, execution, "last_sequence")
 
 
-def record_progress(session: Session, claim_: Claim, events: list[tuple[str, str, float]]) -> None:
+def record_progress(tx: Tx, claim_: Claim, events: list[tuple[str, str, float]]) -> None:
     """Appends the worker's progress events (phase, message, fraction), read together, in one
     transaction."""
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     for phase, message, fraction in events:
         append_event(
-            session,
+            tx,
             execution,
             "STAGE_PROGRESS",
             **stage_fields(stage),
@@ -79,10 +105,11 @@ def record_progress(session: Session, claim_: Claim, events: list[tuple[str, str
             message=message,
             progress=progress(execution, fraction),
         )
+    update_row(tx, execution, "last_sequence")
 
 
 def record_decline(
-    session: Session,
+    tx: Tx,
     claim_: Claim,
     worker_id: str,
     reason: str,
@@ -92,12 +119,12 @@ def record_decline(
 ) -> None:
     """A decline costs no attempt: the stage goes back to the queue (after retry_after), or
     fails for good when the input itself is invalid."""
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     end_attempt(
-        session, stage, claim_.epoch, "declined", error={"reason": reason, "message": message}
+        tx, stage.id, claim_.epoch, "declined", error={"reason": reason, "message": message}
     )
     append_event(
-        session,
+        tx,
         execution,
         "STAGE_DECLINED",
         **stage_fields(stage),
@@ -108,12 +135,13 @@ def record_decline(
     stage.attempts -= 1
     if final:
         _fail_stage(
-            session, stage, execution, {"reason": reason, "message": message, "retryable": False}
+            tx, stage, execution, {"reason": reason, "message": message, "retryable": False}
         )
-        return
-    move_stage(stage, "queued")
-    stage.ready_at = utcnow() + timedelta(seconds=retry_after)
-    stage.lease_owner = ""
+    else:
+        move_stage(stage, "queued")
+        stage.ready_at = utcnow() + timedelta(seconds=retry_after)
+        stage.lease_owner = ""
+    _save(tx, stage, execution)
 
 
 def _backoff(policy: dict[str, Any], attempt: int, hint: float) -> float:
@@ -147,7 +175,7 @@ class Finished:
 
 
 def record_result(
-    session: Session,
+    tx: Tx,
     claim_: Claim,
     *,
     output: dict[str, Any],
@@ -157,7 +185,7 @@ def record_result(
 ) -> Finished:
     if len(payloads.encode(output)) > payloads.HARD_LIMIT:
         return record_failure(
-            session,
+            tx,
             claim_,
             error_class="TOO_LARGE",
             reason="OUTPUT_TOO_LARGE",
@@ -165,13 +193,13 @@ def record_result(
             retry_after=0.0,
             usage=usage,
         )
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     score = float(quality.get("score", 0.0))
     stage.usage = add_usage(stage.usage, usage)
     execution.usage = add_usage(execution.usage, usage)
     below = stage.min_quality > 0 and score < stage.min_quality
     if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
-        inline, reference = payloads.store(session, output)
+        inline, reference = payloads.store(tx, output)
         stage.best = {
             "output": inline,
             "output_ref": reference,
@@ -180,10 +208,10 @@ def record_result(
         }
     max_attempts = int(stage.retry_policy.get("max_attempts", 1))
     if below and stage.attempts - stage.attempts_base < max_attempts:
-        end_attempt(session, stage, claim_.epoch, "below_quality", usage=usage, quality_score=score)
+        end_attempt(tx, stage.id, claim_.epoch, "below_quality", usage=usage, quality_score=score)
         stage.feedback = str(quality.get("feedback", ""))
         append_event(
-            session,
+            tx,
             execution,
             "QUALITY_BELOW_THRESHOLD",
             **stage_fields(stage),
@@ -191,8 +219,9 @@ def record_result(
         )
         move_stage(stage, "retry_wait")
         stage.ready_at = utcnow()
+        _save(tx, stage, execution)
         return Finished(execution.id, False, "BELOW_QUALITY")
-    end_attempt(session, stage, claim_.epoch, "succeeded", usage=usage, quality_score=score)
+    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage, quality_score=score)
     best = stage.best
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
@@ -204,44 +233,49 @@ def record_result(
     execution.stages_done += 1
     stage.ended_at = utcnow()
     append_event(
-        session,
+        tx,
         execution,
         "STAGE_SUCCEEDED",
         **stage_fields(stage),
         usage=execution.usage,
         message=f"stage {stage.name} done (quality {float(best['quality'].get('score', 0)):.0f})",
     )
-    following = session.scalar(
-        select(models.Stage).where(
-            models.Stage.execution_id == execution.id, models.Stage.order == stage.order + 1
-        )
+    following = select_rows(
+        tx,
+        models.Stage,
+        'execution_id = :id AND "order" = :order',
+        {"id": execution.id, "order": stage.order + 1},
     )
-    if following is not None:
-        enqueue(following, execution.priority, utcnow())
+    if following:
+        [next_stage] = following
+        enqueue(next_stage, execution.priority, utcnow())
+        update_row(tx, next_stage, "status", "queued_at", "ready_at", "queue_key")
         append_event(
-            session,
+            tx,
             execution,
             "STAGE_QUEUED",
-            **stage_fields(following),
+            **stage_fields(next_stage),
             message="waiting for a worker",
         )
+        _save(tx, stage, execution)
         return Finished(execution.id, False)
     move_execution(execution, "succeeded")
     execution.ended_at = utcnow()
     execution.job_id = stage.job_id
     append_event(
-        session,
+        tx,
         execution,
         "EXECUTION_SUCCEEDED",
         usage=execution.usage,
         message="execution succeeded",
         progress=1.0,
     )
+    _save(tx, stage, execution)
     return Finished(execution.id, True)
 
 
 def record_failure(
-    session: Session,
+    tx: Tx,
     claim_: Claim,
     *,
     error_class: str,
@@ -251,7 +285,7 @@ def record_failure(
     usage: dict[str, Any],
     status: str = "failed",
 ) -> Finished:
-    stage, execution = _current(session, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     error = {
         "reason": reason,
         "message": message,
@@ -259,7 +293,7 @@ def record_failure(
     }
     stage.usage = add_usage(stage.usage, usage)
     execution.usage = add_usage(execution.usage, usage)
-    end_attempt(session, stage, claim_.epoch, status, usage=usage, error=error)
+    end_attempt(tx, stage.id, claim_.epoch, status, usage=usage, error=error)
     policy = stage.retry_policy
     non_retryable = set(policy.get("non_retryable_errors", [])) | NON_RETRYABLE_CLASSES
     used = stage.attempts - stage.attempts_base
@@ -269,26 +303,28 @@ def record_failure(
         stage.ready_at = utcnow() + timedelta(seconds=delay)
         stage.lease_owner = ""
         append_event(
-            session,
+            tx,
             execution,
             "STAGE_RETRY_SCHEDULED",
             **stage_fields(stage),
             error=error,
             message=f"attempt {stage.attempts} failed ({reason}); retrying in {delay:.1f}s",
         )
+        _save(tx, stage, execution)
         return Finished(execution.id, False, reason)
-    _fail_stage(session, stage, execution, error)
+    _fail_stage(tx, stage, execution, error)
+    _save(tx, stage, execution)
     return Finished(execution.id, True)
 
 
 def _fail_stage(
-    session: Session, stage: models.Stage, execution: models.Execution, error: dict[str, Any]
+    tx: Tx, stage: models.Stage, execution: models.Execution, error: dict[str, Any]
 ) -> None:
     move_stage(stage, "failed")
     stage.error = error
     stage.ended_at = utcnow()
     append_event(
-        session,
+        tx,
         execution,
         "STAGE_FAILED",
         **stage_fields(stage),
@@ -300,7 +336,7 @@ def _fail_stage(
     execution.error = error
     execution.ended_at = utcnow()
     append_event(
-        session,
+        tx,
         execution,
         "EXECUTION_FAILED",
         error=error,
@@ -308,19 +344,18 @@ def _fail_stage(
     )
 
 
-def unreported(session: Session) -> list[models.Execution]:
-    return list(
-        session.scalars(
-            select(models.Execution)
-            .where(
-                models.Execution.status.in_(TERMINAL_EXECUTION),
-                models.Execution.outcome_reported.is_(False),
-                models.Execution.request_id != "",
-            )
-            .limit(50)
-        )
+def unreported(tx: Tx) -> list[models.Execution]:
+    return select_rows(
+        tx,
+        models.Execution,
+        "status IN ('succeeded', 'failed', 'cancelled') AND outcome_reported = :no"
+        " AND request_id != '' LIMIT 50",
+        {"no": False},
     )
 
 
-def mark_reported(session: Session, execution_id: str) -> None:
-    session.get_one(models.Execution, execution_id).outcome_reported = True
+def mark_reported(tx: Tx, execution_id: str) -> None:
+    tx.execute(
+        "UPDATE executions SET outcome_reported = :yes WHERE id = :id",
+        {"yes": True, "id": execution_id},
+    )

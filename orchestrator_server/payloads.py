@@ -7,8 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from bitware_core.db import Tx, insert_rows
 from orchestrator_server import models
 from orchestrator_server.errors import CorruptPayload
 
@@ -22,24 +21,25 @@ def encode(output: dict[str, Any]) -> bytes:
     return json.dumps(output, separators=(",", ":"), sort_keys=True).encode()
 
 
-def store(session: Session, output: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def store(tx: Tx, output: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """(inline output, "") for small outputs; ({}, reference) for large ones."""
     data = encode(output)
     if len(data) <= INLINE_LIMIT:
         return output, ""
     digest = hashlib.sha256(data).hexdigest()
-    if session.get(models.Blob, digest) is None:
-        session.add(models.Blob(sha256=digest, size=len(data), content=data))
+    if tx.one("SELECT 1 FROM blobs WHERE sha256 = :digest", {"digest": digest}) is None:
+        insert_rows(tx, models.Blob, [{"sha256": digest, "size": len(data), "content": data}])
     return {}, f"sha256:{digest}"
 
 
-def load(session: Session, reference: str) -> dict[str, Any]:
+def load(tx: Tx, reference: str) -> dict[str, Any]:
     """The output a reference names, after checking its checksum."""
     digest = reference.removeprefix("sha256:")
-    blob = session.get(models.Blob, digest)
-    if blob is None:
+    row = tx.one("SELECT content FROM blobs WHERE sha256 = :digest", {"digest": digest})
+    if row is None:
         raise CorruptPayload(f"stage output {reference} is missing")
-    if hashlib.sha256(blob.content).hexdigest() != digest:
+    content = bytes(row[0])
+    if hashlib.sha256(content).hexdigest() != digest:
         raise CorruptPayload(f"stage output {reference} does not match its checksum")
-    loaded: dict[str, Any] = json.loads(blob.content)
+    loaded: dict[str, Any] = json.loads(content)
     return loaded

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bitware_core.db import utcnow
+from bitware_core.db import Tx, insert_rows, update_row, utcnow
 from orchestrator_server import models
 from orchestrator_server.executions import (
     append_event,
@@ -53,18 +53,78 @@ class Claim:
     worker_id: str = ""
 
 
-def _running_per_client(session: Session, client_ids: set[str]) -> Counter[str]:
-    rows = session.execute(
-        select(models.Execution.client_id, func.count())
-        .join(models.Stage, models.Stage.execution_id == models.Execution.id)
-        .where(models.Stage.status == "running", models.Execution.client_id.in_(client_ids))
-        .group_by(models.Execution.client_id)
+def _running_per_client(tx: Tx, client_ids: set[str]) -> Counter[str]:
+    names = {f"c{i}": client for i, client in enumerate(sorted(client_ids))}
+    rows = tx.all(
+        "SELECT e.client_id, count(*) FROM executions e JOIN stages s ON s.execution_id = e.id"
+        f" WHERE s.status = 'running' AND e.client_id IN ({', '.join(':' + n for n in names)})"
+        " GROUP BY e.client_id",
+        names,
     )
     return Counter({client: count for client, count in rows})
 
 
+_CANDIDATE_STAGE = (
+    "id",
+    "execution_id",
+    "order",
+    "name",
+    "capability",
+    "action",
+    "structure_template",
+    "params",
+    "timeout_s",
+    "min_quality",
+    "status",
+    "attempts",
+    "epoch",
+    "feedback",
+    "reattach_worker",
+    "started_at",
+)
+_CANDIDATE_EXECUTION = (
+    "id",
+    "client_id",
+    "spec",
+    "status",
+    "client_concurrency",
+    "last_sequence",
+    "stages_done",
+    "stages_total",
+)
+_CANDIDATES = (
+    "SELECT "
+    + ", ".join(f's."{c}"' for c in _CANDIDATE_STAGE)
+    + ", "
+    + ", ".join(f'e."{c}"' for c in _CANDIDATE_EXECUTION)
+    + " FROM stages s JOIN executions e ON s.execution_id = e.id"
+    " WHERE s.status IN ('queued', 'retry_wait') AND s.capability = :capability"
+    " AND s.ready_at <= :now ORDER BY s.queue_key LIMIT :limit"
+)
+
+
+def _candidates(
+    tx: Tx, capability: str, now: datetime, limit: int
+) -> list[tuple[models.Stage, models.Execution]]:
+    # Never waits: a row another replica (or writer) holds is simply skipped.
+    rows = tx.all(
+        _CANDIDATES + tx.lock("OF s, e SKIP LOCKED"),
+        {"capability": capability, "now": tx.ts(now), "limit": limit},
+    )
+    split = len(_CANDIDATE_STAGE)
+    found = []
+    for row in rows:
+        stage = dict(zip(_CANDIDATE_STAGE, row[:split], strict=True))
+        execution = dict(zip(_CANDIDATE_EXECUTION, row[split:], strict=True))
+        stage["params"] = tx.loads(stage["params"])
+        stage["started_at"] = tx.when(stage["started_at"])
+        execution["spec"] = tx.loads(execution["spec"])
+        found.append((models.Stage(**stage), models.Execution(**execution)))
+    return found
+
+
 def claim(
-    session: Session,
+    tx: Tx,
     owner: str,
     slots: dict[str, list[str]],
     avoid: dict[str, set[str]],
@@ -81,22 +141,9 @@ def claim(
     for capability, free_slots in slots.items():
         if not free_slots:
             continue
-        candidates = list(
-            session.execute(
-                select(models.Stage, models.Execution)
-                .join(models.Execution, models.Stage.execution_id == models.Execution.id)
-                .where(
-                    models.Stage.status.in_(READY),
-                    models.Stage.capability == capability,
-                    models.Stage.ready_at <= now,
-                )
-                .order_by(models.Stage.queue_key)
-                .limit(len(free_slots) * 4)
-                # Never waits: a row another replica (or writer) holds is simply skipped.
-                .with_for_update(of=(models.Stage, models.Execution), skip_locked=True)
-            )
-        )
-        running = _running_per_client(session, {e.client_id for _, e in candidates})
+        candidates = _candidates(tx, capability, now, len(free_slots) * 4)
+        capped = {e.client_id for _, e in candidates if e.client_concurrency}
+        running = _running_per_client(tx, capped) if capped else Counter[str]()
         for stage, execution in candidates:
             if not free_slots:
                 break
@@ -105,9 +152,7 @@ def claim(
                 continue
             running[execution.client_id] += 1
             worker_id = _pick(free_slots, stage.reattach_worker, avoid.get(stage.id, set()))
-            claims.append(
-                _claim_one(session, stage, execution, owner, now, lease_seconds, worker_id)
-            )
+            claims.append(_claim_one(tx, stage, execution, owner, now, lease_seconds, worker_id))
     return claims
 
 
@@ -121,7 +166,7 @@ def _pick(free_slots: list[str], reattach: str, avoid: set[str]) -> str:
 
 
 def _claim_one(
-    session: Session,
+    tx: Tx,
     stage: models.Stage,
     execution: models.Execution,
     owner: str,
@@ -137,32 +182,54 @@ def _claim_one(
     stage.lease_owner = owner
     stage.lease_expires_at = now + timedelta(seconds=lease_seconds)
     stage.started_at = stage.started_at or now
+    update_row(
+        tx,
+        stage,
+        "status",
+        "reattach_worker",
+        "attempts",
+        "epoch",
+        "lease_owner",
+        "lease_expires_at",
+        "started_at",
+    )
+    changed = ["last_sequence"]
     if execution.status == "queued":
         move_execution(execution, "running")
         execution.started_at = now
-        append_event(session, execution, "EXECUTION_STARTED", message="started")
-    offers = session.scalar(select(func.count()).where(models.Attempt.stage_id == stage.id))
-    session.add(
-        models.Attempt(
-            stage_id=stage.id, number=(offers or 0) + 1, epoch=stage.epoch, worker_id=worker_id
-        )
+        changed += ["status", "started_at"]
+        append_event(tx, execution, "EXECUTION_STARTED", message="started")
+    offers = tx.one("SELECT count(*) FROM attempts WHERE stage_id = :id", {"id": stage.id})[0]
+    insert_rows(
+        tx,
+        models.Attempt,
+        [
+            {
+                "stage_id": stage.id,
+                "number": offers + 1,
+                "epoch": stage.epoch,
+                "worker_id": worker_id,
+            }
+        ],
     )
     append_event(
-        session,
+        tx,
         execution,
         "STAGE_OFFERED",
         **stage_fields(stage),
         worker_id=worker_id,
         message=f"offered to {worker_id}",
     )
-    previous = None
-    if stage.order > 1:
-        previous = session.scalar(
-            select(models.Stage).where(
-                models.Stage.execution_id == stage.execution_id,
-                models.Stage.order == stage.order - 1,
-            )
+    update_row(tx, execution, *changed)
+    previous = (
+        tx.one(
+            "SELECT output, output_ref, job_id FROM stages"
+            ' WHERE execution_id = :id AND "order" = :order',
+            {"id": stage.execution_id, "order": stage.order - 1},
         )
+        if stage.order > 1
+        else None
+    )
     return Claim(
         stage_id=stage.id,
         execution_id=stage.execution_id,
@@ -175,9 +242,9 @@ def _claim_one(
         params=dict(stage.params),
         timeout_s=stage.timeout_s,
         spec=execution.spec,
-        previous_output=previous.output if previous else {},
-        previous_output_ref=previous.output_ref if previous else "",
-        previous_job_id=previous.job_id if previous else "",
+        previous_output=tx.loads(previous[0]) if previous else {},
+        previous_output_ref=previous[1] if previous else "",
+        previous_job_id=previous[2] if previous else "",
         feedback=stage.feedback,
         min_quality=stage.min_quality,
         reattach_worker=reattach,
@@ -214,12 +281,14 @@ def reclaim_expired(session: Session) -> int:
         )
         if attempt is not None and attempt.status == "running":
             stage.reattach_worker = attempt.worker_id
-        end_attempt(session, stage, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
+        end_attempt(
+            Tx.of(session), stage.id, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"}
+        )
         move_stage(stage, "queued")
         stage.ready_at = now
         stage.lease_owner = ""
         append_event(
-            session,
+            Tx.of(session),
             execution,
             "STAGE_QUEUED",
             **stage_fields(stage),

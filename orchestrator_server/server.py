@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-
-from sqlalchemy.orm import Session
+from typing import Any
 
 from bitware.orchestrator.v1 import (
     orchestrator_pb2,
@@ -76,8 +75,8 @@ class OrchestratorServer(MeshServer):
             self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
         loop = asyncio.get_running_loop()
 
-        def committed(session: Session) -> None:  # runs on the database thread
-            if events := session.info.pop(APPENDED, None):
+        def committed(info: dict[str, Any]) -> None:  # runs on the database thread
+            if events := info.pop(APPENDED, None):
                 loop.call_soon_threadsafe(self.hub.publish, events)
 
         self.db.on_commit(committed)

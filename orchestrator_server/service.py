@@ -118,7 +118,7 @@ def execution_to_proto(
     )
 
 
-def event_to_proto(row: models.Event) -> orchestrator_pb2.ExecutionEvent:
+def event_to_proto(row: executions.LoggedEvent) -> orchestrator_pb2.ExecutionEvent:
     data = row.data
     return orchestrator_pb2.ExecutionEvent(
         sequence=row.sequence,
@@ -148,14 +148,10 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.db, self.hub, self.kam, self.dispatcher = db, hub, kam, dispatcher
 
     async def _full(self, execution_id: str) -> orchestrator_pb2.Execution:
-        def load(s: Any) -> orchestrator_pb2.Execution:
-            row = s.get(models.Execution, execution_id)
-            stages = executions.stages_of(s, execution_id)
-            return execution_to_proto(
-                row, stages, executions.attempts_of(s, [x.id for x in stages])
-            )
-
-        return await self.db.run(load)
+        row, stages, attempts = await self.db.run_tx(
+            functools.partial(executions.load_full, execution_id=execution_id)
+        )
+        return execution_to_proto(row, stages, attempts)
 
     async def ExecutePipeline(
         self, request: orchestrator_pb2.ExecutePipelineRequest, context: Context
@@ -185,10 +181,10 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 else TIER_LIMITS[principal.tier].max_concurrent_executions
             ),
         )
-        row = await self.db.run(lambda s: executions.create(s, new))
-        execution_id_var.set(row.id)  # this call's log line names the execution it started
+        execution_id = await self.db.run_tx(lambda tx: executions.create(tx, new))
+        execution_id_var.set(execution_id)  # this call's log line names the execution it started
         self.dispatcher.wake.set()
-        return orchestrator_pb2.ExecutePipelineResponse(execution=await self._full(row.id))
+        return orchestrator_pb2.ExecutePipelineResponse(execution=await self._full(execution_id))
 
     async def GetExecution(
         self, request: orchestrator_pb2.GetExecutionRequest, context: Context
@@ -242,7 +238,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
         after = request.after_sequence
         with self.hub.subscribe(request.execution_id) as inbox:
-            log = await self.db.run(
+            log = await self.db.run_tx(
                 functools.partial(
                     executions.log_after,
                     execution_id=request.execution_id,
@@ -270,7 +266,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                         fresh, last.type in executions.TERMINAL_EVENTS, last.sequence
                     )
                 else:  # history, a gap, another replica's events, or a quiet second
-                    log = await self.db.run(
+                    log = await self.db.run_tx(
                         functools.partial(
                             executions.log_after, execution_id=request.execution_id, after=after
                         )

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
-
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import MeshError, Violations
-from kam_server import messages, models, requests
+from kam_server import messages, requests
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.services import Context, Handlers
 
@@ -45,7 +43,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
             idempotency_key=request.idempotency_key,
             client_id=request.client_id,
         )
-        row = await self.run(lambda s: requests.create(s, actor, new))
+        row = await self.db.run_tx(lambda tx: requests.create(tx, actor, new))
         return requests_pb2.CreateRequestResponse(request=messages.request_to_proto(row))
 
     async def GetRequest(
@@ -84,19 +82,19 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
     ) -> requests_pb2.ExecuteRequestResponse:
         actor = current_principal()
 
-        def begin(s: Session) -> tuple[models.ClientRequest, str]:
-            started = requests.begin_execution(s, actor, request.request_id)
-            return started, requests.client_tier(s, started.client_id)  # loaded: no query
-
-        row, tier = await self.run(begin)
+        row, client = await self.db.run_tx(
+            lambda tx: requests.begin_execution(tx, actor, request.request_id)
+        )
         if not row.execution_id:
             try:
-                execution_id = await self.orchestrator.execute(row, tier)
+                execution_id = await self.orchestrator.execute(row, client.tier)
             except MeshError:
                 # The orchestrator did not start it: release the reservation, then report.
                 await self.run(lambda s: requests.abandon_execution(s, row.id))
                 raise
-            row = await self.run(lambda s: requests.attach_execution(s, row.id, execution_id))
+            row = await self.db.run_tx(
+                lambda tx: requests.attach_execution(tx, row.id, execution_id)
+            )
         return requests_pb2.ExecuteRequestResponse(
             request=messages.request_to_proto(row), execution_id=row.execution_id
         )
@@ -125,9 +123,9 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         )
         problems.check(request.usage.cost_usd >= 0, "usage.cost_usd", "must not be negative")
         problems.raise_if_any()
-        row = await self.run(
-            lambda s: requests.record_outcome(
-                s,
+        row = await self.db.run_tx(
+            lambda tx: requests.record_outcome(
+                tx,
                 request.request_id,
                 request.execution_id,
                 status=status,

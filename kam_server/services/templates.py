@@ -25,7 +25,7 @@ class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):
         problems.check(bool(request.name), "name", "is required")
         problems.check(request.version >= 0, "version", "must not be negative")
         problems.raise_if_any()
-        row = await self.run(lambda s: catalog.get(s, request.name, request.version))
+        row = await self.db.run_tx(lambda tx: catalog.get(tx, request.name, request.version))
         return templates_pb2.GetMasterTemplateResponse(template=messages.template_to_proto(row))
 
     async def ListMasterTemplates(

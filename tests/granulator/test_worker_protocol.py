@@ -323,7 +323,7 @@ async def test_provider_failure_is_a_typed_stage_error_with_usage(
     assert response.error.error_class == worker_pb2.ERROR_CLASS_REFUSED
     assert response.error.reason == "REFUSED"
     assert response.usage.prompt_tokens == 30 and response.usage.llm_calls == 1
-    job = await db.run(lambda s: jobs.find(s, "ex1", "s1", 1))
+    job = await db.run_tx(lambda tx: jobs.find(tx, "ex1", "s1", 1))
     assert job is not None and job.status == "failed"
     events = await events_of(handlers, stage())
     assert events[-1].phase == worker_pb2.PHASE_FAILED

@@ -161,9 +161,15 @@ async def test_the_combined_budget_query_matches_the_separate_sums(client: Clien
                 models.ClientRequest.status == "running",
             )
         )
-        spent = ledger.spent_this_month(s, client.client_id)
-        return int(running or 0), spent + ledger.reserved(s, client.client_id)
+        mine = models.ClientRequest.client_id == client.client_id
+        spent = s.scalar(
+            select(func.sum(models.ClientRequest.cost_usd)).where(
+                mine, models.ClientRequest.charged_at >= ledger.month_start()
+            )
+        )
+        held = s.scalar(select(func.sum(models.ClientRequest.reserved_usd)).where(mine))
+        return int(running or 0), float(spent or 0) + float(held or 0)
 
-    combined = db.run_sync(lambda s: ledger.running_and_committed(s, client.client_id))
+    combined = db.run_tx_sync(lambda tx: ledger.running_and_committed(tx, client.client_id))
     assert combined == db.run_sync(separate)
     assert combined[0] == 2 and combined[1] == pytest.approx(0.07 + 2 * 0.25)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from bitware_core.db import Database, utcnow
+from bitware_core.db import Database, Tx, utcnow
 from orchestrator_server import executions, models, outcomes, queue
 from orchestrator_server.errors import StaleAttempt
 from tests.orchestrator.conftest import stage
@@ -26,31 +26,31 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def create(session: Session, priority: str, client: str = "cli_a") -> str:
+def create(tx: Tx, priority: str, client: str = "cli_a") -> str:
     template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
     spec = {"topic": "Queues", "granularity": 2}
     new = executions.NewExecution(template, spec, priority, "", client, "")
-    return executions.create(session, new).id
+    return executions.create(tx, new)
 
 
 def claim_order(db: Database, count: int) -> list[str]:
     order = []
     for _ in range(count):
-        claims = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1"]}, {}, 15.0))
+        claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": ["w1"]}, {}, 15.0))
         order += [c.execution_id for c in claims]
     return order
 
 
 def test_higher_priority_is_claimed_first_and_fifo_within_a_priority(db: Database) -> None:
-    low = db.run_sync(lambda s: create(s, "low"))
-    normal_1 = db.run_sync(lambda s: create(s, "normal"))
-    normal_2 = db.run_sync(lambda s: create(s, "normal"))
-    critical = db.run_sync(lambda s: create(s, "critical"))
+    low = db.run_tx_sync(lambda tx: create(tx, "low"))
+    normal_1 = db.run_tx_sync(lambda tx: create(tx, "normal"))
+    normal_2 = db.run_tx_sync(lambda tx: create(tx, "normal"))
+    critical = db.run_tx_sync(lambda tx: create(tx, "critical"))
     assert claim_order(db, 4) == [critical, normal_1, normal_2, low]
 
 
 def test_low_priority_ages_past_fresh_critical_work(db: Database) -> None:
-    old_low = db.run_sync(lambda s: create(s, "low"))
+    old_low = db.run_tx_sync(lambda tx: create(tx, "low"))
     # The low stage has waited four aging periods: longer than the three levels between them.
     waited = utcnow() - timedelta(seconds=4 * executions.AGING_SECONDS)
     db.run_sync(
@@ -60,36 +60,38 @@ def test_low_priority_ages_past_fresh_critical_work(db: Database) -> None:
             .values(queue_key=executions.queue_key(1, waited))
         )
     )
-    fresh_critical = db.run_sync(lambda s: create(s, "critical"))
+    fresh_critical = db.run_tx_sync(lambda tx: create(tx, "critical"))
     assert claim_order(db, 2) == [old_low, fresh_critical]
 
 
 def test_claims_respect_free_capacity_per_capability(db: Database) -> None:
     for _ in range(3):
-        db.run_sync(lambda s: create(s, "normal"))
+        db.run_tx_sync(lambda tx: create(tx, "normal"))
     slots = {"scripted": ["w1", "w2"], "other": ["w3"] * 5}
-    claims = db.run_sync(lambda s: queue.claim(s, "me", slots, {}, 15.0))
+    claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", slots, {}, 15.0))
     assert sorted(c.worker_id for c in claims) == ["w1", "w2"]
-    assert db.run_sync(lambda s: queue.claim(s, "me", {"scripted": []}, {}, 15.0)) == []
+    assert db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": []}, {}, 15.0)) == []
 
 
 def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -> None:
-    db.run_sync(lambda s: create(s, "normal"))
-    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": ["w1"]}, {}, 15.0))
+    db.run_tx_sync(lambda tx: create(tx, "normal"))
+    [first] = db.run_tx_sync(
+        lambda tx: queue.claim(tx, "dead-replica", {"scripted": ["w1"]}, {}, 15.0)
+    )
     db.run_sync(
         lambda s: s.execute(
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     )
     assert db.run_sync(queue.reclaim_expired) == 1
-    [second] = db.run_sync(lambda s: queue.claim(s, "alive", {"scripted": ["w2"]}, {}, 15.0))
+    [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", {"scripted": ["w2"]}, {}, 15.0))
     assert second.epoch > first.epoch
     late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": {}}
     with pytest.raises(StaleAttempt):
-        db.run_sync(lambda s: outcomes.record_result(s, first, **late))
-    finished = db.run_sync(
-        lambda s: outcomes.record_result(
-            s, second, output={}, job_id="fresh", quality={"score": 90}, usage={}
+        db.run_tx_sync(lambda tx: outcomes.record_result(tx, first, **late))
+    finished = db.run_tx_sync(
+        lambda tx: outcomes.record_result(
+            tx, second, output={}, job_id="fresh", quality={"score": 90}, usage={}
         )
     )
     assert finished.terminal
@@ -98,9 +100,11 @@ def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -
 
 
 def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Database) -> None:
-    db.run_sync(lambda s: create(s, "normal"))
-    [first] = db.run_sync(lambda s: queue.claim(s, "dead-replica", {"scripted": ["w1"]}, {}, 15.0))
-    db.run_sync(lambda s: outcomes.record_accept(s, first, "w1"))
+    db.run_tx_sync(lambda tx: create(tx, "normal"))
+    [first] = db.run_tx_sync(
+        lambda tx: queue.claim(tx, "dead-replica", {"scripted": ["w1"]}, {}, 15.0)
+    )
+    db.run_tx_sync(lambda tx: outcomes.record_accept(tx, first, "w1"))
     db.run_sync(
         lambda s: s.execute(
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
@@ -108,25 +112,27 @@ def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Datab
     )
     db.run_sync(queue.reclaim_expired)
     slots = {"scripted": ["w2", "w1"]}
-    [again] = db.run_sync(lambda s: queue.claim(s, "alive", slots, {}, 15.0))
+    [again] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", slots, {}, 15.0))
     assert again.reattach_worker == again.worker_id == "w1"  # back to the worker that has it
     assert again.attempt == first.attempt  # the same attempt, so the worker's result counts
     assert again.epoch > first.epoch
 
 
 def test_a_stage_is_not_offered_again_to_a_worker_that_just_declined_it(db: Database) -> None:
-    db.run_sync(lambda s: create(s, "normal"))
-    [first] = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1"]}, {}, 15.0))
-    db.run_sync(
-        lambda s: outcomes.record_decline(s, first, "w1", "AT_CAPACITY", "busy", 0.0, final=False)
+    db.run_tx_sync(lambda tx: create(tx, "normal"))
+    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": ["w1"]}, {}, 15.0))
+    db.run_tx_sync(
+        lambda tx: outcomes.record_decline(tx, first, "w1", "AT_CAPACITY", "busy", 0.0, final=False)
     )
     avoid = {first.stage_id: {"w1"}}
-    [second] = db.run_sync(lambda s: queue.claim(s, "me", {"scripted": ["w1", "w2"]}, avoid, 15.0))
+    [second] = db.run_tx_sync(
+        lambda tx: queue.claim(tx, "me", {"scripted": ["w1", "w2"]}, avoid, 15.0)
+    )
     assert second.worker_id == "w2"
 
 
 def test_illegal_transitions_are_impossible(db: Database) -> None:
-    execution_id = db.run_sync(lambda s: create(s, "normal"))
+    execution_id = db.run_tx_sync(lambda tx: create(tx, "normal"))
 
     def finish_twice(session: Session) -> None:
         execution = session.get_one(models.Execution, execution_id)
