@@ -10,6 +10,7 @@ $BENCH_RESULTS (default /tmp/bench-results)/<name>.json.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -391,9 +392,15 @@ class Result:
     events: list[tuple[orchestrator_pb2.ExecutionEvent, float, float]] = field(default_factory=list)
 
 
+_REQUESTS = itertools.count(1)
+
+
 def spec() -> common_pb2.ContentSpec:
+    """The bench's request; each topic is different, as real requests are (so nothing that
+    remembers a request's work, such as the granulator's estimates, makes the bench look
+    better than real use)."""
     return common_pb2.ContentSpec(
-        topic=TOPIC,
+        topic=f"{TOPIC} {next(_REQUESTS)}",
         structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
         audience=AUDIENCE,
         granularity=GRANULARITY,

@@ -6,7 +6,7 @@ Needs py-spy (`.venv/bin/pip install py-spy`, not a project dependency). py-spy 
 ptrace; run as a user allowed to (root in the CI container).
 
     .venv/bin/python bench/profile_mesh.py [--quick] [--window 16] [--dur 20]
-        [--provider offline|openai] [--top 25] [--postgres] [--gil]
+        [--provider offline|openai] [--top 25] [--postgres] [--gil] [--native]
 
 Raw collapsed stacks are kept in $BENCH_RESULTS/profile-<process>.txt for flame graphs.
 """
@@ -93,9 +93,10 @@ async def run(a: argparse.Namespace) -> None:
                         "raw",
                         "-o",
                         str(out),
-                        "--nonblocking",
                         "--threads",
                         *(["--gil"] if a.gil else []),
+                        # --native (C and Cython frames, e.g. grpc's) must pause the process
+                        *(["--native"] if a.native else ["--nonblocking"]),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -143,6 +144,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument(
         "--gil", action="store_true", help="sample only threads holding the GIL (CPU, not waits)"
+    )
+    ap.add_argument(
+        "--native", action="store_true", help="include C/Cython frames (pauses while sampling)"
     )
     a = ap.parse_args()
     if a.quick:

@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from bitware_core.errors import Violations
 
@@ -211,6 +211,7 @@ _SHAPES: dict[type, _Shape] = {}
 def _shape(model: type) -> _Shape:
     shape = _SHAPES.get(model)
     if shape is None:
+        configure_mappers()  # so that `model_row` objects have working attributes
         table = model.__table__  # type: ignore[attr-defined]
         kinds = {c.name: type(c.type) for c in table.columns}
         defaults = {c.name: c.default.arg for c in table.columns if c.default is not None}
@@ -250,6 +251,14 @@ def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
+def model_row(model: type[M], values: dict[str, Any]) -> M:
+    """A model object holding `values`, made without the constructor's per-attribute
+    instrumentation (~5 µs instead of ~80 µs for a wide row); attributes work as usual."""
+    row: M = model._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    row.__dict__.update(values)
+    return row
+
+
 def select_rows(
     tx: Tx, model: type[M], where: str, params: Mapping[str, Any] | None = None, lock: str = ""
 ) -> list[M]:
@@ -259,7 +268,9 @@ def select_rows(
     columns = ", ".join(map(_quoted, shape.columns))
     rows = tx.all(f"SELECT {columns} FROM {shape.table} WHERE {where}{lock}", params)
     return [
-        model(**{n: _out(tx, shape, n, v) for n, v in zip(shape.columns, row, strict=True)})
+        model_row(
+            model, {n: _out(tx, shape, n, v) for n, v in zip(shape.columns, row, strict=True)}
+        )
         for row in rows
     ]
 
@@ -278,7 +289,7 @@ def new_row(model: type[M], **values: Any) -> M:
     for name, default in _shape(model).defaults.items():
         if name not in values:
             values[name] = default(None) if callable(default) else default
-    return model(**values)
+    return model_row(model, values)
 
 
 def values_of(row: Any) -> dict[str, Any]:

@@ -64,9 +64,25 @@ def judge_level(params: dict[str, str]) -> int:
     return level
 
 
+#: Estimates kept, per template version and request (the Handshake and the run that follows
+#: ask for the same one; generating the reference structure is most of an offline stage's CPU).
+_ESTIMATES: dict[tuple[str, int, str], dict[str, int]] = {}
+ESTIMATES_KEPT = 256
+
+
 def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
-    """Expected prompt and completion tokens (about four characters a token): the offline
-    structure for the same request has the size a model's answer should have."""
+    """Expected prompt and completion tokens (about four characters a token) and elements: the
+    offline structure for the same request has the size a model's answer should have."""
+    key = (template.name, template.version, json.dumps(spec, sort_keys=True))
+    found = _ESTIMATES.get(key)
+    if found is None:
+        found = _ESTIMATES[key] = _estimate(template, spec)
+        if len(_ESTIMATES) > ESTIMATES_KEPT:
+            del _ESTIMATES[next(iter(_ESTIMATES))]  # the oldest
+    return found
+
+
+def _estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
     system, user = build_prompt(
         template,
         spec["topic"],

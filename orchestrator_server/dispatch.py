@@ -71,6 +71,8 @@ class Dispatcher:
         self._workers: list[models.Worker] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._claimed_at: dict[str, float] = {}
+        #: Executions whose outcome is being reported to KAM right now.
+        self._reporting: set[str] = set()
         self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
         self._dispatch_seconds = metrics.histogram(
             "bitware_dispatch_seconds", "From claiming a ready stage to a worker accepting it."
@@ -263,7 +265,15 @@ class Dispatcher:
         return serving
 
     async def report_outcomes(self) -> None:
+        """Reports the ended executions KAM has not heard of: those whose report failed, or
+        whose reporter stopped before it could."""
         for execution in await self.db.run_tx(outcomes.unreported):
+            if execution.id not in self._reporting:
+                await self._report(execution)
+
+    async def _report(self, execution: models.Execution) -> None:
+        self._reporting.add(execution.id)
+        try:
             try:
                 await self.kam.report_outcome(execution)
             except grpc.aio.AioRpcError as error:
@@ -271,10 +281,12 @@ class Dispatcher:
                     "could not report outcome to KAM; will retry",
                     extra={"execution": execution.id, "code": error.code().name},
                 )
-                continue
+                return
             await self.db.run_tx(
                 functools.partial(outcomes.mark_reported, execution_id=execution.id)
             )
+        finally:
+            self._reporting.discard(execution.id)
 
     # --- one stage attempt --------------------------------------------------------------------
 
@@ -323,8 +335,8 @@ class Dispatcher:
         if isinstance(finished, outcomes.Finished):
             if finished.retry_reason:
                 self._retries.inc(finished.retry_reason)
-            if finished.terminal:
-                await self.report_outcomes()
+            if finished.ended is not None:
+                await self._report(finished.ended)
 
     def _offer(self, claim: queue.Claim) -> worker_pb2.HandshakeRequest:
         stage_timeout = duration_pb2.Duration()

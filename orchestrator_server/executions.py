@@ -15,6 +15,7 @@ from bitware_core.db import (
     Tx,
     insert_rows,
     new_id,
+    new_row,
     next_page_token,
     page_window,
     select_rows,
@@ -201,7 +202,8 @@ def create(tx: Tx, new: NewExecution) -> str:
     now = utcnow()
     priority = PRIORITIES[new.priority or "normal"]
     timeout_s = float(new.template.get("execution_timeout_s") or 0)
-    execution = models.Execution(
+    execution = new_row(
+        models.Execution,
         id=new_id("exe"),
         request_id=new.request_id,
         client_id=new.client_id,
@@ -211,15 +213,13 @@ def create(tx: Tx, new: NewExecution) -> str:
         priority=priority,
         idempotency_key=new.idempotency_key or None,
         client_concurrency=new.client_concurrency,
-        status="queued",
-        last_sequence=0,
-        stages_done=0,
         stages_total=len(new.template["stages"]),
         deadline_at=now + timedelta(seconds=timeout_s) if timeout_s else None,
         created_at=now,
     )
     stages = [
-        models.Stage(
+        new_row(
+            models.Stage,
             id=new_id("stg"),
             execution_id=execution.id,
             order=definition["order"],
@@ -232,8 +232,6 @@ def create(tx: Tx, new: NewExecution) -> str:
             retry_policy=definition.get("retry_policy", {}),
             min_quality=definition.get("min_quality_score", 0.0),
             priority=priority,
-            status="pending",
-            attempts=0,
         )
         for definition in sorted(new.template["stages"], key=lambda s: s["order"])
     ]

@@ -172,6 +172,8 @@ class Finished:
     terminal: bool
     #: Why the stage runs again, when it does (for the retry metric).
     retry_reason: str = ""
+    #: The execution as it ended (when terminal), to report to KAM straight away.
+    ended: models.Execution | None = None
 
 
 def record_result(
@@ -271,7 +273,7 @@ def record_result(
         progress=1.0,
     )
     _save(tx, stage, execution)
-    return Finished(execution.id, True)
+    return Finished(execution.id, True, ended=execution)
 
 
 def record_failure(
@@ -314,7 +316,7 @@ def record_failure(
         return Finished(execution.id, False, reason)
     _fail_stage(tx, stage, execution, error)
     _save(tx, stage, execution)
-    return Finished(execution.id, True)
+    return Finished(execution.id, True, ended=execution)
 
 
 def _fail_stage(

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bitware_core.db import Tx, insert_rows, update_row, utcnow
+from bitware_core.db import Tx, insert_rows, model_row, update_row, utcnow
 from orchestrator_server import models
 from orchestrator_server.executions import (
     append_event,
@@ -119,7 +119,7 @@ def _candidates(
         stage["params"] = tx.loads(stage["params"])
         stage["started_at"] = tx.when(stage["started_at"])
         execution["spec"] = tx.loads(execution["spec"])
-        found.append((models.Stage(**stage), models.Execution(**execution)))
+        found.append((model_row(models.Stage, stage), model_row(models.Execution, execution)))
     return found
 
 

@@ -181,10 +181,14 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 else TIER_LIMITS[principal.tier].max_concurrent_executions
             ),
         )
-        execution_id = await self.db.run_tx(lambda tx: executions.create(tx, new))
-        execution_id_var.set(execution_id)  # this call's log line names the execution it started
+        row, stages, attempts = await self.db.run_tx(
+            lambda tx: executions.load_full(tx, executions.create(tx, new))
+        )
+        execution_id_var.set(row.id)  # this call's log line names the execution it started
         self.dispatcher.wake.set()
-        return orchestrator_pb2.ExecutePipelineResponse(execution=await self._full(execution_id))
+        return orchestrator_pb2.ExecutePipelineResponse(
+            execution=execution_to_proto(row, stages, attempts)
+        )
 
     async def GetExecution(
         self, request: orchestrator_pb2.GetExecutionRequest, context: Context
