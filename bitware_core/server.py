@@ -128,6 +128,8 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
         self._access = access
         self._domain = domain
+        #: method → its handler wrapped in the checks below
+        self._wrapped: dict[str, Handler] = {}
         self._calls = metrics.counter(
             "bitware_rpc_total", "RPCs served, by method and status code.", ("method", "code")
         )
@@ -156,8 +158,15 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:  # built once per method, not per call
+            wrapped = self._wrap(method, await continuation(handler_call_details))
+            if wrapped is not None:  # unknown names are not kept: callers may send any
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler | None) -> Handler | None:
         if handler is None or method.startswith(_OPEN_SERVICES):
             return handler
         allowed = self._access.get(method)
