@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx  # imported here, not while a start is being timed
 from common import (
     Mesh,
     MeshOptions,
@@ -50,8 +51,6 @@ SERVERS = ("kam", "orchestrator", "granulator-1", "gateway")
 
 
 async def healthy(addresses: dict[str, str], within: float = 30.0) -> None:
-    import httpx
-
     deadline = time.monotonic() + within
     pending = set(addresses)
     async with httpx.AsyncClient() as http:

@@ -18,7 +18,7 @@ from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.kam import KamConnection
 from bitware_core.server import MeshServer, Service, run_process
-from granulator_server import template_store
+from granulator_server import models, template_store
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import choose_provider
 from granulator_server.service import GranulatorHandlers
@@ -74,7 +74,11 @@ class GranulatorServer(MeshServer):
 
     async def start(self) -> int:
         with self.db.exclusive("granulator start-up"):
-            self.db.migrate("granulator", str(Path(__file__).parent / "migrations"))
+            self.db.migrate(
+                "granulator",
+                str(Path(__file__).parent / "migrations"),
+                models.GranulatorBase.metadata,
+            )
             added = await self.db.run(template_store.seed)
         if added:
             log.info("seeded structure templates", extra={"count": added})

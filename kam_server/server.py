@@ -28,7 +28,7 @@ from bitware_core.auth import (
 from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.server import MeshServer, Service, run_process
-from kam_server import catalog, identity
+from kam_server import catalog, identity, models
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.services.accounts import (
     ApiKeyHandlers,
@@ -190,7 +190,9 @@ class KamServer(MeshServer):
             )
 
         with self.db.exclusive("kam start-up"):
-            self.db.migrate("kam", str(Path(__file__).parent / "migrations"))
+            self.db.migrate(
+                "kam", str(Path(__file__).parent / "migrations"), models.KamBase.metadata
+            )
             await self.db.run(prepare)
         return await super().start()
 

@@ -17,6 +17,7 @@ from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.metrics import Registry
 from bitware_core.server import MeshServer, Service, run_process
+from orchestrator_server import models
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
 from orchestrator_server.executions import APPENDED, EVENTS_CHANNEL
@@ -72,7 +73,11 @@ class OrchestratorServer(MeshServer):
 
     async def start(self) -> int:
         with self.db.exclusive("orchestrator start-up"):
-            self.db.migrate("orchestrator", str(Path(__file__).parent / "migrations"))
+            self.db.migrate(
+                "orchestrator",
+                str(Path(__file__).parent / "migrations"),
+                models.OrchestratorBase.metadata,
+            )
         loop = asyncio.get_running_loop()
 
         def committed(info: dict[str, Any]) -> None:  # runs on the database thread

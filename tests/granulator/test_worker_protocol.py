@@ -32,7 +32,7 @@ NO_CONTEXT: Any = None
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'granulator.db'}")
-    database.migrate("granulator", MIGRATIONS)
+    database.migrate("granulator", MIGRATIONS, models.GranulatorBase.metadata)
     await database.run(template_store.seed)
     try:
         yield database

@@ -22,7 +22,7 @@ MIGRATIONS = str(Path(executions.__file__).parent / "migrations")
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
     database = Database(f"sqlite:///{tmp_path / 'orchestrator.db'}")
-    database.migrate("orchestrator", MIGRATIONS)
+    database.migrate("orchestrator", MIGRATIONS, models.OrchestratorBase.metadata)
     return database
 
 
