@@ -4,11 +4,8 @@ Domain logic is plain synchronous code that takes a `Session`; `Database.run` ex
 transaction on a small thread pool so that the asyncio servers never block on the database.
 SQLite gets a single writer thread (it allows one writer at a time anyway) in WAL mode.
 
-The per-stage hot path (claim, accept, progress, result, the event log) takes a `Tx` instead:
-hand-written SQL on the driver's own connection, run by `Database.run_tx`. SQLAlchemy's
-per-statement machinery costs far more than SQLite itself (a 5-statement transaction: 0.08 ms
-raw, 1.0 ms Core, 2–3.5 ms ORM; see docs/PERFORMANCE.md), and the schema, migrations and every
-other query stay with SQLAlchemy.
+The per-stage hot path takes a `bitware_core.sql.Tx` instead (hand-written SQL on the driver's
+own connection), run by `Database.run_tx`.
 """
 
 from __future__ import annotations
@@ -20,19 +17,15 @@ import re
 import secrets
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
     Column,
-    DateTime,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -44,12 +37,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, configure_mappers, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from bitware_core.errors import Violations
+from bitware_core.sql import Info, Tx
 
 T = TypeVar("T")
-Info = dict[str, Any]
 
 
 def utcnow() -> datetime:
@@ -114,214 +107,6 @@ def _script_head(script_location: str) -> str | None:
         parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
-
-
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
-
-
-class Tx:
-    """One transaction on the driver's own connection (sqlite3 or psycopg), for SQL written by
-    hand. Parameters are named (`:name`) on both; values go in through `ts` and `json`, and JSON
-    comes out through `loads`, so that rows read the same through SQLAlchemy's ORM."""
-
-    def __init__(self, connection: Any, postgres: bool, info: Info | None = None) -> None:
-        self._connection = connection
-        self.postgres = postgres
-        #: Handed to the database's `on_commit` callbacks once the transaction commits.
-        self.info: Info = {} if info is None else info
-
-    @classmethod
-    def of(cls, session: Session) -> Tx:
-        """The transaction a session is in, for hand-written SQL beside its ORM work (pending ORM
-        changes are not flushed first)."""
-        connection = session.connection()
-        postgres = connection.dialect.name == "postgresql"
-        return cls(connection.connection.driver_connection, postgres, session.info)
-
-    def _sql(self, sql: str) -> str:
-        if not self.postgres:
-            return sql  # sqlite3 takes :name itself
-        converted = _PG_SQL.get(sql)
-        if converted is None:
-            converted = _PG_SQL[sql] = _NAMED.sub(r"%(\1)s", sql)
-        return converted
-
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        cursor = self._connection.cursor()
-        cursor.execute(self._sql(sql), params or {})
-        return cursor
-
-    def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            self._connection.cursor().executemany(self._sql(sql), rows)
-
-    def one(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        """The first row (a tuple), or None."""
-        return self.execute(sql, params).fetchone()
-
-    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
-        rows: list[Any] = self.execute(sql, params).fetchall()
-        return rows
-
-    def lock(self, clause: str = "") -> str:
-        """`FOR UPDATE [clause]` on PostgreSQL; nothing on SQLite, where the one writer holds the
-        whole database."""
-        return f" FOR UPDATE {clause}" if self.postgres else ""
-
-    def ts(self, value: datetime | None) -> Any:
-        """A naive UTC datetime as the column stores it (SQLAlchemy's text form on SQLite)."""
-        if value is None or self.postgres:
-            return value
-        return value.isoformat(" ", "microseconds")
-
-    def json(self, value: Any) -> Any:
-        if self.postgres:
-            from psycopg.types.json import Json
-
-            return Json(value)
-        return json.dumps(value)
-
-    @staticmethod
-    def loads(value: Any) -> Any:
-        """A JSON column's value: text on SQLite, already decoded on PostgreSQL."""
-        return json.loads(value) if isinstance(value, str) else value
-
-    @staticmethod
-    def when(value: Any) -> datetime | None:
-        """A datetime column's value: text on SQLite, a datetime on PostgreSQL."""
-        return datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
-_PG_SQL: dict[str, str] = {}
-M = TypeVar("M")
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """How a model's rows go through hand-written SQL: its columns and which need converting."""
-
-    table: str
-    key: str
-    columns: tuple[str, ...]
-    json: frozenset[str]
-    times: frozenset[str]
-    flags: frozenset[str]
-    defaults: dict[str, Any]
-
-
-_SHAPES: dict[type, _Shape] = {}
-
-
-def _shape(model: type) -> _Shape:
-    shape = _SHAPES.get(model)
-    if shape is None:
-        configure_mappers()  # so that `model_row` objects have working attributes
-        table = model.__table__  # type: ignore[attr-defined]
-        kinds = {c.name: type(c.type) for c in table.columns}
-        defaults = {c.name: c.default.arg for c in table.columns if c.default is not None}
-        shape = _SHAPES[model] = _Shape(
-            table=table.name,
-            key=next(iter(table.primary_key.columns)).name,
-            columns=tuple(kinds),
-            json=frozenset(n for n, k in kinds.items() if issubclass(k, JSON)),
-            times=frozenset(n for n, k in kinds.items() if issubclass(k, DateTime)),
-            flags=frozenset(n for n, k in kinds.items() if issubclass(k, Boolean)),
-            defaults=defaults,
-        )
-    return shape
-
-
-def _out(tx: Tx, shape: _Shape, name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name in shape.json:
-        return tx.loads(value)
-    if name in shape.times:
-        return tx.when(value)
-    if name in shape.flags:
-        return bool(value)
-    return value
-
-
-def _in(tx: Tx, shape: _Shape, name: str, value: Any) -> Any:
-    if name in shape.json:
-        return tx.json(value)
-    if name in shape.times:
-        return tx.ts(value)
-    return value
-
-
-def _quoted(name: str) -> str:
-    return f'"{name}"'
-
-
-def model_row(model: type[M], values: dict[str, Any]) -> M:
-    """A model object holding `values`, made without the constructor's per-attribute
-    instrumentation (~5 µs instead of ~80 µs for a wide row); attributes work as usual."""
-    row: M = model._sa_class_manager.new_instance()  # type: ignore[attr-defined]
-    row.__dict__.update(values)
-    return row
-
-
-def select_rows(
-    tx: Tx, model: type[M], where: str, params: Mapping[str, Any] | None = None, lock: str = ""
-) -> list[M]:
-    """Rows of `model` (as detached model objects) `WHERE <where>`, with SQL by hand; `lock` is
-    a `Tx.lock` clause."""
-    shape = _shape(model)
-    columns = ", ".join(map(_quoted, shape.columns))
-    rows = tx.all(f"SELECT {columns} FROM {shape.table} WHERE {where}{lock}", params)
-    return [
-        model_row(
-            model, {n: _out(tx, shape, n, v) for n, v in zip(shape.columns, row, strict=True)}
-        )
-        for row in rows
-    ]
-
-
-def update_row(tx: Tx, row: Any, *columns: str) -> None:
-    """Writes the named attributes of a model object back to its row."""
-    shape = _shape(type(row))
-    sets = ", ".join(f"{_quoted(n)} = :{n}" for n in columns)
-    values = {n: _in(tx, shape, n, getattr(row, n)) for n in columns}
-    values["_key"] = getattr(row, shape.key)
-    tx.execute(f"UPDATE {shape.table} SET {sets} WHERE {_quoted(shape.key)} = :_key", values)
-
-
-def new_row(model: type[M], **values: Any) -> M:
-    """A new model object with the model's defaults filled in, as its row will read."""
-    for name, default in _shape(model).defaults.items():
-        if name not in values:
-            values[name] = default(None) if callable(default) else default
-    return model_row(model, values)
-
-
-def values_of(row: Any) -> dict[str, Any]:
-    """The attributes set on a model object that is not in a session, for `insert_rows`."""
-    return {k: v for k, v in vars(row).items() if not k.startswith("_")}
-
-
-def insert_rows(tx: Tx, model: type, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Inserts rows of `model` given as dicts; columns left out get the model's defaults."""
-    if not rows:
-        return
-    shape = _shape(model)
-    given = set().union(*rows)
-    names = [n for n in shape.columns if n in given or n in shape.defaults]
-    prepared = []
-    for row in rows:
-        values = {}
-        for n in names:
-            if n in row:
-                value = row[n]
-            else:
-                default = shape.defaults.get(n)
-                value = default(None) if callable(default) else default
-            values[n] = _in(tx, shape, n, value)
-        prepared.append(values)
-    columns = ", ".join(map(_quoted, names))
-    placeholders = ", ".join(f":{n}" for n in names)
-    tx.many(f"INSERT INTO {shape.table} ({columns}) VALUES ({placeholders})", prepared)
 
 
 class Database:

@@ -10,18 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import (
-    Tx,
-    insert_rows,
-    new_id,
-    new_row,
-    next_page_token,
-    page_window,
-    select_rows,
-    update_row,
-    utcnow,
-    values_of,
-)
+from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
 from granulator_server.errors import JobNotFound

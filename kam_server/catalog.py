@@ -16,8 +16,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import Tx, next_page_token, page_window, select_rows
+from bitware_core.db import next_page_token, page_window
 from bitware_core.errors import Violations
+from bitware_core.sql import Tx, select_rows
 from bitware_core.tiers import TIERS
 from kam_server import audit, models
 from kam_server.errors import TemplateNotFound

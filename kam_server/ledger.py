@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from bitware_core.db import Tx, utcnow
+from bitware_core.db import utcnow
+from bitware_core.sql import Tx
 from kam_server import models
 from kam_server.errors import BudgetExceeded
 

@@ -25,8 +25,9 @@ from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
-from bitware_core.db import Database, Tx
+from bitware_core.db import Database
 from bitware_core.metrics import Registry
+from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
 from orchestrator_server.events import EventHub

@@ -11,18 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
-from bitware_core.db import (
-    Tx,
-    insert_rows,
-    new_id,
-    new_row,
-    next_page_token,
-    page_window,
-    select_rows,
-    utcnow,
-    values_of,
-)
+from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
+from bitware_core.sql import Tx, insert_rows, new_row, select_rows, values_of
 from orchestrator_server import models
 from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bitware_core.db import Tx, select_rows, update_row, utcnow
+from bitware_core.db import utcnow
+from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
 from orchestrator_server.executions import (

@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-from bitware_core.db import Tx, insert_rows
+from bitware_core.sql import Tx, insert_rows
 from orchestrator_server import models
 from orchestrator_server.errors import CorruptPayload
 

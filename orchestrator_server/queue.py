@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bitware_core.db import Tx, insert_rows, model_row, update_row, utcnow
+from bitware_core.db import utcnow
+from bitware_core.sql import Tx, insert_rows, model_row, update_row
 from orchestrator_server import models
 from orchestrator_server.executions import (
     append_event,

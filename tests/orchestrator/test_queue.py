@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from bitware_core.db import Database, Tx, utcnow
+from bitware_core.db import Database, utcnow
+from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
 from orchestrator_server.errors import StaleAttempt
 from tests.orchestrator.conftest import stage
