@@ -169,20 +169,33 @@ def model_row(model: type[M], values: dict[str, Any]) -> M:
     return row
 
 
+def columns(model: type, alias: str = "") -> str:
+    """The model's columns for a SELECT list (`alias."col"`), in the order `from_row` reads."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + _quoted(n) for n in _shape(model).columns)
+
+
+def width(model: type) -> int:
+    """How many values of a row `columns(model)` selects."""
+    return len(_shape(model).columns)
+
+
+def from_row(tx: Tx, model: type[M], values: Sequence[Any]) -> M:
+    """A model object from the values `columns(model)` selected."""
+    shape = _shape(model)
+    return model_row(
+        model, {n: _out(tx, shape, n, v) for n, v in zip(shape.columns, values, strict=True)}
+    )
+
+
 def select_rows(
     tx: Tx, model: type[M], where: str, params: Mapping[str, Any] | None = None, lock: str = ""
 ) -> list[M]:
     """Rows of `model` (as detached model objects) `WHERE <where>`, with SQL by hand; `lock` is
     a `Tx.lock` clause."""
-    shape = _shape(model)
-    columns = ", ".join(map(_quoted, shape.columns))
-    rows = tx.all(f"SELECT {columns} FROM {shape.table} WHERE {where}{lock}", params)
-    return [
-        model_row(
-            model, {n: _out(tx, shape, n, v) for n, v in zip(shape.columns, row, strict=True)}
-        )
-        for row in rows
-    ]
+    table = _shape(model).table
+    rows = tx.all(f"SELECT {columns(model)} FROM {table} WHERE {where}{lock}", params)
+    return [from_row(tx, model, row) for row in rows]
 
 
 def update_row(tx: Tx, row: Any, *columns: str) -> None:

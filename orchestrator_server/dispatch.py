@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.orm import Session
 
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
@@ -162,7 +161,7 @@ class Dispatcher:
 
     async def _dispatch_once(self) -> None:
         if self._workers is None:
-            self._workers = await self.db.run(registry.available)
+            self._workers = await self.db.run_tx(registry.available)
         workers = {w.id: w for w in self._workers if w.id not in self.not_serving}
         slots = self._free_slots(list(workers.values()))
         if not any(slots.values()):
@@ -209,7 +208,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(1.0)
             try:
-                reclaimed, expired = await self.db.run(self._housekeep)
+                reclaimed, expired = await self.db.run_tx(self._housekeep)
                 if reclaimed:
                     self.wake.set()
                 for _, running in expired:
@@ -218,20 +217,20 @@ class Dispatcher:
             except Exception:
                 log.exception("housekeeping round failed")
 
-    def _housekeep(self, session: Session) -> tuple[int, list[tuple[str, list[str]]]]:
+    def _housekeep(self, tx: Tx) -> tuple[int, list[tuple[str, list[str]]]]:
         """Once a second, in one transaction: renew this replica's leases, re-queue the stages
         of dead holders, mark silent workers unhealthy, fail what ran out of time, and take the
         figures the metrics report."""
         settings = self.settings
-        queue.renew_leases(session, self.owner, list(self.running), settings.lease_seconds)
-        reclaimed = queue.reclaim_expired(session)
-        registry.mark_silent_unhealthy(session, settings.heartbeat_timeout)
-        expired = executions.expire(session, settings.queue_wait_timeout)
-        self._workers = registry.available(session)
-        stats = queue.queue_stats(session)
+        queue.renew_leases(tx, self.owner, list(self.running), settings.lease_seconds)
+        reclaimed = queue.reclaim_expired(tx)
+        registry.mark_silent_unhealthy(tx, settings.heartbeat_timeout)
+        expired = executions.expire(tx, settings.queue_wait_timeout)
+        self._workers = registry.available(tx)
+        stats = queue.queue_stats(tx)
         self._snapshot = {
             "levels": {executions.PRIORITY_NAMES[p]: level for p, level in stats["levels"].items()},
-            "workers": registry.count_by_state(session),
+            "workers": registry.count_by_state(tx),
         }
         return reclaimed, expired
 
@@ -243,7 +242,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(HEALTH_PROBE_SECONDS)
             try:
-                workers = await self.db.run(registry.available)
+                workers = await self.db.run_tx(registry.available)
                 results = await asyncio.gather(*(self._probe(w.address) for w in workers))
                 failing = {w.id for w, serving in zip(workers, results, strict=True) if not serving}
                 for worker_id in failing - self.not_serving:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
-from bitware_core.sql import Tx, insert_rows, new_row, select_rows, values_of
+from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from orchestrator_server import models
 from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 
@@ -366,50 +366,50 @@ def retry(session: Session, principal: Principal, execution_id: str) -> models.E
     return execution
 
 
-def expire(session: Session, queue_wait_s: float) -> list[tuple[str, list[str]]]:
+def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
     """Fails executions past their deadline, and those whose stage waited in the queue longer
     than `queue_wait_s`; returns (execution id, running stage ids) for each, so the workers of
     running stages can be told to stop."""
     now = utcnow()
-    expired: list[tuple[str, list[str]]] = []
-    overdue = session.scalars(
-        select(models.Execution)
-        .where(
-            models.Execution.status.in_(("queued", "running")),
-            models.Execution.deadline_at < now,
-        )
-        .with_for_update(skip_locked=True)
+    lock = tx.lock("SKIP LOCKED")
+    overdue = select_rows(
+        tx,
+        models.Execution,
+        "status IN ('queued', 'running') AND deadline_at < :now",
+        {"now": tx.ts(now)},
+        lock,
     )
-    waiting = session.scalars(
-        select(models.Execution)
-        .join(models.Stage, models.Stage.execution_id == models.Execution.id)
-        .where(
-            models.Stage.status == "queued",
-            models.Stage.queued_at < now - timedelta(seconds=queue_wait_s),
-        )
-        .with_for_update(of=models.Execution, skip_locked=True)
+    waiting = select_rows(
+        tx,
+        models.Execution,
+        "id IN (SELECT execution_id FROM stages WHERE status = 'queued' AND queued_at < :cutoff)",
+        {"cutoff": tx.ts(now - timedelta(seconds=queue_wait_s))},
+        lock,
     )
+    expired: dict[str, list[str]] = {}
     for execution, reason, message in [
         *((e, "EXECUTION_TIMEOUT", "the execution ran past its time limit") for e in overdue),
         *((e, "QUEUE_TIMEOUT", "no worker took the stage in time") for e in waiting),
     ]:
-        if execution.status in TERMINAL_EXECUTION:
+        if execution.id in expired or execution.status in TERMINAL_EXECUTION:
             continue
-        running = [s.id for s in stages_of(session, execution.id) if s.status == "running"]
-        for stage in stages_of(session, execution.id):
+        stages = select_rows(tx, models.Stage, "execution_id = :id", {"id": execution.id}, lock)
+        expired[execution.id] = [s.id for s in stages if s.status == "running"]
+        for stage in stages:
             if stage.status in ("queued", "running", "retry_wait"):
                 move_stage(stage, "failed")
                 stage.epoch += 1
                 stage.ended_at = now
+                update_row(tx, stage, "status", "epoch", "ended_at")
         move_execution(execution, "failed")
         execution.error = {"reason": reason, "message": message, "retryable": True}
         execution.ended_at = now
         append_event(
-            Tx.of(session),
+            tx,
             execution,
             "EXECUTION_FAILED",
             error=execution.error,
             message=f"execution failed: {message}",
         )
-        expired.append((execution.id, running))
-    return expired
+        update_row(tx, execution, "status", "error", "ended_at", "last_sequence")
+    return list(expired.items())

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
-
 from bitware_core.db import utcnow
-from bitware_core.sql import Tx, insert_rows, model_row, update_row
+from bitware_core.sql import Tx, columns, from_row, insert_rows, update_row, width
 from orchestrator_server import models
 from orchestrator_server.executions import (
     append_event,
@@ -65,63 +62,22 @@ def _running_per_client(tx: Tx, client_ids: set[str]) -> Counter[str]:
     return Counter({client: count for client, count in rows})
 
 
-_CANDIDATE_STAGE = (
-    "id",
-    "execution_id",
-    "order",
-    "name",
-    "capability",
-    "action",
-    "structure_template",
-    "params",
-    "timeout_s",
-    "min_quality",
-    "status",
-    "attempts",
-    "epoch",
-    "feedback",
-    "reattach_worker",
-    "started_at",
-)
-_CANDIDATE_EXECUTION = (
-    "id",
-    "client_id",
-    "spec",
-    "status",
-    "client_concurrency",
-    "last_sequence",
-    "stages_done",
-    "stages_total",
-)
-_CANDIDATES = (
-    "SELECT "
-    + ", ".join(f's."{c}"' for c in _CANDIDATE_STAGE)
-    + ", "
-    + ", ".join(f'e."{c}"' for c in _CANDIDATE_EXECUTION)
-    + " FROM stages s JOIN executions e ON s.execution_id = e.id"
-    " WHERE s.status IN ('queued', 'retry_wait') AND s.capability = :capability"
-    " AND s.ready_at <= :now ORDER BY s.queue_key LIMIT :limit"
-)
-
-
-def _candidates(
-    tx: Tx, capability: str, now: datetime, limit: int
+def _pairs(
+    tx: Tx, where: str, params: dict[str, Any], tail: str = ""
 ) -> list[tuple[models.Stage, models.Execution]]:
-    # Never waits: a row another replica (or writer) holds is simply skipped.
+    """Stages with their executions, locked; a row another replica (or writer) holds is
+    skipped, never waited for."""
     rows = tx.all(
-        _CANDIDATES + tx.lock("OF s, e SKIP LOCKED"),
-        {"capability": capability, "now": tx.ts(now), "limit": limit},
+        f"SELECT {columns(models.Stage, 's')}, {columns(models.Execution, 'e')}"
+        f" FROM stages s JOIN executions e ON s.execution_id = e.id WHERE {where}{tail}"
+        + tx.lock("OF s, e SKIP LOCKED"),
+        params,
     )
-    split = len(_CANDIDATE_STAGE)
-    found = []
-    for row in rows:
-        stage = dict(zip(_CANDIDATE_STAGE, row[:split], strict=True))
-        execution = dict(zip(_CANDIDATE_EXECUTION, row[split:], strict=True))
-        stage["params"] = tx.loads(stage["params"])
-        stage["started_at"] = tx.when(stage["started_at"])
-        execution["spec"] = tx.loads(execution["spec"])
-        found.append((model_row(models.Stage, stage), model_row(models.Execution, execution)))
-    return found
+    split = width(models.Stage)
+    return [
+        (from_row(tx, models.Stage, row[:split]), from_row(tx, models.Execution, row[split:]))
+        for row in rows
+    ]
 
 
 def claim(
@@ -142,7 +98,13 @@ def claim(
     for capability, free_slots in slots.items():
         if not free_slots:
             continue
-        candidates = _candidates(tx, capability, now, len(free_slots) * 4)
+        candidates = _pairs(
+            tx,
+            "s.status IN ('queued', 'retry_wait') AND s.capability = :capability"
+            " AND s.ready_at <= :now",
+            {"capability": capability, "now": tx.ts(now), "limit": len(free_slots) * 4},
+            " ORDER BY s.queue_key LIMIT :limit",
+        )
         capped = {e.client_id for _, e in candidates if e.client_concurrency}
         running = _running_per_client(tx, capped) if capped else Counter[str]()
         for stage, execution in candidates:
@@ -253,61 +215,59 @@ def _claim_one(
     )
 
 
-def renew_leases(session: Session, owner: str, stage_ids: list[str], lease_seconds: float) -> None:
+def renew_leases(tx: Tx, owner: str, stage_ids: list[str], lease_seconds: float) -> None:
     if stage_ids:
-        session.execute(
-            update(models.Stage)
-            .where(models.Stage.id.in_(stage_ids), models.Stage.lease_owner == owner)
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        names = {f"s{i}": stage_id for i, stage_id in enumerate(stage_ids)}
+        tx.execute(
+            "UPDATE stages SET lease_expires_at = :until WHERE lease_owner = :owner"
+            f" AND id IN ({', '.join(':' + n for n in names)})",
+            {**names, "owner": owner, "until": tx.ts(utcnow() + timedelta(seconds=lease_seconds))},
         )
 
 
-def reclaim_expired(session: Session) -> int:
+def reclaim_expired(tx: Tx) -> int:
     """Re-queues running stages whose lease expired (their holder died). A stage a worker had
     accepted is re-attached on that worker, which returns its result without working twice."""
     now = utcnow()
-    rows = list(
-        session.execute(
-            select(models.Stage, models.Execution)
-            .join(models.Execution, models.Stage.execution_id == models.Execution.id)
-            .where(models.Stage.status == "running", models.Stage.lease_expires_at < now)
-            .with_for_update(of=(models.Stage, models.Execution), skip_locked=True)
+    expired = _pairs(tx, "s.status = 'running' AND s.lease_expires_at < :now", {"now": tx.ts(now)})
+    for stage, execution in expired:
+        attempt = tx.one(
+            "SELECT worker_id, status FROM attempts WHERE stage_id = :id AND epoch = :epoch",
+            {"id": stage.id, "epoch": stage.epoch},
         )
-    )
-    for stage, execution in rows:
-        attempt = session.scalar(
-            select(models.Attempt).where(
-                models.Attempt.stage_id == stage.id, models.Attempt.epoch == stage.epoch
-            )
-        )
-        if attempt is not None and attempt.status == "running":
-            stage.reattach_worker = attempt.worker_id
-        end_attempt(
-            Tx.of(session), stage.id, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"}
-        )
+        if attempt is not None and attempt[1] == "running":
+            stage.reattach_worker = attempt[0]
+        end_attempt(tx, stage.id, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
         move_stage(stage, "queued")
         stage.ready_at = now
         stage.lease_owner = ""
+        update_row(tx, stage, "reattach_worker", "status", "ready_at", "lease_owner")
         append_event(
-            Tx.of(session),
+            tx,
             execution,
             "STAGE_QUEUED",
             **stage_fields(stage),
             message="its holder stopped responding; offered again",
         )
-    return len(rows)
+        update_row(tx, execution, "last_sequence")
+    return len(expired)
 
 
-def queue_stats(session: Session) -> dict[str, Any]:
+def queue_stats(tx: Tx) -> dict[str, Any]:
+    """Per priority, how many stages wait and for how long the oldest has; how many run and
+    how many wait to be retried."""
     now = utcnow()
-    levels = {}
-    for priority in (4, 3, 2, 1):
-        depth, oldest = session.execute(
-            select(func.count(), func.min(models.Stage.queued_at)).where(
-                models.Stage.status == "queued", models.Stage.priority == priority
-            )
-        ).one()
-        levels[priority] = (depth, (now - oldest).total_seconds() if oldest else 0.0)
-    running = session.scalar(select(func.count()).where(models.Stage.status == "running"))
-    waiting = session.scalar(select(func.count()).where(models.Stage.status == "retry_wait"))
-    return {"levels": levels, "running": running or 0, "retry_waiting": waiting or 0}
+    levels: dict[int, tuple[int, float]] = {priority: (0, 0.0) for priority in (4, 3, 2, 1)}
+    running = waiting = 0
+    for status, priority, count, oldest in tx.all(
+        "SELECT status, priority, count(*), min(queued_at) FROM stages"
+        " WHERE status IN ('queued', 'running', 'retry_wait') GROUP BY status, priority"
+    ):
+        if status == "queued":
+            since = tx.when(oldest)
+            levels[priority] = (count, (now - since).total_seconds() if since else 0.0)
+        elif status == "running":
+            running += count
+        else:
+            waiting += count
+    return {"levels": levels, "running": running, "retry_waiting": waiting}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window, utcnow
 from bitware_core.errors import PermissionDenied, Violations
+from bitware_core.sql import Tx, select_rows
 from orchestrator_server import models
 from orchestrator_server.errors import WorkerNotFound
 
@@ -67,22 +68,22 @@ def heartbeat(session: Session, principal: Principal, worker_id: str, active: in
     return row
 
 
-def mark_silent_unhealthy(session: Session, timeout_s: float) -> list[str]:
+def mark_silent_unhealthy(tx: Tx, timeout_s: float) -> list[str]:
     """Healthy workers silent past the timeout become unhealthy; draining workers that are idle
     or silent are gone."""
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
-    rows = list(
-        session.scalars(
-            select(models.Worker).where(
-                models.Worker.state.in_(("healthy", "draining")),
-                (models.Worker.last_heartbeat_at < cutoff)
-                | ((models.Worker.state == "draining") & (models.Worker.active_stages == 0)),
-            )
-        )
+    silent = (
+        "state IN ('healthy', 'draining')"
+        " AND (last_heartbeat_at < :cutoff OR (state = 'draining' AND active_stages = 0))"
     )
-    for row in rows:
-        row.state = "unhealthy" if row.state == "healthy" else "deregistered"
-    return [row.id for row in rows]
+    params = {"cutoff": tx.ts(utcnow() - timedelta(seconds=timeout_s))}
+    ids = [row[0] for row in tx.all(f"SELECT id FROM workers WHERE {silent}", params)]
+    if ids:
+        tx.execute(
+            "UPDATE workers SET state = CASE WHEN state = 'healthy' THEN 'unhealthy'"
+            f" ELSE 'deregistered' END WHERE {silent}",
+            params,
+        )
+    return ids
 
 
 def mark_unhealthy(session: Session, worker_id: str) -> None:
@@ -91,17 +92,12 @@ def mark_unhealthy(session: Session, worker_id: str) -> None:
         row.state = "unhealthy"
 
 
-def count_by_state(session: Session) -> dict[str, int]:
-    rows = session.execute(select(models.Worker.state, func.count()).group_by(models.Worker.state))
-    return {state: count for state, count in rows}
+def count_by_state(tx: Tx) -> dict[str, int]:
+    return dict(tx.all("SELECT state, count(*) FROM workers GROUP BY state"))
 
 
-def available(session: Session) -> list[models.Worker]:
-    return list(
-        session.scalars(
-            select(models.Worker).where(models.Worker.state == "healthy").order_by(models.Worker.id)
-        )
-    )
+def available(tx: Tx) -> list[models.Worker]:
+    return select_rows(tx, models.Worker, "state = 'healthy' ORDER BY id")
 
 
 def list_workers(

@@ -279,7 +279,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetQueue(
         self, request: orchestrator_pb2.GetQueueRequest, context: Context
     ) -> orchestrator_pb2.GetQueueResponse:
-        stats = await self.db.run(queue.queue_stats)
+        stats = await self.db.run_tx(queue.queue_stats)
         levels = []
         for priority, (depth, oldest) in stats["levels"].items():
             wait = duration_pb2.Duration()

@@ -84,7 +84,7 @@ def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     )
-    assert db.run_sync(queue.reclaim_expired) == 1
+    assert db.run_tx_sync(queue.reclaim_expired) == 1
     [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", {"scripted": ["w2"]}, {}, 15.0))
     assert second.epoch > first.epoch
     late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": {}}
@@ -111,7 +111,7 @@ def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Datab
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     )
-    db.run_sync(queue.reclaim_expired)
+    db.run_tx_sync(queue.reclaim_expired)
     slots = {"scripted": ["w2", "w1"]}
     [again] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", slots, {}, 15.0))
     assert again.reattach_worker == again.worker_id == "w1"  # back to the worker that has it
