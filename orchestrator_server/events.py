@@ -26,6 +26,9 @@ class Subscription:
 
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     published: list[LoggedEvent] = field(default_factory=list)
+    #: The highest sequence a notification said the log has reached (events the stream may
+    #: have to read from the database, when they were not published to it).
+    notified: int = 0
 
     def take(self) -> list[LoggedEvent]:
         events, self.published = self.published, []
@@ -44,9 +47,11 @@ class EventHub:
                 subscription.published.append(event)
                 subscription.changed.set()
 
-    def notify(self, execution_id: str) -> None:
-        """Says the execution's log grew, without the events (streams read the database)."""
+    def notify(self, execution_id: str, sequence: int) -> None:
+        """Says the execution's log has grown to at least `sequence`, without the events (a
+        stream that has not sent them reads the database)."""
         for subscription in self._subscriptions.get(execution_id, ()):
+            subscription.notified = max(subscription.notified, sequence)
             subscription.changed.set()
 
     def subscribers(self, execution_id: str) -> int:
@@ -80,7 +85,10 @@ class EventHub:
                 ) as connection:
                     await connection.execute(f"LISTEN {channel}")
                     async for note in connection.notifies():
-                        self.notify(note.payload)
+                        # "<execution id> <sequence>": the first event of the writer's
+                        # transaction (its own replica's watchers got them published)
+                        execution_id, _, sequence = note.payload.partition(" ")
+                        self.notify(execution_id, int(sequence or 0))
             except psycopg.Error as error:
                 log.warning(
                     "event listener lost its connection; reconnecting",

@@ -21,6 +21,8 @@ from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
 AGING_SECONDS = 30.0
 #: session.info key of the events a transaction appended.
 APPENDED = "appended_events"
+#: tx.info key of the executions whose watchers a transaction has notified.
+NOTIFIED = "notified_executions"
 #: The event types that end an execution's log (unless it is retried).
 TERMINAL_EVENTS = {"EXECUTION_SUCCEEDED", "EXECUTION_FAILED", "EXECUTION_CANCELLED"}
 #: The PostgreSQL NOTIFY channel on which replicas announce new events.
@@ -102,11 +104,15 @@ def append_event(tx: Tx, execution: models.Execution, type_: str, **data: Any) -
     )
     # Handed to this process's watchers once the transaction commits (see OrchestratorServer).
     tx.info.setdefault(APPENDED, []).append(event)
-    if tx.postgres:
-        # Delivered at commit to every replica's listener, which wakes its watchers.
+    notified = tx.info.setdefault(NOTIFIED, set())
+    if tx.postgres and execution.id not in notified:
+        # Delivered at commit to every replica's listener, which wakes its watchers: once per
+        # transaction and execution (PostgreSQL folds repeats anyway, each at a round trip).
         tx.execute(
-            "SELECT pg_notify(:channel, :id)", {"channel": EVENTS_CHANNEL, "id": execution.id}
+            "SELECT pg_notify(:channel, :payload)",
+            {"channel": EVENTS_CHANNEL, "payload": f"{execution.id} {execution.last_sequence}"},
         )
+        notified.add(execution.id)
     return execution.last_sequence
 
 

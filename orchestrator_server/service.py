@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -258,8 +257,11 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 # execution is not finished, so its watchers go on past the failure.)
                 if log.finished and after >= log.last_sequence:
                     return
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(inbox.changed.wait(), timeout=1.0)
+                    quiet = False
+                except TimeoutError:
+                    quiet = True
                 inbox.changed.clear()
                 fresh = [e for e in inbox.take() if e.sequence > after]
                 if fresh and [e.sequence for e in fresh] == list(
@@ -269,6 +271,9 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                     log = executions.LogPage(
                         fresh, last.type in executions.TERMINAL_EVENTS, last.sequence
                     )
+                elif not fresh and not quiet and inbox.notified <= after:
+                    # Told of events this stream has sent already (published to it first).
+                    log = executions.LogPage([], False, after)
                 else:  # history, a gap, another replica's events, or a quiet second
                     log = await self.db.run_tx(
                         functools.partial(
