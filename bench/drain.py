@@ -4,8 +4,9 @@ Method: mesh as real processes (SQLite, offline provider, product defaults). The
 first set draining (admin DeregisterWorker drain=true: it gets no offers), then N requests are
 created and executed through KAM (25 enterprise clients × 40, under the tier's 50-running
 limit), so that all N executions sit in the orchestrator's durable queue (GetQueue checks the
-depth). The clock starts when the granulator is registered again (RegisterWorker under its own
-credential, as it does at start-up) and stops when GetQueue shows nothing queued or running;
+depth). Then the granulator process is restarted (a drained worker stays out for good, by
+design, so the bench starts a fresh one, as an operator would) and the clock starts when it is
+registered and healthy again; it stops when GetQueue shows nothing queued or running;
 then every execution is read back (ListExecutions) and must be SUCCEEDED, and KAM must have
 settled every request. No WatchExecution streams are open: this is the queue and the worker.
 
@@ -38,14 +39,6 @@ async def one_rep(n: int, limit: float) -> dict[str, Any]:
     async with Mesh(MeshOptions(clients=clients)) as mesh:
         registry = registry_pb2_grpc.WorkerRegistryServiceStub(mesh.orc_channel)
         gran = next(c for c in mesh.supervisor.children if c.name == "granulator-1")
-        worker_meta = (
-            ("authorization", f"Bearer {gran.env['BITWARE_WORKER_TOKEN']}"),
-            ("x-worker-id", "granulator-1"),
-        )
-        workers = await registry.ListWorkers(
-            registry_pb2.ListWorkersRequest(), metadata=mesh.admin, timeout=10
-        )
-        me = next(w for w in workers.workers if w.worker_id == "granulator-1")
         await registry.DeregisterWorker(
             registry_pb2.DeregisterWorkerRequest(worker_id="granulator-1", drain=True),
             metadata=mesh.admin,
@@ -80,22 +73,21 @@ async def one_rep(n: int, limit: float) -> dict[str, Any]:
         submit_s = time.perf_counter() - t_sub
         depth = (await queue(mesh)).total_depth
         log(f"  queued {len(ids)} executions in {submit_s:.1f}s; queue depth {depth}")
-        # release the worker and time the drain
+        # release: a fresh granulator (the Supervisor restarts the one killed here) registers
+        # itself; time the drain from the moment it is healthy
         holding.set()
         await holder
+        assert gran.process is not None
+        gran.process.kill()
+        while True:
+            workers = await registry.ListWorkers(
+                registry_pb2.ListWorkersRequest(), metadata=mesh.admin, timeout=10
+            )
+            state = next(w.state for w in workers.workers if w.worker_id == "granulator-1")
+            if state == registry_pb2.WORKER_STATE_HEALTHY:
+                break
+            await asyncio.sleep(0.02)
         t0 = time.perf_counter()
-        await registry.RegisterWorker(
-            registry_pb2.RegisterWorkerRequest(
-                worker_id="granulator-1",
-                name="granulator-1",
-                address=me.address,
-                capabilities=list(me.capabilities),
-                max_concurrency=me.max_concurrency,
-                version=me.version,
-            ),
-            metadata=worker_meta,
-            timeout=10,
-        )
         deadline = t0 + limit
         last_log = t0
         while time.perf_counter() < deadline:
