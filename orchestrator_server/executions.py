@@ -399,7 +399,10 @@ def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
     ]:
         if execution.id in expired or execution.status in TERMINAL_EXECUTION:
             continue
-        stages = select_rows(tx, models.Stage, "execution_id = :id", {"id": execution.id}, lock)
+        # The execution is held: its stages are locked after it, waiting (as every writer does).
+        stages = select_rows(
+            tx, models.Stage, "execution_id = :id", {"id": execution.id}, tx.lock()
+        )
         expired[execution.id] = [s.id for s in stages if s.status == "running"]
         for stage in stages:
             if stage.status in ("queued", "running", "retry_wait"):
