@@ -137,7 +137,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         finished: bool | None = False
         if offer is not None:
             offer.epoch = max(offer.epoch, request.stage.epoch)
-        elif not (finished := await self._finished(key)):
+        elif not (finished := await self._finished(key, request.stage.epoch)):
             if self.active >= self.max_jobs:
                 return self._decline(
                     worker_pb2.DECLINE_REASON_AT_CAPACITY,
@@ -174,8 +174,12 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
             return hit  # type: ignore[return-value]
         return await self.db.run(lambda s: template_store.resolve(s, query))
 
-    async def _finished(self, key: Key) -> bool | None:
-        """Whether the attempt's job has finished; None when there is no job for it at all."""
+    async def _finished(self, key: Key, epoch: int) -> bool | None:
+        """Whether the attempt's job has finished; None when there is no job for it at all.
+        Epoch 1 is a stage's first claim ever, so no worker can have a job for it yet: no
+        lookup (the common case, and a database round trip off every dispatch)."""
+        if epoch == 1:
+            return None
         stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
         if stored is None:
             return None

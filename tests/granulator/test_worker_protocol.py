@@ -220,6 +220,20 @@ async def test_process_is_idempotent_and_never_generates_twice(
     assert first.metrics["elements"] > 10
 
 
+async def test_a_finished_attempt_offered_again_is_answered_from_its_job(db: Database) -> None:
+    first = workers(db)
+    await first.Handshake(offer(stage(epoch=1)), NO_CONTEXT)
+    done = await first.Process(worker_pb2.ProcessRequest(stage=stage(epoch=1)), NO_CONTEXT)
+    # The orchestrator lost track (its holder died) and offers the same attempt again, with a
+    # newer epoch, to this worker after a restart: the stored job answers, nothing is generated.
+    restarted = workers(db)
+    answer = await restarted.Handshake(offer(stage(epoch=2)), NO_CONTEXT)
+    again = await restarted.Process(worker_pb2.ProcessRequest(stage=stage(epoch=2)), NO_CONTEXT)
+    assert answer.accepted
+    assert again.result.job_id == done.result.job_id
+    assert restarted.runner.generations == 0
+
+
 async def test_progress_is_ordered_resumable_and_counts_streamed_elements(
     db: Database, fake_openai: FakeOpenAI
 ) -> None:

@@ -170,7 +170,10 @@ class StageRef(_message.Message):
     attempt: _builtins.int
     """The attempt number, from 1."""
     epoch: _builtins.int
-    """The claim epoch; a worker refuses calls with an epoch older than one it has seen."""
+    """The claim epoch; a worker refuses calls with an epoch older than one it has seen. A
+    stage's epochs start at 1 (its first claim) and grow with every later claim, so epoch 1
+    means no worker was offered this stage before.
+    """
     def __init__(
         self,
         *,
