@@ -58,7 +58,6 @@ class Dispatcher:
         self.kam = kam
         self.owner = f"orc-{uuid.uuid4().hex[:12]}"
         self.wake = asyncio.Event()
-        self.inflight: dict[str, int] = {}  # worker id → stages this process runs there
         self.running: dict[str, tuple[asyncio.Task[None], queue.Claim, str]] = {}
         #: stage id → worker id → loop time until which that worker's decline is remembered
         self.declined: dict[str, dict[str, float]] = {}
@@ -162,9 +161,8 @@ class Dispatcher:
     async def _dispatch_once(self) -> None:
         if self._workers is None:
             self._workers = await self.db.run_tx(registry.available)
-        workers = {w.id: w for w in self._workers if w.id not in self.not_serving}
-        slots = self._free_slots(list(workers.values()))
-        if not any(slots.values()):
+        workers = [w for w in self._workers if w.id not in self.not_serving]
+        if not workers:
             return
         now = asyncio.get_running_loop().time()
         avoid = {
@@ -172,36 +170,21 @@ class Dispatcher:
             for stage_id, declined in self.declined.items()
         }
         claims = await self.db.run_tx(
-            lambda tx: queue.claim(tx, self.owner, slots, avoid, self.settings.lease_seconds)
+            lambda tx: queue.claim(tx, self.owner, workers, avoid, self.settings.lease_seconds)
         )
+        addresses = {w.id: w.address for w in workers}
         for claim in claims:
-            # The slot is taken from now on, so the next round cannot offer it again.
-            self.inflight[claim.worker_id] = self.inflight.get(claim.worker_id, 0) + 1
             self._claimed_at[claim.stage_id] = now
-            capable = sum(1 for w in workers.values() if claim.capability in w.capabilities)
+            capable = sum(1 for w in workers if claim.capability in w.capabilities)
             task = asyncio.create_task(
-                self._run_stage(claim, workers[claim.worker_id].address, capable > 1)
+                self._run_stage(claim, addresses[claim.worker_id], capable > 1)
             )
             self.running[claim.stage_id] = (task, claim, "")
             task.add_done_callback(functools.partial(self._finished, claim))
 
-    def _free_slots(self, workers: list[models.Worker]) -> dict[str, list[str]]:
-        """Per capability, one worker id per free slot: least loaded workers first, their slots
-        interleaved so that consecutive stages spread over workers."""
-        slots: dict[str, list[str]] = {}
-        by_load = sorted(workers, key=lambda w: self.inflight.get(w.id, 0) / w.max_concurrency)
-        free = {w.id: max(0, w.max_concurrency - self.inflight.get(w.id, 0)) for w in by_load}
-        for round_ in range(max(free.values(), default=0)):
-            for worker in by_load:
-                if free[worker.id] > round_:
-                    for capability in worker.capabilities:
-                        slots.setdefault(capability, []).append(worker.id)
-        return slots
-
     def _finished(self, claim: queue.Claim, _task: asyncio.Task[None]) -> None:
         self.running.pop(claim.stage_id, None)
         self._claimed_at.pop(claim.stage_id, None)
-        self.inflight[claim.worker_id] -= 1
         self.wake.set()
 
     async def _housekeeping_loop(self) -> None:

@@ -80,19 +80,46 @@ def _pairs(
     ]
 
 
+def busy_slots(tx: Tx) -> Counter[str]:
+    """How many stages each worker holds, whichever replica offered them: the current attempt
+    of every running stage."""
+    rows = tx.all(
+        "SELECT a.worker_id, count(*) FROM attempts a"
+        " JOIN stages s ON s.id = a.stage_id AND a.epoch = s.epoch"
+        " WHERE s.status = 'running' GROUP BY a.worker_id"
+    )
+    return Counter({worker_id: count for worker_id, count in rows})
+
+
+def open_slots(workers: list[models.Worker], busy: Counter[str]) -> dict[str, list[str]]:
+    """Per capability, one worker id per free slot: least loaded workers first, their slots
+    interleaved so that consecutive stages spread over workers."""
+    slots: dict[str, list[str]] = {}
+    by_load = sorted(workers, key=lambda w: busy[w.id] / w.max_concurrency)
+    free = {w.id: max(0, w.max_concurrency - busy[w.id]) for w in by_load}
+    for round_ in range(max(free.values(), default=0)):
+        for worker in by_load:
+            if free[worker.id] > round_:
+                for capability in worker.capabilities:
+                    slots.setdefault(capability, []).append(worker.id)
+    return slots
+
+
 def claim(
     tx: Tx,
     owner: str,
-    slots: dict[str, list[str]],
+    workers: list[models.Worker],
     avoid: dict[str, set[str]],
     lease_seconds: float,
 ) -> list[Claim]:
     """Claims ready stages, best first, and offers each to a worker in the same transaction.
 
-    `slots` lists, per capability, one worker id per free slot, best first; each claimed stage
-    takes one: the worker that may still hold its attempt (re-attach) when it has a slot, else
-    the first that is not in `avoid[stage id]` (workers that just declined it). Clients already
-    running as many executions as their tier allows are skipped."""
+    Each claimed stage takes a free slot of one of `workers` (counted in the database, so that
+    several replicas never offer a worker more than it takes): the worker that may still hold
+    its attempt (re-attach) when it has a slot, else the least loaded one that is not in
+    `avoid[stage id]` (workers that just declined it). Clients already running as many
+    executions as their tier allows are skipped."""
+    slots = open_slots(workers, busy_slots(tx))
     now = utcnow()
     claims: list[Claim] = []
     for capability, free_slots in slots.items():

@@ -34,12 +34,15 @@ def create(tx: Tx, priority: str, client: str = "cli_a") -> str:
     return executions.create(tx, new)
 
 
+def worker(worker_id: str = "w1", capacity: int = 1, capability: str = "scripted") -> models.Worker:
+    return models.Worker(
+        id=worker_id, address="127.0.0.1:1", capabilities=[capability], max_concurrency=capacity
+    )
+
+
 def claim_order(db: Database, count: int) -> list[str]:
-    order = []
-    for _ in range(count):
-        claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": ["w1"]}, {}, 15.0))
-        order += [c.execution_id for c in claims]
-    return order
+    claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", [worker(capacity=count)], {}, 15.0))
+    return [c.execution_id for c in claims]
 
 
 def test_higher_priority_is_claimed_first_and_fifo_within_a_priority(db: Database) -> None:
@@ -68,24 +71,37 @@ def test_low_priority_ages_past_fresh_critical_work(db: Database) -> None:
 def test_claims_respect_free_capacity_per_capability(db: Database) -> None:
     for _ in range(3):
         db.run_tx_sync(lambda tx: create(tx, "normal"))
-    slots = {"scripted": ["w1", "w2"], "other": ["w3"] * 5}
-    claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", slots, {}, 15.0))
+    workers = [worker("w1"), worker("w2"), worker("w3", capacity=5, capability="other")]
+    claims = db.run_tx_sync(lambda tx: queue.claim(tx, "me", workers, {}, 15.0))
     assert sorted(c.worker_id for c in claims) == ["w1", "w2"]
-    assert db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": []}, {}, 15.0)) == []
+    # The third stage waits: both scripted workers are busy, whichever replica asks.
+    assert db.run_tx_sync(lambda tx: queue.claim(tx, "me", workers, {}, 15.0)) == []
+    assert db.run_tx_sync(lambda tx: queue.claim(tx, "other-replica", workers, {}, 15.0)) == []
+
+
+def test_a_slot_frees_when_its_stage_ends(db: Database) -> None:
+    for _ in range(2):
+        db.run_tx_sync(lambda tx: create(tx, "normal"))
+    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "me", [worker()], {}, 15.0))
+    db.run_tx_sync(
+        lambda tx: outcomes.record_result(
+            tx, first, output={}, job_id="j", quality={"score": 90}, usage={}
+        )
+    )
+    [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "another-replica", [worker()], {}, 15.0))
+    assert second.execution_id != first.execution_id
 
 
 def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -> None:
     db.run_tx_sync(lambda tx: create(tx, "normal"))
-    [first] = db.run_tx_sync(
-        lambda tx: queue.claim(tx, "dead-replica", {"scripted": ["w1"]}, {}, 15.0)
-    )
+    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "dead-replica", [worker("w1")], {}, 15.0))
     db.run_sync(
         lambda s: s.execute(
             update(models.Stage).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     )
     assert db.run_tx_sync(queue.reclaim_expired) == 1
-    [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", {"scripted": ["w2"]}, {}, 15.0))
+    [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", [worker("w2")], {}, 15.0))
     assert second.epoch > first.epoch
     late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": {}}
     with pytest.raises(StaleAttempt):
@@ -102,9 +118,7 @@ def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -
 
 def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Database) -> None:
     db.run_tx_sync(lambda tx: create(tx, "normal"))
-    [first] = db.run_tx_sync(
-        lambda tx: queue.claim(tx, "dead-replica", {"scripted": ["w1"]}, {}, 15.0)
-    )
+    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "dead-replica", [worker("w1")], {}, 15.0))
     db.run_tx_sync(lambda tx: outcomes.record_accept(tx, first, "w1"))
     db.run_sync(
         lambda s: s.execute(
@@ -112,8 +126,8 @@ def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Datab
         )
     )
     db.run_tx_sync(queue.reclaim_expired)
-    slots = {"scripted": ["w2", "w1"]}
-    [again] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", slots, {}, 15.0))
+    workers = [worker("w2"), worker("w1")]
+    [again] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", workers, {}, 15.0))
     assert again.reattach_worker == again.worker_id == "w1"  # back to the worker that has it
     assert again.attempt == first.attempt  # the same attempt, so the worker's result counts
     assert again.epoch > first.epoch
@@ -121,13 +135,13 @@ def test_accepted_attempt_of_a_dead_holder_is_reattached_to_its_worker(db: Datab
 
 def test_a_stage_is_not_offered_again_to_a_worker_that_just_declined_it(db: Database) -> None:
     db.run_tx_sync(lambda tx: create(tx, "normal"))
-    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "me", {"scripted": ["w1"]}, {}, 15.0))
+    [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "me", [worker("w1")], {}, 15.0))
     db.run_tx_sync(
         lambda tx: outcomes.record_decline(tx, first, "w1", "AT_CAPACITY", "busy", 0.0, final=False)
     )
     avoid = {first.stage_id: {"w1"}}
     [second] = db.run_tx_sync(
-        lambda tx: queue.claim(tx, "me", {"scripted": ["w1", "w2"]}, avoid, 15.0)
+        lambda tx: queue.claim(tx, "me", [worker("w1"), worker("w2")], avoid, 15.0)
     )
     assert second.worker_id == "w2"
 
