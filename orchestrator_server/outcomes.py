@@ -186,7 +186,8 @@ def record_result(
     quality: dict[str, Any],
     usage: dict[str, Any],
 ) -> Finished:
-    if len(payloads.encode(output)) > payloads.HARD_LIMIT:
+    encoded = payloads.encode(output)
+    if len(encoded) > payloads.HARD_LIMIT:
         return record_failure(
             tx,
             claim_,
@@ -202,7 +203,7 @@ def record_result(
     execution.usage = add_usage(execution.usage, usage)
     below = stage.min_quality > 0 and score < stage.min_quality
     if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
-        inline, reference = payloads.store(tx, output)
+        inline, reference = payloads.store(tx, output, encoded)
         stage.best = {
             "output": inline,
             "output_ref": reference,

@@ -21,9 +21,9 @@ def encode(output: dict[str, Any]) -> bytes:
     return json.dumps(output, separators=(",", ":"), sort_keys=True).encode()
 
 
-def store(tx: Tx, output: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """(inline output, "") for small outputs; ({}, reference) for large ones."""
-    data = encode(output)
+def store(tx: Tx, output: dict[str, Any], data: bytes) -> tuple[dict[str, Any], str]:
+    """(inline output, "") for small outputs; ({}, reference) for large ones. `data` is
+    `encode(output)`, which the caller has already made to check the size."""
     if len(data) <= INLINE_LIMIT:
         return output, ""
     digest = hashlib.sha256(data).hexdigest()
