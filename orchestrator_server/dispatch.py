@@ -282,36 +282,39 @@ class Dispatcher:
                 claim = dataclasses.replace(claim, previous_output=output)
             await self._offer_and_process(claim, address, has_alternative)
         except CorruptPayload as error:
-            reason, message = error.reason, error.message
-            await self._record(
-                lambda tx: outcomes.record_failure(
-                    tx,
-                    claim,
-                    error_class="CORRUPT",
-                    reason=reason,
-                    message=message,
-                    retry_after=0.0,
-                    usage={},
-                ),
-            )
+            await self._fail(claim, "CORRUPT", error.reason, error.message)
         except StaleAttempt:
             log.info("stale attempt dropped", extra={"stage": claim.stage_id})
         except asyncio.CancelledError:
             raise
         except Exception as error:
             log.exception("stage attempt crashed", extra={"stage": claim.stage_id})
-            failure = str(error)
-            await self._record(
-                lambda tx: outcomes.record_failure(
-                    tx,
-                    claim,
-                    error_class="INTERNAL",
-                    reason="ORCHESTRATOR_ERROR",
-                    message=failure,
-                    retry_after=0.0,
-                    usage={},
-                ),
+            await self._fail(claim, "INTERNAL", "ORCHESTRATOR_ERROR", str(error))
+
+    async def _fail(
+        self,
+        claim: queue.Claim,
+        error_class: str,
+        reason: str,
+        message: str,
+        *,
+        retry_after: float = 0.0,
+        usage: dict[str, Any] | None = None,
+        status: str = "failed",
+    ) -> None:
+        """Records a failed attempt; the retry policy decides what follows."""
+        await self._record(
+            lambda tx: outcomes.record_failure(
+                tx,
+                claim,
+                error_class=error_class,
+                reason=reason,
+                message=message,
+                retry_after=retry_after,
+                usage=usage or {},
+                status=status,
             )
+        )
 
     async def _record(self, work: Callable[[Tx], Any]) -> None:
         finished = await self._db(work)
@@ -446,18 +449,8 @@ class Dispatcher:
             timed_out = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
             message = error.details() or error.code().name
-            await self._record(
-                lambda tx: outcomes.record_failure(
-                    tx,
-                    claim,
-                    error_class="TRANSIENT",
-                    reason=reason,
-                    message=message,
-                    retry_after=0.0,
-                    usage={},
-                    status="timed_out" if timed_out else "failed",
-                ),
-            )
+            status = "timed_out" if timed_out else "failed"
+            await self._fail(claim, "TRANSIENT", reason, message, status=status)
             return
         finally:
             self._stage_seconds.observe(
@@ -495,16 +488,13 @@ class Dispatcher:
             return
         err = response.error
         error_class = worker_pb2.ErrorClass.Name(err.error_class).removeprefix("ERROR_CLASS_")
-        await self._record(
-            lambda tx: outcomes.record_failure(
-                tx,
-                claim,
-                error_class=error_class,
-                reason=err.reason,
-                message=err.message,
-                retry_after=_seconds(err.retry_after),
-                usage=usage,
-            ),
+        await self._fail(
+            claim,
+            error_class,
+            err.reason,
+            err.message,
+            retry_after=_seconds(err.retry_after),
+            usage=usage,
         )
 
     async def _follow(
