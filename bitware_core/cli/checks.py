@@ -31,10 +31,9 @@ from bitware_core.cli.common import (
     add_mesh_arguments,
     as_json,
     bar,
+    connected,
     find_mesh,
     print_json,
-    require,
-    signed_in,
     words,
 )
 
@@ -126,11 +125,7 @@ async def _summary(args: argparse.Namespace, mesh: MeshAddresses) -> list[str]:
         return []
     lines = []
     try:
-        async with (
-            grpc.aio.insecure_channel(mesh.kam) as kam,
-            grpc.aio.insecure_channel(mesh.orchestrator) as channel,
-            signed_in(kam, args, mesh, prefer_admin=True) as (metadata, kind),
-        ):
+        async with connected(args, mesh, prefer_admin=True) as (_, channel, metadata, kind):
             queue = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetQueue(
                 orchestrator_pb2.GetQueueRequest(), metadata=metadata, timeout=CALL_TIMEOUT
             )
@@ -186,14 +181,7 @@ def _age(stamp: datetime) -> str:
 
 
 async def workers_command(args: argparse.Namespace) -> int:
-    mesh = find_mesh(args)
-    require(mesh.kam, "--kam")
-    require(mesh.orchestrator, "--orchestrator")
-    async with (
-        grpc.aio.insecure_channel(mesh.kam) as kam,
-        grpc.aio.insecure_channel(mesh.orchestrator) as channel,
-        signed_in(kam, args, mesh, prefer_admin=True) as (metadata, _),
-    ):
+    async with connected(args, find_mesh(args), prefer_admin=True) as (_, channel, metadata, _):
         registry = registry_pb2_grpc.WorkerRegistryServiceStub(channel)
         workers: list[registry_pb2.Worker] = []
         token = ""
@@ -230,14 +218,7 @@ async def workers_command(args: argparse.Namespace) -> int:
 
 
 async def queue_command(args: argparse.Namespace) -> int:
-    mesh = find_mesh(args)
-    require(mesh.kam, "--kam")
-    require(mesh.orchestrator, "--orchestrator")
-    async with (
-        grpc.aio.insecure_channel(mesh.kam) as kam,
-        grpc.aio.insecure_channel(mesh.orchestrator) as channel,
-        signed_in(kam, args, mesh, prefer_admin=False) as (metadata, _),
-    ):
+    async with connected(args, find_mesh(args), prefer_admin=False) as (_, channel, metadata, _):
         queue = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetQueue(
             orchestrator_pb2.GetQueueRequest(), metadata=metadata, timeout=CALL_TIMEOUT
         )

@@ -183,6 +183,22 @@ async def signed_in(
             await auth.Logout(auth_pb2.LogoutRequest(), metadata=session, timeout=CALL_TIMEOUT)
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    args: argparse.Namespace, mesh: MeshAddresses, prefer_admin: bool
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel, Metadata, str]]:
+    """Channels to KAM and the orchestrator, and the caller signed in (see `signed_in`): (kam,
+    orchestrator, metadata, credential kind)."""
+    require(mesh.kam, "--kam")
+    require(mesh.orchestrator, "--orchestrator")
+    async with (
+        grpc.aio.insecure_channel(mesh.kam) as kam,
+        grpc.aio.insecure_channel(mesh.orchestrator) as orchestrator,
+        signed_in(kam, args, mesh, prefer_admin) as (metadata, kind),
+    ):
+        yield kam, orchestrator, metadata, kind
+
+
 # ---------------------------------------------------------------- printing
 
 

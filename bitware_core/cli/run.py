@@ -22,11 +22,11 @@ from bitware_core.cli.common import (
     add_mesh_arguments,
     as_json,
     bar,
+    connected,
     find_mesh,
     print_json,
     print_tree,
     require,
-    signed_in,
     usage_line,
     words,
 )
@@ -159,13 +159,12 @@ def _failure(execution: orchestrator_pb2.Execution) -> str:
 
 async def run_command(args: argparse.Namespace) -> int:
     mesh = find_mesh(args)
-    require(mesh.kam, "--kam")
-    require(mesh.orchestrator, "--orchestrator")
     progress = Progress(quiet=args.json)
-    async with (
-        grpc.aio.insecure_channel(mesh.kam) as kam,
-        grpc.aio.insecure_channel(mesh.orchestrator) as orchestrator_channel,
-        signed_in(kam, args, mesh, prefer_admin=False) as (metadata, kind),
+    async with connected(args, mesh, prefer_admin=False) as (
+        kam,
+        orchestrator_channel,
+        metadata,
+        kind,
     ):
         if kind == "admin" and not args.client:
             raise CliError("with an admin session, say which client with --client CLIENT_ID")
