@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -52,19 +53,26 @@ class Client:
         return (("authorization", f"Bearer {token}"), ("x-worker-id", worker_id))
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    name = f"bitware_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the machine's PostgreSQL, as a plain libpq URL; dropped after."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
         pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {error}")
     admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with scratch_database("bitware_test") as url:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @pytest.fixture

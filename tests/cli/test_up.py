@@ -5,33 +5,21 @@ and SIGTERM stops the whole mesh cleanly."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import time
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.cli.conftest import Up, bitware, kill_leftovers, make_client_key, start_up
-
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.conftest import scratch_database
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    name = f"bitware_cli_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {error}")
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        # A plain libpq URL, as a person would paste it; `bitware up` picks the driver.
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.close()
+    # A plain libpq URL, as a person would paste it; `bitware up` picks the driver.
+    with scratch_database("bitware_cli") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
