@@ -47,6 +47,17 @@ class MeshCredentials:
     def settings_for(self, base: Settings, worker_id: str) -> Settings:
         return replace(base, worker_id=worker_id, worker_token=self.tokens[worker_id])
 
+    def kam_settings(self, base: Settings, data_dir: Path) -> Settings:
+        """KAM's settings: its own credential, and the others' hashes and the first admin to
+        create on a new database."""
+        return replace(
+            self.settings_for(base, "kam"),
+            data_dir=data_dir,
+            bootstrap_credentials=self.bootstrap_list(),
+            bootstrap_admin_email=self.admin_email,
+            bootstrap_admin_password=self.admin_password,
+        )
+
 
 @dataclass
 class InProcessMesh:
@@ -74,15 +85,7 @@ async def start_mesh(
 
     base = base or Settings(heartbeat_interval=0.5)
     credentials = MeshCredentials.generate(granulators)
-    kam = await serve_kam(
-        replace(
-            credentials.settings_for(base, "kam"),
-            data_dir=data_dir,
-            bootstrap_credentials=credentials.bootstrap_list(),
-            bootstrap_admin_email=credentials.admin_email,
-            bootstrap_admin_password=credentials.admin_password,
-        )
-    )
+    kam = await serve_kam(credentials.kam_settings(base, data_dir))
     orchestrator = await serve_orchestrator(
         replace(
             credentials.settings_for(base, "orchestrator"),

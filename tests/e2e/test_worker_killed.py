@@ -28,15 +28,7 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     credentials = MeshCredentials.generate(granulators=2)
-    kam = await serve_kam(
-        replace(
-            credentials.settings_for(Settings(), "kam"),
-            data_dir=tmp_path,
-            bootstrap_credentials=credentials.bootstrap_list(),
-            bootstrap_admin_email=credentials.admin_email,
-            bootstrap_admin_password=credentials.admin_password,
-        )
-    )
+    kam = await serve_kam(credentials.kam_settings(Settings(), tmp_path))
     orchestrator = await serve_orchestrator(
         replace(
             credentials.settings_for(Settings(heartbeat_interval=0.5), "orchestrator"),

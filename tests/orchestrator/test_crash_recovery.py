@@ -3,7 +3,6 @@ runs twice to completion, and no event is lost."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -21,15 +20,7 @@ from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
 async def test_orchestrator_killed_mid_run_recovers_every_execution(tmp_path: Path) -> None:
     credentials = MeshCredentials.generate(granulators=0)
-    kam = await serve_kam(
-        replace(
-            credentials.settings_for(Settings(), "kam"),
-            data_dir=tmp_path,
-            bootstrap_credentials=credentials.bootstrap_list(),
-            bootstrap_admin_email=credentials.admin_email,
-            bootstrap_admin_password=credentials.admin_password,
-        )
-    )
+    kam = await serve_kam(credentials.kam_settings(Settings(), tmp_path))
     port = reserve_port("127.0.0.1", 0)
     address = f"127.0.0.1:{port}"
     env = {

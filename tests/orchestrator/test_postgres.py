@@ -28,15 +28,7 @@ async def test_two_replicas_and_two_granulators_share_the_queue(
 ) -> None:
     credentials = MeshCredentials.generate(granulators=2)
     base = Settings(database_url=postgres_url, heartbeat_interval=0.5, max_concurrent_jobs=8)
-    kam = await serve_kam(
-        replace(
-            credentials.settings_for(base, "kam"),
-            data_dir=tmp_path,
-            bootstrap_credentials=credentials.bootstrap_list(),
-            bootstrap_admin_email=credentials.admin_email,
-            bootstrap_admin_password=credentials.admin_password,
-        )
-    )
+    kam = await serve_kam(credentials.kam_settings(base, tmp_path))
     replicas = [
         await serve_orchestrator(
             replace(
