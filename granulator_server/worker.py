@@ -133,6 +133,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         if problems:
             return self._decline(worker_pb2.DECLINE_REASON_INVALID_INPUT, "; ".join(problems))
         key = _key(request.stage)
+        content = convert.spec_from_proto(spec)
         offer = self.offers.get(key)
         finished: bool | None = False
         if offer is not None:
@@ -152,7 +153,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
                 capability=request.capability,
                 action=request.action,
                 template=template,
-                spec=convert.spec_from_proto(spec),
+                spec=content,
                 params=dict(request.params),
                 previous_job_id=previous,
                 feedback=request.input.feedback,
@@ -165,7 +166,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
                 self.reservation_seconds, self._expire, key, offer
             )
             self.progress.open(key).add(progress.ACCEPTED, "offer accepted", 0.0)
-        return self._accepted(template, convert.spec_from_proto(spec), request.action)
+        return self._accepted(template, content, request.action)
 
     async def _resolve(self, query: str) -> tuple[Any, str] | None:
         """The template for `query`: from the in-process cache, else from the database."""
