@@ -15,14 +15,16 @@ import base64
 import json
 import re
 import secrets
+import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -107,6 +109,26 @@ def _script_head(script_location: str) -> str | None:
         parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
+
+
+C = TypeVar("C")
+
+
+class PerEngine(Generic[C]):
+    """One `C` per database engine, made on first use: a cache of a database's rows belongs to
+    that database (tests run several servers, each with its own, in one process)."""
+
+    def __init__(self, make: Callable[[], C]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Engine, C] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, engine: Engine) -> C:
+        with self._lock:
+            found = self._made.get(engine)
+            if found is None:
+                found = self._made[engine] = self._make()
+            return found
 
 
 class Database:

@@ -11,7 +11,6 @@ import re
 import string
 import threading
 import time
-import weakref
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bitware_core.db import next_page_token, page_window, utcnow
+from bitware_core.db import PerEngine, next_page_token, page_window, utcnow
 from bitware_core.errors import FieldViolation, Violations
 from granulator_server import models
 from granulator_server.domain import (
@@ -142,16 +141,7 @@ class _TemplateCache:
             self.templates = None
 
 
-_caches: weakref.WeakKeyDictionary[Engine, _TemplateCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
-
-
-def _cache_for(engine: Engine) -> _TemplateCache:
-    with _caches_lock:
-        cache = _caches.get(engine)
-        if cache is None:
-            cache = _caches[engine] = _TemplateCache()
-        return cache
+_cache_for = PerEngine(_TemplateCache)
 
 
 def _engine_of(session: Session) -> Engine | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Credentials, Principal, hash_password, hash_secret, new_secret
 from bitware_core.auth import verify_password as password_matches
-from bitware_core.db import Database, new_id, utcnow
+from bitware_core.db import Database, PerEngine, new_id, utcnow
 from bitware_core.errors import Violations
 from kam_server import models
 from kam_server.errors import BadCredential, LoginThrottled
@@ -117,16 +116,7 @@ class CredentialCache:
             self._entries = {}
 
 
-_caches: weakref.WeakKeyDictionary[Engine, CredentialCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
-
-
-def cache_for(engine: Engine) -> CredentialCache:
-    with _caches_lock:
-        cache = _caches.get(engine)
-        if cache is None:
-            cache = _caches[engine] = CredentialCache()
-        return cache
+cache_for = PerEngine(CredentialCache)
 
 
 def auth_changed(session: Session) -> None:
