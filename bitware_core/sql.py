@@ -50,7 +50,9 @@ class Tx:
             return sql  # sqlite3 takes :name itself
         converted = _PG_SQL.get(sql)
         if converted is None:
-            converted = _PG_SQL[sql] = _NAMED.sub(r"%(\1)s", sql)
+            converted = _NAMED.sub(r"%(\1)s", sql)
+            if len(_PG_SQL) < PG_SQL_KEPT:  # IN lists of varying length make new texts
+                _PG_SQL[sql] = converted
         return converted
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
@@ -99,7 +101,9 @@ class Tx:
         return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+#: Statement texts converted to psycopg's parameter style, kept up to PG_SQL_KEPT of them.
 _PG_SQL: dict[str, str] = {}
+PG_SQL_KEPT = 512
 
 
 @dataclass(frozen=True)
