@@ -73,9 +73,9 @@ def release(row: models.ClientRequest) -> None:
 
 
 def charge(row: models.ClientRequest, cost_usd: float, usage: dict[str, Any]) -> None:
-    """Charges the actual cost and releases the reservation. Charging twice does nothing."""
-    if row.charged_at is not None:
-        return
+    """Charges the actual cost and releases the reservation. `cost_usd` and `usage` are those
+    of every run of the request's execution so far (a retry adds to them), so they replace what
+    an earlier run charged; `requests.record_outcome` decides whether a report is charged."""
     row.cost_usd = max(0.0, cost_usd)
     row.usage = usage
     row.charged_at = utcnow()

@@ -233,4 +233,5 @@ def request_to_proto(row: models.ClientRequest) -> requests_pb2.ClientRequest:
         usage=convert.usage_to_proto(row.usage),
         create_time=convert.timestamp(row.created_at),
         update_time=convert.timestamp(row.updated_at),
+        retries=row.retries,
     )

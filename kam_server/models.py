@@ -131,6 +131,11 @@ class ClientRequest(KamBase):
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str] = mapped_column(String(60), default="")
     error_message: Mapped[str] = mapped_column(String(2000), default="")
+    #: How many times the request was retried (RetryRequest re-runs its execution).
+    retries: Mapped[int] = mapped_column(default=0)
+    #: The run (by its `retries` count) whose outcome was charged last: the request is settled
+    #: when `charged_at` is set and this equals `retries`.
+    settled_retries: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -1,4 +1,5 @@
-"""KAM's one long-lived channel to the orchestrator, used to start and cancel executions."""
+"""KAM's one long-lived channel to the orchestrator, used to start, retry and cancel
+executions."""
 
 from __future__ import annotations
 
@@ -55,14 +56,23 @@ class OrchestratorClient:
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"orchestrator unreachable: {error.details()}") from error
-            raise FailedPrecondition(
-                f"the orchestrator refused the execution: {error.details()}",
-                reason="ORCHESTRATOR_REFUSED",
-                metadata={"code": error.code().name},
-            ) from error
+            raise _refused("execution", error) from error
         return response.execution.execution_id
+
+    async def retry(self, execution_id: str, retry_number: int) -> None:
+        """Re-runs the failed execution from its failed stage, as its `retry_number`th retry
+        (so that asking twice retries once)."""
+        try:
+            await self._require().RetryExecution(
+                orchestrator_pb2.RetryExecutionRequest(
+                    execution_id=execution_id, retry_number=retry_number
+                ),
+                timeout=timeout(self.settings.rpc_timeout),
+                metadata=service_metadata(self.settings),
+                wait_for_ready=True,  # a peer still starting is waited for, within the deadline
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _refused("retry", error) from error
 
     async def cancel(self, execution_id: str) -> None:
         try:
@@ -85,3 +95,13 @@ class OrchestratorClient:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+def _refused(what: str, error: grpc.aio.AioRpcError) -> Unavailable | FailedPrecondition:
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"orchestrator unreachable: {error.details()}")
+    return FailedPrecondition(
+        f"the orchestrator refused the {what}: {error.details()}",
+        reason="ORCHESTRATOR_REFUSED",
+        metadata={"code": error.code().name},
+    )

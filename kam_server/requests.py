@@ -72,6 +72,16 @@ def _check_template(client: models.Client, template: models.MasterTemplate) -> N
         )
 
 
+def _check_priority(client: models.Client, urgency: str) -> None:
+    limits = TIER_LIMITS[client.tier]
+    if not limits.allows_priority(URGENCY_PRIORITY[urgency]):
+        raise TierNotAllowed(
+            f"tier {client.tier} allows priority up to {limits.max_priority}",
+            reason="TIER_PRIORITY",
+            metadata={"tier": client.tier, "max_priority": limits.max_priority},
+        )
+
+
 def _client(tx: Tx, principal: Principal, client_id: str, lock: bool = False) -> models.Client:
     rows = select_rows(tx, models.Client, "id = :id", {"id": client_id}, tx.lock() if lock else "")
     return visible_client(principal, client_id, rows[0] if rows else None)
@@ -119,14 +129,8 @@ def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientReques
         )
         problems.raise_if_any()
     _check_template(client, template)
+    _check_priority(client, new.urgency)
     limits = TIER_LIMITS[client.tier]
-    priority = URGENCY_PRIORITY[new.urgency]
-    if not limits.allows_priority(priority):
-        raise TierNotAllowed(
-            f"tier {client.tier} allows priority up to {limits.max_priority}",
-            reason="TIER_PRIORITY",
-            metadata={"tier": client.tier, "max_priority": limits.max_priority},
-        )
     [this_month] = tx.one(
         "SELECT count(*) FROM requests WHERE client_id = :id AND created_at >= :start",
         {"id": client.id, "start": tx.ts(ledger.month_start())},
@@ -229,6 +233,50 @@ def begin_execution(
     return row, client
 
 
+def begin_retry(
+    tx: Tx, principal: Principal, request_id: str
+) -> tuple[models.ClientRequest, models.Client]:
+    """Checks client, template, tier and budget again for another run of a failed request's
+    execution and reserves the cost estimate again; the request is running once more. What the
+    earlier runs cost stays charged. The caller then asks the orchestrator to retry."""
+    row = _request(tx, request_id)
+    if row is None or not principal.visible_client(row.client_id):
+        raise RequestNotFound(f"request {request_id!r} not found")
+    client = _client(tx, principal, row.client_id, lock=True)
+    row = _request(tx, request_id)  # as it is now that no other execution of this client decides
+    assert row is not None  # requests are never deleted
+    if row.status != "failed" or not row.execution_id:
+        raise RequestFinished(
+            f"request {row.id} is {row.status}: only a failed request that ran an execution "
+            "can be retried",
+            reason="NOT_FAILED",
+            metadata={"status": row.status},
+        )
+    _check_active(client)
+    template = catalog.get(tx, row.master_template, row.template_version)
+    _check_template(client, template)
+    _check_priority(client, row.urgency)
+    _, committed = ledger.running_and_committed(tx, client.id)
+    ledger.reserve(client, row, template.cost_estimate_usd, committed)
+    row.status = "running"
+    row.retries += 1
+    row.error_message = ""
+    row.updated_at = utcnow()
+    update_row(tx, row, "reserved_usd", "status", "retries", "error_message", "updated_at")
+    return row, client
+
+
+def abandon_retry(tx: Tx, request_id: str, retries: int) -> None:
+    """The orchestrator did not retry the execution: the request is failed as before and
+    nothing stays reserved."""
+    row = _request(tx, request_id, lock=True)
+    if row is not None and row.status == "running" and row.retries == retries:
+        row.status = "failed"
+        row.retries -= 1
+        ledger.release(row)
+        update_row(tx, row, "status", "retries", "reserved_usd")
+
+
 def attach_execution(tx: Tx, request_id: str, execution_id: str) -> models.ClientRequest:
     """Remembers the execution the orchestrator started (its outcome may have arrived first)."""
     row = _request(tx, request_id, lock=True)
@@ -258,10 +306,16 @@ def record_outcome(
     cost_usd: float,
     job_id: str,
     error_message: str,
+    retries: int = 0,
 ) -> models.ClientRequest:
     """Settles the budget: charges the actual cost and releases the reservation. Idempotent: a
     settled request stays as it is. A request cancelled while running keeps its status, but the
-    work its execution did is still charged."""
+    work its execution did is still charged.
+
+    `retries` names the run that ended: the execution's usage counts every run so far, so the
+    latest run's report charges them all. A report of a run older than the request's latest
+    retry is ignored; a newer run (an admin retried the execution on the orchestrator) is
+    charged, and a failed request follows it."""
     problems = Violations()
     problems.check(bool(request_id), "request_id", "is required")
     problems.check(bool(execution_id), "execution_id", "is required")
@@ -273,11 +327,15 @@ def record_outcome(
         raise ExecutionMismatch(
             f"request {row.id} runs execution {row.execution_id}, not {execution_id}"
         )
-    if row.charged_at is not None or row.status == "pending":
+    newer = retries > row.retries
+    settled = row.charged_at is not None and row.settled_retries == row.retries
+    if row.status == "pending" or retries < row.retries or (settled and not newer):
         return row
+    follows = row.status == "running" or (newer and row.status == "failed")
     row.execution_id = execution_id
+    row.retries = row.settled_retries = retries
     ledger.charge(row, cost_usd, usage)
-    if row.status == "running":
+    if follows:
         row.status = status
         row.job_id = job_id if status == "completed" else ""
         row.error_message = error_message[:2000]
@@ -293,6 +351,8 @@ def record_outcome(
         "status",
         "job_id",
         "error_message",
+        "retries",
+        "settled_retries",
         "updated_at",
     )
     return row

@@ -167,6 +167,7 @@ class KamServer(MeshServer):
                     "GetRequest": READERS,
                     "ListRequests": READERS,
                     "ExecuteRequest": ACTORS,
+                    "RetryRequest": ACTORS,
                     "CancelRequest": ACTORS,
                     "RecordExecutionOutcome": frozenset({SERVICE}),
                 },

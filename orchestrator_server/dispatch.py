@@ -266,7 +266,9 @@ class Dispatcher:
                 )
                 return
             await self.db.run_tx(
-                functools.partial(outcomes.mark_reported, execution_id=execution.id)
+                functools.partial(
+                    outcomes.mark_reported, execution_id=execution.id, retries=execution.retries
+                )
             )
         finally:
             self._reporting.discard(execution.id)

@@ -192,7 +192,8 @@ def create(tx: Tx, new: NewExecution) -> str:
     problems.raise_if_any()
     if new.idempotency_key:
         existing = tx.one(
-            "SELECT id FROM executions WHERE idempotency_key = :key", {"key": new.idempotency_key}
+            "SELECT id FROM executions WHERE client_id = :client AND idempotency_key = :key",
+            {"client": new.client_id, "key": new.idempotency_key},
         )
         if existing is not None:
             return str(existing[0])
@@ -346,9 +347,15 @@ def end_attempt(tx: Tx, stage_id: str, epoch: int, status: str, **values: Any) -
     )
 
 
-def retry(session: Session, principal: Principal, execution_id: str) -> models.Execution:
-    """Re-runs a failed execution from its failed stage; earlier results are kept."""
+def retry(
+    session: Session, principal: Principal, execution_id: str, retry_number: int = 0
+) -> models.Execution:
+    """Re-runs a failed execution from its failed stage; earlier results are kept. With a
+    `retry_number`, an execution already retried that many times is returned as it is (the
+    caller's earlier attempt got through)."""
     execution = get(session, principal, execution_id, for_update=True)
+    if retry_number and execution.retries >= retry_number:
+        return execution
     if execution.status != "failed":
         raise ExecutionFinished(
             f"execution {execution.id} is {execution.status}; only failed executions are retried",
@@ -364,6 +371,7 @@ def retry(session: Session, principal: Principal, execution_id: str) -> models.E
     first.ended_at = None
     move_execution(execution, "queued")
     execution.error, execution.ended_at, execution.outcome_reported = {}, None, False
+    execution.retries += 1
     tx = Tx.of(session)
     append_event(tx, execution, "EXECUTION_QUEUED", message="retried from the failed stage")
     append_event(

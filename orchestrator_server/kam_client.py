@@ -101,6 +101,7 @@ class KamClient(KamConnection):
                 usage=convert.usage_to_proto(execution.usage),
                 job_id=execution.job_id,
                 error_message=str(execution.error.get("message", "")),
+                retries=execution.retries,
             ),
             timeout=timeout(self.settings.rpc_timeout),
             metadata=service_metadata(self.settings),

@@ -20,6 +20,10 @@ class OrchestratorBase(DeclarativeBase):
 
 class Execution(OrchestratorBase):
     __tablename__ = "executions"
+    __table_args__ = (
+        # Idempotency keys are scoped per client: another client's key never matches.
+        UniqueConstraint("client_id", "idempotency_key", name="uq_executions_client_idempotency"),
+    )
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(60), default="")
     client_id: Mapped[str] = mapped_column(String(60), index=True)
@@ -33,12 +37,14 @@ class Execution(OrchestratorBase):
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str] = mapped_column(String(60), default="")
     error: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     last_sequence: Mapped[int] = mapped_column(default=0)
     #: How many stages the execution has, and how many have succeeded (its progress).
     stages_total: Mapped[int] = mapped_column(default=0)
     stages_done: Mapped[int] = mapped_column(default=0)
     outcome_reported: Mapped[bool] = mapped_column(default=False)
+    #: How many times RetryExecution has re-run it; its outcome report names the run it ends.
+    retries: Mapped[int] = mapped_column(default=0)
     deadline_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

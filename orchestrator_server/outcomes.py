@@ -358,8 +358,10 @@ def unreported(tx: Tx) -> list[models.Execution]:
     )
 
 
-def mark_reported(tx: Tx, execution_id: str) -> None:
+def mark_reported(tx: Tx, execution_id: str, retries: int) -> None:
+    """Marks the run's outcome reported, unless the execution was retried meanwhile (then the
+    new run's outcome is still to be reported)."""
     tx.execute(
-        "UPDATE executions SET outcome_reported = :yes WHERE id = :id",
-        {"yes": True, "id": execution_id},
+        "UPDATE executions SET outcome_reported = :yes WHERE id = :id AND retries = :retries",
+        {"yes": True, "id": execution_id, "retries": retries},
     )

@@ -25,6 +25,9 @@ from orchestrator_server.kam_client import KamClient
 from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
 
 ACTORS = frozenset({ADMIN, CLIENT, SERVICE})
+#: Who may start or retry executions: KAM, which admits them (tier, budget, rate) and charges
+#: them, and admins. A client goes through KAM's RequestService.
+ADMITTERS = frozenset({ADMIN, SERVICE})
 STAFF = frozenset({ADMIN, SUPPORT, SERVICE})
 
 
@@ -46,11 +49,11 @@ class OrchestratorServer(MeshServer):
                     handlers, server
                 ),
                 {
-                    "ExecutePipeline": ACTORS,
+                    "ExecutePipeline": ADMITTERS,
                     "GetExecution": READERS,
                     "ListExecutions": READERS,
                     "CancelExecution": ACTORS,
-                    "RetryExecution": ACTORS,
+                    "RetryExecution": ADMITTERS,
                     "WatchExecution": READERS,
                     "GetQueue": READERS,
                 },

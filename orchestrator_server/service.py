@@ -22,7 +22,6 @@ from bitware_core.auth import current_principal
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from bitware_core.tiers import TIER_LIMITS
 from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.events import EventHub
@@ -114,6 +113,7 @@ def execution_to_proto(
         end_time=convert.timestamp(row.ended_at),
         last_sequence=row.last_sequence,
         progress=1.0 if row.status == "succeeded" else (done / len(stages) if stages else 0.0),
+        retries=row.retries,
     )
 
 
@@ -155,10 +155,8 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ExecutePipeline(
         self, request: orchestrator_pb2.ExecutePipelineRequest, context: Context
     ) -> orchestrator_pb2.ExecutePipelineResponse:
-        principal = current_principal()
         if not request.template_name:
             raise InvalidArgument([FieldViolation("template_name", "is required")])
-        client_id = request.client_id if principal.sees_all_clients else principal.client_id
         priority = convert.checked_enum(
             common_pb2.Priority, request.priority, "PRIORITY_", "priority"
         )
@@ -172,13 +170,11 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             spec=convert.spec_from_proto(request.spec),
             priority=priority or "normal",
             request_id=request.request_id,
-            client_id=client_id,
+            # Only KAM and admins get here (the access table): they name the client and its
+            # limit, which a client could otherwise choose for itself.
+            client_id=request.client_id,
             idempotency_key=request.idempotency_key,
-            client_concurrency=(
-                request.client_concurrency_limit
-                if principal.sees_all_clients
-                else TIER_LIMITS[principal.tier].max_concurrent_executions
-            ),
+            client_concurrency=request.client_concurrency_limit,
         )
         row, stages, attempts = await self.db.run_tx(
             lambda tx: executions.load_full(tx, executions.create(tx, new))
@@ -229,7 +225,9 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.RetryExecutionRequest, context: Context
     ) -> orchestrator_pb2.RetryExecutionResponse:
         principal = current_principal()
-        row = await self.db.run(lambda s: executions.retry(s, principal, request.execution_id))
+        row = await self.db.run(
+            lambda s: executions.retry(s, principal, request.execution_id, request.retry_number)
+        )
         self.dispatcher.wake.set()
         return orchestrator_pb2.RetryExecutionResponse(execution=await self._full(row.id))
 

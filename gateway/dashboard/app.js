@@ -597,7 +597,10 @@ async function viewExecution(executionId) {
       const retry = h("button", { type: "button" }, "Retry from the failed stage");
       retry.addEventListener("click", async () => {
         try {
-          execution = (await api("POST", `/api/executions/${executionId}/retry`)).execution;
+          // A request's execution is retried through KAM, which checks and charges the retry.
+          await api("POST", execution.request_id
+            ? `/api/requests/${execution.request_id}/retry`
+            : `/api/executions/${executionId}/retry`);
           location.reload();
         } catch (error) {
           showError(error);

@@ -75,7 +75,8 @@ async def cancel_execution(
     responses=returns(orchestrator_pb2.RetryExecutionResponse, "The execution, queued again"),
 )
 async def retry_execution(execution_id: str, call: CallDep) -> JSONResponse:
-    """Re-runs a failed execution from its failed stage."""
+    """Re-runs a failed execution from its failed stage (admins; clients retry the request,
+    `POST /api/requests/{request_id}/retry`, which charges the retry)."""
     message = orchestrator_pb2.RetryExecutionRequest(execution_id=execution_id)
     return reply(await call(call.up.orchestrator.RetryExecution, message))
 

@@ -1,4 +1,4 @@
-"""Client requests: create, list, read, execute, cancel (KAM's RequestService)."""
+"""Client requests: create, list, read, execute, retry, cancel (KAM's RequestService)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,17 @@ async def execute_request(request_id: str, call: CallDep) -> JSONResponse:
     """Executes a request; executing twice returns the same execution."""
     message = requests_pb2.ExecuteRequestRequest(request_id=request_id)
     return reply(await call(call.up.requests.ExecuteRequest, message))
+
+
+@router.post(
+    "/{request_id}/retry",
+    responses=returns(requests_pb2.RetryRequestResponse, "The request, running again"),
+)
+async def retry_request(request_id: str, call: CallDep) -> JSONResponse:
+    """Retries a failed request from its failed stage; checks tier and budget again and
+    charges the retry."""
+    message = requests_pb2.RetryRequestRequest(request_id=request_id)
+    return reply(await call(call.up.requests.RetryRequest, message))
 
 
 @router.post(

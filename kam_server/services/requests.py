@@ -99,6 +99,23 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
             request=messages.request_to_proto(row), execution_id=row.execution_id
         )
 
+    async def RetryRequest(
+        self, request: requests_pb2.RetryRequestRequest, context: Context
+    ) -> requests_pb2.RetryRequestResponse:
+        actor = current_principal()
+        row, _ = await self.db.run_tx(
+            lambda tx: requests.begin_retry(tx, actor, request.request_id)
+        )
+        try:
+            await self.orchestrator.retry(row.execution_id, row.retries)
+        except MeshError:
+            # The orchestrator did not retry it: release the reservation, then report.
+            await self.db.run_tx(lambda tx: requests.abandon_retry(tx, row.id, row.retries))
+            raise
+        return requests_pb2.RetryRequestResponse(
+            request=messages.request_to_proto(row), execution_id=row.execution_id
+        )
+
     async def CancelRequest(
         self, request: requests_pb2.CancelRequestRequest, context: Context
     ) -> requests_pb2.CancelRequestResponse:
@@ -133,6 +150,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
                 cost_usd=request.usage.cost_usd,
                 job_id=request.job_id,
                 error_message=request.error_message,
+                retries=request.retries,
             )
         )
         return requests_pb2.RecordExecutionOutcomeResponse(request=messages.request_to_proto(row))

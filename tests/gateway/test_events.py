@@ -124,7 +124,7 @@ async def test_cancelling_a_queued_execution_ends_its_event_stream(
     client = await make_client(idle_mesh)
     settings = gateway_settings(idle_mesh, granulator_address=closed_address())
     async with gateway_client(settings) as http:
-        _, execution_id = await create_and_execute(http, client)
+        request_id, execution_id = await create_and_execute(http, client)
         cancelled = await http.post(
             f"/api/executions/{execution_id}/cancel",
             json={"reason": "changed my mind"},
@@ -134,8 +134,11 @@ async def test_cancelling_a_queued_execution_ends_its_event_stream(
         assert cancelled.json()["execution"]["status"] == "EXECUTION_STATUS_CANCELLED"
         again = await http.post(f"/api/executions/{execution_id}/cancel", headers=key(client))
         assert again.status_code == 409
-        retried = await http.post(f"/api/executions/{execution_id}/retry", headers=key(client))
+        retried = await http.post(f"/api/requests/{request_id}/retry", headers=key(client))
         assert retried.status_code == 409, retried.text
+        # A client retries through KAM, never on the orchestrator itself.
+        direct = await http.post(f"/api/executions/{execution_id}/retry", headers=key(client))
+        assert direct.status_code == 403, direct.text
 
         events = parse_events(
             (await http.get(f"/api/executions/{execution_id}/events", headers=key(client))).text

@@ -26,43 +26,47 @@ from bitware.common.v1 import common_pb2 as bitware_dot_common_dot_v1_dot_common
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62itware/kam/v1/requests.proto\x12\x0e\x62itware.kam.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n\rClientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12,\n\x04spec\x18\x03 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x17\n\x0fmaster_template\x18\x04 \x01(\t\x12\x18\n\x10template_version\x18\x05 \x01(\x05\x12(\n\x07urgency\x18\x06 \x01(\x0e\x32\x17.bitware.kam.v1.Urgency\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\x14\n\x0c\x65xecution_id\x18\t \x01(\t\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x0e\n\x06job_id\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\'\n\x05usage\x18\r \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0creserved_usd\x18\x10 \x01(\x01\"\xb3\x01\n\x14\x43reateRequestRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x17\n\x0fmaster_template\x18\x02 \x01(\t\x12(\n\x07urgency\x18\x03 \x01(\x0e\x32\x17.bitware.kam.v1.Urgency\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\"G\n\x15\x43reateRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x12GetRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\xd1\x01\n\x13ListRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x38\n\x0estructure_type\x18\x05 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x17\n\x0fmaster_template\x18\x06 \x01(\t\"`\n\x14ListRequestsResponse\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15\x45xecuteRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"^\n\x16\x45xecuteRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"*\n\x14\x43\x61ncelRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"G\n\x15\x43\x61ncelRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\xc8\x01\n\x1dRecordExecutionOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"P\n\x1eRecordExecutionOutcomeResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest*o\n\x07Urgency\x12\x17\n\x13URGENCY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bURGENCY_LOW\x10\x01\x12\x12\n\x0eURGENCY_NORMAL\x10\x02\x12\x10\n\x0cURGENCY_HIGH\x10\x03\x12\x14\n\x10URGENCY_CRITICAL\x10\x04*\xbe\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATUS_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATUS_RUNNING\x10\x02\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x03\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x04\x12\x1c\n\x18REQUEST_STATUS_CANCELLED\x10\x05\x32\xd6\x04\n\x0eRequestService\x12\\\n\rCreateRequest\x12$.bitware.kam.v1.CreateRequestRequest\x1a%.bitware.kam.v1.CreateRequestResponse\x12S\n\nGetRequest\x12!.bitware.kam.v1.GetRequestRequest\x1a\".bitware.kam.v1.GetRequestResponse\x12Y\n\x0cListRequests\x12#.bitware.kam.v1.ListRequestsRequest\x1a$.bitware.kam.v1.ListRequestsResponse\x12_\n\x0e\x45xecuteRequest\x12%.bitware.kam.v1.ExecuteRequestRequest\x1a&.bitware.kam.v1.ExecuteRequestResponse\x12\\\n\rCancelRequest\x12$.bitware.kam.v1.CancelRequestRequest\x1a%.bitware.kam.v1.CancelRequestResponse\x12w\n\x16RecordExecutionOutcome\x12-.bitware.kam.v1.RecordExecutionOutcomeRequest\x1a..bitware.kam.v1.RecordExecutionOutcomeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62itware/kam/v1/requests.proto\x12\x0e\x62itware.kam.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x04\n\rClientRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12,\n\x04spec\x18\x03 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x17\n\x0fmaster_template\x18\x04 \x01(\t\x12\x18\n\x10template_version\x18\x05 \x01(\x05\x12(\n\x07urgency\x18\x06 \x01(\x0e\x32\x17.bitware.kam.v1.Urgency\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12-\n\x06status\x18\x08 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\x14\n\x0c\x65xecution_id\x18\t \x01(\t\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x0e\n\x06job_id\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\'\n\x05usage\x18\r \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0creserved_usd\x18\x10 \x01(\x01\x12\x0f\n\x07retries\x18\x11 \x01(\x05\"\xb3\x01\n\x14\x43reateRequestRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x17\n\x0fmaster_template\x18\x02 \x01(\t\x12(\n\x07urgency\x18\x03 \x01(\x0e\x32\x17.bitware.kam.v1.Urgency\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\"G\n\x15\x43reateRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x12GetRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\xd1\x01\n\x13ListRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x38\n\x0estructure_type\x18\x05 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x17\n\x0fmaster_template\x18\x06 \x01(\t\"`\n\x14ListRequestsResponse\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15\x45xecuteRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"^\n\x16\x45xecuteRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\")\n\x13RetryRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\\\n\x14RetryRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\"*\n\x14\x43\x61ncelRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"G\n\x15\x43\x61ncelRequestResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest\"\xd9\x01\n\x1dRecordExecutionOutcomeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.bitware.kam.v1.RequestStatus\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x0f\n\x07retries\x18\x07 \x01(\x05\"P\n\x1eRecordExecutionOutcomeResponse\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.bitware.kam.v1.ClientRequest*o\n\x07Urgency\x12\x17\n\x13URGENCY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bURGENCY_LOW\x10\x01\x12\x12\n\x0eURGENCY_NORMAL\x10\x02\x12\x10\n\x0cURGENCY_HIGH\x10\x03\x12\x14\n\x10URGENCY_CRITICAL\x10\x04*\xbe\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16REQUEST_STATUS_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATUS_RUNNING\x10\x02\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x03\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x04\x12\x1c\n\x18REQUEST_STATUS_CANCELLED\x10\x05\x32\xb1\x05\n\x0eRequestService\x12\\\n\rCreateRequest\x12$.bitware.kam.v1.CreateRequestRequest\x1a%.bitware.kam.v1.CreateRequestResponse\x12S\n\nGetRequest\x12!.bitware.kam.v1.GetRequestRequest\x1a\".bitware.kam.v1.GetRequestResponse\x12Y\n\x0cListRequests\x12#.bitware.kam.v1.ListRequestsRequest\x1a$.bitware.kam.v1.ListRequestsResponse\x12_\n\x0e\x45xecuteRequest\x12%.bitware.kam.v1.ExecuteRequestRequest\x1a&.bitware.kam.v1.ExecuteRequestResponse\x12Y\n\x0cRetryRequest\x12#.bitware.kam.v1.RetryRequestRequest\x1a$.bitware.kam.v1.RetryRequestResponse\x12\\\n\rCancelRequest\x12$.bitware.kam.v1.CancelRequestRequest\x1a%.bitware.kam.v1.CancelRequestResponse\x12w\n\x16RecordExecutionOutcome\x12-.bitware.kam.v1.RecordExecutionOutcomeRequest\x1a..bitware.kam.v1.RecordExecutionOutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bitware.kam.v1.requests_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_URGENCY']._serialized_start=1841
-  _globals['_URGENCY']._serialized_end=1952
-  _globals['_REQUESTSTATUS']._serialized_start=1955
-  _globals['_REQUESTSTATUS']._serialized_end=2145
+  _globals['_URGENCY']._serialized_start=2012
+  _globals['_URGENCY']._serialized_end=2123
+  _globals['_REQUESTSTATUS']._serialized_start=2126
+  _globals['_REQUESTSTATUS']._serialized_end=2316
   _globals['_CLIENTREQUEST']._serialized_start=115
-  _globals['_CLIENTREQUEST']._serialized_end=620
-  _globals['_CREATEREQUESTREQUEST']._serialized_start=623
-  _globals['_CREATEREQUESTREQUEST']._serialized_end=802
-  _globals['_CREATEREQUESTRESPONSE']._serialized_start=804
-  _globals['_CREATEREQUESTRESPONSE']._serialized_end=875
-  _globals['_GETREQUESTREQUEST']._serialized_start=877
-  _globals['_GETREQUESTREQUEST']._serialized_end=916
-  _globals['_GETREQUESTRESPONSE']._serialized_start=918
-  _globals['_GETREQUESTRESPONSE']._serialized_end=986
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=989
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=1198
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1200
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1296
-  _globals['_EXECUTEREQUESTREQUEST']._serialized_start=1298
-  _globals['_EXECUTEREQUESTREQUEST']._serialized_end=1341
-  _globals['_EXECUTEREQUESTRESPONSE']._serialized_start=1343
-  _globals['_EXECUTEREQUESTRESPONSE']._serialized_end=1437
-  _globals['_CANCELREQUESTREQUEST']._serialized_start=1439
-  _globals['_CANCELREQUESTREQUEST']._serialized_end=1481
-  _globals['_CANCELREQUESTRESPONSE']._serialized_start=1483
-  _globals['_CANCELREQUESTRESPONSE']._serialized_end=1554
-  _globals['_RECORDEXECUTIONOUTCOMEREQUEST']._serialized_start=1557
-  _globals['_RECORDEXECUTIONOUTCOMEREQUEST']._serialized_end=1757
-  _globals['_RECORDEXECUTIONOUTCOMERESPONSE']._serialized_start=1759
-  _globals['_RECORDEXECUTIONOUTCOMERESPONSE']._serialized_end=1839
-  _globals['_REQUESTSERVICE']._serialized_start=2148
-  _globals['_REQUESTSERVICE']._serialized_end=2746
+  _globals['_CLIENTREQUEST']._serialized_end=637
+  _globals['_CREATEREQUESTREQUEST']._serialized_start=640
+  _globals['_CREATEREQUESTREQUEST']._serialized_end=819
+  _globals['_CREATEREQUESTRESPONSE']._serialized_start=821
+  _globals['_CREATEREQUESTRESPONSE']._serialized_end=892
+  _globals['_GETREQUESTREQUEST']._serialized_start=894
+  _globals['_GETREQUESTREQUEST']._serialized_end=933
+  _globals['_GETREQUESTRESPONSE']._serialized_start=935
+  _globals['_GETREQUESTRESPONSE']._serialized_end=1003
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=1006
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=1215
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1217
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1313
+  _globals['_EXECUTEREQUESTREQUEST']._serialized_start=1315
+  _globals['_EXECUTEREQUESTREQUEST']._serialized_end=1358
+  _globals['_EXECUTEREQUESTRESPONSE']._serialized_start=1360
+  _globals['_EXECUTEREQUESTRESPONSE']._serialized_end=1454
+  _globals['_RETRYREQUESTREQUEST']._serialized_start=1456
+  _globals['_RETRYREQUESTREQUEST']._serialized_end=1497
+  _globals['_RETRYREQUESTRESPONSE']._serialized_start=1499
+  _globals['_RETRYREQUESTRESPONSE']._serialized_end=1591
+  _globals['_CANCELREQUESTREQUEST']._serialized_start=1593
+  _globals['_CANCELREQUESTREQUEST']._serialized_end=1635
+  _globals['_CANCELREQUESTRESPONSE']._serialized_start=1637
+  _globals['_CANCELREQUESTRESPONSE']._serialized_end=1708
+  _globals['_RECORDEXECUTIONOUTCOMEREQUEST']._serialized_start=1711
+  _globals['_RECORDEXECUTIONOUTCOMEREQUEST']._serialized_end=1928
+  _globals['_RECORDEXECUTIONOUTCOMERESPONSE']._serialized_start=1930
+  _globals['_RECORDEXECUTIONOUTCOMERESPONSE']._serialized_end=2010
+  _globals['_REQUESTSERVICE']._serialized_start=2319
+  _globals['_REQUESTSERVICE']._serialized_end=3008
 # @@protoc_insertion_point(module_scope)

@@ -111,6 +111,7 @@ class ClientRequest(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RESERVED_USD_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id."""
     client_id: _builtins.str
@@ -135,6 +136,8 @@ class ClientRequest(_message.Message):
     """Why it failed, in words."""
     reserved_usd: _builtins.float
     """Dollars held against the budget while the execution runs; 0 once settled."""
+    retries: _builtins.int
+    """How many times the request was retried (RetryRequest)."""
     @_builtins.property
     def spec(self) -> _common_pb2.ContentSpec:
         """What to build."""
@@ -170,10 +173,11 @@ class ClientRequest(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         reserved_usd: _builtins.float = ...,
+        retries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cost_usd", b"cost_usd", "create_time", b"create_time", "error_message", b"error_message", "execution_id", b"execution_id", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "master_template", b"master_template", "request_id", b"request_id", "reserved_usd", b"reserved_usd", "spec", b"spec", "status", b"status", "template_version", b"template_version", "update_time", b"update_time", "urgency", b"urgency", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cost_usd", b"cost_usd", "create_time", b"create_time", "error_message", b"error_message", "execution_id", b"execution_id", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "master_template", b"master_template", "request_id", b"request_id", "reserved_usd", b"reserved_usd", "retries", b"retries", "spec", b"spec", "status", b"status", "template_version", b"template_version", "update_time", b"update_time", "urgency", b"urgency", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,6 +414,56 @@ class ExecuteRequestResponse(_message.Message):
 Global___ExecuteRequestResponse: _TypeAlias = ExecuteRequestResponse  # noqa: Y015
 
 @_typing.final
+class RetryRequestRequest(_message.Message):
+    """RetryRequest input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request's id."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRequestRequest: _TypeAlias = RetryRequestRequest  # noqa: Y015
+
+@_typing.final
+class RetryRequestResponse(_message.Message):
+    """RetryRequest output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """The execution's id on the orchestrator (the same execution, re-run)."""
+    @_builtins.property
+    def request(self) -> Global___ClientRequest:
+        """The request, running again."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___ClientRequest | None = ...,
+        execution_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRequestResponse: _TypeAlias = RetryRequestResponse  # noqa: Y015
+
+@_typing.final
 class CancelRequestRequest(_message.Message):
     """CancelRequest input."""
 
@@ -467,6 +521,7 @@ class RecordExecutionOutcomeRequest(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request the execution ran."""
     execution_id: _builtins.str
@@ -477,6 +532,10 @@ class RecordExecutionOutcomeRequest(_message.Message):
     """The deliverable job, when completed."""
     error_message: _builtins.str
     """Why it failed, in words."""
+    retries: _builtins.int
+    """How many times the execution had been retried when this run ended (0 for its first run).
+    A report of a run older than the request's latest retry is ignored.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """The actual usage and cost."""
@@ -490,10 +549,11 @@ class RecordExecutionOutcomeRequest(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         job_id: _builtins.str = ...,
         error_message: _builtins.str = ...,
+        retries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "execution_id", b"execution_id", "job_id", b"job_id", "request_id", b"request_id", "status", b"status", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "execution_id", b"execution_id", "job_id", b"job_id", "request_id", b"request_id", "retries", b"retries", "status", b"status", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -55,6 +55,11 @@ class RequestServiceStub:
                 request_serializer=bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestRequest.SerializeToString,
                 response_deserializer=bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestResponse.FromString,
                 _registered_method=True)
+        self.RetryRequest = channel.unary_unary(
+                '/bitware.kam.v1.RequestService/RetryRequest',
+                request_serializer=bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestRequest.SerializeToString,
+                response_deserializer=bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestResponse.FromString,
+                _registered_method=True)
         self.CancelRequest = channel.unary_unary(
                 '/bitware.kam.v1.RequestService/CancelRequest',
                 request_serializer=bitware_dot_kam_dot_v1_dot_requests__pb2.CancelRequestRequest.SerializeToString,
@@ -105,9 +110,24 @@ class RequestServiceServicer:
         pinned template version on the orchestrator. Executing twice returns the same execution.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
         FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
-        TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
-        nothing was reserved).
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
+        executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRequest(self, request, context):
+        """Retries a failed request: checks tier and budget again, reserves the cost estimate again
+        and re-runs its execution from the failed stage. The request is running again; its status,
+        deliverable and cost then follow the retried execution, and the cost of every run is
+        charged.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers; tier may no longer use the
+        template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
+        FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
+        retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
+        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
+        (orchestrator unreachable; nothing was reserved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +175,11 @@ def add_RequestServiceServicer_to_server(servicer, server):
                     servicer.ExecuteRequest,
                     request_deserializer=bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestRequest.FromString,
                     response_serializer=bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestResponse.SerializeToString,
+            ),
+            'RetryRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRequest,
+                    request_deserializer=bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestRequest.FromString,
+                    response_serializer=bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestResponse.SerializeToString,
             ),
             'CancelRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRequest,
@@ -276,6 +301,33 @@ class RequestService:
             '/bitware.kam.v1.RequestService/ExecuteRequest',
             bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestRequest.SerializeToString,
             bitware_dot_kam_dot_v1_dot_requests__pb2.ExecuteRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bitware.kam.v1.RequestService/RetryRequest',
+            bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestRequest.SerializeToString,
+            bitware_dot_kam_dot_v1_dot_requests__pb2.RetryRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,9 +55,20 @@ class RequestServiceStub:
     pinned template version on the orchestrator. Executing twice returns the same execution.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
     FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
-    TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
-    nothing was reserved).
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
+    executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    """
+    RetryRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RetryRequestRequest, _requests_pb2.RetryRequestResponse]
+    """Retries a failed request: checks tier and budget again, reserves the cost estimate again
+    and re-runs its execution from the failed stage. The request is running again; its status,
+    deliverable and cost then follow the retried execution, and the cost of every run is
+    charged.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers; tier may no longer use the
+    template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
+    FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
+    retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
+    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
+    (orchestrator unreachable; nothing was reserved).
     """
     CancelRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]
     """Cancels a request and its execution, if any; the reservation is released and any usage
@@ -99,9 +110,20 @@ class RequestServiceAsyncStub(RequestServiceStub):
     pinned template version on the orchestrator. Executing twice returns the same execution.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
     FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
-    TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
-    nothing was reserved).
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
+    executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    """
+    RetryRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.RetryRequestRequest, _requests_pb2.RetryRequestResponse]  # type: ignore[assignment]
+    """Retries a failed request: checks tier and budget again, reserves the cost estimate again
+    and re-runs its execution from the failed stage. The request is running again; its status,
+    deliverable and cost then follow the retried execution, and the cost of every run is
+    charged.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers; tier may no longer use the
+    template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
+    FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
+    retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
+    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
+    (orchestrator unreachable; nothing was reserved).
     """
     CancelRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]  # type: ignore[assignment]
     """Cancels a request and its execution, if any; the reservation is released and any usage
@@ -164,9 +186,26 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         pinned template version on the orchestrator. Executing twice returns the same execution.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
         FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED or
-        TIER_LIMIT_CONCURRENCY; nothing was executed), UNAVAILABLE (orchestrator unreachable;
-        nothing was reserved).
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
+        executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryRequest(
+        self,
+        request: _requests_pb2.RetryRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.RetryRequestResponse, _abc.Awaitable[_requests_pb2.RetryRequestResponse]]:
+        """Retries a failed request: checks tier and budget again, reserves the cost estimate again
+        and re-runs its execution from the failed stage. The request is running again; its status,
+        deliverable and cost then follow the retried execution, and the cost of every run is
+        charged.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers; tier may no longer use the
+        template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
+        FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
+        retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
+        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
+        (orchestrator unreachable; nothing was reserved).
         """
 
     @_abc_1.abstractmethod

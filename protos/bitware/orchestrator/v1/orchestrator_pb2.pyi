@@ -436,6 +436,7 @@ class Execution(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution's id."""
     request_id: _builtins.str
@@ -456,6 +457,8 @@ class Execution(_message.Message):
     """The sequence number of its latest event."""
     progress: _builtins.float
     """The fraction of work done, from 0 to 1."""
+    retries: _builtins.int
+    """How many times RetryExecution has re-run it (0 for its first run)."""
     @_builtins.property
     def spec(self) -> _common_pb2.ContentSpec:
         """What to build."""
@@ -504,10 +507,11 @@ class Execution(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         last_sequence: _builtins.int = ...,
         progress: _builtins.float = ...,
+        retries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "spec", b"spec", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "execution_id", b"execution_id", "job_id", b"job_id", "last_sequence", b"last_sequence", "priority", b"priority", "progress", b"progress", "request_id", b"request_id", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "status", b"status", "template_name", b"template_name", "template_version", b"template_version", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "execution_id", b"execution_id", "job_id", b"job_id", "last_sequence", b"last_sequence", "priority", b"priority", "progress", b"progress", "request_id", b"request_id", "retries", b"retries", "spec", b"spec", "stages", b"stages", "start_time", b"start_time", "status", b"status", "template_name", b"template_name", "template_version", b"template_version", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -620,12 +624,14 @@ class ExecutePipelineRequest(_message.Message):
     request_id: _builtins.str
     """The KAM request this runs, if any."""
     client_id: _builtins.str
-    """The client; services must set it, client principals get their own."""
+    """The client the execution is for (required)."""
     idempotency_key: _builtins.str
-    """Makes the call idempotent: the same key returns the same execution."""
+    """Makes the call idempotent: the same key for the same client returns the same execution.
+    Keys are scoped per client: another client's key never matches.
+    """
     client_concurrency_limit: _builtins.int
     """The most executions of this client that may run at once (its tier's limit); 0 means no
-    cap. Honoured from services and admins; a client principal's own tier decides otherwise.
+    cap. Executions over it wait in the queue.
     """
     @_builtins.property
     def spec(self) -> _common_pb2.ContentSpec:
@@ -840,16 +846,22 @@ class RetryExecutionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    RETRY_NUMBER_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution's id."""
+    retry_number: _builtins.int
+    """When set, makes the call idempotent: the number this retry will be (1 for the first). An
+    execution already retried this many times is returned as it is instead of refused.
+    """
     def __init__(
         self,
         *,
         execution_id: _builtins.str = ...,
+        retry_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "retry_number", b"retry_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,7 @@ if _version_not_supported:
 class OrchestratorServiceStub:
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     def __init__(self, channel):
@@ -76,14 +77,17 @@ class OrchestratorServiceStub:
 class OrchestratorServiceServicer:
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     def ExecutePipeline(self, request, context):
-        """Starts an execution of a master template, pinned by version; the same idempotency key
-        returns the existing execution.
+        """Starts an execution of a master template, pinned by version; the same idempotency key of
+        the same client returns the existing execution. KAM and admins only: clients execute
+        through KAM's RequestService. Over the client's concurrency limit the execution is
+        accepted and waits in the queue for its turn.
         Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (template or version),
-        FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
-        TIER_LIMIT_CONCURRENCY), UNAVAILABLE (KAM unreachable and template not cached).
+        FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED (clients, support, workers),
+        UNAVAILABLE (KAM unreachable and template not cached).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,8 +117,10 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryExecution(self, request, context):
-        """Re-runs a failed execution from its failed stage.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (not failed).
+        """Re-runs a failed execution from its failed stage. KAM and admins only: clients retry
+        through KAM's RequestService.RetryRequest, which charges the retry.
+        Errors: NOT_FOUND, PERMISSION_DENIED (clients, support, workers), FAILED_PRECONDITION
+        (reason NOT_FAILED: not failed, or retried already).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,8 +136,9 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetQueue(self, request, context):
-        """Reports the queue: depth per priority, oldest wait, running count.
-        Errors: PERMISSION_DENIED (client principals see only their own counts).
+        """Reports the queue: depth per priority, oldest wait, running count. A client principal
+        sees only its own client's stages; staff and services see every client's.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +193,7 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
 class OrchestratorService:
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     @staticmethod

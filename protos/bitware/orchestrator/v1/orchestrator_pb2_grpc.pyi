@@ -31,6 +31,7 @@ GRPC_VERSION: str
 class OrchestratorServiceStub:
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     @_typing.overload
@@ -38,11 +39,13 @@ class OrchestratorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrchestratorServiceAsyncStub: ...
     ExecutePipeline: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ExecutePipelineRequest, _orchestrator_pb2.ExecutePipelineResponse]
-    """Starts an execution of a master template, pinned by version; the same idempotency key
-    returns the existing execution.
+    """Starts an execution of a master template, pinned by version; the same idempotency key of
+    the same client returns the existing execution. KAM and admins only: clients execute
+    through KAM's RequestService. Over the client's concurrency limit the execution is
+    accepted and waits in the queue for its turn.
     Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (template or version),
-    FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
-    TIER_LIMIT_CONCURRENCY), UNAVAILABLE (KAM unreachable and template not cached).
+    FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED (clients, support, workers),
+    UNAVAILABLE (KAM unreachable and template not cached).
     """
     GetExecution: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetExecutionRequest, _orchestrator_pb2.GetExecutionResponse]
     """Returns an execution with its stages, attempts and cost.
@@ -55,8 +58,10 @@ class OrchestratorServiceStub:
     Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
     """
     RetryExecution: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.RetryExecutionRequest, _orchestrator_pb2.RetryExecutionResponse]
-    """Re-runs a failed execution from its failed stage.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (not failed).
+    """Re-runs a failed execution from its failed stage. KAM and admins only: clients retry
+    through KAM's RequestService.RetryRequest, which charges the retry.
+    Errors: NOT_FOUND, PERMISSION_DENIED (clients, support, workers), FAILED_PRECONDITION
+    (reason NOT_FAILED: not failed, or retried already).
     """
     WatchExecution: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.WatchExecutionRequest, _orchestrator_pb2.WatchExecutionResponse]
     """Streams the execution's ordered event log after a sequence number: history first, then live
@@ -64,23 +69,27 @@ class OrchestratorServiceStub:
     Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetQueueRequest, _orchestrator_pb2.GetQueueResponse]
-    """Reports the queue: depth per priority, oldest wait, running count.
-    Errors: PERMISSION_DENIED (client principals see only their own counts).
+    """Reports the queue: depth per priority, oldest wait, running count. A client principal
+    sees only its own client's stages; staff and services see every client's.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers).
     """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ExecutePipeline: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ExecutePipelineRequest, _orchestrator_pb2.ExecutePipelineResponse]  # type: ignore[assignment]
-    """Starts an execution of a master template, pinned by version; the same idempotency key
-    returns the existing execution.
+    """Starts an execution of a master template, pinned by version; the same idempotency key of
+    the same client returns the existing execution. KAM and admins only: clients execute
+    through KAM's RequestService. Over the client's concurrency limit the execution is
+    accepted and waits in the queue for its turn.
     Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (template or version),
-    FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
-    TIER_LIMIT_CONCURRENCY), UNAVAILABLE (KAM unreachable and template not cached).
+    FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED (clients, support, workers),
+    UNAVAILABLE (KAM unreachable and template not cached).
     """
     GetExecution: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetExecutionRequest, _orchestrator_pb2.GetExecutionResponse]  # type: ignore[assignment]
     """Returns an execution with its stages, attempts and cost.
@@ -93,8 +102,10 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     Errors: NOT_FOUND, FAILED_PRECONDITION (already finished).
     """
     RetryExecution: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.RetryExecutionRequest, _orchestrator_pb2.RetryExecutionResponse]  # type: ignore[assignment]
-    """Re-runs a failed execution from its failed stage.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (not failed).
+    """Re-runs a failed execution from its failed stage. KAM and admins only: clients retry
+    through KAM's RequestService.RetryRequest, which charges the retry.
+    Errors: NOT_FOUND, PERMISSION_DENIED (clients, support, workers), FAILED_PRECONDITION
+    (reason NOT_FAILED: not failed, or retried already).
     """
     WatchExecution: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.WatchExecutionRequest, _orchestrator_pb2.WatchExecutionResponse]  # type: ignore[assignment]
     """Streams the execution's ordered event log after a sequence number: history first, then live
@@ -102,13 +113,15 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetQueueRequest, _orchestrator_pb2.GetQueueResponse]  # type: ignore[assignment]
-    """Reports the queue: depth per priority, oldest wait, running count.
-    Errors: PERMISSION_DENIED (client principals see only their own counts).
+    """Reports the queue: depth per priority, oldest wait, running count. A client principal
+    sees only its own client's stages; staff and services see every client's.
+    Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers).
     """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs and reports pipeline executions. Services and admins may act on any execution; a
     client principal only on its own client's (others answer NOT_FOUND); support reads all.
+    Executions start only through KAM (which admits them: tier, budget, rate) or an admin.
     """
 
     @_abc_1.abstractmethod
@@ -117,11 +130,13 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_pb2.ExecutePipelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ExecutePipelineResponse, _abc.Awaitable[_orchestrator_pb2.ExecutePipelineResponse]]:
-        """Starts an execution of a master template, pinned by version; the same idempotency key
-        returns the existing execution.
+        """Starts an execution of a master template, pinned by version; the same idempotency key of
+        the same client returns the existing execution. KAM and admins only: clients execute
+        through KAM's RequestService. Over the client's concurrency limit the execution is
+        accepted and waits in the queue for its turn.
         Errors: INVALID_ARGUMENT (field violations), NOT_FOUND (template or version),
-        FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
-        TIER_LIMIT_CONCURRENCY), UNAVAILABLE (KAM unreachable and template not cached).
+        FAILED_PRECONDITION (template deprecated), PERMISSION_DENIED (clients, support, workers),
+        UNAVAILABLE (KAM unreachable and template not cached).
         """
 
     @_abc_1.abstractmethod
@@ -158,8 +173,10 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_pb2.RetryExecutionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.RetryExecutionResponse, _abc.Awaitable[_orchestrator_pb2.RetryExecutionResponse]]:
-        """Re-runs a failed execution from its failed stage.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (not failed).
+        """Re-runs a failed execution from its failed stage. KAM and admins only: clients retry
+        through KAM's RequestService.RetryRequest, which charges the retry.
+        Errors: NOT_FOUND, PERMISSION_DENIED (clients, support, workers), FAILED_PRECONDITION
+        (reason NOT_FAILED: not failed, or retried already).
         """
 
     @_abc_1.abstractmethod
@@ -179,8 +196,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_pb2.GetQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.GetQueueResponse, _abc.Awaitable[_orchestrator_pb2.GetQueueResponse]]:
-        """Reports the queue: depth per priority, oldest wait, running count.
-        Errors: PERMISSION_DENIED (client principals see only their own counts).
+        """Reports the queue: depth per priority, oldest wait, running count. A client principal
+        sees only its own client's stages; staff and services see every client's.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (workers).
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
