@@ -26,9 +26,15 @@ from bitware.kam.v1 import (
 )
 from bitware_core.mesh import InProcessMesh, start_mesh
 from tests.granulator.fake_openai import FakeOpenAI
+from tests.postgres import PostgresFinder
 
-#: The machine's PostgreSQL (trust auth); tests create their own database and drop it.
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: The session's PostgreSQL (tests/postgres.py says where it comes from); tests create their own
+#: database on it and drop it.
+POSTGRES = PostgresFinder()
+
+
+def pytest_sessionfinish() -> None:
+    POSTGRES.close()
 
 
 @dataclass
@@ -55,15 +61,16 @@ class Client:
 
 @contextlib.contextmanager
 def scratch_database(prefix: str) -> Iterator[str]:
-    """A new, empty database on the machine's PostgreSQL, as a plain libpq URL; dropped after."""
+    """A new, empty database on the session's PostgreSQL, as a plain libpq URL; dropped after."""
     name = f"{prefix}_{secrets.token_hex(4)}"
+    admin_url = POSTGRES.admin_url()
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for this test: {error}")
+        pytest.fail(f"PostgreSQL at {admin_url} does not answer: {error}")
     admin.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield POSTGRES.database_url(name)
     finally:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
