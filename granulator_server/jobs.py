@@ -81,8 +81,11 @@ def complete(
     report: QualityReport,
     usage: dict[str, Any],
     result: dict[str, Any],
+    unusable: str = "",
 ) -> models.Job:
-    """Stores a generated structure with its element tree and first (rules) validation."""
+    """Stores a generated structure with its element tree and first (rules) validation. An
+    `unusable` structure (the reason why) is stored all the same, so that it can be read, but
+    its job ends failed."""
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     tx.execute("DELETE FROM elements WHERE job_id = :id", {"id": job_id})
     elements = to_elements(job.structure_type, document)
@@ -103,7 +106,9 @@ def complete(
         ],
     )
     quality = quality_dict(report)
-    job.status, job.document, job.quality, job.usage = "completed", document, quality, usage
+    job.status = "failed" if unusable else "completed"
+    job.error_message = unusable[:2000]
+    job.document, job.quality, job.usage = document, quality, usage
     job.validations = [*job.validations, validation_record("rules", quality)]
     job.element_count = len(elements)
     job.result = {**result, "metrics": {**result.get("metrics", {}), "elements": len(elements)}}
@@ -112,6 +117,7 @@ def complete(
         tx,
         job,
         "status",
+        "error_message",
         "document",
         "quality",
         "usage",

@@ -147,9 +147,9 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
                 reason="NO_STRUCTURE",
                 metadata={"structure_job_id": target},
             )
-        if job.status != "completed":
+        if not job.document:  # a failed job keeps a structure it made (below quality)
             raise FailedPrecondition(
-                f"job {job.id} is {job.status}; it has no structure yet", reason="NO_STRUCTURE"
+                f"job {job.id} is {job.status}; it has no structure", reason="NO_STRUCTURE"
             )
         ids = {e.position: f"{job.id}.{e.position}" for e in elements}
         return granulator_pb2.GetStructureResponse(

@@ -21,8 +21,15 @@ from typing import Any
 
 from bitware_core.db import Database
 from granulator_server import jobs, progress, template_store
-from granulator_server.domain import StructureTemplate, build_prompt, score_quality, to_elements
+from granulator_server.domain import (
+    QualityReport,
+    StructureTemplate,
+    build_prompt,
+    score_quality,
+    to_elements,
+)
 from granulator_server.domain.offline import generate_offline
+from granulator_server.domain.validation import INTEGRITY_RULES
 from granulator_server.errors import InvalidStageInput, StageFailure
 from granulator_server.providers import Provider, add_usage
 from granulator_server.providers.base import UsageMeter
@@ -167,10 +174,7 @@ class StageRunner:
         generation = await self.provider.generate(work.template, work.spec, work.feedback, streamed)
         stage_log.add(progress.VALIDATING, "validating", 0.7)
         report = score_quality(work.template, generation.document, granularity)
-        quality = {
-            **jobs.quality_dict(report),
-            "below_threshold": report.score < work.min_quality,
-        }
+        quality = gate(work.template, report, report.score, work.min_quality)
         stage_log.add(progress.STORING, "storing the element tree", 0.85)
         outcome = {
             "job_id": job_id,
@@ -192,6 +196,7 @@ class StageRunner:
                 report=report,
                 usage=generation.usage,
                 result=outcome,
+                unusable=unusable(quality, work.min_quality),
             )
         )
         stage_log.add(progress.COMPLETED, "completed", 1.0, stored.element_count)
@@ -240,11 +245,9 @@ class StageRunner:
                 components["llm_judge"] = judgement.score / 100
                 feedback = "\n".join(p for p in (feedback, judgement.feedback) if p)
         quality = {
-            **rules_quality,
-            "score": score,
+            **gate(template, report, score, work.min_quality),
             "components": components,
             "feedback": feedback,
-            "below_threshold": score < work.min_quality,
         }
         stage_log.add(progress.STORING, "recording the validation", 0.9)
         await self.db.run(lambda s: jobs.record_validations(s, target_id, records, quality))
@@ -271,6 +274,33 @@ class StageRunner:
 
 
 CANCELLED: dict[str, Any] = {"cancelled": True}
+
+
+def gate(
+    template: StructureTemplate, report: QualityReport, score: float, min_quality: float
+) -> dict[str, Any]:
+    """The quality the stage reports: the rules' report with the final `score`, whether it
+    falls short of `min_quality` or breaks an integrity rule, and whether the template accepts
+    a result below the minimum (soft criteria only; the orchestrator decides the stage)."""
+    broken = bool(report.integrity_failures)
+    return {
+        **jobs.quality_dict(report),
+        "score": score,
+        "below_threshold": broken or score < min_quality,
+        "integrity_failed": broken,
+        "accept_below_minimum": template.rules.accept_below_minimum,
+    }
+
+
+def unusable(quality: dict[str, Any], min_quality: float) -> str:
+    """Why a generated structure cannot be delivered, or "" when it can: it breaks an
+    integrity rule, or it is below the minimum and its template does not accept that."""
+    if quality["integrity_failed"]:
+        broken = [v["message"] for v in quality["violations"] if v["rule"] in INTEGRITY_RULES]
+        return f"breaks integrity rules: {'; '.join(broken[:3])}"
+    if quality["below_threshold"] and not quality["accept_below_minimum"]:
+        return f"quality {quality['score']:.1f} is below the minimum {min_quality:.0f}"
+    return ""
 
 
 def failure_outcome(failure: StageFailure) -> dict[str, Any]:

@@ -87,10 +87,17 @@ def rules_from_dict(data: dict[str, Any]) -> ValidationRules:
             descriptive=tuple(str(p) for p in data.get("descriptive", [])),
             unique=tuple(UniqueRule(**u) for u in data.get("unique", [])),
             references=tuple(Reference(**r) for r in data.get("references", [])),
+            accept_below_minimum=_flag(data.get("accept_below_minimum", False)),
             **extra,
         )
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"malformed rules: {error!r}") from None
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"accept_below_minimum must be true or false, not {value!r}")
+    return value
 
 
 def to_domain(row: models.Template) -> StructureTemplate:
@@ -235,14 +242,17 @@ def list_templates(
 
 
 def create(session: Session, template: StructureTemplate) -> tuple[StructureTemplate, datetime]:
-    """Stores a new template at version 1. Empty rules inherit the rules of the seed template
-    of the same structure type (the element tree and counts of a type stay the same)."""
-    if template.rules == EMPTY_RULES:
+    """Stores a new template at version 1. Empty rules (`accept_below_minimum` aside) inherit
+    the rules of the seed template of the same structure type (the element tree and counts of a
+    type stay the same)."""
+    accept = template.rules.accept_below_minimum
+    if replace(template.rules, accept_below_minimum=False) == EMPTY_RULES:
         seed_of_type = next(
             (t for t in SEED_TEMPLATES if t.structure_type == template.structure_type), None
         )
         if seed_of_type is not None:
-            template = replace(template, rules=seed_of_type.rules)
+            rules = replace(seed_of_type.rules, accept_below_minimum=accept)
+            template = replace(template, rules=rules)
     check(template, prefix="template")
     if session.get(models.Template, template.name) is not None:
         raise TemplateExists(f"structure template {template.name!r} already exists")

@@ -472,6 +472,8 @@ class Dispatcher:
                 "score": result.quality.score,
                 "components": dict(result.quality.components),
                 "feedback": result.quality.feedback,
+                "integrity_failed": result.quality.integrity_failed,
+                "accept_below_minimum": result.quality.accept_below_minimum,
                 "violations": [
                     {"path": v.path, "rule": v.rule, "message": v.message}
                     for v in result.quality.violations

@@ -201,8 +201,9 @@ def record_result(
     score = float(quality.get("score", 0.0))
     stage.usage = add_usage(stage.usage, usage)
     execution.usage = add_usage(execution.usage, usage)
-    below = stage.min_quality > 0 and score < stage.min_quality
-    if not stage.best or score > float(stage.best.get("quality", {}).get("score", -1)):
+    broken = bool(quality.get("integrity_failed"))
+    below = broken or (stage.min_quality > 0 and score < stage.min_quality)
+    if not stage.best or _rank(quality) > _rank(stage.best.get("quality", {})):
         inline, reference = payloads.store(tx, output, encoded)
         stage.best = {
             "output": inline,
@@ -214,19 +215,22 @@ def record_result(
     if below and stage.attempts - stage.attempts_base < max_attempts:
         end_attempt(tx, stage.id, claim_.epoch, "below_quality", usage=usage, quality_score=score)
         stage.feedback = str(quality.get("feedback", ""))
+        why = "breaks integrity rules" if broken else f"below {stage.min_quality:.0f}"
         append_event(
             tx,
             execution,
             "QUALITY_BELOW_THRESHOLD",
             **stage_fields(stage),
-            message=f"quality {score:.0f} below {stage.min_quality:.0f}; regenerating",
+            message=f"quality {score:.0f} {why}; regenerating",
         )
         move_stage(stage, "retry_wait")
         stage.ready_at = utcnow()
         _save(tx, stage, execution)
         return Finished(execution.id, False, "BELOW_QUALITY")
-    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage, quality_score=score)
     best = stage.best
+    if below and not _deliverable(best["quality"]):
+        return _fail_below_minimum(tx, stage, execution, claim_.epoch, usage, score)
+    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage, quality_score=score)
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
@@ -274,6 +278,53 @@ def record_result(
         message="execution succeeded",
         progress=1.0,
     )
+    _save(tx, stage, execution)
+    return Finished(execution.id, True, ended=execution)
+
+
+def _rank(quality: dict[str, Any]) -> tuple[bool, float]:
+    """Orders attempts: an intact structure beats a broken one, then the higher score wins."""
+    return (not quality.get("integrity_failed"), float(quality.get("score", -1.0)))
+
+
+def _deliverable(quality: dict[str, Any]) -> bool:
+    """Whether a result below the minimum may still be delivered: only when its template
+    accepts that, and never when it breaks an integrity rule."""
+    return bool(quality.get("accept_below_minimum")) and not quality.get("integrity_failed")
+
+
+def _fail_below_minimum(
+    tx: Tx,
+    stage: models.Stage,
+    execution: models.Execution,
+    epoch: int,
+    usage: dict[str, Any],
+    score: float,
+) -> Finished:
+    """No attempt is good enough: the stage fails with QUALITY_BELOW_MINIMUM. The best attempt
+    stays on the stage (output, job, quality) so it can be read, but the execution names no
+    deliverable."""
+    best = stage.best
+    quality = best["quality"]
+    end_attempt(tx, stage.id, epoch, "below_quality", usage=usage, quality_score=score)
+    stage.output, stage.output_ref, stage.job_id = (
+        best["output"],
+        best["output_ref"],
+        best["job_id"],
+    )
+    stage.quality = {**quality, "below_threshold": True}
+    attempts = stage.attempts - stage.attempts_base
+    problem = (
+        "breaks integrity rules"
+        if quality.get("integrity_failed")
+        else f"scores {float(quality.get('score', 0.0)):.1f}, below {stage.min_quality:.0f}"
+    )
+    error = {
+        "reason": "QUALITY_BELOW_MINIMUM",
+        "message": f"no acceptable result after {attempts} attempts: the best {problem}",
+        "retryable": True,
+    }
+    _fail_stage(tx, stage, execution, error)
     _save(tx, stage, execution)
     return Finished(execution.id, True, ended=execution)
 

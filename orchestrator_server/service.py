@@ -51,6 +51,8 @@ def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
         feedback=str(quality.get("feedback", "")),
         violations=[common_pb2.Violation(**v) for v in quality.get("violations", [])],
         below_threshold=bool(quality.get("below_threshold", False)),
+        integrity_failed=bool(quality.get("integrity_failed", False)),
+        accept_below_minimum=bool(quality.get("accept_below_minimum", False)),
     )
 
 

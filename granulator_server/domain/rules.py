@@ -88,6 +88,9 @@ class ValidationRules:
 
     ``required`` lists leaf fields that must be non-empty (text not blank, numbers positive);
     ``descriptive`` lists the prose fields whose length the quality score weighs.
+    ``accept_below_minimum``: when no attempt reaches the stage's minimum quality score, the
+    best attempt is delivered anyway, provided it breaks no integrity rule (see
+    `validation.INTEGRITY_RULES`); by default such a stage fails.
     """
 
     counts: tuple[CountRule, ...]
@@ -98,6 +101,7 @@ class ValidationRules:
     acyclic: DependencyGraph | None = None
     exactly_one: ExactlyOne | None = None
     mix: Mix | None = None
+    accept_below_minimum: bool = False
 
 
 def resolve(value: Any, pattern: str) -> list[tuple[str, Any]]:

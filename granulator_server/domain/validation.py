@@ -52,6 +52,10 @@ WEIGHTS = {
 # Below this coefficient of variation, list sizes are as even as a careful author makes them.
 _BALANCE_TOLERANCE = 0.25
 _MAX_FEEDBACK_LINES = 15
+#: Rules whose violation makes a structure unusable (see the module docstring).
+INTEGRITY_RULES = frozenset({"dangling_reference", "cycle", "single_correct", "count_hard_limit"})
+#: A list is outside its hard limits below min / HARD_COUNT_FACTOR or above max × this.
+HARD_COUNT_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class QualityReport:
     components: dict[str, float]
     feedback: str
     violations: list[Violation]
+
+    @property
+    def integrity_failures(self) -> list[Violation]:
+        """The violations that make the structure unusable (`INTEGRITY_RULES`)."""
+        return [v for v in self.violations if v.rule in INTEGRITY_RULES]
 
 
 def validate(
@@ -146,7 +155,13 @@ class _Checker:
             ratios = []
             for pointer, size in self._sizes(rule.path):
                 ratios.append(min(1.0, size / lo if lo else 1.0, hi / size if size else 1.0))
-                if not lo <= size <= hi:
+                if size * HARD_COUNT_FACTOR < lo or size > hi * HARD_COUNT_FACTOR:
+                    self._add(
+                        pointer,
+                        "count_hard_limit",
+                        f"expected {lo}-{hi} {rule.label}, found {size}: far outside the range",
+                    )
+                elif not lo <= size <= hi:
                     self._add(
                         pointer, "count_range", f"expected {lo}-{hi} {rule.label}, found {size}"
                     )

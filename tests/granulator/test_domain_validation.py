@@ -195,16 +195,64 @@ def test_zero_duration_is_a_required_violation() -> None:
     assert rules == {("required", "/milestones/0/duration_hours")}
 
 
-def test_too_few_modules_is_a_count_range_violation() -> None:
-    assert _rules_at("course", _mutated("course", _too_few_modules)) == {
-        ("count_range", "/modules")
-    }
+def test_one_module_short_is_a_count_range_violation() -> None:
+    def one_short(course: Structure) -> None:
+        course["modules"] = course["modules"][:3]  # granularity 3 wants 4-5
+
+    structure = _mutated("course", one_short)
+    assert _rules_at("course", structure) == {("count_range", "/modules")}
+    assert not score_quality(_template("course"), structure, GRANULARITY).integrity_failures
 
 
-def test_missing_objectives_are_count_range_violations() -> None:
+def test_far_too_few_modules_break_the_hard_limit() -> None:
+    structure = _mutated("course", _too_few_modules)  # 1 module, 4-5 wanted: under half
+    assert _rules_at("course", structure) == {("count_hard_limit", "/modules")}
+    report = score_quality(_template("course"), structure, GRANULARITY)
+    assert [v.rule for v in report.integrity_failures] == ["count_hard_limit"]
+
+
+def test_far_too_many_modules_break_the_hard_limit() -> None:
+    def eleven(course: Structure) -> None:  # granularity 3 allows 5; 11 is over twice that
+        course["modules"] = [copy.deepcopy(course["modules"][0]) for _ in range(11)]
+        for index, module in enumerate(course["modules"]):
+            module["title"] = f"Module number {index}"
+
+    rules = _rules_at("course", _mutated("course", eleven))
+    assert ("count_hard_limit", "/modules") in rules
+
+
+def test_missing_objectives_break_the_hard_limit() -> None:
     rules = _rules_at("course", _mutated("course", _missing_objectives))
-    assert ("count_range", "/modules/0/lessons/0/objectives") in rules
-    assert {rule for rule, _ in rules} == {"count_range"}
+    assert ("count_hard_limit", "/modules/0/lessons/0/objectives") in rules
+    assert {rule for rule, _ in rules} == {"count_hard_limit"}
+
+
+def test_every_option_correct_is_an_integrity_failure() -> None:
+    def all_correct(quiz: Structure) -> None:
+        for question in quiz["questions"]:
+            for option in question["options"]:
+                option["correct"] = True
+
+    report = score_quality(_template("quiz"), _mutated("quiz", all_correct), GRANULARITY)
+    assert report.integrity_failures
+    assert {v.rule for v in report.integrity_failures} == {"single_correct"}
+
+
+def test_soft_problems_are_not_integrity_failures() -> None:
+    def repeat_objectives(course: Structure) -> None:
+        for module in course["modules"]:
+            for lesson in module["lessons"]:
+                lesson["objectives"] = ["Understand it"] * len(lesson["objectives"])
+
+    report = score_quality(_template("course"), _mutated("course", repeat_objectives), GRANULARITY)
+    assert report.score < 60
+    assert report.integrity_failures == []
+
+
+def test_a_good_structure_has_no_integrity_failures() -> None:
+    for structure_type in ("course", "quiz", "workflow", "novel"):
+        report = score_quality(_template(structure_type), _good(structure_type), GRANULARITY)
+        assert report.integrity_failures == [], structure_type
 
 
 def test_repeated_lesson_title_in_another_module_is_a_duplicate() -> None:

@@ -28,6 +28,8 @@ class Step:
     retry_after: float = 0.0
     delay: float = 0.0
     score: float = 90.0
+    integrity_failed: bool = False
+    accept_below_minimum: bool = False
     error_class: int = 0  # a worker_pb2.ErrorClass; 0 returns a result
     reason: str = "SCRIPTED"
     output_bytes: int = 0  # the size of a filler field in the output
@@ -104,6 +106,8 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
         )
         result.output.update({"attempt": request.stage.attempt, "filler": "x" * step.output_bytes})
         result.quality.score = step.score
+        result.quality.integrity_failed = step.integrity_failed
+        result.quality.accept_below_minimum = step.accept_below_minimum
         result.quality.feedback = f"attempt {request.stage.attempt} scored {step.score}"
         return worker_pb2.ProcessResponse(result=result, usage=usage)
 

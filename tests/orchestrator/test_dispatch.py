@@ -86,7 +86,7 @@ async def test_refused_content_is_not_retried(
     assert len(worker.processed) == 1
 
 
-async def test_quality_gate_reruns_with_feedback_and_keeps_the_best_result(
+async def test_quality_gate_reruns_with_feedback_then_fails_keeping_the_best_result(
     client: Client, runner: Runner, workers: Workers
 ) -> None:
     await add_template(client.mesh, "gated", [stage(min_quality=80, max_attempts=3)])
@@ -94,12 +94,48 @@ async def test_quality_gate_reruns_with_feedback_and_keeps_the_best_result(
     execution_id = await runner.start("gated")
     events = await runner.events(execution_id)
     execution = await runner.get(execution_id)
-    assert execution.status == orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED
+    assert execution.status == orchestrator_pb2.EXECUTION_STATUS_FAILED
+    assert execution.error.reason == "QUALITY_BELOW_MINIMUM"
+    assert execution.job_id == ""  # nothing is delivered
     kept = execution.stages[0]
+    assert kept.status == orchestrator_pb2.STAGE_STATUS_FAILED
     assert kept.quality.score == 70 and kept.quality.below_threshold
-    assert kept.job_id.endswith("-2")  # the second attempt's result was the best
+    assert kept.job_id.endswith("-2")  # the second attempt's result was the best, and is kept
     assert "attempt 1 scored 50" in worker.offers[1].input.feedback
     assert [EVENT(e.type) for e in events].count("EVENT_TYPE_QUALITY_BELOW_THRESHOLD") == 2
+
+
+async def test_accept_below_minimum_delivers_the_best_intact_result(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await add_template(client.mesh, "gated", [stage(min_quality=80, max_attempts=3)])
+    lenient = {"accept_below_minimum": True}
+    await workers(
+        "lenient",
+        steps=[
+            Step(score=75, integrity_failed=True, **lenient),  # scores best, but is broken
+            Step(score=50, **lenient),
+            Step(score=60, **lenient),
+        ],
+    )
+    execution = await runner.run("gated")
+    assert execution.status == orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED
+    kept = execution.stages[0]
+    assert kept.job_id.endswith("-3") and execution.job_id == kept.job_id
+    assert kept.quality.score == 60 and kept.quality.below_threshold
+
+
+async def test_an_integrity_failure_is_never_delivered(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await add_template(client.mesh, "ungated", [stage(min_quality=0, max_attempts=2)])
+    broken = Step(score=95, integrity_failed=True, accept_below_minimum=True)
+    worker = await workers("broken", default=broken)
+    execution = await runner.run("ungated")
+    assert execution.status == orchestrator_pb2.EXECUTION_STATUS_FAILED
+    assert execution.error.reason == "QUALITY_BELOW_MINIMUM"
+    assert execution.stages[0].quality.integrity_failed
+    assert len(worker.processed) == 2
 
 
 async def test_quality_gate_passes_once_a_result_scores_high_enough(

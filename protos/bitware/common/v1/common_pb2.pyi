@@ -259,6 +259,7 @@ class Usage(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     WORKER_TIME_MS_FIELD_NUMBER: _builtins.int
     LLM_CALLS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens sent to the model, summed over every call including re-asks."""
     completion_tokens: _builtins.int
@@ -273,6 +274,11 @@ class Usage(_message.Message):
     """Wall-clock time the worker spent, in milliseconds."""
     llm_calls: _builtins.int
     """How many model calls were made (re-asks and retries included)."""
+    cost_micros: _builtins.int
+    """The cost in micro-dollars (millionths of a US dollar): cost_usd rounded to the
+    micro-dollar. Sums and charges add this integer, so that they come out exact; a sender
+    that sets cost_usd but leaves this 0 is read as round(cost_usd × 1,000,000).
+    """
     def __init__(
         self,
         *,
@@ -283,10 +289,11 @@ class Usage(_message.Message):
         cost_usd: _builtins.float = ...,
         worker_time_ms: _builtins.int = ...,
         llm_calls: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "llm_calls", b"llm_calls", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "worker_time_ms", b"worker_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_micros", b"cost_micros", "cost_usd", b"cost_usd", "llm_calls", b"llm_calls", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "worker_time_ms", b"worker_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,12 +360,24 @@ class QualityReport(_message.Message):
     FEEDBACK_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     BELOW_THRESHOLD_FIELD_NUMBER: _builtins.int
+    INTEGRITY_FAILED_FIELD_NUMBER: _builtins.int
+    ACCEPT_BELOW_MINIMUM_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     """The score from 0 to 100 (formula documented in granulator_server/domain/validation.py)."""
     feedback: _builtins.str
     """Text that tells a generator what to fix; empty when nothing needs fixing."""
     below_threshold: _builtins.bool
-    """True when the score is below the minimum the stage asked for."""
+    """True when the score is below the minimum the stage asked for, or integrity_failed."""
+    integrity_failed: _builtins.bool
+    """True when the structure breaks an integrity rule (a question without exactly one correct
+    option, a dependency cycle, a dangling reference, a count outside its hard limits): it is
+    unusable whatever its score and is never delivered.
+    """
+    accept_below_minimum: _builtins.bool
+    """True when the structure template accepts a result below the minimum score (soft criteria
+    only): if no attempt reaches the minimum, the best one without integrity failures is
+    delivered instead of failing the stage.
+    """
     @_builtins.property
     def components(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Each component of the score, from 0 to 1, by name (for example `completeness`)."""
@@ -375,10 +394,12 @@ class QualityReport(_message.Message):
         feedback: _builtins.str = ...,
         violations: _abc.Iterable[Global___Violation] | None = ...,
         below_threshold: _builtins.bool = ...,
+        integrity_failed: _builtins.bool = ...,
+        accept_below_minimum: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_threshold", b"below_threshold", "components", b"components", "feedback", b"feedback", "score", b"score", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_below_minimum", b"accept_below_minimum", "below_threshold", b"below_threshold", "components", b"components", "feedback", b"feedback", "integrity_failed", b"integrity_failed", "score", b"score", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

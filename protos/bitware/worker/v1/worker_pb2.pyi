@@ -691,16 +691,25 @@ class CancelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CANCELLED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     cancelled: _builtins.bool
     """True when something was running or reserved and is now stopped."""
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """What the attempt consumed before it stopped: every model call made so far, the one cut
+        short counted as far as its tokens are known. When the attempt had already finished, its
+        final usage. Empty when nothing ran.
+        """
+
     def __init__(
         self,
         *,
         cancelled: _builtins.bool = ...,
+        usage: _common_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

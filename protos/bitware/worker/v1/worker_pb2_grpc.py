@@ -91,7 +91,9 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Cancels a stage: a running generation stops promptly, a reservation is released.
+        """Cancels a stage: a running generation stops promptly, a reservation is released, and the
+        answer carries the usage the attempt had consumed by then (so a timed-out or cancelled
+        attempt is still charged for its tokens).
         Errors: PERMISSION_DENIED. Cancelling an unknown or finished stage is not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

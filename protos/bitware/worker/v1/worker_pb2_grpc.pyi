@@ -53,7 +53,9 @@ class WorkerServiceStub:
     Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelResponse]
-    """Cancels a stage: a running generation stops promptly, a reservation is released.
+    """Cancels a stage: a running generation stops promptly, a reservation is released, and the
+    answer carries the usage the attempt had consumed by then (so a timed-out or cancelled
+    attempt is still charged for its tokens).
     Errors: PERMISSION_DENIED. Cancelling an unknown or finished stage is not an error.
     """
 
@@ -80,7 +82,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelResponse]  # type: ignore[assignment]
-    """Cancels a stage: a running generation stops promptly, a reservation is released.
+    """Cancels a stage: a running generation stops promptly, a reservation is released, and the
+    answer carries the usage the attempt had consumed by then (so a timed-out or cancelled
+    attempt is still charged for its tokens).
     Errors: PERMISSION_DENIED. Cancelling an unknown or finished stage is not an error.
     """
 
@@ -128,7 +132,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.CancelResponse, _abc.Awaitable[_worker_pb2.CancelResponse]]:
-        """Cancels a stage: a running generation stops promptly, a reservation is released.
+        """Cancels a stage: a running generation stops promptly, a reservation is released, and the
+        answer carries the usage the attempt had consumed by then (so a timed-out or cancelled
+        attempt is still charged for its tokens).
         Errors: PERMISSION_DENIED. Cancelling an unknown or finished stage is not an error.
         """
 
