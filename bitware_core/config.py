@@ -7,6 +7,7 @@ generates them) or are absent.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,9 @@ def _bool(value: str) -> bool:
 
 # Field annotations are strings (postponed evaluation); each names its parser.
 _PARSERS: dict[str, Any] = {"bool": _bool, "int": int, "float": float, "str": str, "Path": Path}
+
+#: Fields that fall back to the variable the `openai` tools themselves read.
+_STANDARD_NAMES = {"openai_api_key": "OPENAI_API_KEY", "openai_base_url": "OPENAI_BASE_URL"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,19 @@ class Settings:
     openai_timeout: float = 60.0
     #: Retries of one model call on 429, 5xx and timeouts.
     openai_max_retries: int = 2
+    #: How replies are held to the structure's JSON schema: `json_schema` (strict structured
+    #: outputs), `json_object_schema` (llama.cpp's grammar), `json_object` (JSON mode, schema in
+    #: the prompt), `prompt` (schema in the prompt only), or `auto`: the strongest the endpoint
+    #: takes, stepping down when it rejects one. Replies are validated in every mode.
+    openai_structured: str = "auto"
+    #: Token budget of one reply (`max_tokens`, always sent; doubled once for a cut-off reply).
+    openai_max_output_tokens: int = 4096
+    #: `frequency_penalty` sent with every call when not 0 (small local models repeat
+    #: themselves); dropped for an endpoint that rejects it.
+    openai_frequency_penalty: float = 0.0
+    #: JSON object merged into every request body, e.g. `{"repeat_penalty": 1.1}` for llama.cpp;
+    #: dropped for an endpoint that rejects a parameter it names.
+    openai_extra_body: str = ""
     #: Granulator: prices per 1M tokens merged over the built-in table, as JSON
     #: `{"model": {"input": 0.15, "output": 0.6}}` (dated model names match by prefix).
     price_table: str = ""
@@ -98,16 +115,31 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Reads `BITWARE_*` variables; keyword overrides win (for tests and the CLI)."""
+        """Reads `BITWARE_*` variables; keyword overrides win (for tests and the CLI). The
+        standard `OPENAI_API_KEY` and `OPENAI_BASE_URL` stand in for unset `BITWARE_` ones."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"BITWARE_{f.name.upper()}")
+            if raw is None and f.name in _STANDARD_NAMES:
+                raw = env.get(_STANDARD_NAMES[f.name])
             if raw is None:
                 continue
             values[f.name] = _PARSERS[str(f.type)](raw)
         values.update(overrides)
         return cls(**values)
+
+    def openai_extra_body_json(self) -> dict[str, Any]:
+        """`openai_extra_body` parsed; ValueError when it is not a JSON object."""
+        if not self.openai_extra_body.strip():
+            return {}
+        try:
+            value = json.loads(self.openai_extra_body)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"BITWARE_OPENAI_EXTRA_BODY is not JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise ValueError("BITWARE_OPENAI_EXTRA_BODY must be a JSON object")
+        return value
 
     @property
     def tls_enabled(self) -> bool:

@@ -1,5 +1,5 @@
-"""The provider interface, shared by the offline and the `openai` provider, and the meter that
-counts what every model call of one stage consumed."""
+"""The provider interface, shared by the offline and the `openai` provider, the meter that
+counts what every model call of one stage consumed, and the record of each call."""
 
 from __future__ import annotations
 
@@ -15,12 +15,42 @@ from granulator_server.pricing import PriceTable
 ProgressCallback = Callable[[int], None]
 
 
+@dataclass
+class CallRecord:
+    """One HTTP call to a model: what was asked, what came back, how long it took and why it
+    was made. The `openai` provider writes one per call, in one place (`OpenAIProvider._send`),
+    to the stage's `UsageMeter.calls`. `request` is the JSON body sent (never the API key,
+    which travels in a header)."""
+
+    endpoint: str
+    model: str
+    #: Structured-output mode (see `providers.formats`).
+    mode: str
+    #: Why the call was made: `first`, or the problem with the previous reply that made us ask
+    #: again (`INVALID_JSON`, `SCHEMA_VIOLATION`, `TRUNCATED`, `RATE_LIMITED`, `FORMAT_REJECTED`…).
+    why: str
+    request: dict[str, Any]
+    #: Seconds since the epoch when the call was sent.
+    started_at: float
+    latency_s: float = 0.0
+    content: str = ""
+    finish_reason: str = ""
+    #: Empty on success; else what failed, e.g. `500: …` or `no reply in 60s`.
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: True when the server sent no usage and the tokens were estimated from the text.
+    estimated: bool = False
+
+
 @dataclass(frozen=True)
 class Generation:
     """A structure produced by a provider and what it cost."""
 
     document: dict[str, Any]
     usage: dict[str, Any] = field(default_factory=dict)
+    #: Every model call made for it (none for the offline provider).
+    calls: tuple[CallRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,8 @@ class UsageMeter:
     completion_tokens: int = 0
     llm_calls: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: Every model call of the stage, in order.
+    calls: list[CallRecord] = field(default_factory=list)
 
     def call(self) -> None:
         self.llm_calls += 1

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from granulator_server.domain import StructureTemplate
-from granulator_server.providers.replies import ReplyError, parse_object
 
 CRITERIA = {
     1: ("overall",),
@@ -61,20 +60,12 @@ def request(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}], schema
 
 
-def read(content: str, level: int) -> tuple[float, dict[str, float], str] | None:
-    """(score 0-100, criterion → 0-1, feedback) from the judge's reply, or None if unusable."""
-    try:
-        verdict = parse_object(content)
-    except ReplyError:
-        return None
-    ratings = verdict.get("ratings")
-    if not isinstance(ratings, dict):
-        return None
-    criteria: dict[str, float] = {}
-    for name in criteria_for(level):
-        value = ratings.get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return None
-        criteria[name] = min(10.0, max(0.0, float(value))) / 10
+def read(verdict: dict[str, Any], level: int) -> tuple[float, dict[str, float], str]:
+    """(score 0-100, criterion → 0-1, feedback) from a verdict that conforms to the schema of
+    `request`."""
+    ratings = verdict["ratings"]
+    criteria = {
+        name: min(10.0, max(0.0, float(ratings[name]))) / 10 for name in criteria_for(level)
+    }
     score = round(100 * sum(criteria.values()) / len(criteria), 1)
     return score, criteria, str(verdict.get("feedback", "")).strip()

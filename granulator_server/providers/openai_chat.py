@@ -1,13 +1,17 @@
 """The `openai` provider: chat completions through the official `openai` client against any
 OpenAI-compatible endpoint (base URL, key, model, timeout and retries from `Settings`).
 
-One stage's generation, as a loop over model calls (every call's tokens go to one `UsageMeter`):
+One stage's generation, as a loop over model calls (every call's tokens go to one `UsageMeter`,
+and every call passes through `_send`, which writes its `CallRecord`):
 
-- Structured outputs first (`response_format` `json_schema`, strict). An endpoint that answers
-  400 to that is asked again in JSON mode (`json_object`) with the schema in the system prompt,
-  and is not offered `json_schema` again by this process; we then validate the reply ourselves.
+- The structured-output mode (`providers.formats`): `json_schema` (strict) first, unless
+  `BITWARE_OPENAI_STRUCTURED` names one. In `auto`, a 400, or a 422/5xx whose body names the
+  `response_format`, makes the same request go out at once in the next weaker mode; a rejection
+  is never retried as if it were an outage, and the mode that works is remembered per endpoint
+  and model. Whatever the mode, the reply is parsed and validated here.
 - The reply streams (`stream_options.include_usage`) so that progress can count the elements
-  produced so far; `stream=False` makes one plain call instead.
+  produced so far; `stream=False` makes one plain call instead. A server that sends no usage
+  has its tokens estimated from the text rather than recorded as free.
 - Malformed JSON (Markdown fences are stripped first) or JSON-schema violations: the model is
   re-asked, at most `max_reasks` times, with the reply and the errors it must fix.
 - `finish_reason=length`: a truncated reply is never continued by appending; the same request is
@@ -17,13 +21,17 @@ One stage's generation, as a loop over model calls (every call's tokens go to on
 - 429, 5xx, timeouts and connection errors are retried up to `max_retries` times by this loop
   (the client's own retries are off so that every attempt is counted and `Retry-After` is
   honoured); then the stage fails as TRANSIENT with the last `retry_after`.
+- `frequency_penalty` and `extra_body` (e.g. llama.cpp's `repeat_penalty`) are sent when
+  configured; an endpoint whose 400/422 names one of them is asked again without them, and they
+  are not sent to it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +39,7 @@ import openai
 from openai import AsyncOpenAI
 
 from bitware_core.config import Settings
-from granulator_server.domain import StructureTemplate, build_prompt, validate
+from granulator_server.domain import StructureTemplate, build_prompt
 from granulator_server.errors import (
     InvalidOutput,
     ProviderMisconfigured,
@@ -40,17 +48,25 @@ from granulator_server.errors import (
     ProviderTransient,
 )
 from granulator_server.pricing import PriceTable
-from granulator_server.providers import judging
-from granulator_server.providers.base import Generation, Judgement, ProgressCallback, UsageMeter
+from granulator_server.providers import formats, judging
+from granulator_server.providers.base import (
+    CallRecord,
+    Generation,
+    Judgement,
+    ProgressCallback,
+    UsageMeter,
+)
+from granulator_server.providers.formats import Message, ModeMemory
 from granulator_server.providers.replies import (
     ElementCounter,
     ReplyError,
+    estimate_tokens,
     parse_object,
     retry_after,
+    schema_problems,
 )
 
 log = logging.getLogger("bitware.granulator.openai")
-Message = dict[str, str]
 _MAX_ERROR_LINES = 15
 
 
@@ -61,6 +77,20 @@ class Reply:
     content: str
     refusal: str
     finish_reason: str
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What a failed call means: `kind` is `format` (the structured-output request was
+    rejected), `extras` (an optional parameter was), `transient` (retry), or `misconfigured` /
+    `rejected` (fail the stage)."""
+
+    kind: str
+    reason: str = ""
+    message: str = ""
+    wait: float | None = None
+    #: For `format`: the body named the format, so the rejection is certain.
+    certain: bool = False
 
 
 class OpenAIProvider:
@@ -76,7 +106,10 @@ class OpenAIProvider:
         max_retries: int = 2,
         prices: PriceTable | None = None,
         stream: bool = True,
+        structured: str = formats.AUTO,
         max_output_tokens: int = 4096,
+        frequency_penalty: float = 0.0,
+        extra_body: dict[str, Any] | None = None,
         truncation_factor: int = 2,
         max_reasks: int = 2,
         backoff: float = 0.5,
@@ -84,20 +117,26 @@ class OpenAIProvider:
         max_retry_wait: float = 30.0,
     ) -> None:
         self.model = model
+        self.base_url = base_url or "https://api.openai.com/v1"
         self.timeout = timeout
         self.max_retries = max_retries
         self.prices = prices or PriceTable()
         self.stream = stream
+        self.modes = ModeMemory(structured)
         self.max_output_tokens = max_output_tokens
+        #: Optional sampling parameters; emptied when the endpoint rejects them.
+        self.extras: dict[str, Any] = dict(extra_body or {})
+        if frequency_penalty:
+            self.extras["frequency_penalty"] = frequency_penalty
         self.truncation_factor = truncation_factor
+        #: Set once the endpoint sent a reply without usage (said in the log once).
+        self._estimating = False
         self.max_reasks = max_reasks
         self.backoff, self.max_backoff, self.max_retry_wait = backoff, max_backoff, max_retry_wait
-        #: False once the endpoint rejected `json_schema`; JSON mode from then on.
-        self.structured = True
         # Local endpoints often need no key, but the client insists on one.
         self.client = AsyncOpenAI(
             api_key=api_key or "no-key",
-            base_url=base_url or None,
+            base_url=self.base_url,
             timeout=timeout,
             max_retries=0,
         )
@@ -111,7 +150,16 @@ class OpenAIProvider:
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
             prices=prices,
+            structured=settings.openai_structured,
+            max_output_tokens=settings.openai_max_output_tokens,
+            frequency_penalty=settings.openai_frequency_penalty,
+            extra_body=settings.openai_extra_body_json(),
         )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What a structured-output mode is remembered for."""
+        return self.base_url, self.model
 
     async def close(self) -> None:
         await self.client.close()
@@ -124,12 +172,11 @@ class OpenAIProvider:
         on_progress: ProgressCallback | None = None,
     ) -> Generation:
         meter = UsageMeter(self.name, self.model, self.prices)
-        granularity = int(spec["granularity"])
         system, user = build_prompt(
             template,
             spec["topic"],
             spec.get("audience", ""),
-            granularity,
+            int(spec["granularity"]),
             dict(spec.get("constraints", {})),
             dict(spec.get("options", {})),
             feedback,
@@ -138,43 +185,17 @@ class OpenAIProvider:
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ]
-        schema_name = f"{template.structure_type}_structure"
-        budget, truncated, reasks = self.max_output_tokens, False, 0
-        while True:
-            reply = await self.complete(
-                messages, schema_name, template.json_schema, budget, meter, on_progress
-            )
-            if reply.finish_reason == "length":
-                if truncated:
-                    raise InvalidOutput(
-                        "TRUNCATED",
-                        f"the reply was cut off at {budget} tokens, even with a larger budget",
-                        usage=meter.as_dict(),
-                    )
-                # Never continue a cut-off reply: ask again from scratch with more room.
-                truncated, budget = True, budget * self.truncation_factor
-                continue
-            try:
-                document = parse_object(reply.content)
-            except ReplyError as error:
-                reason, problems = "INVALID_JSON", [str(error)]
-            else:
-                problems = [
-                    f"{v.path or '/'}: {v.message}"
-                    for v in validate(template, document, granularity)
-                    if v.rule == "schema"
-                ]
-                if not problems:
-                    return Generation(document, meter.as_dict())
-                reason = "SCHEMA_VIOLATION"
-            if reasks >= self.max_reasks:
-                raise InvalidOutput(
-                    reason,
-                    f"no valid structure after {reasks + 1} replies: " + "; ".join(problems[:5]),
-                    usage=meter.as_dict(),
-                )
-            reasks += 1
-            messages = [*messages, *_reask(reply.content, problems)]
+        schema = template.json_schema
+        document = await self.ask_json(
+            messages,
+            f"{template.structure_type}_structure",
+            schema,
+            lambda value: schema_problems(schema, value),
+            self.max_output_tokens,
+            meter,
+            on_progress,
+        )
+        return Generation(document, meter.as_dict(), tuple(meter.calls))
 
     async def judge(
         self,
@@ -185,14 +206,62 @@ class OpenAIProvider:
     ) -> Judgement | None:
         meter = UsageMeter(self.name, self.model, self.prices)
         messages, schema = judging.request(template, spec, document, level)
-        reply = await self.complete(messages, "judgement", schema, 1024, meter, None)
-        verdict = judging.read(reply.content, level)
-        if verdict is None:
-            raise InvalidOutput(
-                "INVALID_JUDGEMENT", "the judge's reply is not a verdict", usage=meter.as_dict()
-            )
-        score, criteria, feedback = verdict
+        verdict = await self.ask_json(
+            messages,
+            "judgement",
+            schema,
+            lambda value: schema_problems(schema, value),
+            min(1024, self.max_output_tokens),
+            meter,
+            None,
+        )
+        score, criteria, feedback = judging.read(verdict, level)
         return Judgement(score, criteria, feedback, meter.as_dict())
+
+    async def ask_json(
+        self,
+        messages: list[Message],
+        schema_name: str,
+        schema: dict[str, Any],
+        problems_of: Callable[[dict[str, Any]], list[str]],
+        budget: int,
+        meter: UsageMeter,
+        on_progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        """A JSON object with no problems (`problems_of`), re-asking with the problems found
+        at most `max_reasks` times; raises InvalidOutput after that."""
+        truncated, reasks, why = False, 0, "first"
+        while True:
+            reply = await self.complete(
+                messages, schema_name, schema, budget, meter, on_progress, why
+            )
+            if reply.finish_reason == "length":
+                if truncated:
+                    raise InvalidOutput(
+                        "TRUNCATED",
+                        f"the reply was cut off at {budget} tokens, even with a larger budget",
+                        usage=meter.as_dict(),
+                    )
+                # Never continue a cut-off reply: ask again from scratch with more room.
+                truncated, budget, why = True, budget * self.truncation_factor, "TRUNCATED"
+                continue
+            try:
+                document = parse_object(reply.content)
+            except ReplyError as error:
+                reason, problems = "INVALID_JSON", [str(error)]
+            else:
+                problems = problems_of(document)
+                if not problems:
+                    return document
+                reason = "SCHEMA_VIOLATION"
+            if reasks >= self.max_reasks:
+                raise InvalidOutput(
+                    reason,
+                    f"no valid structure after {reasks + 1} replies: " + "; ".join(problems[:5]),
+                    usage=meter.as_dict(),
+                )
+            reasks, why = reasks + 1, reason
+            messages = [*messages, *_reask(reply.content, problems)]
 
     async def complete(
         self,
@@ -202,47 +271,23 @@ class OpenAIProvider:
         max_tokens: int,
         meter: UsageMeter,
         on_progress: ProgressCallback | None,
+        why: str = "first",
     ) -> Reply:
-        """One answer, with transient failures retried and refusals raised; every call counted."""
+        """One answer, with transient failures retried, rejected formats stepped down from and
+        refusals raised; every call counted."""
+        mode = self.modes.current(self.key)
+        rejections: list[str] = []
         failures = 0
         while True:
-            meter.call()
+            shaped, response_format = formats.shape(mode, messages, schema_name, schema)
+            request = self._request(shaped, response_format, max_tokens)
             try:
-                async with asyncio.timeout(self.timeout):
-                    reply = await self._call(
-                        self._request(messages, schema_name, schema, max_tokens),
-                        meter,
-                        on_progress,
-                    )
-            except openai.BadRequestError as error:
-                if self.structured:
-                    log.warning("endpoint rejected json_schema; using JSON mode", exc_info=error)
-                    self.structured = False
-                    continue
-                raise ProviderRejected(
-                    "PROVIDER_BAD_REQUEST", _describe(error), usage=meter.as_dict()
-                ) from error
-            except (
-                openai.AuthenticationError,
-                openai.PermissionDeniedError,
-                openai.NotFoundError,
-            ) as error:
-                raise ProviderMisconfigured(
-                    "PROVIDER_MISCONFIGURED", _describe(error), usage=meter.as_dict()
-                ) from error
-            except (openai.RateLimitError, openai.InternalServerError) as error:
-                reason = "RATE_LIMITED" if error.status_code == 429 else "PROVIDER_UNAVAILABLE"
-                wait = retry_after(error.response.headers)
-                message = _describe(error)
-            except openai.APIStatusError as error:  # other 4xx: the request itself is wrong
-                raise ProviderRejected(
-                    "PROVIDER_REJECTED", _describe(error), usage=meter.as_dict()
-                ) from error
-            except (TimeoutError, openai.APITimeoutError):
-                reason, wait, message = "PROVIDER_TIMEOUT", None, f"no reply in {self.timeout}s"
-            except openai.APIError as error:  # connection errors, errors inside a stream
-                reason, wait, message = "PROVIDER_UNREACHABLE", None, _describe(error)
+                reply = await self._send(request, mode, why, meter, on_progress)
+            except (TimeoutError, openai.APIError) as error:
+                failure = self._classify(error, mode)
             else:
+                if rejections:
+                    self.modes.worked(self.key, mode, rejections)
                 if reply.refusal or reply.finish_reason == "content_filter":
                     raise ProviderRefused(
                         "CONTENT_FILTERED" if not reply.refusal else "REFUSED",
@@ -250,74 +295,155 @@ class OpenAIProvider:
                         usage=meter.as_dict(),
                     )
                 return reply
+            if failure.kind == "misconfigured":
+                raise ProviderMisconfigured(failure.reason, failure.message, usage=meter.as_dict())
+            if failure.kind == "rejected":
+                raise ProviderRejected(failure.reason, failure.message, usage=meter.as_dict())
+            if failure.kind == "extras":
+                log.warning(
+                    "the endpoint rejected optional parameters; sending none from now on",
+                    extra={"endpoint": self.base_url, "parameters": sorted(self.extras)},
+                )
+                self.extras, why = {}, "PARAMETERS_REJECTED"
+                continue
+            if failure.kind == "format":
+                if failure.certain:
+                    self.modes.rejected(self.key, mode)
+                weaker = self.modes.weaker(mode)
+                if weaker is None:  # a mode named by configuration
+                    raise ProviderRejected(
+                        "FORMAT_REJECTED",
+                        f"the endpoint rejected structured-output mode {mode} ({failure.message}); "
+                        "BITWARE_OPENAI_STRUCTURED=auto finds one it takes",
+                        usage=meter.as_dict(),
+                    )
+                rejections.append(f"{mode}: {failure.message[:200]}")
+                mode, why = weaker, "FORMAT_REJECTED"
+                continue
             failures += 1
-            delay = wait if wait is not None else self._backoff(failures)
+            delay = failure.wait if failure.wait is not None else self._backoff(failures)
             if failures > self.max_retries or delay > self.max_retry_wait:
                 raise ProviderTransient(
-                    reason,
-                    f"{message} (after {failures} attempts)",
+                    failure.reason,
+                    f"{failure.message} (after {failures} attempts)",
                     retry_after=delay,
                     usage=meter.as_dict(),
                 )
-            log.info("retrying the model call", extra={"reason": reason, "delay_s": delay})
+            log.info("retrying the model call", extra={"reason": failure.reason, "delay_s": delay})
+            why = failure.reason
             await asyncio.sleep(delay)
+
+    def _classify(self, error: TimeoutError | openai.APIError, mode: str) -> _Failure:
+        """What a failed call means."""
+        if isinstance(error, TimeoutError | openai.APITimeoutError):
+            return _Failure("transient", "PROVIDER_TIMEOUT", f"no reply in {self.timeout}s")
+        if not isinstance(error, openai.APIStatusError):  # connection errors, broken streams
+            return _Failure("transient", "PROVIDER_UNREACHABLE", error.message)
+        status, text = error.status_code, _describe(error)
+        if status in (400, 422) and any(name in text for name in self.extras):
+            return _Failure("extras", message=text)
+        if (
+            mode != "prompt"
+            and formats.names_format(text)
+            and (status in (400, 422) or status >= 500)
+        ):
+            return _Failure("format", message=text, certain=True)
+        if mode != "prompt" and status == 400 and self.modes.auto:
+            # A 400 that does not say why: perhaps the format. The weaker mode is remembered
+            # only once it works (if every mode gets a 400, the request itself is wrong).
+            return _Failure("format", message=text)
+        if status in (401, 403, 404):
+            return _Failure("misconfigured", "PROVIDER_MISCONFIGURED", text)
+        if status == 429 or status >= 500:
+            reason = "RATE_LIMITED" if status == 429 else "PROVIDER_UNAVAILABLE"
+            return _Failure("transient", reason, text, retry_after(error.response.headers))
+        # Any other 4xx: the request itself is wrong.
+        reason = "PROVIDER_BAD_REQUEST" if status == 400 else "PROVIDER_REJECTED"
+        return _Failure("rejected", reason, text)
 
     def _backoff(self, failures: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
 
     def _request(
-        self, messages: list[Message], schema_name: str, schema: dict[str, Any], max_tokens: int
+        self, messages: list[Message], response_format: dict[str, Any] | None, max_tokens: int
     ) -> dict[str, Any]:
-        if self.structured:
-            response_format: dict[str, Any] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": schema, "strict": True},
-            }
-        else:
-            # JSON mode does not know the schema, so the prompt carries it.
-            response_format = {"type": "json_object"}
-            first = messages[0]
-            messages = [
-                {
-                    "role": first["role"],
-                    "content": f"{first['content']}\n\nThe JSON must conform to this JSON "
-                    f"schema:\n{json.dumps(schema, separators=(',', ':'))}",
-                },
-                *messages[1:],
-            ]
-        return {
+        request: dict[str, Any] = {
+            **self.extras,
             "model": self.model,
             "messages": messages,
-            "response_format": response_format,
             "max_tokens": max_tokens,
         }
+        if response_format is not None:
+            request["response_format"] = response_format
+        return request
 
-    async def _call(
-        self, request: dict[str, Any], meter: UsageMeter, on_progress: ProgressCallback | None
+    async def _send(
+        self,
+        request: dict[str, Any],
+        mode: str,
+        why: str,
+        meter: UsageMeter,
+        on_progress: ProgressCallback | None,
     ) -> Reply:
-        if not self.stream:
-            response = await self.client.chat.completions.create(**request)
-            if response.usage is not None:
-                meter.add_tokens(response.usage.prompt_tokens, response.usage.completion_tokens)
-            if not response.choices:
-                return Reply("", "", "stop")
-            choice = response.choices[0]
-            return Reply(
-                choice.message.content or "",
-                choice.message.refusal or "",
-                choice.finish_reason or "",
+        """The one place every model call passes through: sends `request`, counts the call and
+        its tokens (estimated when the server sends none) and writes its `CallRecord`."""
+        meter.call()
+        record = CallRecord(self.base_url, self.model, mode, why, request, time.time())
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply, tokens = await (
+                    self._stream(request, on_progress) if self.stream else self._once(request)
+                )
+        except (TimeoutError, openai.APIError) as error:
+            record.error = (
+                f"no reply in {self.timeout}s"
+                if isinstance(error, TimeoutError)
+                else _describe(error)
             )
+            raise
+        finally:
+            record.latency_s = time.monotonic() - started
+            meter.calls.append(record)
+        if tokens is None:
+            # The server sent no usage: an estimate keeps the budget honest rather than
+            # recording the call as free.
+            if not self._estimating:
+                self._estimating = True
+                log.warning("the endpoint sends no usage; estimating tokens from the text")
+            prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
+            tokens = prompt, estimate_tokens(reply.content)
+            record.estimated = True
+        record.prompt_tokens, record.completion_tokens = tokens
+        record.content, record.finish_reason = reply.content, reply.finish_reason
+        meter.add_tokens(*tokens)
+        return reply
+
+    async def _once(self, request: dict[str, Any]) -> tuple[Reply, tuple[int, int] | None]:
+        response = await self.client.chat.completions.create(**_client_args(request))
+        usage = response.usage
+        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+        if not response.choices:
+            return Reply("", "", "stop"), tokens
+        choice = response.choices[0]
+        reply = Reply(
+            choice.message.content or "", choice.message.refusal or "", choice.finish_reason or ""
+        )
+        return reply, tokens
+
+    async def _stream(
+        self, request: dict[str, Any], on_progress: ProgressCallback | None
+    ) -> tuple[Reply, tuple[int, int] | None]:
         stream = await self.client.chat.completions.create(
-            **request, stream=True, stream_options={"include_usage": True}
+            **_client_args(request), stream=True, stream_options={"include_usage": True}
         )
         counter = ElementCounter()
         refusal: list[str] = []
-        finish, counted = "", False
+        finish, tokens = "", None
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
-                    meter.add_tokens(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    counted = True
+                    tokens = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                 for choice in chunk.choices[:1]:
                     if choice.delta.content:
                         before = counter.count
@@ -329,13 +455,7 @@ class OpenAIProvider:
                         finish = choice.finish_reason
         finally:
             await stream.close()
-        if not counted:
-            # The endpoint ignored include_usage; an estimate (four characters a token) keeps
-            # the budget honest rather than recording the call as free.
-            log.warning("the stream carried no usage; estimating tokens")
-            prompt_chars = sum(len(m["content"]) for m in request["messages"])
-            meter.add_tokens(prompt_chars // 4, len(counter.text) // 4)
-        return Reply(counter.text, "".join(refusal), finish)
+        return Reply(counter.text, "".join(refusal), finish), tokens
 
 
 def _reask(content: str, problems: list[str]) -> list[Message]:
@@ -349,10 +469,17 @@ def _reask(content: str, problems: list[str]) -> list[Message]:
             "role": "user",
             "content": "That reply cannot be used:\n"
             f"{listed}\n"
-            "Reply again with the whole structure as one JSON object that conforms to the "
-            "schema, with no Markdown and no text around it.",
+            "Reply again with the whole JSON object, conforming to the schema, with no "
+            "Markdown and no text around it.",
         },
     ]
+
+
+def _client_args(request: dict[str, Any]) -> dict[str, Any]:
+    # The client takes only the parameters it knows by name; the rest (llama.cpp's
+    # `repeat_penalty`, the `schema` inside `response_format`) goes in the body as given.
+    body = {k: v for k, v in request.items() if k not in ("model", "messages")}
+    return {"model": request["model"], "messages": request["messages"], "extra_body": body}
 
 
 def _describe(error: openai.APIError) -> str:

@@ -1,5 +1,7 @@
-"""Reading a model's reply: stripping Markdown fences, parsing JSON, counting elements in a
-partial reply for live progress, and reading a `Retry-After` header."""
+"""Reading a model's reply: stripping Markdown fences, parsing JSON (leniently: small local
+models write raw control characters inside strings and chat around the object), checking it
+against a JSON schema, counting elements in a partial reply for live progress, estimating tokens
+a server did not count, and reading a `Retry-After` header."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from jsonschema import Draft202012Validator
 
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 # Keys that title an element in the six structures (see domain.elements); counting them in the
@@ -27,17 +31,46 @@ def strip_fences(text: str) -> str:
 
 
 def parse_object(text: str) -> dict[str, Any]:
-    """The JSON object in a reply, fences removed. Raises ReplyError with the parser's reason."""
+    """The JSON object in a reply, fences removed. Raises ReplyError with the parser's reason.
+
+    Raw control characters (a newline inside a string) are accepted (`strict=False`), and when
+    the reply is not JSON as a whole, the text from its first `{` to its last `}` is tried (a
+    model without a JSON mode often writes "Here is the JSON:" first)."""
     body = strip_fences(text)
     if not body:
         raise ReplyError("the reply is empty")
     try:
-        value = json.loads(body)
+        value = json.loads(body, strict=False)
     except json.JSONDecodeError as error:
-        raise ReplyError(f"the reply is not valid JSON: {error}") from None
+        start, end = body.find("{"), body.rfind("}")
+        inner = body[start : end + 1] if 0 <= start < end else ""
+        if not inner or inner == body:
+            raise ReplyError(f"the reply is not valid JSON: {error}") from None
+        try:
+            value = json.loads(inner, strict=False)
+        except json.JSONDecodeError:
+            raise ReplyError(f"the reply is not valid JSON: {error}") from None
     if not isinstance(value, dict):
         raise ReplyError(f"the reply is a JSON {type(value).__name__}, not an object")
     return value
+
+
+def schema_problems(schema: dict[str, Any], value: Any) -> list[str]:
+    """Every way `value` breaks `schema`, as `/json/pointer: message`, in document order."""
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(value),
+        key=lambda e: [str(part) for part in e.absolute_path],
+    )
+    return [
+        f"{''.join(f'/{part}' for part in error.absolute_path) or '/'}: {error.message}"
+        for error in errors
+    ]
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in `text` when the server did not say: about four characters a token (English,
+    BPE tokenizers), at least one for any text."""
+    return -(-len(text) // 4)
 
 
 def elements_so_far(partial: str) -> int:

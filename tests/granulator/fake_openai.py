@@ -5,6 +5,10 @@ request per connection). Each request to ``POST /v1/chat/completions`` takes the
 `Step` from the queue: a reply (sent as JSON, or as a server-sent-event stream when the request
 asked for ``stream``), an error status with headers such as ``Retry-After``, or either after a
 delay. Every request body is kept in `requests` for assertions.
+
+`only_modes` makes it a server that takes only some structured-output modes (see
+`granulator_server.providers.formats`), like the real ones: a request in any other mode gets
+the `rejection` step (say, llama.cpp's 500 naming `response_format`) without using the script.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Step:
     refusal: str | None = None
     prompt_tokens: int = 100
     completion_tokens: int = 50
+    #: False: no usage block (plain replies) or chunk (streams), as some local servers do.
     include_usage: bool = True
     status: int = 200
     error: str = ""
@@ -45,9 +50,31 @@ def failure(status: int, message: str = "", **options: Any) -> Step:
     return Step(status=status, error=message or f"status {status}", **options)
 
 
+def request_mode(request: dict[str, Any]) -> str:
+    """The structured-output mode a request body asks for."""
+    response_format = request.get("response_format")
+    if response_format is None:
+        return "prompt"
+    if response_format.get("type") == "json_object":
+        return "json_object_schema" if "schema" in response_format else "json_object"
+    return str(response_format.get("type"))
+
+
+#: How llama-cpp-python's server answers `response_format: json_schema` (a 500 whose body is the
+#: pydantic validation error).
+LLAMA_CPP_REJECTION = Step(
+    status=500,
+    error="1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input "
+    "should be 'text' or 'json_object' [type=literal_error, input_value='json_schema']",
+)
+
+
 class FakeOpenAI:
     def __init__(self) -> None:
         self.script: deque[Step] = deque()
+        #: When set, the structured-output modes this server takes; others get `rejection`.
+        self.only_modes: set[str] | None = None
+        self.rejection = Step(status=400, error="unsupported response_format")
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []
         self._arrived = asyncio.Condition()
@@ -108,7 +135,10 @@ class FakeOpenAI:
         self.arrivals.append(time.monotonic())
         async with self._arrived:
             self._arrived.notify_all()
-        step = self.script.popleft() if self.script else failure(500, "script exhausted")
+        if self.only_modes is not None and request_mode(request) not in self.only_modes:
+            step = self.rejection
+        else:
+            step = self.script.popleft() if self.script else failure(500, "script exhausted")
         if step.delay:
             await asyncio.sleep(step.delay)
         if step.status != 200:
@@ -160,7 +190,7 @@ def _usage(step: Step) -> dict[str, int]:
 
 
 def _completion(request: dict[str, Any], step: Step) -> dict[str, Any]:
-    return {
+    completion: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
@@ -176,8 +206,10 @@ def _completion(request: dict[str, Any], step: Step) -> dict[str, Any]:
                 "finish_reason": step.finish_reason,
             }
         ],
-        "usage": _usage(step),
     }
+    if step.include_usage:
+        completion["usage"] = _usage(step)
+    return completion
 
 
 async def _send(

@@ -17,7 +17,13 @@ from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.conftest import make_client
-from tests.granulator.fake_openai import FakeOpenAI, failure, reply
+from tests.granulator.fake_openai import (
+    LLAMA_CPP_REJECTION,
+    FakeOpenAI,
+    failure,
+    reply,
+    request_mode,
+)
 
 COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
 
@@ -39,18 +45,12 @@ async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[
         await running.stop()
 
 
-async def test_request_runs_on_the_openai_provider_with_counted_usage(
-    openai_mesh: InProcessMesh, fake_openai: FakeOpenAI
-) -> None:
-    document = generate_offline(COURSE, "Compilers", "students", 3, {})
-    fake_openai.add(
-        failure(429, headers={"Retry-After": "0.1"}),
-        reply(document, pieces=16, prompt_tokens=2000, completion_tokens=1000),
-    )
-    client = await make_client(openai_mesh)
+async def run_course(mesh: InProcessMesh) -> list[orchestrator_pb2.ExecutionEvent]:
+    """Creates and executes a course request; the execution's events to its end."""
+    client = await make_client(mesh)
     async with (
-        grpc.aio.insecure_channel(openai_mesh.kam.address) as kam,
-        grpc.aio.insecure_channel(openai_mesh.orchestrator.address) as orchestrator,
+        grpc.aio.insecure_channel(mesh.kam.address) as kam,
+        grpc.aio.insecure_channel(mesh.orchestrator.address) as orchestrator,
     ):
         requests = requests_pb2_grpc.RequestServiceStub(kam)
         created = await requests.CreateRequest(
@@ -76,9 +76,21 @@ async def test_request_runs_on_the_openai_provider_with_counted_usage(
             timeout=30,
         )
         try:
-            events = [m.event async for m in watch]
+            return [m.event async for m in watch]
         finally:
             watch.cancel()
+
+
+async def test_request_runs_on_the_openai_provider_with_counted_usage(
+    openai_mesh: InProcessMesh, fake_openai: FakeOpenAI
+) -> None:
+    document = generate_offline(COURSE, "Compilers", "students", 3, {})
+    fake_openai.add(
+        failure(429, headers={"Retry-After": "0.1"}),
+        reply(document, pieces=16, prompt_tokens=2000, completion_tokens=1000),
+    )
+
+    events = await run_course(openai_mesh)
 
     assert orchestrator_pb2.EventType.Name(events[-1].type) == "EVENT_TYPE_EXECUTION_SUCCEEDED"
     usage = events[-1].usage
@@ -87,3 +99,19 @@ async def test_request_runs_on_the_openai_provider_with_counted_usage(
     assert usage.llm_calls == 2  # the rate-limited call counts too
     assert usage.cost_usd == pytest.approx((2000 * 0.15 + 1000 * 0.60) / 1e6)
     assert fake_openai.requests[1]["stream"] is True
+
+
+async def test_llama_cpp_like_server_that_500s_on_json_schema_serves_the_execution(
+    openai_mesh: InProcessMesh, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.only_modes = {"json_object_schema", "json_object", "prompt"}
+    fake_openai.rejection = LLAMA_CPP_REJECTION
+    document = generate_offline(COURSE, "Compilers", "students", 3, {})
+    fake_openai.add(reply(document, prompt_tokens=800, completion_tokens=600))
+
+    events = await run_course(openai_mesh)
+
+    assert orchestrator_pb2.EventType.Name(events[-1].type) == "EVENT_TYPE_EXECUTION_SUCCEEDED"
+    assert [request_mode(r) for r in fake_openai.requests] == ["json_schema", "json_object_schema"]
+    usage = events[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.llm_calls) == (800, 600, 2)
