@@ -13,19 +13,24 @@ from granulator_server.domain import (
     StructureTemplate,
     build_prompt,
     expected_counts,
+    generate_offline,
     match_template,
 )
 
 COURSE = SEED_TEMPLATES[0]
 
 
-def _objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [schema] if schema.get("type") == "object" else []
+def _nodes(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [schema]
     for sub in schema.get("properties", {}).values():
-        found += _objects(sub)
+        found += _nodes(sub)
     if "items" in schema:
-        found += _objects(schema["items"])
+        found += _nodes(schema["items"])
     return found
+
+
+def _objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node for node in _nodes(schema) if node["type"] == "object"]
 
 
 def test_there_is_one_standard_seed_per_structure_type() -> None:
@@ -39,6 +44,23 @@ def test_seed_schema_is_valid_draft_2020_12_and_strict(template: StructureTempla
     for obj in _objects(template.json_schema):
         assert obj["additionalProperties"] is False
         assert obj["required"] == list(obj["properties"])
+
+
+@pytest.mark.parametrize("template", SEED_TEMPLATES, ids=lambda t: t.name)
+def test_seed_schema_bounds_every_string_and_array_above_what_the_rules_ask(
+    template: StructureTemplate,
+) -> None:
+    nodes = _nodes(template.json_schema)
+    assert all(n["maxLength"] > 0 for n in nodes if n["type"] == "string" and "enum" not in n)
+    assert all(n["maxItems"] > 0 for n in nodes if n["type"] == "array")
+    for rule in template.rules.counts:
+        array = template.json_schema
+        for part in rule.path.split("/"):
+            array = array["items"] if part == "*" else array["properties"][part]
+        assert array["maxItems"] >= max(hi for _, hi in rule.by_granularity)
+    longest_topic = " ".join(["Distributed systems"] * 25)[:500]  # KAM's limit
+    largest = generate_offline(template, longest_topic, "engineers", 5, {})
+    assert list(Draft202012Validator(template.json_schema).iter_errors(largest)) == []
 
 
 @pytest.mark.parametrize("template", SEED_TEMPLATES, ids=lambda t: t.name)
