@@ -57,6 +57,9 @@ class Settings:
     bootstrap_admin_email: str = ""
     #: KAM only: password of the first admin (hashed at once; never stored in plain text).
     bootstrap_admin_password: str = field(default="", repr=False)
+    #: KAM only: capabilities of workers other than the built-in granulator's (`granulate`,
+    #: `validate`), comma-separated; master templates may name only known capabilities.
+    extra_capabilities: str = ""
     #: PEM certificate of this server (and of its client side for mutual TLS). Empty = plaintext.
     tls_cert: str = ""
     #: PEM private key for tls_cert.
@@ -140,6 +143,10 @@ class Settings:
         if not isinstance(value, dict):
             raise ValueError("BITWARE_OPENAI_EXTRA_BODY must be a JSON object")
         return value
+
+    @property
+    def extra_capability_set(self) -> frozenset[str]:
+        return frozenset(filter(None, (c.strip() for c in self.extra_capabilities.split(","))))
 
     @property
     def tls_enabled(self) -> bool:

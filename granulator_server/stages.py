@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bitware_core.db import Database
+from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from granulator_server import jobs, progress, template_store
 from granulator_server.domain import (
     QualityReport,
@@ -36,7 +37,7 @@ from granulator_server.providers.base import UsageMeter
 
 log = logging.getLogger("bitware.granulator.stages")
 JUDGE_WEIGHT = 0.3
-ACTIONS = {"granulate": ("generate",), "validate": ("validate",)}
+ACTIONS = BUILT_IN_CAPABILITIES
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Creating a template with an existing name adds a version; versions never change 
 (requests pin one), except that deprecation marks every version of a name as no longer
 executable. First start installs `<type>_standard` for each structure type and the two-stage
 `course_reviewed` (generate, then an independent validation with a quality gate).
+
+A definition is checked whole (every problem is reported at once): stages numbered 1..N, each
+stage's capability and action known to the mesh (`bitware_core.pipelines`, plus KAM's
+`extra_capabilities`), and a quality gate only where a rerun can change the score: a stage that
+generates regenerates with the gate's feedback, while a review stage would score the same
+document again, so it must say `review_again_below_quality`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
 from bitware_core.errors import Violations
+from bitware_core.pipelines import BUILT_IN_CAPABILITIES, REVIEW_ACTIONS, stage_order_problems
 from bitware_core.sql import Tx, select_rows
 from bitware_core.tiers import TIERS
 from kam_server import audit, models
@@ -59,6 +66,7 @@ class StageInput:
     timeout_s: float = 0.0
     retry_policy: RetryPolicy | None = None
     min_quality_score: float = 0.0
+    review_again_below_quality: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,47 @@ class TemplateInput:
     execution_timeout_s: float = 0.0
 
 
-def _validate(new: TemplateInput) -> list[dict[str, Any]]:
+def _check_stage_kind(
+    problems: Violations, at: str, stage: StageInput, extra_capabilities: frozenset[str]
+) -> None:
+    """The capability and action exist, and a quality gate can change its verdict on a rerun."""
+    actions = BUILT_IN_CAPABILITIES.get(stage.capability)
+    if actions is None:
+        known = sorted({*BUILT_IN_CAPABILITIES, *extra_capabilities})
+        problems.check(
+            stage.capability in extra_capabilities,
+            f"{at}.capability",
+            f"{stage.capability!r} is not a capability the mesh knows ({', '.join(known)}); "
+            "KAM's BITWARE_EXTRA_CAPABILITIES names those of other workers",
+        )
+        return  # the actions of other workers are theirs to check
+    problems.check(
+        stage.action in actions,
+        f"{at}.action",
+        f"must be {' or '.join(actions)} for capability {stage.capability}",
+    )
+    reviews = (stage.capability, stage.action) in REVIEW_ACTIONS
+    problems.check(
+        not reviews or stage.order != 1,
+        f"{at}.order",
+        "a review stage needs an earlier stage whose document it reviews",
+    )
+    problems.check(
+        not reviews or stage.min_quality_score == 0 or stage.review_again_below_quality,
+        f"{at}.review_again_below_quality",
+        "a review stage whose quality gate fails reviews the same document again; set "
+        "review_again_below_quality to say so, or put the gate on the stage that generates it",
+    )
+    problems.check(
+        reviews or not stage.review_again_below_quality,
+        f"{at}.review_again_below_quality",
+        "is only for stages that review an earlier stage's document",
+    )
+
+
+def _validate(
+    new: TemplateInput, extra_capabilities: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """Every problem of a definition at once, as field violations; else the stages as stored."""
     problems = Violations()
     problems.check(
@@ -94,19 +142,19 @@ def _validate(new: TemplateInput) -> list[dict[str, Any]]:
     problems.check(
         new.execution_timeout_s >= 0, "template.execution_timeout", "must not be negative"
     )
-    seen: set[int] = set()
+    for index, problem in stage_order_problems([stage.order for stage in new.stages]):
+        problems.add(f"template.stages[{index}].order", problem)
     stages = []
     for index, stage in enumerate(new.stages):
         at = f"template.stages[{index}]"
-        problems.check(stage.order >= 1, f"{at}.order", "must be at least 1")
-        problems.check(stage.order not in seen, f"{at}.order", f"{stage.order} is used twice")
-        seen.add(stage.order)
         problems.check(
             bool(SNAKE.match(stage.capability)),
             f"{at}.capability",
             "must be lower_snake_case, for example granulate",
         )
         problems.check(bool(SNAKE.match(stage.action)), f"{at}.action", "must be lower_snake_case")
+        if SNAKE.match(stage.capability):
+            _check_stage_kind(problems, at, stage, extra_capabilities)
         problems.check(len(stage.name) <= 100, f"{at}.name", "is too long")
         problems.check(stage.timeout_s >= 0, f"{at}.timeout", "must not be negative")
         problems.check(
@@ -152,14 +200,17 @@ def _validate(new: TemplateInput) -> list[dict[str, Any]]:
                 "timeout_s": stage.timeout_s or DEFAULT_TIMEOUT_S,
                 "retry_policy": retry,
                 "min_quality_score": stage.min_quality_score,
+                "review_again_below_quality": stage.review_again_below_quality,
             }
         )
     problems.raise_if_any()
     return sorted(stages, key=lambda s: int(s["order"]))
 
 
-def _add_version(session: Session, new: TemplateInput) -> models.MasterTemplate:
-    stages = _validate(new)
+def _add_version(
+    session: Session, new: TemplateInput, extra_capabilities: frozenset[str] = frozenset()
+) -> models.MasterTemplate:
+    stages = _validate(new, extra_capabilities)
     latest = session.scalar(
         select(func.max(models.MasterTemplate.version)).where(
             models.MasterTemplate.name == new.name
@@ -180,8 +231,15 @@ def _add_version(session: Session, new: TemplateInput) -> models.MasterTemplate:
     return row
 
 
-def create(session: Session, actor: Principal, new: TemplateInput) -> models.MasterTemplate:
-    row = _add_version(session, new)
+def create(
+    session: Session,
+    actor: Principal,
+    new: TemplateInput,
+    extra_capabilities: frozenset[str] = frozenset(),
+) -> models.MasterTemplate:
+    """Stores `new` as the next version of its name; `extra_capabilities` are those of workers
+    other than the built-in ones (KAM's setting)."""
+    row = _add_version(session, new, extra_capabilities)
     audit.record(
         session,
         actor,
@@ -288,6 +346,7 @@ def _seeds() -> list[TemplateInput]:
                     structure_template="course",
                     timeout_s=60.0,
                     min_quality_score=70.0,
+                    review_again_below_quality=True,
                 ),
             ],
             allowed_tiers=[],

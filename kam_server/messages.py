@@ -144,6 +144,7 @@ def template_to_proto(row: models.MasterTemplate) -> templates_pb2.MasterTemplat
                 non_retryable_errors=stage["retry_policy"]["non_retryable_errors"],
             ),
             min_quality_score=stage.get("min_quality_score", 0.0),
+            review_again_below_quality=stage.get("review_again_below_quality", False),
         )
         for stage in row.stages
     ]
@@ -198,6 +199,7 @@ def template_from_proto(message: templates_pb2.MasterTemplate) -> catalog.Templa
                 else None
             ),
             min_quality_score=stage.min_quality_score,
+            review_again_below_quality=stage.review_again_below_quality,
         )
         for stage in message.stages
     ]

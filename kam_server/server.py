@@ -150,7 +150,7 @@ class KamServer(MeshServer):
             svc(
                 templates_pb2_grpc,
                 "TemplateService",
-                TemplateHandlers(db),
+                TemplateHandlers(db, settings.extra_capability_set),
                 {
                     "CreateMasterTemplate": ADMINS,
                     "GetMasterTemplate": ANYONE,

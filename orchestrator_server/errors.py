@@ -6,7 +6,8 @@ MeshError (bitware_core.errors)
 │   └── WorkerNotFound
 └── FailedPrecondition
     ├── ExecutionFinished      (reason EXECUTION_FINISHED)
-    └── StaleAttempt           (reason STALE_ATTEMPT: a result from an older epoch)
+    ├── StaleAttempt           (reason STALE_ATTEMPT: a result from an older epoch)
+    └── TemplateInvalid        (reason TEMPLATE_INVALID: a stored template that cannot run)
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class ExecutionFinished(FailedPrecondition):
 
 class StaleAttempt(FailedPrecondition):
     reason = "STALE_ATTEMPT"
+
+
+class TemplateInvalid(FailedPrecondition):
+    reason = "TEMPLATE_INVALID"
 
 
 class CorruptPayload(DataLoss):

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.errors import Violations
+from bitware_core.errors import FieldViolation, Violations
+from bitware_core.pipelines import stage_order_problems
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from orchestrator_server import models
-from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound
+from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound, TemplateInvalid
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
@@ -190,6 +191,7 @@ def create(tx: Tx, new: NewExecution) -> str:
     problems.check(1 <= int(new.spec.get("granularity", 0)) <= 5, "spec.granularity", "must be 1-5")
     problems.check(bool(new.client_id), "client_id", "is required")
     problems.raise_if_any()
+    _check_stages(new.template)
     if new.idempotency_key:
         existing = tx.one(
             "SELECT id FROM executions WHERE client_id = :client AND idempotency_key = :key",
@@ -242,6 +244,24 @@ def create(tx: Tx, new: NewExecution) -> str:
     insert_rows(tx, models.Execution, [values_of(execution)])
     insert_rows(tx, models.Stage, [values_of(stage) for stage in stages])
     return execution.id
+
+
+def _check_stages(template: dict[str, Any]) -> None:
+    """KAM validates templates when they are created; this refuses one stored before that rule
+    (or written around KAM) whose stages are not numbered 1..N: each stage queues the one whose
+    order follows it, so a gap would end the execution as succeeded with stages never run."""
+    stages = template["stages"]
+    problems = stage_order_problems([int(stage["order"]) for stage in stages])
+    if stages and not problems:
+        return
+    raise TemplateInvalid(
+        f"master template {template['name']!r} version {template['version']} cannot run: "
+        + ("it has no stages" if not stages else "its stages are not numbered 1..N"),
+        violations=[
+            FieldViolation(f"template.stages[{index}].order", problem)
+            for index, problem in problems
+        ],
+    )
 
 
 def enqueue(stage: models.Stage, priority: int, now: datetime) -> None:

@@ -24,9 +24,14 @@ from bitware.kam.v1 import (
     requests_pb2,
     requests_pb2_grpc,
 )
+from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, start_mesh
 from tests.granulator.fake_openai import FakeOpenAI
 from tests.postgres import PostgresFinder
+
+#: A capability that KAM knows (BITWARE_EXTRA_CAPABILITIES) but no worker of the test mesh
+#: offers: executions of a template that uses it wait in the queue for as long as a test needs.
+PARKED_CAPABILITY = "parked"
 
 #: The session's PostgreSQL (tests/postgres.py says where it comes from); tests create their own
 #: database on it and drop it.
@@ -84,7 +89,9 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
-    running = await start_mesh(tmp_path)
+    running = await start_mesh(
+        tmp_path, Settings(heartbeat_interval=0.5, extra_capabilities=PARKED_CAPABILITY)
+    )
     try:
         yield running
     finally:

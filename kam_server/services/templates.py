@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from bitware.kam.v1 import templates_pb2, templates_pb2_grpc
 from bitware_core.auth import current_principal
+from bitware_core.db import Database
 from bitware_core.errors import Violations
 from kam_server import catalog, messages
 from kam_server.services import Context, Handlers
 
 
 class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):
+    def __init__(self, db: Database, extra_capabilities: frozenset[str]) -> None:
+        super().__init__(db)
+        self.extra_capabilities = extra_capabilities
+
     async def CreateMasterTemplate(
         self, request: templates_pb2.CreateMasterTemplateRequest, context: Context
     ) -> templates_pb2.CreateMasterTemplateResponse:
         actor = current_principal()
         new = messages.template_from_proto(request.template)
-        row = await self.run(lambda s: catalog.create(s, actor, new))
+        row = await self.run(lambda s: catalog.create(s, actor, new, self.extra_capabilities))
         return templates_pb2.CreateMasterTemplateResponse(template=messages.template_to_proto(row))
 
     async def GetMasterTemplate(

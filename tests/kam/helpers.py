@@ -27,7 +27,7 @@ from bitware.kam.v1 import (
     templates_pb2_grpc,
 )
 from bitware_core.mesh import InProcessMesh
-from tests.conftest import Client
+from tests.conftest import PARKED_CAPABILITY, Client
 
 Metadata = tuple[tuple[str, str], ...]
 DetailT = TypeVar("DetailT", bound=Message)
@@ -157,7 +157,7 @@ def template(name: str, *stages: Any, **fields: Any) -> templates_pb2.MasterTemp
 def parked_template(name: str, cost: float = 0.05, **fields: Any) -> templates_pb2.MasterTemplate:
     """A template whose stage needs a capability no worker has: its executions wait in the
     orchestrator's queue, so the request stays running for as long as a test needs."""
-    return template(name, stage(capability="nobody_offers_this"), cost_estimate_usd=cost, **fields)
+    return template(name, stage(capability=PARKED_CAPABILITY), cost_estimate_usd=cost, **fields)
 
 
 async def fails(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+
 import grpc
+from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import templates_pb2
-from tests.conftest import Client
+from tests.conftest import PARKED_CAPABILITY, Client
 from tests.kam.helpers import fails, kam, reason, seconds, stage, template, violated_fields
 
 
@@ -112,7 +118,7 @@ async def test_first_start_installs_one_template_per_structure_type_and_course_r
         "course",
     )
     assert (review.order, review.capability, review.action) == (2, "validate", "validate")
-    assert review.min_quality_score == 70
+    assert review.min_quality_score == 70 and review.review_again_below_quality
 
 
 async def test_a_deprecated_template_cannot_be_executed(client: Client) -> None:
@@ -145,4 +151,124 @@ async def test_a_deprecated_template_cannot_be_executed(client: Client) -> None:
                 templates_pb2.DeprecateMasterTemplateRequest(name="ghost"), metadata=client.admin
             ),
             grpc.StatusCode.NOT_FOUND,
+        )
+
+
+def orders(*numbers: int) -> templates_pb2.MasterTemplate:
+    return template("numbered", *(stage(n) for n in numbers))
+
+
+async def test_stage_orders_must_run_from_one_to_n_without_gaps_or_repeats(
+    client: Client,
+) -> None:
+    async with kam(client.mesh) as k:
+        for numbers, bad in (
+            ((1, 3), {"template.stages[1].order"}),
+            ((1, 2, 2), {"template.stages[2].order"}),
+            ((2,), {"template.stages[0].order"}),
+            ((0, 1), {"template.stages[0].order"}),
+            ((4, 1, 4), {"template.stages[0].order", "template.stages[2].order"}),
+        ):
+            error = await fails(
+                k.create_template(client.admin, orders(*numbers)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            assert violated_fields(error) == bad, numbers
+        # Any listing order is fine when the numbers are 1..N; stages are stored in order.
+        created = await k.create_template(client.admin, orders(2, 1))
+        assert [s.order for s in created.stages] == [1, 2]
+
+
+async def test_grpcurl_sees_a_gapped_template_refused_with_the_field(client: Client) -> None:
+    body = json_format.MessageToJson(
+        templates_pb2.CreateMasterTemplateRequest(template=orders(1, 3))
+    )
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-plaintext",
+        "-format-error",
+        "-H",
+        f"x-bitware-session-token: {client.admin_session}",
+        "-d",
+        body,
+        client.mesh.kam.address,
+        "bitware.kam.v1.TemplateService/CreateMasterTemplate",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0], stderr
+    status = json.loads(stdout or stderr)
+    assert "template.stages[1].order" in status["message"]
+
+
+async def test_a_stage_must_name_a_capability_and_action_the_mesh_knows(client: Client) -> None:
+    async with kam(client.mesh) as k:
+        error = await fails(
+            k.create_template(
+                client.admin,
+                template(
+                    "unknown_work",
+                    stage(1, capability="translate"),
+                    stage(2, capability="granulate", action="validate"),
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violated_fields(error) == {
+            "template.stages[0].capability",
+            "template.stages[1].action",
+        }
+        # BITWARE_EXTRA_CAPABILITIES (the test mesh names one) adds the capabilities of other
+        # workers, whose actions are theirs to check.
+        created = await k.create_template(
+            client.admin,
+            template("other_worker", stage(1), stage(2, capability=PARKED_CAPABILITY, action="x")),
+        )
+        assert created.stages[1].capability == PARKED_CAPABILITY
+
+
+def review(order: int = 2, **fields: object) -> templates_pb2.StageDefinition:
+    return stage(order, capability="validate", action="validate", name="review", **fields)
+
+
+async def test_a_gated_review_stage_must_say_that_it_reviews_the_same_document_again(
+    client: Client,
+) -> None:
+    async with kam(client.mesh) as k:
+        error = await fails(
+            k.create_template(
+                client.admin, template("silent_gate", stage(1), review(min_quality_score=70))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violated_fields(error) == {"template.stages[1].review_again_below_quality"}
+        # A review needs a document from an earlier stage; the flag is for reviews only.
+        error = await fails(
+            k.create_template(
+                client.admin,
+                template(
+                    "misplaced",
+                    review(1),
+                    stage(2, min_quality_score=60, review_again_below_quality=True),
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violated_fields(error) == {
+            "template.stages[0].order",
+            "template.stages[1].review_again_below_quality",
+        }
+        said = await k.create_template(
+            client.admin,
+            template(
+                "said_so",
+                stage(1, min_quality_score=60),
+                review(min_quality_score=70, review_again_below_quality=True),
+            ),
+        )
+        assert said.stages[1].review_again_below_quality
+        # A review without a gate, or a gate on the generating stage, needs nothing more.
+        await k.create_template(
+            client.admin, template("gate_on_generate", stage(1, min_quality_score=70), review())
         )

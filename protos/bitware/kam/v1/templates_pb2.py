@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/kam/v1/templates.proto\x12\x0e\x62itware.kam.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x05 \x03(\t\"\xd4\x02\n\x0fStageDefinition\x12\r\n\x05order\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncapability\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x1a\n\x12structure_template\x18\x05 \x01(\t\x12;\n\x06params\x18\x06 \x03(\x0b\x32+.bitware.kam.v1.StageDefinition.ParamsEntry\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x1b.bitware.kam.v1.RetryPolicy\x12\x19\n\x11min_quality_score\x18\t \x01(\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x02\n\x0eMasterTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x38\n\x0estructure_type\x18\x04 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12/\n\x06stages\x18\x05 \x03(\x0b\x32\x1f.bitware.kam.v1.StageDefinition\x12.\n\rallowed_tiers\x18\x06 \x03(\x0e\x32\x17.bitware.common.v1.Tier\x12\x19\n\x11\x63ost_estimate_usd\x18\x07 \x01(\x01\x12\x12\n\ndeprecated\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11\x65xecution_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\x1b\x43reateMasterTemplateRequest\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"P\n\x1c\x43reateMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"9\n\x18GetMasterTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"M\n\x19GetMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"_\n\x1aListMasterTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1a\n\x12include_deprecated\x18\x03 \x01(\x08\"i\n\x1bListMasterTemplatesResponse\x12\x31\n\ttemplates\x18\x01 \x03(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x1e\x44\x65precateMasterTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x1f\x44\x65precateMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate2\xda\x03\n\x0fTemplateService\x12q\n\x14\x43reateMasterTemplate\x12+.bitware.kam.v1.CreateMasterTemplateRequest\x1a,.bitware.kam.v1.CreateMasterTemplateResponse\x12h\n\x11GetMasterTemplate\x12(.bitware.kam.v1.GetMasterTemplateRequest\x1a).bitware.kam.v1.GetMasterTemplateResponse\x12n\n\x13ListMasterTemplates\x12*.bitware.kam.v1.ListMasterTemplatesRequest\x1a+.bitware.kam.v1.ListMasterTemplatesResponse\x12z\n\x17\x44\x65precateMasterTemplate\x12..bitware.kam.v1.DeprecateMasterTemplateRequest\x1a/.bitware.kam.v1.DeprecateMasterTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/kam/v1/templates.proto\x12\x0e\x62itware.kam.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x05 \x03(\t\"\xf8\x02\n\x0fStageDefinition\x12\r\n\x05order\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncapability\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x1a\n\x12structure_template\x18\x05 \x01(\t\x12;\n\x06params\x18\x06 \x03(\x0b\x32+.bitware.kam.v1.StageDefinition.ParamsEntry\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0cretry_policy\x18\x08 \x01(\x0b\x32\x1b.bitware.kam.v1.RetryPolicy\x12\x19\n\x11min_quality_score\x18\t \x01(\x01\x12\"\n\x1areview_again_below_quality\x18\n \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x02\n\x0eMasterTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x38\n\x0estructure_type\x18\x04 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12/\n\x06stages\x18\x05 \x03(\x0b\x32\x1f.bitware.kam.v1.StageDefinition\x12.\n\rallowed_tiers\x18\x06 \x03(\x0e\x32\x17.bitware.common.v1.Tier\x12\x19\n\x11\x63ost_estimate_usd\x18\x07 \x01(\x01\x12\x12\n\ndeprecated\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11\x65xecution_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\x1b\x43reateMasterTemplateRequest\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"P\n\x1c\x43reateMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"9\n\x18GetMasterTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"M\n\x19GetMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\"_\n\x1aListMasterTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x1a\n\x12include_deprecated\x18\x03 \x01(\x08\"i\n\x1bListMasterTemplatesResponse\x12\x31\n\ttemplates\x18\x01 \x03(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x1e\x44\x65precateMasterTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x1f\x44\x65precateMasterTemplateResponse\x12\x30\n\x08template\x18\x01 \x01(\x0b\x32\x1e.bitware.kam.v1.MasterTemplate2\xda\x03\n\x0fTemplateService\x12q\n\x14\x43reateMasterTemplate\x12+.bitware.kam.v1.CreateMasterTemplateRequest\x1a,.bitware.kam.v1.CreateMasterTemplateResponse\x12h\n\x11GetMasterTemplate\x12(.bitware.kam.v1.GetMasterTemplateRequest\x1a).bitware.kam.v1.GetMasterTemplateResponse\x12n\n\x13ListMasterTemplates\x12*.bitware.kam.v1.ListMasterTemplatesRequest\x1a+.bitware.kam.v1.ListMasterTemplatesResponse\x12z\n\x17\x44\x65precateMasterTemplate\x12..bitware.kam.v1.DeprecateMasterTemplateRequest\x1a/.bitware.kam.v1.DeprecateMasterTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYPOLICY']._serialized_start=148
   _globals['_RETRYPOLICY']._serialized_end=341
   _globals['_STAGEDEFINITION']._serialized_start=344
-  _globals['_STAGEDEFINITION']._serialized_end=684
-  _globals['_STAGEDEFINITION_PARAMSENTRY']._serialized_start=639
-  _globals['_STAGEDEFINITION_PARAMSENTRY']._serialized_end=684
-  _globals['_MASTERTEMPLATE']._serialized_start=687
-  _globals['_MASTERTEMPLATE']._serialized_end=1060
-  _globals['_CREATEMASTERTEMPLATEREQUEST']._serialized_start=1062
-  _globals['_CREATEMASTERTEMPLATEREQUEST']._serialized_end=1141
-  _globals['_CREATEMASTERTEMPLATERESPONSE']._serialized_start=1143
-  _globals['_CREATEMASTERTEMPLATERESPONSE']._serialized_end=1223
-  _globals['_GETMASTERTEMPLATEREQUEST']._serialized_start=1225
-  _globals['_GETMASTERTEMPLATEREQUEST']._serialized_end=1282
-  _globals['_GETMASTERTEMPLATERESPONSE']._serialized_start=1284
-  _globals['_GETMASTERTEMPLATERESPONSE']._serialized_end=1361
-  _globals['_LISTMASTERTEMPLATESREQUEST']._serialized_start=1363
-  _globals['_LISTMASTERTEMPLATESREQUEST']._serialized_end=1458
-  _globals['_LISTMASTERTEMPLATESRESPONSE']._serialized_start=1460
-  _globals['_LISTMASTERTEMPLATESRESPONSE']._serialized_end=1565
-  _globals['_DEPRECATEMASTERTEMPLATEREQUEST']._serialized_start=1567
-  _globals['_DEPRECATEMASTERTEMPLATEREQUEST']._serialized_end=1613
-  _globals['_DEPRECATEMASTERTEMPLATERESPONSE']._serialized_start=1615
-  _globals['_DEPRECATEMASTERTEMPLATERESPONSE']._serialized_end=1698
-  _globals['_TEMPLATESERVICE']._serialized_start=1701
-  _globals['_TEMPLATESERVICE']._serialized_end=2175
+  _globals['_STAGEDEFINITION']._serialized_end=720
+  _globals['_STAGEDEFINITION_PARAMSENTRY']._serialized_start=675
+  _globals['_STAGEDEFINITION_PARAMSENTRY']._serialized_end=720
+  _globals['_MASTERTEMPLATE']._serialized_start=723
+  _globals['_MASTERTEMPLATE']._serialized_end=1096
+  _globals['_CREATEMASTERTEMPLATEREQUEST']._serialized_start=1098
+  _globals['_CREATEMASTERTEMPLATEREQUEST']._serialized_end=1177
+  _globals['_CREATEMASTERTEMPLATERESPONSE']._serialized_start=1179
+  _globals['_CREATEMASTERTEMPLATERESPONSE']._serialized_end=1259
+  _globals['_GETMASTERTEMPLATEREQUEST']._serialized_start=1261
+  _globals['_GETMASTERTEMPLATEREQUEST']._serialized_end=1318
+  _globals['_GETMASTERTEMPLATERESPONSE']._serialized_start=1320
+  _globals['_GETMASTERTEMPLATERESPONSE']._serialized_end=1397
+  _globals['_LISTMASTERTEMPLATESREQUEST']._serialized_start=1399
+  _globals['_LISTMASTERTEMPLATESREQUEST']._serialized_end=1494
+  _globals['_LISTMASTERTEMPLATESRESPONSE']._serialized_start=1496
+  _globals['_LISTMASTERTEMPLATESRESPONSE']._serialized_end=1601
+  _globals['_DEPRECATEMASTERTEMPLATEREQUEST']._serialized_start=1603
+  _globals['_DEPRECATEMASTERTEMPLATEREQUEST']._serialized_end=1649
+  _globals['_DEPRECATEMASTERTEMPLATERESPONSE']._serialized_start=1651
+  _globals['_DEPRECATEMASTERTEMPLATERESPONSE']._serialized_end=1734
+  _globals['_TEMPLATESERVICE']._serialized_start=1737
+  _globals['_TEMPLATESERVICE']._serialized_end=2211
 # @@protoc_insertion_point(module_scope)

@@ -104,18 +104,32 @@ class StageDefinition(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     MIN_QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    REVIEW_AGAIN_BELOW_QUALITY_FIELD_NUMBER: _builtins.int
     order: _builtins.int
-    """The stage's position in the pipeline, unique within the template, from 1."""
+    """The stage's position in the pipeline: a template's N stages are numbered 1..N, each number
+    once.
+    """
     name: _builtins.str
     """A short name, for example `generate`."""
     capability: _builtins.str
-    """The worker capability that runs it, lower_snake_case, for example `granulate`."""
+    """The worker capability that runs it: `granulate`, `validate`, or one that KAM's
+    BITWARE_EXTRA_CAPABILITIES names.
+    """
     action: _builtins.str
-    """The action within the capability, for example `generate` or `validate`."""
+    """The action within the capability: `generate` for `granulate`, `validate` for `validate`."""
     structure_template: _builtins.str
     """The granulator structure template it uses, by name or structure type."""
     min_quality_score: _builtins.float
-    """The lowest acceptable quality score (0 to 100); 0 means no quality gate."""
+    """The lowest acceptable quality score (0 to 100); 0 means no quality gate. An attempt below
+    it runs the stage again with the gate's feedback, up to the retry policy's max_attempts.
+    """
+    review_again_below_quality: _builtins.bool
+    """For a stage that reviews an earlier stage's document (`validate`) and has a quality gate:
+    must be true, saying that a score below the gate reviews the same document again (useful
+    with an LLM judge, whose scores vary; the rules alone score it the same each time). To
+    have a document regenerated until it passes, put the gate on the stage that generates it.
+    Not allowed on other stages.
+    """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra parameters passed to the worker."""
@@ -140,10 +154,11 @@ class StageDefinition(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retry_policy: Global___RetryPolicy | None = ...,
         min_quality_score: _builtins.float = ...,
+        review_again_below_quality: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "capability", b"capability", "min_quality_score", b"min_quality_score", "name", b"name", "order", b"order", "params", b"params", "retry_policy", b"retry_policy", "structure_template", b"structure_template", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "capability", b"capability", "min_quality_score", b"min_quality_score", "name", b"name", "order", b"order", "params", b"params", "retry_policy", b"retry_policy", "review_again_below_quality", b"review_again_below_quality", "structure_template", b"structure_template", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,9 +64,10 @@ class TemplateServiceServicer:
     def CreateMasterTemplate(self, request, context):
         """Creates a template; an existing name gets a new, immutable version.
         Admins only.
-        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
-        order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
-        unknown tiers), PERMISSION_DENIED (not an admin).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, stage
+        orders that are not 1..N without gaps or repeats, an unknown capability or action, a review
+        stage with a quality gate that does not set review_again_below_quality, bad policy numbers,
+        negative timeouts, quality outside 0..100, unknown tiers), PERMISSION_DENIED (not an admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

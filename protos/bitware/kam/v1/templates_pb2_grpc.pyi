@@ -36,9 +36,10 @@ class TemplateServiceStub:
     CreateMasterTemplate: _grpc.UnaryUnaryMultiCallable[_templates_pb2.CreateMasterTemplateRequest, _templates_pb2.CreateMasterTemplateResponse]
     """Creates a template; an existing name gets a new, immutable version.
     Admins only.
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
-    order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
-    unknown tiers), PERMISSION_DENIED (not an admin).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, stage
+    orders that are not 1..N without gaps or repeats, an unknown capability or action, a review
+    stage with a quality gate that does not set review_again_below_quality, bad policy numbers,
+    negative timeouts, quality outside 0..100, unknown tiers), PERMISSION_DENIED (not an admin).
     """
     GetMasterTemplate: _grpc.UnaryUnaryMultiCallable[_templates_pb2.GetMasterTemplateRequest, _templates_pb2.GetMasterTemplateResponse]
     """Returns a template by name, the latest version unless a version is given. Any
@@ -65,9 +66,10 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     CreateMasterTemplate: _aio.UnaryUnaryMultiCallable[_templates_pb2.CreateMasterTemplateRequest, _templates_pb2.CreateMasterTemplateResponse]  # type: ignore[assignment]
     """Creates a template; an existing name gets a new, immutable version.
     Admins only.
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
-    order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
-    unknown tiers), PERMISSION_DENIED (not an admin).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, stage
+    orders that are not 1..N without gaps or repeats, an unknown capability or action, a review
+    stage with a quality gate that does not set review_again_below_quality, bad policy numbers,
+    negative timeouts, quality outside 0..100, unknown tiers), PERMISSION_DENIED (not an admin).
     """
     GetMasterTemplate: _aio.UnaryUnaryMultiCallable[_templates_pb2.GetMasterTemplateRequest, _templates_pb2.GetMasterTemplateResponse]  # type: ignore[assignment]
     """Returns a template by name, the latest version unless a version is given. Any
@@ -97,9 +99,10 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_templates_pb2.CreateMasterTemplateResponse, _abc.Awaitable[_templates_pb2.CreateMasterTemplateResponse]]:
         """Creates a template; an existing name gets a new, immutable version.
         Admins only.
-        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, duplicate
-        order, bad capability format, bad policy numbers, negative timeouts, quality outside 0..100,
-        unknown tiers), PERMISSION_DENIED (not an admin).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (with field violations: empty stages, stage
+        orders that are not 1..N without gaps or repeats, an unknown capability or action, a review
+        stage with a quality gate that does not set review_again_below_quality, bad policy numbers,
+        negative timeouts, quality outside 0..100, unknown tiers), PERMISSION_DENIED (not an admin).
         """
 
     @_abc_1.abstractmethod
