@@ -19,6 +19,10 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class SettingsError(ValueError):
+    """A `BITWARE_*` variable whose value cannot be read; the message names it."""
+
+
 # Field annotations are strings (postponed evaluation); each names its parser.
 _PARSERS: dict[str, Any] = {"bool": _bool, "int": int, "float": float, "str": str, "Path": Path}
 
@@ -128,7 +132,12 @@ class Settings:
                 raw = env.get(_STANDARD_NAMES[f.name])
             if raw is None:
                 continue
-            values[f.name] = _PARSERS[str(f.type)](raw)
+            try:
+                values[f.name] = _PARSERS[str(f.type)](raw)
+            except ValueError:
+                raise SettingsError(
+                    f"BITWARE_{f.name.upper()}={raw!r} is not a valid {f.type}"
+                ) from None
         values.update(overrides)
         return cls(**values)
 

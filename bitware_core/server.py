@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,7 +31,7 @@ from grpc_status import rpc_status
 
 from bitware_core import logs
 from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
-from bitware_core.config import Settings
+from bitware_core.config import Settings, SettingsError
 from bitware_core.context import (
     EXECUTION_ID_HEADER,
     REQUEST_ID_HEADER,
@@ -269,6 +270,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+class ListenError(OSError):
+    """A server (or its metrics endpoint) could not bind its address."""
+
+
+def ready_line(service: str, address: str, metrics_address: str = "") -> str:
+    """`BITWARE_READY <service> <host:port> [metrics=<host:port>]`, printed once a server
+    listens: the bound addresses (port 0 becomes the port chosen), which `bitware up` reads."""
+    line = f"BITWARE_READY {service} {address}"
+    return f"{line} metrics={metrics_address}" if metrics_address else line
+
+
 class MeshServer:
     """A started gRPC server with health and reflection. Use `start()`, then `stop()`."""
 
@@ -295,6 +307,8 @@ class MeshServer:
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
+        #: Where /metrics is served once started (the bound port, when 0 was asked); empty = not.
+        self.metrics_address = ""
 
     @property
     def address(self) -> str:
@@ -315,13 +329,28 @@ class MeshServer:
         )
         bind = f"{self.settings.host}:{self.settings.port}"
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(bind)
-        else:
-            self.port = self.server.add_secure_port(bind, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(bind)
+            else:
+                self.port = self.server.add_secure_port(bind, credentials)
+        except RuntimeError:  # grpc says only "Failed to bind to address"
+            raise ListenError(
+                f"cannot listen on {bind}: the port is in use or the host is not an address of "
+                "this machine"
+            ) from None
         await self.server.start()
         if self.settings.metrics_address:
-            self._metrics_server = await serve_metrics(self.metrics, self.settings.metrics_address)
+            try:
+                self._metrics_server = await serve_metrics(
+                    self.metrics, self.settings.metrics_address
+                )
+            except OSError as error:
+                raise ListenError(
+                    f"cannot serve metrics on {self.settings.metrics_address}: {error.strerror}"
+                ) from None
+            host, port = self._metrics_server.sockets[0].getsockname()[:2]
+            self.metrics_address = f"{host}:{port}"
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -347,8 +376,10 @@ async def run_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"BITWARE_READY {service} {server.address}", flush=True)
-    log.info("serving", extra={"address": server.address})
+    print(ready_line(service, server.address, server.metrics_address), flush=True)
+    log.info(
+        "serving", extra={"address": server.address, "metrics": server.metrics_address or None}
+    )
     await stop.wait()
     log.info("shutting down")
     await server.stop()
@@ -357,14 +388,24 @@ async def run_until_signal(
 
 
 def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
-    """The whole life of a server process: settings from the environment, logs, start, serve
-    until SIGTERM or SIGINT, stop gracefully."""
+    """The whole life of a server process (`python -m <server>`, `bitware serve <server>`):
+    settings from the environment, logs to stderr, start, the ready line, serve until SIGTERM or
+    SIGINT, stop gracefully. A bad setting or an address it cannot bind is one line on stderr
+    and exit code 2."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"{service}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    logs.configure(service, as_json=settings.log_json, level=settings.log_level)
 
     async def run() -> None:
-        settings = Settings.from_env()
-        logs.configure(service, as_json=settings.log_json, level=settings.log_level)
         server = build(settings)
-        await server.start()
+        try:
+            await server.start()
+        except ListenError as error:
+            print(f"{service}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         await run_until_signal(server, service)
 
     asyncio.run(run())

@@ -16,7 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from bitware_core import logs
-from bitware_core.config import Settings
+from bitware_core.config import Settings, SettingsError
+from bitware_core.server import ListenError, ready_line
 from gateway import dashboard, errors, schemas
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
@@ -79,9 +80,11 @@ def bind(settings: Settings) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
-    except OSError:
+    except OSError as error:
         sock.close()
-        raise
+        raise ListenError(
+            f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
+        ) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -140,7 +143,8 @@ async def serve(settings: Settings) -> None:
     await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
     if server.ready.is_set():
-        print(f"BITWARE_READY gateway {server.address}", flush=True)
+        # The gateway serves its own /metrics on its HTTP port.
+        print(ready_line("gateway", server.address, server.address), flush=True)
         log.info("serving", extra={"address": server.address})
     await serving
     if not server.ready.is_set():
@@ -157,11 +161,15 @@ class _PlainUvicornRecords(logging.Filter):
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"gateway: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     logs.configure("gateway", as_json=settings.log_json, level=settings.log_level)
     logging.getLogger("uvicorn.error").addFilter(_PlainUvicornRecords())
     try:
         asyncio.run(serve(settings))
     except (UpstreamNotConfigured, OSError) as error:  # one clear line, not a traceback
-        print(f"gateway: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        print(f"gateway: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

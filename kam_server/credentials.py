@@ -21,7 +21,10 @@ from kam_server.errors import ApiKeyNotFound, WorkerCredentialNotFound
 
 API_KEY_PREFIX = "bwk_"
 WORKER_TOKEN_PREFIX = "bwt_"
-_WORKER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$")
+WORKER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$")
+WORKER_ID_RULE = (
+    "must be 1 to 100 lower-case letters, digits and dashes, not starting or ending with a dash"
+)
 
 
 def _key_manager(actor: Principal) -> None:
@@ -114,12 +117,7 @@ def create_worker_credential(
     session: Session, actor: Principal, worker_id: str, kind: str
 ) -> tuple[models.WorkerCredential, str]:
     problems = Violations()
-    problems.check(
-        bool(_WORKER_ID.match(worker_id)),
-        "worker_id",
-        "must be 1 to 100 lower-case letters, digits and dashes, not starting or ending with "
-        "a dash",
-    )
+    problems.check(bool(WORKER_ID.match(worker_id)), "worker_id", WORKER_ID_RULE)
     problems.check(kind in ("worker", "service"), "kind", "must be worker or service")
     problems.raise_if_any()
     if session.get(models.WorkerCredential, worker_id) is not None:

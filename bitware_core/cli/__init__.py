@@ -1,9 +1,11 @@
 """The `bitware` command.
 
-`up` runs the mesh and `demo` the main job (`cli.mesh`); `run` submits and watches one request
-(`cli.run`); `status`, `workers` and `queue` are what a person checks first when something is
-stuck (`cli.checks`). Errors are one clear line on stderr and a non-zero exit, never a traceback
-(set BITWARE_DEBUG=1 to see one for an unexpected failure).
+`up` runs the mesh and `demo` the main job (`cli.mesh`); `serve` runs one server, the unit of
+deployment (`cli.serve`); `credentials` mints, rotates and revokes worker and service credentials
+(`cli.credentials`); `run` submits and watches one request (`cli.run`); `status`, `workers` and
+`queue` are what a person checks first when something is stuck (`cli.checks`). Errors are one
+clear line on stderr and a non-zero exit, never a traceback (set BITWARE_DEBUG=1 to see one for
+an unexpected failure).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import grpc
 
 from bitware_core.cli.checks import add_checks
 from bitware_core.cli.common import CliError
+from bitware_core.cli.credentials import add_credentials
 from bitware_core.cli.mesh import add_demo, add_up
 from bitware_core.cli.run import add_run
+from bitware_core.cli.serve import add_serve
 
-Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+#: A command: a coroutine run on a fresh event loop, or (`serve`, which runs its own) an exit code.
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]
 
 #: What to tell a person about a status code, beyond the server's own words.
 _HINTS = {
@@ -39,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_up(commands)
     add_demo(commands)
+    add_serve(commands)
+    add_credentials(commands)
     add_run(commands)
     add_checks(commands)
     return root
@@ -54,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler = cast(Handler, args.handler)
     try:
-        return asyncio.run(handler(args))
+        outcome = handler(args)
+        return asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome
     except CliError as error:
         print(f"bitware: {error}", file=sys.stderr)
     except grpc.aio.AioRpcError as error:

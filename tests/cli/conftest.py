@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -184,3 +186,73 @@ def make_client_key(up: Up, name: str = "Acme Learning") -> ClientKey:
 @pytest.fixture(scope="module")
 def client_key(up: Up) -> ClientKey:
     return make_client_key(up)
+
+
+# ---------------------------------------------------------------- `bitware serve`
+
+
+def random_loopback() -> str:
+    """A loopback address no other test is likely to use, so fixed ports cannot collide."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+@dataclass
+class Served:
+    """One `bitware serve NAME` process, its ready line and its log."""
+
+    name: str
+    process: subprocess.Popen[str]
+    log: Path
+    address: str = ""
+    metrics: str = ""
+    ready: str = field(default="", repr=False)
+
+    def wait_ready(self, within: float = 60.0) -> None:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.process.stdout], [], [], 0.5)
+            if readable:
+                line = self.process.stdout.readline()
+                if not line:
+                    break
+                self.ready = line.strip()
+                match = re.fullmatch(
+                    rf"BITWARE_READY {self.name} (\S+)(?: metrics=(\S+))?", line.strip()
+                )
+                assert match, line
+                self.address, self.metrics = match.group(1), match.group(2) or ""
+                return
+        raise AssertionError(f"{self.name} not ready; its log:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+
+
+def serve(name: str, folder: Path, **settings: str) -> Served:
+    log = folder / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bitware_core.cli", "serve", name],
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        env=clean_env(**settings),
+    )
+    served = Served(name, process, log)
+    served.wait_ready()
+    return served
+
+
+def minted(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The BITWARE_WORKER_ID / BITWARE_WORKER_TOKEN lines `credentials create-*` prints."""
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert set(lines) == {"BITWARE_WORKER_ID", "BITWARE_WORKER_TOKEN"}, result.stdout
+    assert "shown only this once" in result.stderr
+    return lines
