@@ -25,10 +25,15 @@ from bitware_core.server import KEEPALIVE_OPTIONS
 
 def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to `target`, over TLS (mutual when this process has a certificate) when a CA is
-    configured, plaintext otherwise."""
+    configured, plaintext otherwise.
+
+    `target` is `host:port` or any gRPC name, such as `dns:///kam.internal:50051`: calls are
+    spread round robin over every address the name resolves to (replicas behind one name, e.g.
+    a Kubernetes headless Service), and an address that stops answering is skipped."""
     options: list[tuple[str, Any]] = [
         *KEEPALIVE_OPTIONS,
         ("grpc.enable_retries", 1),
+        ("grpc.lb_policy_name", "round_robin"),
         # Peers are near: after a refused connection (a server still starting, or restarting),
         # try again soon rather than after gRPC's default 1 s growing to 2 min.
         ("grpc.initial_reconnect_backoff_ms", 100),
