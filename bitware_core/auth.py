@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import argon2
+
 from bitware_core.errors import PermissionDenied, Unauthenticated
 
 API_KEY_HEADER = "x-api-key"
@@ -111,24 +113,48 @@ def new_secret(prefix: str) -> str:
     return f"{prefix}{secrets.token_urlsafe(32)}"
 
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+#: Argon2id with the first of OWASP's equivalent settings (Password Storage Cheat Sheet): 19 MiB
+#: of memory, 2 passes, 1 lane. `argon2-cffi` because hashlib has no Argon2.
+_ARGON2 = argon2.PasswordHasher(
+    time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID
+)
 
 
 def hash_password(password: str) -> str:
-    """A salted scrypt hash, `scrypt$n$r$p$salt$hash` (hex)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+    """A salted Argon2id hash in the PHC format, `$argon2id$v=19$m=19456,t=2,p=1$salt$hash`."""
+    return _ARGON2.hash(password)
 
 
 def verify_password(password: str, stored: str) -> bool:
+    """True when `password` matches `stored`: an Argon2id hash, or a salted scrypt hash
+    (`scrypt$n$r$p$salt$hash`, hex) written before passwords moved to Argon2id."""
+    if stored.startswith("scrypt$"):
+        return _verify_scrypt(password, stored)
+    try:
+        return _ARGON2.verify(stored, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+def password_needs_rehash(stored: str) -> bool:
+    """True for a hash older or weaker than `hash_password` makes now (scrypt, or Argon2 with
+    other parameters): sign-in replaces it while it has the password in hand."""
+    if stored.startswith("scrypt$"):
+        return True
+    try:
+        return _ARGON2.check_needs_rehash(stored)
+    except argon2.exceptions.InvalidHashError:
+        return True
+
+
+def _verify_scrypt(password: str, stored: str) -> bool:
     try:
         _, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
     except ValueError:
         return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
     return secrets.compare_digest(candidate.hex(), digest)
 
 

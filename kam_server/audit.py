@@ -1,5 +1,6 @@
-"""The audit log: who changed what, and when. Admin actions and every key or credential change
-write one event in the same transaction as the change itself; details never hold secrets."""
+"""The audit log: who changed what, and when. Admin actions, every key or credential change and
+every sign-in write one event in the same transaction as the change itself (a failed sign-in in
+a transaction of its own); details never hold secrets."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ def actor_name(actor: Principal) -> str:
     return f"{name} ({ident})" if ident and ident != name else name
 
 
-def record(session: Session, actor: Principal, action: str, target: str, **details: str) -> None:
+def record(
+    session: Session, actor: Principal | str, action: str, target: str, **details: str
+) -> None:
+    """`actor` is the principal, or a name for a caller who has none (a failed sign-in)."""
     session.add(
         models.AuditEvent(
             id=new_id("aud"),
-            actor=actor_name(actor),
+            actor=actor if isinstance(actor, str) else actor_name(actor),
             action=action,
             target=target,
             details={key: str(value) for key, value in details.items()},

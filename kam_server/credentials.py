@@ -1,7 +1,7 @@
 """API keys of client programs and credentials of workers and services.
 
 Each secret is a random value shown once to its creator and stored only as a SHA-256 hash (the
-value has 256 bits of entropy, so a fast hash is enough; passwords get scrypt instead). Every
+value has 256 bits of entropy, so a fast hash is enough; passwords get Argon2id instead). Every
 change is written to the audit log in the same transaction, without the secret.
 """
 

@@ -12,11 +12,18 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bitware_core.auth import Credentials, Principal, hash_password, hash_secret, new_secret
+from bitware_core.auth import (
+    Credentials,
+    Principal,
+    hash_password,
+    hash_secret,
+    new_secret,
+    password_needs_rehash,
+)
 from bitware_core.auth import verify_password as password_matches
 from bitware_core.db import Database, PerEngine, new_id, utcnow
 from bitware_core.errors import Violations
-from kam_server import models
+from kam_server import audit, models
 from kam_server.errors import BadCredential, LoginThrottled
 
 SESSION_LIFETIME = timedelta(hours=24)
@@ -185,11 +192,14 @@ def _email_key(email: str) -> str:
     return hash_secret(f"login:{email}")
 
 
-def login(session: Session, email: str, password: str) -> LoginResult:
+def login(session: Session, email: str, password: str, peer: str = "") -> LoginResult:
     """Signs a user in. A wrong email and a wrong password fail alike (BadCredential); after
     MAX_LOGIN_FAILURES failures in LOGIN_WINDOW for one email, even the right password is refused
     until the window ends. The caller records failures with `record_login_failure` in a
-    transaction of its own (this one rolls back with the error)."""
+    transaction of its own (this one rolls back with the error).
+
+    A success is written to the audit log (`auth.login`, with the caller's address `peer`), and
+    a password hash older or weaker than today's (scrypt) is replaced by an Argon2id one."""
     problems = Violations()
     problems.check(bool(email.strip()), "email", "is required")
     problems.check(bool(password), "password", "is required")
@@ -210,6 +220,10 @@ def login(session: Session, email: str, password: str) -> LoginResult:
         raise BadCredential("wrong email or password")
     if failures is not None:
         session.delete(failures)
+    details = {"peer": peer}
+    if password_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        details["password_rehashed"] = "argon2id"
     token = new_secret(SESSION_PREFIX)
     expires_at = now + SESSION_LIFETIME
     session.add(
@@ -218,13 +232,29 @@ def login(session: Session, email: str, password: str) -> LoginResult:
         )
     )
     user.last_login_at = now
-    return LoginResult(token, expires_at, user_principal(session, user))
+    principal = user_principal(session, user)
+    audit.record(session, principal, "auth.login", f"users/{user.id}", **details)
+    return LoginResult(token, expires_at, principal)
 
 
-def record_login_failure(session: Session, email: str) -> None:
-    """Counts a failed sign-in for `email` (stored hashed: the table reveals no addresses)."""
+def record_login_failure(session: Session, email: str, peer: str, throttled: bool) -> None:
+    """Writes a failed sign-in to the audit log (`auth.login_failed`: the email as given, never
+    the password) and, unless it was refused for throttling, counts it for `email` (stored
+    hashed: the failures table reveals no addresses)."""
+    email = email.strip().lower()
+    user = session.scalar(select(models.User.id).where(models.User.email == email))
+    audit.record(
+        session,
+        email[:200] or "(no email)",
+        "auth.login_failed",
+        f"users/{user}" if user else "users/unknown",
+        peer=peer,
+        reason="throttled" if throttled else "wrong email or password",
+    )
+    if throttled:
+        return
     now = utcnow()
-    key = _email_key(email.strip().lower())
+    key = _email_key(email)
     failures = session.get(models.LoginFailure, key)
     if failures is None:
         session.add(models.LoginFailure(email_hash=key, failures=1, window_start=now))

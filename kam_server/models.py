@@ -1,5 +1,6 @@
 """KAM's tables. Secrets are stored only as hashes: API keys, session and worker tokens as
-SHA-256 of a high-entropy value, passwords as salted scrypt."""
+SHA-256 of a high-entropy value, passwords as salted Argon2id (older scrypt hashes are
+replaced at the next sign-in)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from bitware_core import convert
 from bitware_core.auth import Credentials, current_principal
 from bitware_core.errors import FailedPrecondition, PermissionDenied, Violations
 from kam_server import identity
-from kam_server.errors import BadCredential
+from kam_server.errors import BadCredential, LoginThrottled
 from kam_server.services import Context, Handlers
 
 
@@ -15,11 +15,17 @@ class AuthHandlers(Handlers, auth_pb2_grpc.AuthServiceServicer):
     async def Login(
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
+        peer = context.peer() or ""
         try:
-            result = await self.run(lambda s: identity.login(s, request.email, request.password))
-        except BadCredential:
-            # Counted in a transaction of its own: the failed one rolled back.
-            await self.run(lambda s: identity.record_login_failure(s, request.email))
+            result = await self.run(
+                lambda s: identity.login(s, request.email, request.password, peer)
+            )
+        except (BadCredential, LoginThrottled) as error:
+            # Recorded in a transaction of its own: the failed one rolled back.
+            throttled = isinstance(error, LoginThrottled)
+            await self.run(
+                lambda s: identity.record_login_failure(s, request.email, peer, throttled)
+            )
             raise
         return auth_pb2.LoginResponse(
             session_token=result.token,
