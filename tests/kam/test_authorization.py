@@ -53,6 +53,7 @@ MATRIX: dict[str, set[str]] = {
     "RequestService/GetRequest": READERS,
     "RequestService/ListRequests": READERS,
     "RequestService/ExecuteRequest": {A, C, K},
+    "RequestService/RetryRequest": {A, C, K},
     "RequestService/CancelRequest": {A, C, K},
     "RequestService/RecordExecutionOutcome": {V},
 }
