@@ -54,6 +54,9 @@ class Settings:
     worker_id: str = ""
     #: This process's own token (`authorization: Bearer`). Never logged.
     worker_token: str = field(default="", repr=False)
+    #: A file holding this process's token (a mounted Kubernetes or Docker secret), read at
+    #: start-up when worker_token is empty.
+    worker_token_file: str = ""
     #: KAM only: credentials to install on start, `id:kind:sha256hex` comma-separated (hashes
     #: only; kind is `worker` or `service`).
     bootstrap_credentials: str = ""
@@ -139,6 +142,14 @@ class Settings:
                     f"BITWARE_{f.name.upper()}={raw!r} is not a valid {f.type}"
                 ) from None
         values.update(overrides)
+        if values.get("worker_token_file") and not values.get("worker_token"):
+            path = Path(values["worker_token_file"])
+            try:
+                values["worker_token"] = path.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise SettingsError(
+                    f"BITWARE_WORKER_TOKEN_FILE={path}: cannot read it: {error.strerror}"
+                ) from None
         return cls(**values)
 
     def openai_extra_body_json(self) -> dict[str, Any]:

@@ -6,6 +6,8 @@ deployment (`cli.serve`); `credentials` mints, rotates and revokes worker and se
 `queue` are what a person checks first when something is stuck (`cli.checks`). Errors are one
 clear line on stderr and a non-zero exit, never a traceback (set BITWARE_DEBUG=1 to see one for
 an unexpected failure).
+
+`migrate` and `health` are what a deployment runs beside each server (`cli.deploy`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import grpc
 from bitware_core.cli.checks import add_checks
 from bitware_core.cli.common import CliError
 from bitware_core.cli.credentials import add_credentials
+from bitware_core.cli.deploy import add_deploy
 from bitware_core.cli.mesh import add_demo, add_up
 from bitware_core.cli.run import add_run
 from bitware_core.cli.serve import add_serve
@@ -48,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     add_credentials(commands)
     add_run(commands)
     add_checks(commands)
+    add_deploy(commands)
     return root
 
 
