@@ -33,7 +33,7 @@ from granulator_server.domain.offline import generate_offline
 from granulator_server.domain.validation import INTEGRITY_RULES
 from granulator_server.errors import InvalidStageInput, StageFailure
 from granulator_server.providers import Provider, add_usage
-from granulator_server.providers.base import UsageMeter
+from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
 log = logging.getLogger("bitware.granulator.stages")
 JUDGE_WEIGHT = 0.3
@@ -135,13 +135,18 @@ class StageRunner:
                 known_new=job_known_new,
             )
         )
+        meters = track_meters()  # this runs in the attempt's own task, so its own context
         try:
             if work.action == "validate":
                 return await self._validate(work, job.id, stage_log)
             return await self._generate(work, job.id, stage_log)
         except asyncio.CancelledError:
+            # Stopped by a cancel or the stage's timeout: what the model calls consumed so far
+            # is kept on the job, and `Cancel` answers with it.
+            used = usage_of(meters)
+            cancelled = {**CANCELLED, "usage": used}
             await self.db.run_tx(
-                lambda tx: jobs.fail(tx, job.id, "cancelled", "cancelled", CANCELLED)
+                lambda tx: jobs.fail(tx, job.id, "cancelled", "cancelled", cancelled, used)
             )
             stage_log.add(progress.CANCELLED, "cancelled", 1.0)
             raise
@@ -149,7 +154,9 @@ class StageRunner:
             outcome = failure_outcome(failure)
         except Exception as error:  # a bug: reported as INTERNAL so the stage can be retried
             log.exception("stage failed", extra={"job": job.id})
-            outcome = failure_outcome(StageFailure("WORKER_ERROR", f"{type(error).__name__}"))
+            outcome = failure_outcome(
+                StageFailure("WORKER_ERROR", f"{type(error).__name__}", usage=usage_of(meters))
+            )
         message = outcome["error"]["message"]
         await self.db.run_tx(
             lambda tx: jobs.fail(tx, job.id, "failed", message, outcome, outcome["usage"])

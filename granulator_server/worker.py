@@ -282,18 +282,23 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
     ) -> worker_pb2.CancelResponse:
         key = _key(request.stage)
         offer = self.offers.get(key)
-        if offer is None:
-            return worker_pb2.CancelResponse(cancelled=False)
-        if offer.task is not None:
-            offer.task.cancel()
-            await asyncio.gather(offer.task, return_exceptions=True)
-        else:
+        if offer is not None and offer.task is None:
             del self.offers[key]
             if offer.expiry is not None:
                 offer.expiry.cancel()
             reason = request.reason or "cancelled before it started"
             self.progress.open(key).add(progress.CANCELLED, reason, 1.0)
-        return worker_pb2.CancelResponse(cancelled=True)
+            return worker_pb2.CancelResponse(cancelled=True)
+        if offer is not None and offer.task is not None:
+            offer.task.cancel()
+            await asyncio.gather(offer.task, return_exceptions=True)
+        # The attempt's job holds what it consumed: up to the cancel, or in full when it had
+        # finished already (the caller still owes it).
+        stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
+        usage = stored.usage if stored is not None else {}
+        return worker_pb2.CancelResponse(
+            cancelled=offer is not None, usage=convert.usage_to_proto(usage)
+        )
 
 
 def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:

@@ -18,12 +18,11 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from bitware_core.db import utcnow
-from bitware_core.sql import Tx
+from bitware_core import money
+from bitware_core.db import new_id, utcnow
+from bitware_core.sql import Tx, insert_rows, select_rows
 from kam_server import models
 from kam_server.errors import BudgetExceeded
-
-_USAGE_SUMS = ("prompt_tokens", "completion_tokens", "worker_time_ms", "llm_calls")
 
 
 def month_start(now: datetime | None = None) -> datetime:
@@ -75,11 +74,86 @@ def release(row: models.ClientRequest) -> None:
 def charge(row: models.ClientRequest, cost_usd: float, usage: dict[str, Any]) -> None:
     """Charges the actual cost and releases the reservation. `cost_usd` and `usage` are those
     of every run of the request's execution so far (a retry adds to them), so they replace what
-    an earlier run charged; `requests.record_outcome` decides whether a report is charged."""
-    row.cost_usd = max(0.0, cost_usd)
-    row.usage = usage
+    an earlier run charged; `requests.record_outcome` decides whether a report is charged. The
+    cost is whole micro-dollars (`usage.cost_micros`, else `cost_usd` rounded)."""
+    micros = max(0, money.micros_of({**usage, "cost_usd": cost_usd}))
+    row.cost_usd = money.to_usd(micros)
+    row.usage = money.priced(usage, micros)
     row.charged_at = utcnow()
     row.reserved_usd = 0.0
+
+
+def recharge(row: models.ClientRequest, cost_usd: float, usage: dict[str, Any]) -> bool:
+    """A settled run reported again with more usage (attempts stopped by a cancel or a timeout
+    report what they spent after the run ended): the charge rises to the new total, in the
+    month it was first charged. Returns whether anything changed; a total never goes down."""
+    micros = money.micros_of({**usage, "cost_usd": cost_usd})
+    tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+    charged = int(row.usage.get("prompt_tokens", 0)) + int(row.usage.get("completion_tokens", 0))
+    if micros <= money.to_micros(row.cost_usd) and tokens <= charged:
+        return False
+    row.cost_usd = money.to_usd(micros)
+    row.usage = money.priced(usage, micros)
+    return True
+
+
+#: Shares of the monthly budget whose crossing is written to the audit log, once a month each.
+ALERT_PERCENTS = (80, 100)
+
+
+def spent_this_month_micros(tx: Tx, client_id: str) -> int:
+    """What the client was charged this month, in micro-dollars: each request's charge is a
+    whole number of micro-dollars (see `bitware_core.money`), so they add up exactly."""
+    rows = tx.all(
+        "SELECT cost_usd FROM requests WHERE client_id = :id AND charged_at >= :start",
+        {"id": client_id, "start": tx.ts(month_start())},
+    )
+    return sum(money.to_micros(cost) for (cost,) in rows)
+
+
+def budget_alerts(tx: Tx, client_id: str) -> list[int]:
+    """Writes a `budget.threshold` audit event for each of `ALERT_PERCENTS` of the client's
+    monthly budget that its spend has reached and that has no event yet this month; returns
+    the percentages alerted now. Runs in the charging transaction, with the request row
+    locked, so two charges cannot both write the same alert."""
+    [budget] = tx.one("SELECT monthly_budget_usd FROM clients WHERE id = :id", {"id": client_id})
+    budget_micros = money.to_micros(budget)
+    if budget_micros <= 0:
+        return []
+    spent = spent_this_month_micros(tx, client_id)
+    target = f"clients/{client_id}"
+    already = {
+        event.details.get("percent")
+        for event in select_rows(
+            tx,
+            models.AuditEvent,
+            "action = 'budget.threshold' AND target = :target AND at >= :start",
+            {"target": target, "start": tx.ts(month_start())},
+        )
+    }
+    alerted = [
+        percent
+        for percent in ALERT_PERCENTS
+        if spent * 100 >= budget_micros * percent and str(percent) not in already
+    ]
+    events = [
+        {
+            "id": new_id("aud"),
+            "at": utcnow(),
+            "actor": "kam",
+            "action": "budget.threshold",
+            "target": target,
+            "details": {
+                "percent": str(percent),
+                "spent_usd": f"{money.to_usd(spent):.6f}",
+                "monthly_budget_usd": f"{budget:.2f}",
+                "month": month_start().strftime("%Y-%m"),
+            },
+        }
+        for percent in alerted
+    ]
+    insert_rows(tx, models.AuditEvent, events)
+    return alerted
 
 
 @dataclass
@@ -87,23 +161,23 @@ class Line:
     """Spend on one template or request."""
 
     key: str
-    spent_usd: float = 0.0
+    spent_micros: int = 0
     reserved_usd: float = 0.0
     executions: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spent_usd(self) -> float:
+        return money.to_usd(self.spent_micros)
 
     def add(self, row: models.ClientRequest, counted: bool) -> None:
         self.reserved_usd += row.reserved_usd
         self.executions += 1
         if not counted:
             return
-        self.spent_usd += row.cost_usd
-        for name in _USAGE_SUMS:
-            self.usage[name] = int(self.usage.get(name, 0)) + int(row.usage.get(name, 0) or 0)
-        self.usage["cost_usd"] = float(self.usage.get("cost_usd", 0.0)) + row.cost_usd
-        for name in ("model", "provider"):
-            if row.usage.get(name):
-                self.usage[name] = row.usage[name]
+        charged = money.to_micros(row.cost_usd)
+        self.spent_micros += charged
+        self.usage = money.add_usage(self.usage, money.priced(row.usage, charged))
 
 
 @dataclass
@@ -157,7 +231,7 @@ def month_usage(session: Session, client: models.Client) -> MonthUsage:
     return MonthUsage(
         client_id=client.id,
         monthly_budget_usd=client.monthly_budget_usd,
-        spent_usd=sum(line.spent_usd for line in requests),
+        spent_usd=money.to_usd(sum(line.spent_micros for line in requests)),
         reserved_usd=sum(line.reserved_usd for line in requests),
         requests_this_month=int(created or 0),
         by_template=sorted(templates.values(), key=lambda line: line.key),

@@ -329,7 +329,15 @@ def record_outcome(
         )
     newer = retries > row.retries
     settled = row.charged_at is not None and row.settled_retries == row.retries
-    if row.status == "pending" or retries < row.retries or (settled and not newer):
+    if row.status == "pending" or retries < row.retries:
+        return row
+    if settled and not newer:
+        # The same run again: only its usage may have grown (attempts stopped by a cancel or
+        # a timeout report what they spent after the run ended).
+        if ledger.recharge(row, cost_usd, usage):
+            row.updated_at = utcnow()
+            update_row(tx, row, "cost_usd", "usage", "updated_at")
+            ledger.budget_alerts(tx, row.client_id)
         return row
     follows = row.status == "running" or (newer and row.status == "failed")
     row.execution_id = execution_id
@@ -355,6 +363,7 @@ def record_outcome(
         "settled_retries",
         "updated_at",
     )
+    ledger.budget_alerts(tx, row.client_id)
     return row
 
 

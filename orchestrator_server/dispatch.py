@@ -26,6 +26,7 @@ from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.metrics import Registry
+from bitware_core.money import micros_of
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
@@ -195,7 +196,7 @@ class Dispatcher:
                 if reclaimed:
                     self.wake.set()
                 for _, running in expired:
-                    await self.cancel_running(running)
+                    await self.cancel_running(running, "timed_out")
                 await self.report_outcomes()
             except Exception:
                 log.exception("housekeeping round failed")
@@ -267,7 +268,10 @@ class Dispatcher:
                 return
             await self.db.run_tx(
                 functools.partial(
-                    outcomes.mark_reported, execution_id=execution.id, retries=execution.retries
+                    outcomes.mark_reported,
+                    execution_id=execution.id,
+                    retries=execution.retries,
+                    cost_micros=micros_of(execution.usage),
                 )
             )
         finally:
@@ -306,6 +310,8 @@ class Dispatcher:
     ) -> None:
         """Records a failed attempt; the retry policy decides what follows."""
         await self._record(
+            claim,
+            usage or {},
             lambda tx: outcomes.record_failure(
                 tx,
                 claim,
@@ -315,11 +321,21 @@ class Dispatcher:
                 retry_after=retry_after,
                 usage=usage or {},
                 status=status,
-            )
+            ),
         )
 
-    async def _record(self, work: Callable[[Tx], Any]) -> None:
-        finished = await self._db(work)
+    async def _record(
+        self, claim: queue.Claim, usage: dict[str, Any], work: Callable[[Tx], Any]
+    ) -> None:
+        """Records an attempt's outcome. One that comes too late (the execution was cancelled
+        or ran out of time meanwhile) is refused, but what it cost was spent: that is still
+        counted before StaleAttempt goes on."""
+        try:
+            finished = await self._db(work)
+        except StaleAttempt:
+            if usage:
+                await self._db(lambda tx: outcomes.record_stopped(tx, claim, "abandoned", usage))
+            raise
         if isinstance(finished, outcomes.Finished):
             if finished.retry_reason:
                 self._retries.inc(finished.retry_reason)
@@ -383,6 +399,8 @@ class Dispatcher:
         final: bool = False,
     ) -> None:
         await self._record(
+            claim,
+            {},
             lambda tx: outcomes.record_decline(
                 tx, claim, worker_id, reason, message, wait, final=final
             ),
@@ -452,7 +470,9 @@ class Dispatcher:
             reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
             message = error.details() or error.code().name
             status = "timed_out" if timed_out else "failed"
-            await self._fail(claim, "TRANSIENT", reason, message, status=status)
+            # Out of time: the worker is told to stop and says what the attempt used so far.
+            spent = await self._stop(stub, claim, "stage timeout") if timed_out else {}
+            await self._fail(claim, "TRANSIENT", reason, message, status=status, usage=spent)
             return
         finally:
             self._stage_seconds.observe(
@@ -480,6 +500,8 @@ class Dispatcher:
                 ],
             }
             await self._record(
+                claim,
+                usage,
                 lambda tx: outcomes.record_result(
                     tx,
                     claim,
@@ -545,22 +567,38 @@ class Dispatcher:
             finally:
                 writer.cancel()
 
-    async def cancel_running(self, stage_ids: list[str]) -> None:
-        """Tells the workers of cancelled stages to stop, then stops waiting for them."""
+    async def _stop(
+        self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim, reason: str
+    ) -> dict[str, Any]:
+        """Tells the worker to stop the attempt; returns what the attempt consumed, as the
+        worker reports it (empty when the worker cannot be reached)."""
+        try:
+            answer = await stub.Cancel(
+                worker_pb2.CancelRequest(stage=self._ref(claim), reason=reason),
+                timeout=self.settings.rpc_timeout,
+                metadata=service_metadata(self.settings),
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "worker cancel failed", extra={"stage": claim.stage_id, "code": error.code().name}
+            )
+            return {}
+        return convert.usage_from_proto(answer.usage)
+
+    async def cancel_running(self, stage_ids: list[str], reason: str = "cancelled") -> None:
+        """Tells the workers of stopped stages (`reason`: cancelled or timed_out) to stop, records
+        what their attempts consumed, then stops waiting for them."""
         for stage_id in stage_ids:
             entry = self.running.get(stage_id)
             if entry is None:
                 continue
             task, claim, address = entry
+            spent = {}
             if address:
-                try:
-                    await self.stub(address).Cancel(
-                        worker_pb2.CancelRequest(
-                            stage=self._ref(claim), reason="execution cancelled"
-                        ),
-                        timeout=self.settings.rpc_timeout,
-                        metadata=service_metadata(self.settings),
-                    )
-                except grpc.aio.AioRpcError as error:
-                    log.warning("worker cancel failed", extra={"code": error.code().name})
+                why = "execution cancelled" if reason == "cancelled" else "execution timed out"
+                spent = await self._stop(self.stub(address), claim, why)
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self._db(
+                functools.partial(outcomes.record_stopped, claim_=claim, status=reason, usage=spent)
+            )

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import utcnow
+from bitware_core.money import add_usage, micros_of
 from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
@@ -152,17 +153,6 @@ def _backoff(policy: dict[str, Any], attempt: int, hint: float) -> float:
     delay = min(cap, base * factor ** max(0, attempt - 1))
     delay = random.uniform(delay / 2, delay)  # jitter spreads retries of many stages apart
     return max(delay, hint)
-
-
-def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(total)
-    for key in ("prompt_tokens", "completion_tokens", "worker_time_ms", "llm_calls"):
-        merged[key] = int(merged.get(key, 0)) + int(usage.get(key, 0))
-    merged["cost_usd"] = float(merged.get("cost_usd", 0.0)) + float(usage.get("cost_usd", 0.0))
-    for key in ("model", "provider"):
-        if usage.get(key):
-            merged[key] = usage[key]
-    return merged
 
 
 @dataclass(frozen=True)
@@ -399,6 +389,43 @@ def _fail_stage(
     )
 
 
+def record_stopped(tx: Tx, claim_: Claim, status: str, usage: dict[str, Any]) -> bool:
+    """An attempt the orchestrator stopped (its execution was cancelled or ran out of time) or
+    whose result came too late (stale): it ends with the usage its worker reported, and that
+    usage is added to its stage and execution all the same, since it was spent. Only the first
+    report of an attempt counts, so nothing is added twice. When the execution had already
+    been reported to KAM, it is reported again with the larger total. Returns whether the
+    attempt was still open."""
+    [execution] = select_rows(
+        tx,
+        models.Execution,
+        "id = (SELECT execution_id FROM stages WHERE id = :id)",
+        {"id": claim_.stage_id},
+        tx.lock(),
+    )
+    [stage] = select_rows(tx, models.Stage, "id = :id", {"id": claim_.stage_id}, tx.lock())
+    ended = tx.execute(
+        "UPDATE attempts SET status = :status, usage = :usage, ended_at = :now"
+        " WHERE stage_id = :id AND epoch = :epoch AND ended_at IS NULL",
+        {
+            "status": status,
+            "usage": tx.json(usage),
+            "now": tx.ts(utcnow()),
+            "id": stage.id,
+            "epoch": claim_.epoch,
+        },
+    )
+    if ended.rowcount != 1:
+        return False
+    if usage:
+        stage.usage = add_usage(stage.usage, usage)
+        execution.usage = add_usage(execution.usage, usage)
+        execution.outcome_reported = False  # KAM hears the new total (or its first report)
+        update_row(tx, stage, "usage")
+        update_row(tx, execution, "usage", "outcome_reported")
+    return True
+
+
 def unreported(tx: Tx) -> list[models.Execution]:
     return select_rows(
         tx,
@@ -409,10 +436,13 @@ def unreported(tx: Tx) -> list[models.Execution]:
     )
 
 
-def mark_reported(tx: Tx, execution_id: str, retries: int) -> None:
+def mark_reported(tx: Tx, execution_id: str, retries: int, cost_micros: int) -> None:
     """Marks the run's outcome reported, unless the execution was retried meanwhile (then the
-    new run's outcome is still to be reported)."""
-    tx.execute(
-        "UPDATE executions SET outcome_reported = :yes WHERE id = :id AND retries = :retries",
-        {"yes": True, "id": execution_id, "retries": retries},
-    )
+    new run's outcome is still to be reported) or its usage grew after the report was sent (a
+    stopped attempt's usage arrived: KAM must hear the new total)."""
+    rows = select_rows(tx, models.Execution, "id = :id", {"id": execution_id}, tx.lock())
+    if rows and rows[0].retries == retries and micros_of(rows[0].usage) == cost_micros:
+        tx.execute(
+            "UPDATE executions SET outcome_reported = :yes WHERE id = :id",
+            {"yes": True, "id": execution_id},
+        )

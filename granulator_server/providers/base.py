@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bitware_core import money
 from granulator_server.domain import StructureTemplate
 from granulator_server.pricing import PriceTable
 
@@ -89,6 +91,27 @@ class Provider(Protocol):
         ...
 
 
+#: The meters made while one stage attempt runs (see `track_meters`).
+_METERS: ContextVar[list[UsageMeter] | None] = ContextVar("bitware_usage_meters", default=None)
+
+
+def track_meters() -> list[UsageMeter]:
+    """From now on in this context (one stage attempt's task), every new `UsageMeter` is also
+    put in the returned list, so that an attempt stopped midway can still say what its model
+    calls consumed so far (`usage_of`)."""
+    meters: list[UsageMeter] = []
+    _METERS.set(meters)
+    return meters
+
+
+def usage_of(meters: list[UsageMeter]) -> dict[str, Any]:
+    """What the tracked meters counted, together."""
+    total: dict[str, Any] = {}
+    for meter in meters:
+        total = add_usage(total, meter.as_dict())
+    return total
+
+
 @dataclass
 class UsageMeter:
     """Tokens, calls and time of one stage, summed over every call (retries and re-asks too)."""
@@ -103,6 +126,11 @@ class UsageMeter:
     #: Every model call of the stage, in order.
     calls: list[CallRecord] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        tracked = _METERS.get()
+        if tracked is not None:
+            tracked.append(self)
+
     def call(self) -> None:
         self.llm_calls += 1
 
@@ -116,15 +144,15 @@ class UsageMeter:
             if self.prices is not None
             else 0.0
         )
-        return {
+        usage = {
             "provider": self.provider,
             "model": self.model,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "cost_usd": cost,
             "llm_calls": self.llm_calls,
             "worker_time_ms": int((time.monotonic() - self.started) * 1000),
         }
+        return money.priced(usage, money.to_micros(cost))
 
 
 def add_usage(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +161,4 @@ def add_usage(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
         return dict(second)
     if not second:
         return dict(first)
-    total = dict(first)
-    for key in ("prompt_tokens", "completion_tokens", "llm_calls", "worker_time_ms"):
-        total[key] = int(first.get(key, 0)) + int(second.get(key, 0))
-    total["cost_usd"] = float(first.get("cost_usd", 0.0)) + float(second.get("cost_usd", 0.0))
-    return total
+    return money.add_usage(first, second)

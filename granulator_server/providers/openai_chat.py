@@ -390,11 +390,22 @@ class OpenAIProvider:
         meter.call()
         record = CallRecord(self.base_url, self.model, mode, why, request, time.time())
         started = time.monotonic()
+        received = ElementCounter()  # what a streamed reply has brought so far
         try:
             async with asyncio.timeout(self.timeout):
                 reply, tokens = await (
-                    self._stream(request, on_progress) if self.stream else self._once(request)
+                    self._stream(request, on_progress, received)
+                    if self.stream
+                    else self._once(request)
                 )
+        except asyncio.CancelledError:
+            # The attempt was stopped (a cancel or the stage's timeout) before the server said
+            # what this call used: what was sent and what arrived is counted, estimated.
+            prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
+            record.prompt_tokens, record.completion_tokens = prompt, estimate_tokens(received.text)
+            record.estimated, record.error = True, "cancelled"
+            meter.add_tokens(record.prompt_tokens, record.completion_tokens)
+            raise
         except (TimeoutError, openai.APIError) as error:
             record.error = (
                 f"no reply in {self.timeout}s"
@@ -432,12 +443,14 @@ class OpenAIProvider:
         return reply, tokens
 
     async def _stream(
-        self, request: dict[str, Any], on_progress: ProgressCallback | None
+        self,
+        request: dict[str, Any],
+        on_progress: ProgressCallback | None,
+        counter: ElementCounter,
     ) -> tuple[Reply, tuple[int, int] | None]:
         stream = await self.client.chat.completions.create(
             **_client_args(request), stream=True, stream_options={"include_usage": True}
         )
-        counter = ElementCounter()
         refusal: list[str] = []
         finish, tokens = "", None
         try:

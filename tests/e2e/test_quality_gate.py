@@ -146,11 +146,11 @@ async def _assert_failed_below_minimum(
             ATTEMPTS * PROMPT_TOKENS,
             ATTEMPTS * COMPLETION_TOKENS,
         )
-        assert round(usage.cost_usd * 1_000_000) == ATTEMPTS * ATTEMPT_MICROS
+        assert usage.cost_micros == ATTEMPTS * ATTEMPT_MICROS
     assert request.status == requests_pb2.REQUEST_STATUS_FAILED
     assert request.job_id == ""
     assert "QUALITY_BELOW_MINIMUM" in request.error_message or "acceptable" in request.error_message
-    assert round(request.cost_usd * 1_000_000) == ATTEMPTS * ATTEMPT_MICROS
+    assert request.usage.cost_micros == ATTEMPTS * ATTEMPT_MICROS
     assert request.reserved_usd == 0
     # The best attempt is kept: its job shows failed, and its structure can still be read.
     assert stage.job_id
@@ -249,7 +249,7 @@ async def test_accept_below_minimum_delivers_a_low_but_intact_structure(
     assert stage.quality.below_threshold and not stage.quality.integrity_failed
     assert request.status == requests_pb2.REQUEST_STATUS_COMPLETED
     assert request.job_id == execution.job_id == stage.job_id
-    assert round(request.cost_usd * 1_000_000) == ATTEMPTS * ATTEMPT_MICROS
+    assert request.usage.cost_micros == ATTEMPTS * ATTEMPT_MICROS
 
 
 async def test_accept_below_minimum_never_delivers_a_broken_structure(

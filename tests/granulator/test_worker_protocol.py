@@ -20,6 +20,7 @@ from granulator_server import jobs, models, template_store
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.errors import NoReservation, StageCancelled
 from granulator_server.providers import OfflineProvider, OpenAIProvider, Provider
+from granulator_server.providers.replies import estimate_tokens
 from granulator_server.worker import WorkerHandlers
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
@@ -296,6 +297,52 @@ async def test_cancel_stops_a_running_generation_promptly(
     with pytest.raises(StageCancelled):  # a repeated Process does not start it again
         await handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
     assert len(fake_openai.requests) == 1
+
+
+async def test_cancel_reports_the_usage_spent_so_far(db: Database, fake_openai: FakeOpenAI) -> None:
+    # The first reply is not JSON (a re-ask follows, its tokens reported by the endpoint); the
+    # second streams slowly and is cut off by the cancel before the endpoint reports its usage.
+    fake_openai.add(
+        reply("not json", prompt_tokens=1000, completion_tokens=10),
+        reply(VALID, pieces=40, chunk_delay=0.5),
+    )
+    handlers = workers(db, openai_provider(fake_openai, timeout=30))
+    await handlers.Handshake(offer(), NO_CONTEXT)
+    process = asyncio.create_task(
+        handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+    )
+    await asyncio.wait_for(fake_openai.wait_for_requests(2), 10)
+    await asyncio.sleep(2.0)  # a few pieces of the second reply (one each 0.5 s) have arrived
+
+    cancelled = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
+
+    assert cancelled.cancelled
+    with pytest.raises(StageCancelled):
+        await process
+    usage = cancelled.usage
+    assert usage.llm_calls == 2 and usage.provider == "openai"
+    # The first call as reported, the cut-off one estimated (its prompt and what arrived).
+    second_prompt = sum(estimate_tokens(m["content"]) for m in fake_openai.requests[1]["messages"])
+    assert usage.prompt_tokens == 1000 + second_prompt
+    assert usage.completion_tokens > 10  # some of the cut-off reply had arrived
+    assert usage.cost_micros == round(usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.6)
+    # The job keeps it, and a later Cancel (the attempt has ended) answers the same.
+    again = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
+    assert not again.cancelled and again.usage == usage
+
+
+async def test_cancel_of_a_finished_attempt_answers_its_full_usage(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, prompt_tokens=500, completion_tokens=300))
+    handlers = workers(db, openai_provider(fake_openai))
+    done = await run_stage(handlers, offer())
+
+    late = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
+
+    assert not late.cancelled
+    assert late.usage == done.usage and late.usage.prompt_tokens == 500
+    assert late.usage.cost_micros == 500 * 15 // 100 + 300 * 60 // 100
 
 
 async def test_cancel_of_a_reserved_offer_frees_its_slot(db: Database) -> None:

@@ -76,16 +76,26 @@ async def test_execution_reserves_and_the_outcome_charges_actual_and_releases_th
         assert settled.request.reserved_usd == 0 and settled.request.job_id == "job_abc"
 
         # Reported twice (a retried call): charged once.
-        outcome.usage.cost_usd = 9.0
         again = await k.requests.RecordExecutionOutcome(outcome, metadata=orchestrator)
         assert again.request.cost_usd == pytest.approx(0.12)
+        assert again.request.usage.cost_micros == 120_000
+
+        # The same run reported with more usage (an attempt stopped by a cancel said what it
+        # spent after the run ended): the charge rises to the new total, never falls.
+        outcome.usage.prompt_tokens, outcome.usage.cost_usd = 150, 0.15
+        raised = await k.requests.RecordExecutionOutcome(outcome, metadata=orchestrator)
+        assert raised.request.cost_usd == pytest.approx(0.15)
+        assert raised.request.status == requests_pb2.REQUEST_STATUS_COMPLETED
+        outcome.usage.prompt_tokens, outcome.usage.cost_usd = 100, 0.12
+        kept = await k.requests.RecordExecutionOutcome(outcome, metadata=orchestrator)
+        assert kept.request.cost_usd == pytest.approx(0.15)
 
         after = await usage(k, client)
-        assert after.spent_usd == pytest.approx(0.12) and after.reserved_usd == 0
-        assert after.remaining_usd == pytest.approx(99.88)
+        assert after.spent_usd == pytest.approx(0.15) and after.reserved_usd == 0
+        assert after.remaining_usd == pytest.approx(99.85)
         (line,) = after.by_template
-        assert line.key == "metered" and line.spent_usd == pytest.approx(0.12)
-        assert line.executions == 1 and line.usage.prompt_tokens == 100
+        assert line.key == "metered" and line.spent_usd == pytest.approx(0.15)
+        assert line.executions == 1 and line.usage.prompt_tokens == 150
         (per_request,) = after.by_request
         assert per_request.key == request.request_id
 

@@ -19,6 +19,11 @@ from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core.mesh import InProcessMesh
 
+#: What an attempt stopped midway reports to have consumed.
+PARTIAL_USAGE = common_pb2.Usage(
+    provider="scripted", model="script", prompt_tokens=4, completion_tokens=2, cost_micros=400
+)
+
 
 @dataclass
 class Step:
@@ -123,8 +128,14 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def Cancel(
         self, request: worker_pb2.CancelRequest, context: Any
     ) -> worker_pb2.CancelResponse:
+        """Stops the attempt; one still working reports `PARTIAL_USAGE`, as a worker reports
+        what the work consumed until it stopped."""
         self.cancelled.append(request)
-        return worker_pb2.CancelResponse(cancelled=True)
+        work = self._work.get((request.stage.stage_id, request.stage.attempt))
+        if work is None or work.done():
+            return worker_pb2.CancelResponse(cancelled=False)
+        work.cancel()
+        return worker_pb2.CancelResponse(cancelled=True, usage=PARTIAL_USAGE)
 
     async def start(
         self, mesh: InProcessMesh, admin: tuple[tuple[str, str], ...], max_concurrency: int = 4

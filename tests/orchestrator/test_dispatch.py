@@ -15,7 +15,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2
 from tests.conftest import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
-from tests.orchestrator.scripted_worker import Step
+from tests.orchestrator.scripted_worker import PARTIAL_USAGE, Step
 
 EVENT = orchestrator_pb2.EventType.Name
 Workers = Callable[..., Any]
@@ -153,21 +153,36 @@ async def test_stage_timeout_fails_the_execution_with_the_reason(
     client: Client, runner: Runner, workers: Workers
 ) -> None:
     await add_template(client.mesh, "hasty", [stage(timeout_s=0.3, max_attempts=1)])
-    await workers("slow", default=Step(delay=3))
+    worker = await workers("slow", default=Step(delay=3))
     execution = await runner.run("hasty")
     assert execution.status == orchestrator_pb2.EXECUTION_STATUS_FAILED
     assert execution.error.reason == "STAGE_TIMEOUT"
-    assert execution.stages[0].attempts[-1].status == orchestrator_pb2.ATTEMPT_STATUS_TIMED_OUT
+    [attempt] = execution.stages[0].attempts
+    assert attempt.status == orchestrator_pb2.ATTEMPT_STATUS_TIMED_OUT
+    # The worker was told to stop, and what the attempt used until then is counted.
+    assert [c.stage.attempt for c in worker.cancelled] == [1]
+    assert attempt.usage.cost_micros == PARTIAL_USAGE.cost_micros
+    assert execution.usage.prompt_tokens == PARTIAL_USAGE.prompt_tokens
+    assert execution.stages[0].usage.cost_micros == PARTIAL_USAGE.cost_micros
 
 
 async def test_execution_timeout_fails_the_execution(
     client: Client, runner: Runner, workers: Workers
 ) -> None:
     await add_template(client.mesh, "bounded", [stage(timeout_s=30)], execution_timeout_s=1.0)
-    await workers("slow", default=Step(delay=10))
-    execution = await asyncio.wait_for(runner.run("bounded"), 15)
+    worker = await workers("slow", default=Step(delay=10))
+    execution_id = await runner.start("bounded")
+    await eventually(lambda: bool(worker.cancelled), within=15)
+    for _ in range(300):  # the stopped attempt's usage is recorded right after its Cancel
+        execution = await runner.get(execution_id)
+        if execution.stages[0].attempts[0].HasField("end_time"):
+            break
+        await asyncio.sleep(0.05)
     assert execution.status == orchestrator_pb2.EXECUTION_STATUS_FAILED
     assert execution.error.reason == "EXECUTION_TIMEOUT"
+    [attempt] = execution.stages[0].attempts
+    assert attempt.status == orchestrator_pb2.ATTEMPT_STATUS_TIMED_OUT
+    assert attempt.usage.cost_micros == execution.usage.cost_micros == PARTIAL_USAGE.cost_micros
 
 
 async def test_cancel_stops_the_running_stage_on_its_worker(
@@ -184,6 +199,11 @@ async def test_cancel_stops_the_running_stage_on_its_worker(
     )
     assert cancelled.execution.status == orchestrator_pb2.EXECUTION_STATUS_CANCELLED
     assert worker.cancelled[0].stage.stage_id == cancelled.execution.stages[0].stage_id
+    # What the stopped attempt used is on it, its stage and the execution when Cancel returns.
+    [attempt] = cancelled.execution.stages[0].attempts
+    assert attempt.status == orchestrator_pb2.ATTEMPT_STATUS_CANCELLED
+    assert attempt.usage.prompt_tokens == PARTIAL_USAGE.prompt_tokens
+    assert cancelled.execution.usage.cost_micros == PARTIAL_USAGE.cost_micros
     events = await runner.events(execution_id)
     assert EVENT(events[-1].type) == "EVENT_TYPE_EXECUTION_CANCELLED"
     with pytest.raises(grpc.aio.AioRpcError) as again:
