@@ -46,7 +46,8 @@ class Settings:
     kam_address: str = ""
     #: Address of the orchestrator, host:port.
     orchestrator_address: str = ""
-    #: Address of a granulator's GranulatorService, host:port (the gateway reads jobs there).
+    #: Gateway: the granulators' addresses, host:port, comma-separated; it reads jobs and
+    #: structures from whichever answers (every granulator of a mesh shares one job store).
     granulator_address: str = ""
     #: The address other services should use to reach this server; empty means host:bound port.
     advertise_address: str = ""

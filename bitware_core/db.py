@@ -2,7 +2,9 @@
 
 Domain logic is plain synchronous code that takes a `Session`; `Database.run` executes it in one
 transaction on a small thread pool so that the asyncio servers never block on the database.
-SQLite gets a single writer thread (it allows one writer at a time anyway) in WAL mode.
+SQLite gets a single writer thread (it allows one writer at a time anyway) in WAL mode;
+several processes may share one file (the granulators of `bitware up` do): WAL lets readers
+run beside the writer, and the busy timeout makes writers take turns instead of failing.
 
 The per-stage hot path takes a `bitware_core.sql.Tx` instead (hand-written SQL on the driver's
 own connection), run by `Database.run_tx`.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import re
 import secrets
@@ -163,10 +166,20 @@ class Database:
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """Runs start-up work (migrations, seeding) one process at a time when several share a
-        PostgreSQL database (two granulators starting together would both seed); a no-op on
-        SQLite, where each process has its own file."""
+        database (granulators starting together would both create the tables and seed): a
+        PostgreSQL advisory lock, or on SQLite an exclusive lock on the file `<database>.lock`
+        beside the database file (SQLite's own locks last one transaction only)."""
         if self.is_sqlite:
-            yield
+            path = self.engine.url.database
+            if not path or path == ":memory:":
+                yield
+                return
+            with open(f"{path}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
             return
         key = zlib.crc32(name.encode())
         with self.engine.connect() as connection:

@@ -147,7 +147,10 @@ class Supervisor:
             "BITWARE_HOST": plan.host,
             "BITWARE_KAM_ADDRESS": address["kam"],
             "BITWARE_ORCHESTRATOR_ADDRESS": address["orchestrator"],
-            "BITWARE_GRANULATOR_ADDRESS": address["granulator-1"],
+            # The gateway reads jobs from any granulator (they share one job store).
+            "BITWARE_GRANULATOR_ADDRESS": ",".join(
+                a for name, a in address.items() if name.startswith("granulator")
+            ),
             "BITWARE_LOG_JSON": "1" if plan.log_json else "0",
         }
 
@@ -181,7 +184,8 @@ class Supervisor:
                 Child(
                     name,
                     "granulator_server",
-                    env(name, plan.data_dir / name, "granulator"),
+                    # One job store for every granulator: `granulator.db` in the data folder.
+                    env(name, plan.data_dir, "granulator"),
                     address[name],
                 )
                 for name in ports

@@ -8,7 +8,8 @@ the servers answer UNAUTHENTICATED or PERMISSION_DENIED.
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, TypeVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import grpc
 from fastapi import Depends, Request, Security
@@ -26,6 +27,9 @@ from bitware_core.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, SESSION_HEAD
 from bitware_core.context import REQUEST_ID_HEADER, request_id_var
 from gateway.errors import GatewayError, invalid_argument
 from gateway.upstream import Upstream
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated type stubs
+    from bitware.granulator.v1.granulator_pb2_grpc import GranulatorServiceAsyncStub
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -108,6 +112,18 @@ class Call:
         self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req
     ) -> Resp:
         return await method(request, metadata=self.metadata, timeout=self.timeout)
+
+    async def granulator(
+        self,
+        method: Callable[[GranulatorServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+    ) -> Resp:
+        """Calls `method` of whichever granulator is reachable (they share one job store)."""
+
+        async def invoke(stub: GranulatorServiceAsyncStub, seconds: float) -> Resp:
+            return await method(stub)(request, metadata=self.metadata, timeout=seconds)
+
+        return await self.up.granulators.call(invoke, self.timeout)
 
     def stream(
         self, method: grpc.aio.UnaryStreamMultiCallable[Req, Resp], request: Req, timeout: float

@@ -1,9 +1,16 @@
 """The gateway's upstream servers: one long-lived `grpc.aio` channel to each, opened at start-up
-(the app's lifespan) and closed at shutdown, and the stubs every route calls through."""
+(the app's lifespan) and closed at shutdown, and the stubs every route calls through.
+
+Granulators are replicas: every granulator of a mesh reads the same job store, so jobs and
+structures are read from whichever answers (`Replicas`), not from one fixed address."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,17 +25,65 @@ from bitware_core.config import Settings
 HEALTH_TIMEOUT = 2.0
 
 
+S = TypeVar("S")
+T = TypeVar("T")
+
+
 class UpstreamNotConfigured(ValueError):
     """An upstream address is missing from the settings."""
 
 
+class Replicas(Generic[S]):
+    """Channels to every replica of one server, each with its stub `S`. Calls go round-robin,
+    replicas whose connection has failed last; a call that finds a replica unavailable is made
+    again on the next one, so one stopped or restarting replica costs no caller an error."""
+
+    def __init__(
+        self, addresses: list[str], settings: Settings, stub: Callable[[grpc.aio.Channel], S]
+    ) -> None:
+        self.addresses = addresses
+        self.channels = [open_channel(address, settings) for address in addresses]
+        self.stubs = [stub(channel) for channel in self.channels]
+        self._turn = itertools.count()
+
+    def _order(self) -> list[int]:
+        count = len(self.channels)
+        start = next(self._turn) % count
+        turn = [(start + step) % count for step in range(count)]
+        failed = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return sorted(turn, key=lambda index: self.channels[index].get_state() == failed)
+
+    async def call(self, invoke: Callable[[S, float], Awaitable[T]], within: float) -> T:
+        """`invoke(stub, seconds_left)` on one replica after another until one is reachable;
+        the last UNAVAILABLE error when none is. `within` (seconds) bounds all the tries."""
+        deadline = time.monotonic() + within
+        unavailable: grpc.aio.AioRpcError | None = None
+        for index in self._order():
+            left = deadline - time.monotonic()
+            if left <= 0 and unavailable is not None:
+                break
+            try:
+                return await invoke(self.stubs[index], max(left, 0.0))
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                unavailable = error
+        assert unavailable is not None
+        raise unavailable
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self.channels))
+
+
 def addresses(settings: Settings) -> dict[str, str]:
-    """Upstream name → address; refuses to start without all three (a half-configured gateway
-    would fail on some routes only, which is harder to notice than failing at once)."""
+    """Upstream name → address (the granulators' comma-separated); refuses to start without all
+    three (a half-configured gateway would fail on some routes only, which is harder to notice
+    than failing at once)."""
+    granulators = [a.strip() for a in settings.granulator_address.split(",") if a.strip()]
     found = {
         "kam": settings.kam_address,
         "orchestrator": settings.orchestrator_address,
-        "granulator": settings.granulator_address,
+        "granulator": ",".join(granulators),
     }
     missing = [f"BITWARE_{name.upper()}_ADDRESS" for name, address in found.items() if not address]
     if missing:
@@ -42,7 +97,7 @@ class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.addresses = addresses(settings)
         self.channels: dict[str, grpc.aio.Channel] = {
-            name: open_channel(address, settings) for name, address in self.addresses.items()
+            name: open_channel(self.addresses[name], settings) for name in ("kam", "orchestrator")
         }
         kam = self.channels["kam"]
         self.auth = auth_pb2_grpc.AuthServiceStub(kam)
@@ -54,13 +109,19 @@ class Upstream:
         orchestrator = self.channels["orchestrator"]
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator)
         self.registry = registry_pb2_grpc.WorkerRegistryServiceStub(orchestrator)
-        self.granulator = granulator_pb2_grpc.GranulatorServiceStub(self.channels["granulator"])
+        self.granulators = Replicas(
+            self.addresses["granulator"].split(","),
+            settings,
+            granulator_pb2_grpc.GranulatorServiceStub,
+        )
 
     async def close(self) -> None:
-        await asyncio.gather(*(channel.close() for channel in self.channels.values()))
+        await asyncio.gather(
+            *(channel.close() for channel in self.channels.values()), self.granulators.close()
+        )
 
-    async def _check(self, name: str) -> str:
-        stub = health_pb2_grpc.HealthStub(self.channels[name])
+    async def _check(self, channel: grpc.aio.Channel) -> str:
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
             answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
         except grpc.aio.AioRpcError as error:
@@ -68,8 +129,15 @@ class Upstream:
         status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
         return "ok" if answer.status == health_pb2.HealthCheckResponse.SERVING else status
 
+    async def _check_granulators(self) -> str:
+        """`ok` while any granulator serves (any of them answers for all)."""
+        answers = await asyncio.gather(*(self._check(c) for c in self.granulators.channels))
+        return "ok" if "ok" in answers else "; ".join(answers)
+
     async def health(self) -> dict[str, str]:
         """Upstream name → `ok` or what is wrong, asked of every upstream at once."""
         names = list(self.channels)
-        answers = await asyncio.gather(*(self._check(name) for name in names))
-        return dict(zip(names, answers, strict=True))
+        answers = await asyncio.gather(
+            *(self._check(self.channels[name]) for name in names), self._check_granulators()
+        )
+        return dict(zip([*names, "granulator"], answers, strict=True))

@@ -10,18 +10,18 @@ from __future__ import annotations
 import re
 import string
 import threading
-import time
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
 
 from jsonschema import Draft202012Validator, SchemaError
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bitware_core.db import PerEngine, next_page_token, page_window, utcnow
 from bitware_core.errors import FieldViolation, Violations
+from bitware_core.sql import Tx, columns, from_row
 from granulator_server import models
 from granulator_server.domain import (
     SEED_TEMPLATES,
@@ -113,68 +113,56 @@ def to_domain(row: models.Template) -> StructureTemplate:
     )
 
 
-#: How long a process trusts its copy of the templates: changes made in this process drop the
-#: copy at once (see `_changed`); this bounds how long another process's changes go unseen when
-#: several granulators share one database.
-CACHE_SECONDS = 10.0
+#: What the stored templates are at: (how many, sum of their versions). A create adds a row
+#: and an update bumps one version, and nothing deletes, so every committed change, made by this
+#: process or by another granulator sharing the database, changes it.
+STAMP = "SELECT count(*), coalesce(sum(version), 0) FROM structure_templates"
 
 
 class _TemplateCache:
-    """All templates of one database, as domain objects, for `CACHE_SECONDS`.
-
-    A copy is only kept if no change committed while it was read (`generation`), so a reader
-    racing a Create/UpdateTemplate cannot store what was there before."""
+    """All templates of one database, as domain objects, with the `STAMP` they were read at.
+    A reader compares the stamp (one small query) and reloads when it differs, so a change is
+    seen at once by every process, with no expiry time and no signal between processes."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.generation = 0
-        self.templates: list[StructureTemplate] | None = None
-        self.expires = 0.0
+        self.stamp: tuple[int, int] | None = None
+        self.templates: list[StructureTemplate] = []
 
-    def get(self) -> list[StructureTemplate] | None:
+    def get(self, stamp: tuple[int, int]) -> list[StructureTemplate] | None:
         with self.lock:
-            if self.templates is not None and time.monotonic() < self.expires:
-                return self.templates
-            return None
+            return self.templates if stamp == self.stamp else None
 
-    def put(self, generation: int, templates: list[StructureTemplate]) -> None:
+    def put(self, stamp: tuple[int, int], templates: list[StructureTemplate]) -> None:
         with self.lock:
-            if generation == self.generation:
-                self.templates, self.expires = templates, time.monotonic() + CACHE_SECONDS
-
-    def invalidate(self) -> None:
-        with self.lock:
-            self.generation += 1
-            self.templates = None
+            self.stamp, self.templates = stamp, templates
 
 
 _cache_for = PerEngine(_TemplateCache)
 
 
-def _engine_of(session: Session) -> Engine | None:
+def _engine_of(session: Session) -> Engine:
     bind = session.get_bind()
-    return bind if isinstance(bind, Engine) else getattr(bind, "engine", None)
+    return bind if isinstance(bind, Engine) else bind.engine
 
 
 def _changed(session: Session) -> None:
-    """Drops the cached templates now and again once `session` commits."""
-    engine = _engine_of(session)
-    if engine is None:
-        return
-    cache = _cache_for(engine)
-    cache.invalidate()
-    if not session.info.get("templates_changed"):
-        session.info["templates_changed"] = True
-        event.listen(session, "after_commit", lambda _session: cache.invalidate(), once=True)
+    """Marks `session` as changing templates: what it reads is not cached (it may roll back)."""
+    session.info["templates_changed"] = True
 
 
-def cached(engine: Engine, query: str) -> tuple[StructureTemplate, str] | bool | None:
-    """`resolve` from the cached templates without touching the database; False when the
-    cache holds nothing (then call `resolve` in a transaction)."""
-    templates = _cache_for(engine).get()
+def _load(tx: Tx, cache: _TemplateCache | None) -> list[StructureTemplate]:
+    # The stamp first: a change committed between the two reads then leaves a stamp older
+    # than the rows, which the next reader reloads, never rows older than their stamp.
+    count, versions = tx.one(STAMP)
+    stamp = (int(count), int(versions))
+    templates = cache.get(stamp) if cache is not None else None
     if templates is None:
-        return False
-    return _match(templates, query)
+        rows = tx.all(f"SELECT {columns(models.Template)} FROM structure_templates ORDER BY name")
+        templates = [to_domain(from_row(tx, models.Template, row)) for row in rows]
+        if cache is not None:
+            cache.put(stamp, templates)
+    return templates
 
 
 def seed(session: Session) -> int:
@@ -191,19 +179,17 @@ def seed(session: Session) -> int:
 
 
 def all_templates(session: Session) -> list[StructureTemplate]:
-    """Every template, sorted by name; from this process's cache when it is fresh."""
-    engine = _engine_of(session)
-    cache = _cache_for(engine) if engine is not None else None
-    if cache is not None:
-        templates = cache.get()
-        if templates is not None:
-            return templates
-        generation = cache.generation
-    rows = session.scalars(select(models.Template).order_by(models.Template.name))
-    templates = [to_domain(row) for row in rows]
-    if cache is not None and not session.info.get("templates_changed"):
-        cache.put(generation, templates)  # never what this transaction itself changed
-    return templates
+    """Every template, sorted by name; from this process's copy when it is current."""
+    if session.info.get("templates_changed"):
+        session.flush()
+        return _load(Tx.of(session), None)
+    return _load(Tx.of(session), _cache_for(_engine_of(session)))
+
+
+def resolve_tx(tx: Tx, engine: Engine, query: str) -> tuple[StructureTemplate, str] | None:
+    """`resolve` in a transaction of hand-written SQL on `engine`'s database (the Handshake's
+    path: one small query when this process's copy is current)."""
+    return _match(_load(tx, _cache_for(engine)), query)
 
 
 def resolve(session: Session, query: str) -> tuple[StructureTemplate, str] | None:

@@ -169,11 +169,10 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         return self._accepted(template, content, request.action)
 
     async def _resolve(self, query: str) -> tuple[Any, str] | None:
-        """The template for `query`: from the in-process cache, else from the database."""
-        hit = template_store.cached(self.db.engine, query)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
-        return await self.db.run(lambda s: template_store.resolve(s, query))
+        """The template for `query`, current even when another granulator sharing the database
+        has just changed it (one small query while this process's copy is current)."""
+        engine = self.db.engine
+        return await self.db.run_tx(lambda tx: template_store.resolve_tx(tx, engine, query))
 
     async def _finished(self, key: Key, epoch: int) -> bool | None:
         """Whether the attempt's job has finished; None when there is no job for it at all.

@@ -69,7 +69,7 @@ async def list_structure_templates(
         page_token=page_token,
         structure_type=enum_value(common_pb2.StructureType, "STRUCTURE_TYPE_", structure_type),
     )
-    return reply(await call(call.up.granulator.ListTemplates, message))
+    return reply(await call.granulator(lambda g: g.ListTemplates, message))
 
 
 @router.get(
@@ -79,7 +79,7 @@ async def list_structure_templates(
 async def get_structure_template(query: str, call: CallDep) -> JSONResponse:
     """Finds a structure template: exact name, then structure type, then part of a name."""
     message = granulator_pb2.GetTemplateRequest(query=query)
-    return reply(await call(call.up.granulator.GetTemplate, message))
+    return reply(await call.granulator(lambda g: g.GetTemplate, message))
 
 
 @router.get("/jobs", responses=returns(granulator_pb2.ListJobsResponse, "A page of jobs"))
@@ -99,13 +99,15 @@ async def list_jobs(
         structure_type=enum_value(common_pb2.StructureType, "STRUCTURE_TYPE_", structure_type),
         execution_id=execution_id,
     )
-    return reply(await call(call.up.granulator.ListJobs, message))
+    return reply(await call.granulator(lambda g: g.ListJobs, message))
 
 
 @router.get("/jobs/{job_id}", responses=returns(granulator_pb2.GetJobResponse, "The job"))
 async def get_job(job_id: str, call: CallDep) -> JSONResponse:
     """Returns a job with its quality and validation history."""
-    return reply(await call(call.up.granulator.GetJob, granulator_pb2.GetJobRequest(job_id=job_id)))
+    return reply(
+        await call.granulator(lambda g: g.GetJob, granulator_pb2.GetJobRequest(job_id=job_id))
+    )
 
 
 def _filename(job_id: str) -> str:
@@ -123,8 +125,8 @@ async def get_structure(
     download: Annotated[bool, Query(description="Answer as a JSON file attachment.")] = False,
 ) -> Response:
     """Returns a job's stored element tree (pre-order) and the structure as one document."""
-    answer = await call(
-        call.up.granulator.GetStructure, granulator_pb2.GetStructureRequest(job_id=job_id)
+    answer = await call.granulator(
+        lambda g: g.GetStructure, granulator_pb2.GetStructureRequest(job_id=job_id)
     )
     if not download:
         return reply(answer)

@@ -8,7 +8,14 @@ import json
 import httpx
 
 from tests.conftest import Client
-from tests.gateway.conftest import admin, create_and_execute, key
+from tests.gateway.conftest import (
+    admin,
+    closed_address,
+    create_and_execute,
+    gateway_client,
+    gateway_settings,
+    key,
+)
 
 
 async def _job_of(http: httpx.AsyncClient, client: Client, execution_id: str) -> str:
@@ -46,6 +53,28 @@ async def test_job_structure_is_returned_and_downloadable(
         f'attachment; filename="structure-{job_id}.json"'
     )
     assert json.loads(download.content) == structure.json()
+
+
+async def test_jobs_are_read_from_whichever_granulator_answers(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    _, execution_id = await create_and_execute(http, client)
+    job_id = await _job_of(http, client, execution_id)
+    # Two granulators that are down, in front of the one that serves.
+    down = f"{closed_address()}, {closed_address()}"
+    serving = client.mesh.granulators[0].address
+    settings = gateway_settings(client.mesh, granulator_address=f"{down},{serving}")
+    async with gateway_client(settings) as gateway:
+        for _ in range(6):  # every turn of the round robin
+            answer = await gateway.get(f"/api/jobs/{job_id}/structure", headers=key(client))
+            assert answer.status_code == 200, answer.text
+        health = (await gateway.get("/healthz")).json()
+        assert health["upstreams"]["granulator"] == "ok"
+    settings = gateway_settings(client.mesh, granulator_address=down)
+    async with gateway_client(settings) as gateway:
+        answer = await gateway.get(f"/api/jobs/{job_id}", headers=key(client))
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "UNAVAILABLE"
 
 
 async def test_unknown_job_is_404(http: httpx.AsyncClient, client: Client) -> None:

@@ -95,23 +95,34 @@ def test_provider_is_openai_when_a_key_or_base_url_is_configured() -> None:
     assert isinstance(choose_provider(Settings(openai_api_key="sk-x"), prices), OpenAIProvider)
 
 
-def test_templates_are_cached_until_created_or_updated_here(db: Database) -> None:
-    db.run_sync(template_store.seed)
+def test_a_template_change_through_another_engine_is_seen_at_once(tmp_path: Path) -> None:
+    # Two engines on one file, as two granulator processes sharing the mesh's database.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    here, there = Database(url), Database(url)
+    here.migrate("granulator", MIGRATIONS, models.GranulatorBase.metadata)
+    here.run_sync(template_store.seed)
     name = SEED_TEMPLATES[0].name
-    assert template_store.cached(db.engine, name) is False  # nothing read yet
-    found = db.run_sync(lambda s: template_store.resolve(s, name))
-    assert found is not None and template_store.cached(db.engine, name) == found
+    found = here.run_sync(lambda s: template_store.resolve(s, name))
+    assert found is not None and found[0].version == 1  # now in `here`'s copy
 
-    changed = replace(SEED_TEMPLATES[0], description="Edited.")
-    db.run_sync(lambda s: template_store.update(s, changed, ["description"]))
-    assert template_store.cached(db.engine, name) is False
-    again = db.run_sync(lambda s: template_store.resolve(s, name))
-    assert again is not None and again[0].version == 2 and again[0].description == "Edited."
+    changed = replace(SEED_TEMPLATES[0], description="Edited elsewhere.")
+    there.run_sync(lambda s: template_store.update(s, changed, ["description"]))
+    again = here.run_tx_sync(lambda tx: template_store.resolve_tx(tx, here.engine, name))
+    assert again is not None and again[0].version == 2
+    assert again[0].description == "Edited elsewhere."
+    created = replace(SEED_TEMPLATES[0], name="course_elsewhere")
+    there.run_sync(lambda s: template_store.create(s, created))
+    assert here.run_sync(lambda s: template_store.resolve(s, "course_elsewhere")) is not None
+    here.close()
+    there.close()
 
-    # A template created in a transaction that rolls back never reaches the cache.
+
+def test_templates_read_in_a_transaction_that_rolls_back_are_not_kept(db: Database) -> None:
+    db.run_sync(template_store.seed)
+
     def create_then_fail(session: Session) -> None:
         template_store.create(session, replace(SEED_TEMPLATES[0], name="course_phantom"))
-        template_store.resolve(session, "course_phantom")
+        assert template_store.resolve(session, "course_phantom") is not None
         raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError):
