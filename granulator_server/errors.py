@@ -23,7 +23,8 @@ inside its response as a typed `StageError` (with the usage spent so far), never
     ├── InvalidOutput              INVALID_OUTPUT: unparseable, schema-breaking or truncated
     ├── ProviderRejected           INVALID_INPUT: the endpoint rejected the request (4xx)
     ├── InvalidStageInput          INVALID_INPUT: e.g. validate without a previous job
-    └── ProviderMisconfigured      INTERNAL: authentication or model errors at the endpoint
+    ├── ProviderMisconfigured      INTERNAL: authentication or model errors at the endpoint
+    └── WorkerRestarted            TRANSIENT: the process running the job died (ended on restart)
 """
 
 from __future__ import annotations
@@ -106,3 +107,16 @@ class InvalidStageInput(StageFailure):
 
 class ProviderMisconfigured(StageFailure):
     error_class = "INTERNAL"
+
+
+class WorkerRestarted(StageFailure):
+    """A job that a previous process of this granulator left running when it died; the next
+    process ends it so that no job stays `running` with nobody working on it."""
+
+    error_class = "TRANSIENT"
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(
+            "WORKER_RESTARTED",
+            f"granulator {worker_id} stopped while running this job and was restarted",
+        )

@@ -38,15 +38,16 @@ def start(
     spec: dict[str, Any],
     structure_type: str,
     template_name: str,
+    worker_id: str,
     known_new: bool = False,
 ) -> models.Job:
-    """The attempt's job, made running; one left behind by an interrupted run is reused.
-    `known_new`: the caller has just seen that no job exists for the attempt (the Handshake
-    looked), so the lookup is skipped."""
+    """The attempt's job, made running on `worker_id`; one left behind by an interrupted run
+    is reused. `known_new`: the caller has just seen that no job exists for the attempt (the
+    Handshake looked), so the lookup is skipped."""
     job = None if known_new else find(tx, execution_id, stage_id, attempt)
     if job is not None:
-        job.status, job.updated_at = "running", utcnow()
-        update_row(tx, job, "status", "updated_at")
+        job.status, job.worker_id, job.updated_at = "running", worker_id, utcnow()
+        update_row(tx, job, "status", "worker_id", "updated_at")
         return job
     job = new_row(
         models.Job,
@@ -59,6 +60,7 @@ def start(
         spec=spec,
         structure_type=structure_type,
         template_name=template_name,
+        worker_id=worker_id,
     )
     insert_rows(tx, models.Job, [values_of(job)])
     return job
@@ -169,6 +171,23 @@ def fail(
     if usage:
         job.usage = usage
     update_row(tx, job, "status", "error_message", "result", "updated_at", "usage")
+
+
+def end_left_running(tx: Tx, worker_id: str, outcome: dict[str, Any]) -> int:
+    """Fails the jobs still `running` on `worker_id`, with `outcome` as their result, and
+    returns how many. Call it before the process takes work: then every such job belongs to a
+    previous process of the same worker, which died (other granulators' jobs are not touched)."""
+    cursor = tx.execute(
+        "UPDATE jobs SET status = 'failed', error_message = :message, result = :result,"
+        " updated_at = :now WHERE worker_id = :worker_id AND status = 'running'",
+        {
+            "message": outcome["error"]["message"],
+            "result": tx.json(outcome),
+            "now": tx.ts(utcnow()),
+            "worker_id": worker_id,
+        },
+    )
+    return int(cursor.rowcount)
 
 
 def get(session: Session, principal: Principal, job_id: str) -> models.Job:

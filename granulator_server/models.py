@@ -29,6 +29,9 @@ class Job(GranulatorBase):
     structure_type: Mapped[str] = mapped_column(String(40))
     template_name: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="running")
+    #: The granulator (worker id) that runs or ran the job: the granulators of a mesh share one
+    #: job store, and one starting up ends only the jobs its own previous process left running.
+    worker_id: Mapped[str] = mapped_column(String(100), default="", server_default="")
     document: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     validations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

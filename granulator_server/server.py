@@ -82,6 +82,12 @@ class GranulatorServer(MeshServer):
             added = await self.db.run(template_store.seed)
         if added:
             log.info("seeded structure templates", extra={"count": added})
+        ended = await self.worker.runner.end_left_running()
+        if ended:
+            log.warning(
+                "ended jobs a previous process of this worker left running",
+                extra={"count": ended, "reason": "WORKER_RESTARTED"},
+            )
         log.info(
             "generating with the %s provider",
             self.provider.name,

@@ -31,7 +31,7 @@ from granulator_server.domain import (
 )
 from granulator_server.domain.offline import generate_offline
 from granulator_server.domain.validation import INTEGRITY_RULES
-from granulator_server.errors import InvalidStageInput, StageFailure
+from granulator_server.errors import InvalidStageInput, StageFailure, WorkerRestarted
 from granulator_server.providers import Provider, add_usage
 from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
@@ -111,8 +111,8 @@ def _estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, in
 
 
 class StageRunner:
-    def __init__(self, db: Database, provider: Provider) -> None:
-        self.db, self.provider = db, provider
+    def __init__(self, db: Database, provider: Provider, worker_id: str) -> None:
+        self.db, self.provider, self.worker_id = db, provider, worker_id
         #: How many generations the provider was asked for (tests check idempotency with it).
         self.generations = 0
 
@@ -132,6 +132,7 @@ class StageRunner:
                 spec=work.spec,
                 structure_type=work.template.structure_type,
                 template_name=work.template.name,
+                worker_id=self.worker_id,
                 known_new=job_known_new,
             )
         )
@@ -163,6 +164,14 @@ class StageRunner:
         )
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
+
+    async def end_left_running(self) -> int:
+        """Ends as failed (`WORKER_RESTARTED`, retried by the orchestrator) the jobs that a
+        previous process of this worker left running; how many. Run before taking work."""
+        if not self.worker_id:  # nothing tells this process's jobs from others'
+            return 0
+        outcome = failure_outcome(WorkerRestarted(self.worker_id))
+        return await self.db.run_tx(lambda tx: jobs.end_left_running(tx, self.worker_id, outcome))
 
     async def _generate(
         self, work: Work, job_id: str, stage_log: progress.StageLog

@@ -62,7 +62,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, db: Database, provider: Provider, max_jobs: int, worker_id: str) -> None:
         self.db, self.provider, self.max_jobs, self.worker_id = db, provider, max_jobs, worker_id
-        self.runner = stages.StageRunner(db, provider)
+        self.runner = stages.StageRunner(db, provider, worker_id)
         self.offers: dict[Key, Offer] = {}
         self.progress = progress.ProgressBook(LOG_RETENTION_SECONDS)
         self.reservation_seconds = RESERVATION_SECONDS

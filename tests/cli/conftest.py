@@ -114,13 +114,14 @@ class Up:
             self.reader.join(timeout=5)
 
 
-def start_up(data: Path, *extra: str) -> Up:
+def start_up(data: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
+    """`bitware up` on free ports with the arguments `extra` and the settings `env`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "bitware_core.cli", "up", "--data", str(data), *FREE_PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_env(),
+        env=clean_env(**(env or {})),
     )
     up = Up(process, data)
     up.start_reading()
@@ -158,7 +159,7 @@ class ClientKey:
     api_key: str
 
 
-def make_client_key(up: Up, name: str = "Acme Learning") -> ClientKey:
+def make_client_key(up: Up, name: str = "Acme Learning", tier: str = "standard") -> ClientKey:
     """A client with an API key, made through the gateway as the admin."""
     base = f"http://{up.address('gateway')}"
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -172,7 +173,7 @@ def make_client_key(up: Up, name: str = "Acme Learning") -> ClientKey:
             json={
                 "company_name": name,
                 "contact_email": "ops@acme.test",
-                "tier": "standard",
+                "tier": tier,
                 "monthly_budget_usd": 50,
             },
         )

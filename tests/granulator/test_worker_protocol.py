@@ -235,6 +235,45 @@ async def test_a_finished_attempt_offered_again_is_answered_from_its_job(db: Dat
     assert restarted.runner.generations == 0
 
 
+async def test_a_restarted_worker_fails_the_jobs_its_previous_process_left_running(
+    db: Database,
+) -> None:
+    def left_running(worker_id: str, stage_id: str) -> Any:
+        return db.run_tx(
+            lambda tx: jobs.start(
+                tx,
+                client_id="client-1",
+                execution_id="ex1",
+                stage_id=stage_id,
+                attempt=1,
+                action="generate",
+                spec={"topic": "AI Development", "granularity": 2},
+                structure_type="course",
+                template_name="course_standard",
+                worker_id=worker_id,
+            )
+        )
+
+    await left_running("granulator-test", "s1")  # this worker's previous process died here
+    await left_running("granulator-other", "s2")  # another live granulator sharing the store
+    restarted = workers(db)
+    assert await restarted.runner.end_left_running() == 1
+    assert await restarted.runner.end_left_running() == 0
+    mine = await db.run_tx(lambda tx: jobs.find(tx, "ex1", "s1", 1))
+    theirs = await db.run_tx(lambda tx: jobs.find(tx, "ex1", "s2", 1))
+    assert mine is not None and mine.status == "failed"
+    assert mine.result["error"]["reason"] == "WORKER_RESTARTED"
+    assert theirs is not None and theirs.status == "running"
+    # Offered again (the orchestrator re-attaches the attempt): the stored failure answers, as
+    # a transient error the orchestrator retries; nothing is generated.
+    answer = await restarted.Handshake(offer(stage(epoch=2)), NO_CONTEXT)
+    again = await restarted.Process(worker_pb2.ProcessRequest(stage=stage(epoch=2)), NO_CONTEXT)
+    assert answer.accepted
+    assert again.error.error_class == worker_pb2.ERROR_CLASS_TRANSIENT
+    assert again.error.reason == "WORKER_RESTARTED"
+    assert restarted.runner.generations == 0
+
+
 async def test_progress_is_ordered_resumable_and_counts_streamed_elements(
     db: Database, fake_openai: FakeOpenAI
 ) -> None:
