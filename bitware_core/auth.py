@@ -30,6 +30,12 @@ READERS = frozenset({ADMIN, SUPPORT, CLIENT, SERVICE})
 ANYONE = frozenset({ADMIN, SUPPORT, CLIENT, WORKER, SERVICE})
 PUBLIC: frozenset[str] = frozenset()
 
+# API key scopes. An RPC whose name starts with a reading verb needs READ, every other one
+# WRITE; users, workers and services are not scoped (their tags and the logic decide).
+READ, WRITE = "read", "write"
+API_KEY_SCOPES = (READ, WRITE)
+_READING_VERBS = ("Get", "List", "Watch", "Authenticate")
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -164,9 +170,25 @@ class Authenticator(Protocol):
     async def authenticate(self, credentials: Credentials) -> Principal: ...
 
 
+def required_scope(method: str) -> str:
+    """The API key scope `/pkg.Service/Method` needs: READ for Get*, List*, Watch* and
+    Authenticate (they change nothing), WRITE for every other RPC."""
+    name = method.rsplit("/", 1)[-1]
+    return READ if name.startswith(_READING_VERBS) else WRITE
+
+
 def authorise(principal: Principal, allowed: frozenset[str], method: str) -> None:
+    """Refuses a caller whose tag the method's access table does not list, or an API key
+    without the scope the method needs."""
     if principal.tag not in allowed:
         raise PermissionDenied(f"{principal.tag} callers may not call {method}")
+    if principal.kind == "api_key" and (scope := required_scope(method)) not in principal.scopes:
+        raise PermissionDenied(
+            f"this API key's scopes ({', '.join(principal.scopes) or 'none'}) do not include "
+            f"{scope!r}, which {method} needs",
+            reason="API_KEY_SCOPE",
+            metadata={"required_scope": scope, "method": method},
+        )
 
 
 class KamAuthenticator:

@@ -8,6 +8,7 @@ tier limits) is the servers', so their field violations reach the caller unchang
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -137,6 +138,14 @@ class CreateClientBody(Body):
 
 class CreateApiKeyBody(Body):
     name: str = Field("", description="A name for people.")
+    scopes: list[str] = Field(
+        default_factory=list,
+        description="`read` (Get, List, Watch), `write` (create, execute, cancel, …) or both; "
+        "empty means both.",
+    )
+    expire_time: datetime | None = Field(
+        None, description="When the key stops working (RFC 3339, UTC if no offset); none = never."
+    )
 
 
 class CreateUserBody(Body):

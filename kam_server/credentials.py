@@ -8,11 +8,12 @@ change is written to the audit log in the same transaction, without the secret.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bitware_core.auth import Principal, hash_secret, new_secret
+from bitware_core.auth import API_KEY_SCOPES, Principal, hash_secret, new_secret
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import AlreadyExists, PermissionDenied, Violations
 from kam_server import audit, identity, models
@@ -48,12 +49,28 @@ def _client_for(session: Session, actor: Principal, client_id: str) -> models.Cl
 
 
 def create_api_key(
-    session: Session, actor: Principal, client_id: str, name: str
+    session: Session,
+    actor: Principal,
+    client_id: str,
+    name: str,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[models.ApiKey, str]:
+    """A new key of the client: `scopes` empty or None means every scope, `expires_at` None
+    means the key never expires."""
     _key_manager(actor)
+    scopes = list(scopes or API_KEY_SCOPES)
     problems = Violations()
     problems.check(bool(name.strip()), "name", "is required")
     problems.check(len(name) <= 200, "name", "must be at most 200 characters")
+    for index, scope in enumerate(scopes):
+        problems.check(
+            scope in API_KEY_SCOPES, f"scopes[{index}]", f"must be {' or '.join(API_KEY_SCOPES)}"
+        )
+        problems.check(scope not in scopes[:index], f"scopes[{index}]", "is given twice")
+    problems.check(
+        expires_at is None or expires_at > utcnow(), "expire_time", "must be in the future"
+    )
     problems.raise_if_any()
     client = _client_for(session, actor, client_id)
     plaintext = new_secret(API_KEY_PREFIX)
@@ -63,6 +80,8 @@ def create_api_key(
         name=name.strip(),
         prefix=plaintext[: len(API_KEY_PREFIX) + 8],
         key_hash=hash_secret(plaintext),
+        scopes=scopes,
+        expires_at=expires_at,
     )
     session.add(key)
     audit.record(
@@ -73,6 +92,8 @@ def create_api_key(
         client_id=client.id,
         name=key.name,
         prefix=key.prefix,
+        scopes=",".join(scopes),
+        expires_at=expires_at.isoformat() if expires_at else "never",
     )
     return key, plaintext
 

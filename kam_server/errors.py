@@ -17,7 +17,8 @@ MeshError (bitware_core.errors)
 │   ├── RequestFinished         (reason REQUEST_FINISHED)
 │   └── ExecutionMismatch       (reason EXECUTION_MISMATCH)
 └── Unauthenticated
-    └── BadCredential           (reason BAD_CREDENTIAL)
+    ├── BadCredential           (reason BAD_CREDENTIAL)
+    └── ApiKeyExpired           (reason API_KEY_EXPIRED)
 """
 
 from __future__ import annotations
@@ -93,3 +94,7 @@ class ExecutionMismatch(FailedPrecondition):
 
 class BadCredential(Unauthenticated):
     reason = "BAD_CREDENTIAL"
+
+
+class ApiKeyExpired(Unauthenticated):
+    reason = "API_KEY_EXPIRED"

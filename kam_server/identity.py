@@ -24,7 +24,7 @@ from bitware_core.auth import verify_password as password_matches
 from bitware_core.db import Database, PerEngine, new_id, utcnow
 from bitware_core.errors import Violations
 from kam_server import audit, models
-from kam_server.errors import BadCredential, LoginThrottled
+from kam_server.errors import ApiKeyExpired, BadCredential, LoginThrottled
 
 SESSION_LIFETIME = timedelta(hours=24)
 SESSION_PREFIX = "bws_"
@@ -55,6 +55,9 @@ def authenticate(session: Session, credentials: Credentials) -> Principal:
         client = session.get(models.Client, key.client_id) if key and not key.revoked else None
         if key is None or client is None:
             raise BadCredential("unknown or revoked API key")
+        if key.expires_at is not None and key.expires_at <= now:
+            # Only the key's holder can get this far, so saying why costs nothing.
+            raise ApiKeyExpired(f"this API key expired at {key.expires_at.isoformat()}Z")
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             key.last_used_at = now
         return Principal(
@@ -64,7 +67,7 @@ def authenticate(session: Session, credentials: Credentials) -> Principal:
             tier=client.tier,
             display_name=key.name,
             api_key_id=key.id,
-            scopes=("requests.read", "requests.write"),
+            scopes=tuple(key.scopes),
         )
     if credentials.session_token:
         row = session.scalar(

@@ -76,6 +76,8 @@ def api_key_to_proto(row: models.ApiKey) -> accounts_pb2.ApiKey:
         create_time=convert.timestamp(row.created_at),
         last_used_time=convert.timestamp(row.last_used_at),
         revoked=row.revoked,
+        expire_time=convert.timestamp(row.expires_at),
+        scopes=row.scopes,
     )
 
 

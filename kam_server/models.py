@@ -73,6 +73,10 @@ class ApiKey(KamBase):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked: Mapped[bool] = mapped_column(default=False)
+    #: When the key stops working; None means never.
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: What the key may do (`bitware_core.auth.API_KEY_SCOPES`).
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["read", "write"])
 
 
 class WorkerCredential(KamBase):

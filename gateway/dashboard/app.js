@@ -134,6 +134,8 @@ const REASONS = {
   SCHEMA_VIOLATION: "The generated structure did not match its schema.",
   LOGIN_THROTTLED: "Too many sign-in attempts; wait a moment and try again.",
   BAD_CREDENTIAL: "That email and password do not match.",
+  API_KEY_EXPIRED: "This API key has expired; create a new one.",
+  API_KEY_SCOPE: "This API key's scopes do not allow this.",
   UNAVAILABLE: "A server of the mesh cannot be reached right now.",
   RATE_LIMITED: "Too many requests; wait a moment and try again.",
 };
@@ -949,25 +951,36 @@ async function viewKeys() {
           showError(error);
         }
       });
+      const expired = k.expire_time && new Date(k.expire_time) <= new Date();
+      const state = k.revoked ? h("span", { class: "badge bad" }, "revoked")
+        : expired ? h("span", { class: "badge bad" }, "expired") : h("span", { class: "badge ok" }, "active");
       return h("tr", {},
         h("td", {}, k.name || "—"), h("td", { class: "mono" }, `${k.prefix}…`),
-        h("td", {}, when(k.create_time)), h("td", {}, ago(k.last_used_time)),
-        h("td", {}, k.revoked ? h("span", { class: "badge bad" }, "revoked") : h("span", { class: "badge ok" }, "active")),
-        h("td", {}, revoke));
+        h("td", {}, (k.scopes || []).join(", ")), h("td", {}, when(k.create_time)),
+        h("td", {}, k.expire_time ? when(k.expire_time) : "never"), h("td", {}, ago(k.last_used_time)),
+        h("td", {}, state), h("td", {}, revoke));
     });
     holder.replaceChildren(keys.length
-      ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Key"), h("th", {}, "Created"),
-        h("th", {}, "Last used"), h("th", {}, "State"), h("th", {}, ""))), h("tbody", {}, rows))
+      ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Key"), h("th", {}, "Scopes"),
+        h("th", {}, "Created"), h("th", {}, "Expires"), h("th", {}, "Last used"), h("th", {}, "State"),
+        h("th", {}, ""))), h("tbody", {}, rows))
       : h("p", { class: "muted" }, "This client has no API keys."));
   }
 
   const name = h("input", { id: "key-name", name: "name", placeholder: "ci pipeline" });
+  const scopes = h("select", { id: "key-scopes", name: "scopes" },
+    h("option", { value: "read,write" }, "read and write"), h("option", { value: "read" }, "read only"));
+  const expiry = h("input", { id: "key-expiry", name: "expiry", type: "date" });
   const form = h("form", { class: "inline", "aria-label": "New API key" },
-    field("key-name", "Name", name), h("button", { type: "submit" }, "Create API key"));
+    field("key-name", "Name", name), field("key-scopes", "Scopes", scopes),
+    field("key-expiry", "Expires (end of day, UTC; empty = never)", expiry),
+    h("button", { type: "submit" }, "Create API key"));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const body = { name: name.value, scopes: scopes.value.split(",") };
+    if (expiry.value) body.expire_time = `${expiry.value}T23:59:59Z`;
     try {
-      const created = await api("POST", `/api/clients/${select.value}/api-keys`, { name: name.value });
+      const created = await api("POST", `/api/clients/${select.value}/api-keys`, body);
       secret.replaceChildren(h("div", { class: "secret" },
         h("strong", {}, "Copy this key now; it is not shown again: "), h("code", {}, created.key)));
       await show();

@@ -68,8 +68,13 @@ async def get_client(client_id: str, call: CallDep) -> JSONResponse:
 async def create_api_key(
     client_id: str, call: CallDep, body: CreateApiKeyBody | None = None
 ) -> JSONResponse:
-    """Creates an API key for a client."""
-    message = accounts_pb2.CreateApiKeyRequest(client_id=client_id, name=body.name if body else "")
+    """Creates an API key for a client, optionally limited in scope and time."""
+    message = accounts_pb2.CreateApiKeyRequest(client_id=client_id)
+    if body is not None:
+        message.name = body.name
+        message.scopes.extend(body.scopes)
+        if body.expire_time is not None:
+            message.expire_time.FromDatetime(body.expire_time)
     return reply(await call(call.up.api_keys.CreateApiKey, message))
 
 

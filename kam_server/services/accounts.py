@@ -171,8 +171,11 @@ class ApiKeyHandlers(Handlers, accounts_pb2_grpc.ApiKeyServiceServicer):
         self, request: accounts_pb2.CreateApiKeyRequest, context: Context
     ) -> accounts_pb2.CreateApiKeyResponse:
         actor = current_principal()
+        expires_at = request.expire_time.ToDatetime() if request.HasField("expire_time") else None
         key, plaintext = await self.run(
-            lambda s: credentials.create_api_key(s, actor, request.client_id, request.name)
+            lambda s: credentials.create_api_key(
+                s, actor, request.client_id, request.name, list(request.scopes), expires_at
+            )
         )
         return accounts_pb2.CreateApiKeyResponse(
             api_key=messages.api_key_to_proto(key), key=plaintext

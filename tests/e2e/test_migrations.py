@@ -4,6 +4,7 @@ head, without running Alembic). Checked on real SQLite files for all three servi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import alembic.command
@@ -86,3 +87,28 @@ def test_a_database_behind_the_head_is_upgraded_by_alembic(tmp_path: Path) -> No
     db.migrate("kam", scripts("kam"), SERVICES["kam"])
     assert stored_revision(db, "kam") == [_script_head(scripts("kam"))]
     assert differences(db, SERVICES["kam"]) == []
+
+
+def test_api_keys_made_before_scopes_keep_every_scope_and_never_expire(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
+    upgrade(db, "kam", "52794615f3f2")  # the revision before API key scopes and expiry
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO clients (id, company_name, contact_email, tier, monthly_budget_usd,"
+                " status, industry, company_size, created_at) VALUES ('cli_1', 'Acme',"
+                " 'a@acme.test', 'basic', 1.0, 'active', '', '', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO api_keys (id, client_id, name, prefix, key_hash, created_at, revoked)"
+                " VALUES ('key_1', 'cli_1', 'old', 'bwk_x', 'hash', '2026-01-01', 0)"
+            )
+        )
+    db.migrate("kam", scripts("kam"), SERVICES["kam"])
+    with db.engine.connect() as connection:
+        scopes, expires = connection.execute(
+            text("SELECT scopes, expires_at FROM api_keys WHERE id = 'key_1'")
+        ).one()
+    assert (json.loads(scopes), expires) == (["read", "write"], None)

@@ -132,6 +132,34 @@ async def test_admin_creates_a_client_and_a_key_and_revokes_it(
     assert (await http.get("/api/auth/me", headers={"X-API-Key": secret})).status_code == 401
 
 
+async def test_an_api_key_is_made_with_scopes_and_an_expiry(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    made = await http.post(
+        f"/api/clients/{client.client_id}/api-keys",
+        json={"name": "reader", "scopes": ["read"], "expire_time": "2099-12-31T23:59:59+02:00"},
+        headers=admin(client),
+    )
+    assert made.status_code == 200, made.text
+    record = made.json()["api_key"]
+    assert record["scopes"] == ["read"] and record["expire_time"] == "2099-12-31T21:59:59Z"
+    reader = {"X-API-Key": made.json()["key"]}
+    assert (await http.get("/api/requests", headers=reader)).status_code == 200
+    refused = await http.post(
+        "/api/requests", json={"topic": "Go", "structure_type": "course"}, headers=reader
+    )
+    assert refused.status_code == 403, refused.text
+    assert "read" in refused.text and "write" in refused.text
+
+    past = await http.post(
+        f"/api/clients/{client.client_id}/api-keys",
+        json={"name": "late", "expire_time": "2001-01-01T00:00:00Z", "scopes": ["admin"]},
+        headers=admin(client),
+    )
+    assert past.status_code == 400, past.text
+    assert "expire_time" in past.text and "scopes[0]" in past.text
+
+
 async def test_a_client_cannot_read_another_client(http: httpx.AsyncClient, client: Client) -> None:
     created = await http.post(
         "/api/clients",

@@ -178,14 +178,18 @@ async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
         await expect(page.get_by_role("img", name=re.compile("monthly budget"))).to_be_visible()
         await page.screenshot(path=str(ARTIFACTS / "dashboard-usage.png"), full_page=True)
 
-        # API keys: create one (its secret shown once), then revoke it.
+        # API keys: create a read-only one that expires (its secret shown once), then revoke it.
         await page.get_by_role("link", name="API keys").click()
         await page.get_by_label("Name").fill("browser key")
+        await page.get_by_label("Scopes").select_option(label="read only")
+        await page.get_by_label(re.compile("^Expires")).fill("2099-12-31")
         await page.get_by_role("button", name="Create API key").click()
         await expect(page.locator(".secret")).to_contain_text("bw")
+        key_row = page.get_by_role("row").filter(has_text="browser key")
+        await expect(key_row.get_by_role("cell", name="read", exact=True)).to_be_visible()
+        await expect(key_row).to_contain_text("2099")
         page.once("dialog", lambda dialog: dialog.accept())
         await page.get_by_role("button", name="Revoke browser key").click()
-        key_row = page.get_by_role("row").filter(has_text="browser key")
         await expect(key_row).to_contain_text("revoked")
 
         # A client created here with no budget: executing for it is refused, in words.

@@ -221,7 +221,9 @@ class Principal(_message.Message):
     """The API key's id, for PRINCIPAL_KIND_API_KEY."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Fine-grained permissions, for example `requests.write` or `internal`."""
+        """What the caller may do: an API key's scopes (`read`, `write`), `internal` for workers and
+        services; empty for users (their role decides).
+        """
 
     def __init__(
         self,

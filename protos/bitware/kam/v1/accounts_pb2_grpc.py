@@ -647,6 +647,12 @@ class ClientService:
 class ApiKeyServiceStub:
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     def __init__(self, channel):
@@ -675,12 +681,19 @@ class ApiKeyServiceStub:
 class ApiKeyServiceServicer:
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     def CreateApiKey(self, request, context):
         """Creates a key; the plaintext is returned once and stored only as a hash.
-        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
-        PERMISSION_DENIED (support, workers, API keys).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations: no name, an unknown or
+        repeated scope, an expire_time not in the future), NOT_FOUND (client), PERMISSION_DENIED
+        (support, workers, API keys).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -733,6 +746,12 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
 class ApiKeyService:
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     @staticmethod

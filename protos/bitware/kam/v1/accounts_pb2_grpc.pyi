@@ -327,6 +327,12 @@ def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server:
 class ApiKeyServiceStub:
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     @_typing.overload
@@ -335,8 +341,9 @@ class ApiKeyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ApiKeyServiceAsyncStub: ...
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.CreateApiKeyRequest, _accounts_pb2.CreateApiKeyResponse]
     """Creates a key; the plaintext is returned once and stored only as a hash.
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
-    PERMISSION_DENIED (support, workers, API keys).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations: no name, an unknown or
+    repeated scope, an expire_time not in the future), NOT_FOUND (client), PERMISSION_DENIED
+    (support, workers, API keys).
     """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListApiKeysRequest, _accounts_pb2.ListApiKeysResponse]
     """Lists a client's keys (never their secrets).
@@ -353,13 +360,20 @@ class ApiKeyServiceStub:
 class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_accounts_pb2.CreateApiKeyRequest, _accounts_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates a key; the plaintext is returned once and stored only as a hash.
-    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
-    PERMISSION_DENIED (support, workers, API keys).
+    Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations: no name, an unknown or
+    repeated scope, an expire_time not in the future), NOT_FOUND (client), PERMISSION_DENIED
+    (support, workers, API keys).
     """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListApiKeysRequest, _accounts_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists a client's keys (never their secrets).
@@ -375,6 +389,12 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """API keys of client programs. Admins for any client, client users for their own; support
     reads; API keys may list their client's keys but not create or revoke keys.
+
+    A key carries scopes that every server enforces: `read` allows the RPCs that only read
+    (`Get*`, `List*`, `Watch*`, `Authenticate`), `write` every other RPC a client may call
+    (create, execute, retry, cancel, …). A call outside the key's scopes is PERMISSION_DENIED
+    with ErrorInfo reason API_KEY_SCOPE (metadata `required_scope`). A key past its expire_time
+    is UNAUTHENTICATED (reason API_KEY_EXPIRED).
     """
 
     @_abc_1.abstractmethod
@@ -384,8 +404,9 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.CreateApiKeyResponse, _abc.Awaitable[_accounts_pb2.CreateApiKeyResponse]]:
         """Creates a key; the plaintext is returned once and stored only as a hash.
-        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (client),
-        PERMISSION_DENIED (support, workers, API keys).
+        Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations: no name, an unknown or
+        repeated scope, an expire_time not in the future), NOT_FOUND (client), PERMISSION_DENIED
+        (support, workers, API keys).
         """
 
     @_abc_1.abstractmethod

@@ -83,8 +83,9 @@ class AuthServiceServicer:
         gateway; services and workers may check any credential, every other caller only its own
         (an empty request answers who the caller is).
         Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
-        caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
-        non-service caller asked about another credential).
+        caller's or the given credential is unknown, revoked or expired; reason API_KEY_EXPIRED for
+        an API key past its expire_time), PERMISSION_DENIED (a non-service caller asked about
+        another credential).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

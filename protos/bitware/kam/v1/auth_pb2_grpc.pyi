@@ -54,8 +54,9 @@ class AuthServiceStub:
     gateway; services and workers may check any credential, every other caller only its own
     (an empty request answers who the caller is).
     Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
-    caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
-    non-service caller asked about another credential).
+    caller's or the given credential is unknown, revoked or expired; reason API_KEY_EXPIRED for
+    an API key past its expire_time), PERMISSION_DENIED (a non-service caller asked about
+    another credential).
     """
 
 @_typing.type_check_only
@@ -82,8 +83,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     gateway; services and workers may check any credential, every other caller only its own
     (an empty request answers who the caller is).
     Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
-    caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
-    non-service caller asked about another credential).
+    caller's or the given credential is unknown, revoked or expired; reason API_KEY_EXPIRED for
+    an API key past its expire_time), PERMISSION_DENIED (a non-service caller asked about
+    another credential).
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,8 +127,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         gateway; services and workers may check any credential, every other caller only its own
         (an empty request answers who the caller is).
         Errors: INVALID_ARGUMENT (a worker credential without id or token), UNAUTHENTICATED (the
-        caller's or the given credential is unknown, revoked or expired), PERMISSION_DENIED (a
-        non-service caller asked about another credential).
+        caller's or the given credential is unknown, revoked or expired; reason API_KEY_EXPIRED for
+        an API key past its expire_time), PERMISSION_DENIED (a non-service caller asked about
+        another credential).
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
