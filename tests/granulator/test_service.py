@@ -303,6 +303,7 @@ async def test_two_stage_pipeline_validates_the_generated_job(client: Client) ->
             structure_template="course",
             params={"judge_level": "1"},  # no model configured: the rules alone score
             min_quality_score=60,
+            review_again_below_quality=True,  # KAM refuses a silent re-review gate
         ),
     ]
     async with (
