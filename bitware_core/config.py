@@ -105,6 +105,16 @@ class Settings:
     #: JSON object merged into every request body, e.g. `{"repeat_penalty": 1.1}` for llama.cpp;
     #: dropped for an endpoint that rejects a parameter it names.
     openai_extra_body: str = ""
+    #: Granulator: several OpenAI-compatible endpoints in order of preference, as a JSON list
+    #: (replaces the `openai_*` endpoint; see granulator_server/providers/endpoints.py):
+    #: `[{"name": "a", "base_url": "…/v1", "model": "m", "api_key_env": "A_KEY",
+    #: "input_price": 0.15, "output_price": 0.6}, …]`. Keys only by variable name.
+    providers: str = ""
+    #: Granulator: transient failures in a row (429, 5xx, timeouts) before an endpoint of
+    #: `providers` cools down and calls move to the next.
+    provider_failures: int = 3
+    #: Granulator: seconds an endpoint cools down before it is used again.
+    provider_cooldown: float = 60.0
     #: Granulator: prices per 1M tokens merged over the built-in table, as JSON
     #: `{"model": {"input": 0.15, "output": 0.6}}` (dated model names match by prefix).
     price_table: str = ""

@@ -81,30 +81,52 @@ def principal_from_proto(message: common_pb2.Principal) -> Principal:
     )
 
 
-#: Usage's fields and the Python type of each. (Written out rather than `json_format`, which
-#: costs ~10× more; usage is converted several times per stage.)
-_USAGE_FIELDS: dict[str, type] = {
-    field.name: {FieldDescriptor.CPPTYPE_DOUBLE: float, FieldDescriptor.CPPTYPE_STRING: str}.get(
-        field.cpp_type, int
-    )
-    for field in common_pb2.Usage.DESCRIPTOR.fields
-}
+def _scalar_fields(descriptor: Any) -> dict[str, type]:
+    return {
+        field.name: {
+            FieldDescriptor.CPPTYPE_DOUBLE: float,
+            FieldDescriptor.CPPTYPE_STRING: str,
+        }.get(field.cpp_type, int)
+        for field in descriptor.fields
+        if field.cpp_type != FieldDescriptor.CPPTYPE_MESSAGE
+    }
+
+
+#: Usage's scalar fields and the Python type of each, and ProviderUsage's. (Written out rather
+#: than `json_format`, which costs ~10× more; usage is converted several times per stage.)
+_USAGE_FIELDS = _scalar_fields(common_pb2.Usage.DESCRIPTOR)
+_PROVIDER_USAGE_FIELDS = _scalar_fields(common_pb2.ProviderUsage.DESCRIPTOR)
+
+
+def _scalars(values: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
+    return {
+        name: kind(value)
+        for name, kind in fields.items()
+        if (value := values.get(name)) not in (None, "")
+    }
 
 
 def usage_to_proto(usage: dict[str, Any]) -> common_pb2.Usage:
     """Usage from its dict form; unknown keys are ignored, and numbers may be strings (as
     protobuf's JSON form writes 64-bit integers)."""
-    values = {}
-    for name, kind in _USAGE_FIELDS.items():
-        value = usage.get(name) if usage else None
-        if value not in (None, ""):
-            values[name] = kind(value)
-    return common_pb2.Usage(**values)
+    if not usage:
+        return common_pb2.Usage()
+    by_provider = [
+        common_pb2.ProviderUsage(**_scalars(each, _PROVIDER_USAGE_FIELDS))
+        for each in usage.get("by_provider") or ()
+    ]
+    return common_pb2.Usage(**_scalars(usage, _USAGE_FIELDS), by_provider=by_provider)
 
 
 def usage_from_proto(usage: common_pb2.Usage) -> dict[str, Any]:
     """The fields that are set (not zero or empty)."""
-    return {name: value for name in _USAGE_FIELDS if (value := getattr(usage, name))}
+    values = {name: value for name in _USAGE_FIELDS if (value := getattr(usage, name))}
+    if usage.by_provider:
+        values["by_provider"] = [
+            {name: value for name in _PROVIDER_USAGE_FIELDS if (value := getattr(each, name))}
+            for each in usage.by_provider
+        ]
+    return values
 
 
 def spec_from_proto(spec: common_pb2.ContentSpec) -> dict[str, Any]:

@@ -10,12 +10,14 @@ always `cost_micros / 1,000,000`, and a float of that form turns back into the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MICROS_PER_USD = 1_000_000
 #: The integer counters of a usage, summed field by field.
 _COUNTS = ("prompt_tokens", "completion_tokens", "worker_time_ms", "llm_calls")
+#: The integer counters of one provider's entry in `by_provider`.
+_PROVIDER_COUNTS = ("prompt_tokens", "completion_tokens", "llm_calls")
 
 
 def to_micros(usd: float) -> int:
@@ -43,10 +45,35 @@ def priced(usage: Mapping[str, Any], micros: int) -> dict[str, Any]:
 
 def add_usage(total: Mapping[str, Any], usage: Mapping[str, Any]) -> dict[str, Any]:
     """Two usages added: counters and micro-dollars summed; model and provider are the later
-    one's when it names them."""
-    merged = {key: int(total.get(key, 0)) + int(usage.get(key, 0)) for key in _COUNTS}
+    one's when it names them; what each provider did (`by_provider`) summed by provider."""
+    merged: dict[str, Any] = {
+        key: int(total.get(key, 0)) + int(usage.get(key, 0)) for key in _COUNTS
+    }
     for key in ("model", "provider"):
         value = usage.get(key) or total.get(key)
         if value:
             merged[key] = value
+    by_provider = _add_by_provider(total.get("by_provider") or (), usage.get("by_provider") or ())
+    if by_provider:
+        merged["by_provider"] = by_provider
     return priced(merged, micros_of(total) + micros_of(usage))
+
+
+def _add_by_provider(
+    first: Iterable[Mapping[str, Any]], second: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Two `by_provider` lists as one, summed by provider (in order of first appearance)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for each in (*first, *second):
+        name = str(each.get("provider", ""))
+        known = merged.get(name)
+        if known is None:
+            merged[name] = dict(each)
+            continue
+        for key in _PROVIDER_COUNTS:
+            known[key] = int(known.get(key, 0)) + int(each.get(key, 0))
+        known["cost_usd"] = to_usd(micros_of(known) + micros_of(each))
+        known.pop("cost_micros", None)
+        if each.get("model"):
+            known["model"] = each["model"]
+    return list(merged.values())

@@ -25,6 +25,9 @@ class Price:
     input: float
     output: float
 
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return round((prompt_tokens * self.input + completion_tokens * self.output) / 1e6, 8)
+
 
 DEFAULT_PRICES: dict[str, Price] = {
     "gpt-4o-mini": Price(0.15, 0.60),
@@ -66,7 +69,7 @@ class PriceTable:
                 self._unknown_logged.add(model)
                 log.warning("no price for model; its cost is recorded as 0", extra={"model": model})
             return 0.0
-        return round((prompt_tokens * price.input + completion_tokens * price.output) / 1e6, 8)
+        return price.cost(prompt_tokens, completion_tokens)
 
 
 def parse_prices(raw: str) -> dict[str, Price]:

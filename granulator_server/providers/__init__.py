@@ -31,8 +31,9 @@ def __getattr__(name: str) -> Any:
 
 
 def choose_provider(settings: Settings, prices: PriceTable) -> Provider:
-    """The `openai` provider when a key or a base URL is configured, else the offline one."""
-    if settings.openai_api_key or settings.openai_base_url:
+    """The `openai` provider when endpoints, a key or a base URL are configured, else the
+    offline one. Raises ValueError for settings that do not make sense."""
+    if settings.providers or settings.openai_api_key or settings.openai_base_url:
         from granulator_server.providers.openai_chat import OpenAIProvider
 
         return OpenAIProvider.from_settings(settings, prices)

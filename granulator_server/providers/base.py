@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from bitware_core import money
 from granulator_server.domain import StructureTemplate
-from granulator_server.pricing import PriceTable
+from granulator_server.pricing import Price, PriceTable
 
 #: Called with the number of elements produced so far while a reply streams in.
 ProgressCallback = Callable[[int], None]
@@ -113,8 +113,39 @@ def usage_of(meters: list[UsageMeter]) -> dict[str, Any]:
 
 
 @dataclass
+class _Served:
+    """What one endpoint did for a stage."""
+
+    provider: str
+    model: str
+    price: Price | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_calls: int = 0
+
+    def as_dict(self, prices: PriceTable | None) -> dict[str, Any]:
+        tokens = self.prompt_tokens, self.completion_tokens
+        if self.price is not None:
+            cost = self.price.cost(*tokens)
+        else:
+            cost = prices.cost(self.model, *tokens) if prices is not None else 0.0
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": money.to_usd(money.to_micros(cost)),
+            "llm_calls": self.llm_calls,
+        }
+
+
+@dataclass
 class UsageMeter:
-    """Tokens, calls and time of one stage, summed over every call (retries and re-asks too)."""
+    """Tokens, calls and time of one stage, summed over every call (retries and re-asks too).
+
+    Calls that name the endpoint serving them (`call(provider, model, price)`) are also
+    counted per endpoint: the usage then names the endpoint of the last call and lists each
+    one under `by_provider`, each priced at its own price."""
 
     provider: str
     model: str
@@ -125,26 +156,30 @@ class UsageMeter:
     started: float = field(default_factory=time.monotonic)
     #: Every model call of the stage, in order.
     calls: list[CallRecord] = field(default_factory=list)
+    _served: dict[str, _Served] = field(default_factory=dict)
+    _last: _Served | None = None
 
     def __post_init__(self) -> None:
         tracked = _METERS.get()
         if tracked is not None:
             tracked.append(self)
 
-    def call(self) -> None:
+    def call(self, provider: str = "", model: str = "", price: Price | None = None) -> None:
         self.llm_calls += 1
+        if provider:
+            self._last = self._served.setdefault(provider, _Served(provider, model, price))
+            self._last.llm_calls += 1
 
     def add_tokens(self, prompt: int, completion: int) -> None:
+        """Tokens of the call counted last."""
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+        if self._last is not None:
+            self._last.prompt_tokens += prompt
+            self._last.completion_tokens += completion
 
     def as_dict(self) -> dict[str, Any]:
-        cost = (
-            self.prices.cost(self.model, self.prompt_tokens, self.completion_tokens)
-            if self.prices is not None
-            else 0.0
-        )
-        usage = {
+        usage: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "prompt_tokens": self.prompt_tokens,
@@ -152,7 +187,17 @@ class UsageMeter:
             "llm_calls": self.llm_calls,
             "worker_time_ms": int((time.monotonic() - self.started) * 1000),
         }
-        return money.priced(usage, money.to_micros(cost))
+        if self._last is None:
+            cost = (
+                self.prices.cost(self.model, self.prompt_tokens, self.completion_tokens)
+                if self.prices is not None
+                else 0.0
+            )
+            return money.priced(usage, money.to_micros(cost))
+        served = [each.as_dict(self.prices) for each in self._served.values()]
+        usage["provider"], usage["model"] = self._last.provider, self._last.model
+        usage["by_provider"] = served
+        return money.priced(usage, sum(money.micros_of(each) for each in served))
 
 
 def add_usage(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

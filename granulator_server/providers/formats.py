@@ -84,25 +84,25 @@ def _with_schema(messages: list[Message], schema: dict[str, Any]) -> list[Messag
 
 
 class ModeMemory:
-    """The working mode per (endpoint, model): `configured` when it names a mode, else the
-    strongest mode the endpoint has not rejected. Logs once per endpoint and mode when a weaker
-    mode first works. Shared by the concurrent stages of one process (hence the lock)."""
+    """The working mode of one endpoint and model: `configured` when it names a mode, else the
+    strongest mode the endpoint has not rejected. Logs once per mode when a weaker mode first
+    works. Shared by the concurrent stages of one process (hence the lock)."""
 
-    def __init__(self, configured: str = AUTO) -> None:
+    def __init__(self, configured: str = AUTO, label: str = "") -> None:
         self.configured = check(configured)
-        self._modes: dict[tuple[str, str], str] = {}
-        self._announced: set[tuple[str, str, str]] = set()
+        #: Names the endpoint and model in the log.
+        self.label = label
+        self._mode = MODES[0] if self.auto else configured
+        self._announced: set[str] = set()
         self._lock = threading.Lock()
 
     @property
     def auto(self) -> bool:
         return self.configured == AUTO
 
-    def current(self, key: tuple[str, str]) -> str:
-        if not self.auto:
-            return self.configured
+    def current(self) -> str:
         with self._lock:
-            return self._modes.get(key, MODES[0])
+            return self._mode
 
     def weaker(self, mode: str) -> str | None:
         """The mode to try after the endpoint rejected `mode`; None when there is none (the
@@ -110,34 +110,32 @@ class ModeMemory:
         index = MODES.index(mode) + 1
         return MODES[index] if self.auto and index < len(MODES) else None
 
-    def rejected(self, key: tuple[str, str], mode: str) -> None:
+    def rejected(self, mode: str) -> None:
         """The endpoint said plainly that it does not take `mode`: never offer it again."""
         following = self.weaker(mode)
         if following is not None:
-            self._lower(key, following)
+            self._lower(following)
 
-    def worked(self, key: tuple[str, str], mode: str, rejections: list[str]) -> None:
+    def worked(self, mode: str, rejections: list[str]) -> None:
         """A reply came in `mode` after the stronger modes were rejected (`rejections`, the
         servers' words): remember it and say so once."""
         if not self.auto or mode == MODES[0]:
             return
-        self._lower(key, mode)
+        self._lower(mode)
         with self._lock:
-            if (*key, mode) in self._announced:
+            if mode in self._announced:
                 return
-            self._announced.add((*key, mode))
+            self._announced.add(mode)
         log.warning(
-            "structured output for %s at %s: %s (rejected: %s)",
-            key[1],
-            key[0],
+            "structured output for %s: %s (rejected: %s)",
+            self.label,
             mode,
             "; ".join(rejections) or "earlier",
-            extra={"endpoint": key[0], "model": key[1], "mode": mode},
+            extra={"endpoint": self.label, "mode": mode},
         )
 
-    def _lower(self, key: tuple[str, str], mode: str) -> None:
+    def _lower(self, mode: str) -> None:
         # Never back to a stronger mode: a rejection is a property of the server.
         with self._lock:
-            known = self._modes.get(key, MODES[0])
-            if MODES.index(mode) > MODES.index(known):
-                self._modes[key] = mode
+            if MODES.index(mode) > MODES.index(self._mode):
+                self._mode = mode

@@ -24,19 +24,29 @@ and every call passes through `_send`, which writes its `CallRecord`):
 - `frequency_penalty` and `extra_body` (e.g. llama.cpp's `repeat_penalty`) are sent when
   configured; an endpoint whose 400/422 names one of them is asked again without them, and they
   are not sent to it again.
+- Several endpoints (`providers.endpoints`, `BITWARE_PROVIDERS`): each call goes to the first
+  one that is not cooling down. After `failures_before_cooldown` transient failures in a row an
+  endpoint cools down for `cooldown` seconds and the call moves on to the next; it is used again
+  once its cool-down is over. The usage names the endpoint of each call (`by_provider`).
+- Pacing: what an endpoint's headers say (`retry-after`, `x-ratelimit-remaining-requests` /
+  `-tokens` with `x-ratelimit-reset-*`) holds its next calls back until it has room; a wait
+  longer than `max_retry_wait` skips to another endpoint, or fails the stage as TRANSIENT with
+  that `retry_after`. Failures the server gave no wait for back off exponentially.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bitware_core.config import Settings
 from granulator_server.domain import StructureTemplate, build_prompt
@@ -56,6 +66,7 @@ from granulator_server.providers.base import (
     ProgressCallback,
     UsageMeter,
 )
+from granulator_server.providers.endpoints import EndpointConfig, Health, parse_providers
 from granulator_server.providers.formats import Message, ModeMemory
 from granulator_server.providers.replies import (
     ElementCounter,
@@ -68,15 +79,18 @@ from granulator_server.providers.replies import (
 
 log = logging.getLogger("bitware.granulator.openai")
 _MAX_ERROR_LINES = 15
+_JUDGE_TOKENS = 1024
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One model answer: its text, refusal text and why it stopped."""
+    """One model answer: its text, refusal text, why it stopped and the budget it had."""
 
     content: str
     refusal: str
     finish_reason: str
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,76 +107,114 @@ class _Failure:
     certain: bool = False
 
 
+class Endpoint:
+    """One endpoint at run time: its client, structured-output mode, optional parameters and
+    health."""
+
+    def __init__(self, config: EndpointConfig, timeout: float) -> None:
+        self.config = config
+        self.name, self.model = config.name, config.model
+        self.base_url = config.base_url or DEFAULT_BASE_URL
+        # Local endpoints often need no key, but the client insists on one.
+        self.client = AsyncOpenAI(
+            api_key=config.api_key or "no-key",
+            base_url=self.base_url,
+            timeout=timeout,
+            max_retries=0,
+        )
+        self.modes = ModeMemory(config.structured, f"{self.model} at {self.name} ({self.base_url})")
+        #: Optional sampling parameters; emptied when the endpoint rejects one of them.
+        self.extras: dict[str, Any] = dict(config.extra_body)
+        if config.frequency_penalty:
+            self.extras["frequency_penalty"] = config.frequency_penalty
+        self.health = Health()
+        #: Set once the endpoint sent a reply without usage (said in the log once).
+        self.estimating = False
+
+
 class OpenAIProvider:
     name = "openai"
 
     def __init__(
         self,
         *,
-        model: str,
+        model: str = "",
         base_url: str = "",
         api_key: str = "",
-        timeout: float = 60.0,
-        max_retries: int = 2,
-        prices: PriceTable | None = None,
-        stream: bool = True,
         structured: str = formats.AUTO,
         max_output_tokens: int = 4096,
         frequency_penalty: float = 0.0,
         extra_body: dict[str, Any] | None = None,
+        endpoints: list[EndpointConfig] | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        prices: PriceTable | None = None,
+        stream: bool = True,
         truncation_factor: int = 2,
         max_reasks: int = 2,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
         max_retry_wait: float = 30.0,
+        failures_before_cooldown: int = 3,
+        cooldown: float = 60.0,
     ) -> None:
-        self.model = model
-        self.base_url = base_url or "https://api.openai.com/v1"
+        """One endpoint named `openai` from `model`, `base_url`, … or, when given, `endpoints`
+        in order of preference."""
+        configs = endpoints or [
+            EndpointConfig(
+                name=self.name,
+                base_url=base_url,
+                model=model,
+                api_key=api_key,
+                structured=structured,
+                max_output_tokens=max_output_tokens,
+                frequency_penalty=frequency_penalty,
+                extra_body=dict(extra_body or {}),
+            )
+        ]
+        self.endpoints = [Endpoint(config, timeout) for config in configs]
+        self.model = self.endpoints[0].model
         self.timeout = timeout
         self.max_retries = max_retries
         self.prices = prices or PriceTable()
         self.stream = stream
-        self.modes = ModeMemory(structured)
-        self.max_output_tokens = max_output_tokens
-        #: Optional sampling parameters; emptied when the endpoint rejects them.
-        self.extras: dict[str, Any] = dict(extra_body or {})
-        if frequency_penalty:
-            self.extras["frequency_penalty"] = frequency_penalty
         self.truncation_factor = truncation_factor
-        #: Set once the endpoint sent a reply without usage (said in the log once).
-        self._estimating = False
         self.max_reasks = max_reasks
         self.backoff, self.max_backoff, self.max_retry_wait = backoff, max_backoff, max_retry_wait
-        # Local endpoints often need no key, but the client insists on one.
-        self.client = AsyncOpenAI(
-            api_key=api_key or "no-key",
-            base_url=self.base_url,
-            timeout=timeout,
-            max_retries=0,
-        )
+        self.failures_before_cooldown, self.cooldown = failures_before_cooldown, cooldown
 
     @classmethod
-    def from_settings(cls, settings: Settings, prices: PriceTable) -> OpenAIProvider:
-        return cls(
-            model=settings.openai_model,
+    def from_settings(
+        cls, settings: Settings, prices: PriceTable, environ: Mapping[str, str] | None = None
+    ) -> OpenAIProvider:
+        """Raises ValueError for settings that do not make sense (named in the message)."""
+        default = EndpointConfig(
+            name=cls.name,
             base_url=settings.openai_base_url,
+            model=settings.openai_model,
             api_key=settings.openai_api_key,
-            timeout=settings.openai_timeout,
-            max_retries=settings.openai_max_retries,
-            prices=prices,
-            structured=settings.openai_structured,
+            structured=formats.check(settings.openai_structured),
             max_output_tokens=settings.openai_max_output_tokens,
             frequency_penalty=settings.openai_frequency_penalty,
             extra_body=settings.openai_extra_body_json(),
         )
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """What a structured-output mode is remembered for."""
-        return self.base_url, self.model
+        endpoints = (
+            parse_providers(settings.providers, os.environ if environ is None else environ, default)
+            if settings.providers.strip()
+            else [default]
+        )
+        return cls(
+            endpoints=endpoints,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
+            prices=prices,
+            failures_before_cooldown=settings.provider_failures,
+            cooldown=settings.provider_cooldown,
+        )
 
     async def close(self) -> None:
-        await self.client.close()
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
 
     async def generate(
         self,
@@ -191,7 +243,6 @@ class OpenAIProvider:
             f"{template.structure_type}_structure",
             schema,
             lambda value: schema_problems(schema, value),
-            self.max_output_tokens,
             meter,
             on_progress,
         )
@@ -211,9 +262,9 @@ class OpenAIProvider:
             "judgement",
             schema,
             lambda value: schema_problems(schema, value),
-            min(1024, self.max_output_tokens),
             meter,
             None,
+            max_tokens=_JUDGE_TOKENS,
         )
         score, criteria, feedback = judging.read(verdict, level)
         return Judgement(score, criteria, feedback, meter.as_dict())
@@ -224,26 +275,28 @@ class OpenAIProvider:
         schema_name: str,
         schema: dict[str, Any],
         problems_of: Callable[[dict[str, Any]], list[str]],
-        budget: int,
         meter: UsageMeter,
         on_progress: ProgressCallback | None,
+        max_tokens: int | None = None,
     ) -> dict[str, Any]:
         """A JSON object with no problems (`problems_of`), re-asking with the problems found
-        at most `max_reasks` times; raises InvalidOutput after that."""
-        truncated, reasks, why = False, 0, "first"
+        at most `max_reasks` times; raises InvalidOutput after that. `max_tokens` caps the
+        endpoint's own reply budget."""
+        scale, reasks, why = 1, 0, "first"
         while True:
             reply = await self.complete(
-                messages, schema_name, schema, budget, meter, on_progress, why
+                messages, schema_name, schema, meter, on_progress, why, scale, max_tokens
             )
             if reply.finish_reason == "length":
-                if truncated:
+                if scale > 1:
                     raise InvalidOutput(
                         "TRUNCATED",
-                        f"the reply was cut off at {budget} tokens, even with a larger budget",
+                        f"the reply was cut off at {reply.max_tokens} tokens, even with "
+                        f"{scale}× the budget",
                         usage=meter.as_dict(),
                     )
                 # Never continue a cut-off reply: ask again from scratch with more room.
-                truncated, budget, why = True, budget * self.truncation_factor, "TRUNCATED"
+                scale, why = self.truncation_factor, "TRUNCATED"
                 continue
             try:
                 document = parse_object(reply.content)
@@ -268,26 +321,57 @@ class OpenAIProvider:
         messages: list[Message],
         schema_name: str,
         schema: dict[str, Any],
-        max_tokens: int,
         meter: UsageMeter,
         on_progress: ProgressCallback | None,
         why: str = "first",
+        scale: int = 1,
+        max_tokens: int | None = None,
     ) -> Reply:
-        """One answer, with transient failures retried, rejected formats stepped down from and
-        refusals raised; every call counted."""
-        mode = self.modes.current(self.key)
-        rejections: list[str] = []
-        failures = 0
+        """One answer from the first endpoint that can give it: transient failures retried
+        (and moved to the next endpoint when one cools down), calls paced by the endpoint's
+        rate-limit headers, rejected formats stepped down from, refusals raised; every call
+        counted. The reply budget is the endpoint's, capped at `max_tokens`, times `scale`."""
+        endpoint: Endpoint | None = None
+        mode, rejections = "", list[str]()  # of the endpoint in use
+        failures, spent = 0, 0  # transient failures: on the endpoint in use, in all
         while True:
+            now = time.monotonic()
+            chosen = self._pick(now)
+            if chosen is not endpoint:
+                if endpoint is not None:
+                    log.warning(
+                        "moving model calls from %s to %s",
+                        endpoint.name,
+                        chosen.name,
+                        extra={"from": endpoint.name, "to": chosen.name},
+                    )
+                endpoint, mode, rejections, failures = chosen, chosen.modes.current(), [], 0
             shaped, response_format = formats.shape(mode, messages, schema_name, schema)
-            request = self._request(shaped, response_format, max_tokens)
+            budget = endpoint.config.max_output_tokens
+            if max_tokens is not None:
+                budget = min(budget, max_tokens)
+            request = self._request(endpoint, shaped, response_format, budget * scale)
+            need = sum(estimate_tokens(m["content"]) for m in shaped) + request["max_tokens"]
+            wait = endpoint.health.wait(need, now)
+            if wait > self.max_retry_wait:
+                raise ProviderTransient(
+                    "RATE_LIMITED",
+                    f"{endpoint.name} has no room for {wait:.1f}s (its rate-limit headers)",
+                    retry_after=wait,
+                    usage=meter.as_dict(),
+                )
+            if wait > 0:
+                log.info("pacing model calls", extra={"endpoint": endpoint.name, "delay_s": wait})
+                await asyncio.sleep(wait)
+            endpoint.health.spend(need, time.monotonic())
             try:
-                reply = await self._send(request, mode, why, meter, on_progress)
+                reply = await self._send(endpoint, request, mode, why, meter, on_progress)
             except (TimeoutError, openai.APIError) as error:
-                failure = self._classify(error, mode)
+                failure = self._classify(endpoint, error, mode)
             else:
+                endpoint.health.succeeded()
                 if rejections:
-                    self.modes.worked(self.key, mode, rejections)
+                    endpoint.modes.worked(mode, rejections)
                 if reply.refusal or reply.finish_reason == "content_filter":
                     raise ProviderRefused(
                         "CONTENT_FILTERED" if not reply.refusal else "REFUSED",
@@ -302,45 +386,84 @@ class OpenAIProvider:
             if failure.kind == "extras":
                 log.warning(
                     "the endpoint rejected optional parameters; sending none from now on",
-                    extra={"endpoint": self.base_url, "parameters": sorted(self.extras)},
+                    extra={"endpoint": endpoint.name, "parameters": sorted(endpoint.extras)},
                 )
-                self.extras, why = {}, "PARAMETERS_REJECTED"
+                endpoint.extras, why = {}, "PARAMETERS_REJECTED"
                 continue
             if failure.kind == "format":
                 if failure.certain:
-                    self.modes.rejected(self.key, mode)
-                weaker = self.modes.weaker(mode)
+                    endpoint.modes.rejected(mode)
+                weaker = endpoint.modes.weaker(mode)
                 if weaker is None:  # a mode named by configuration
                     raise ProviderRejected(
                         "FORMAT_REJECTED",
-                        f"the endpoint rejected structured-output mode {mode} ({failure.message}); "
-                        "BITWARE_OPENAI_STRUCTURED=auto finds one it takes",
+                        f"{endpoint.name} rejected structured-output mode {mode} "
+                        f"({failure.message}); BITWARE_OPENAI_STRUCTURED=auto finds one it takes",
                         usage=meter.as_dict(),
                     )
                 rejections.append(f"{mode}: {failure.message[:200]}")
                 mode, why = weaker, "FORMAT_REJECTED"
                 continue
-            failures += 1
+            failures, spent, why = failures + 1, spent + 1, failure.reason
+            self._count_failure(endpoint, now)
+            if spent < self._most_failures and self._pick(time.monotonic()) is not endpoint:
+                continue  # another endpoint takes over at once
             delay = failure.wait if failure.wait is not None else self._backoff(failures)
-            if failures > self.max_retries or delay > self.max_retry_wait:
+            if (
+                failures > self.max_retries
+                or delay > self.max_retry_wait
+                or spent >= self._most_failures
+            ):
                 raise ProviderTransient(
                     failure.reason,
-                    f"{failure.message} (after {failures} attempts)",
+                    f"{endpoint.name}: {failure.message} (after {failures} attempts)",
                     retry_after=delay,
                     usage=meter.as_dict(),
                 )
             log.info("retrying the model call", extra={"reason": failure.reason, "delay_s": delay})
-            why = failure.reason
-            await asyncio.sleep(delay)
+            if failure.wait is None:  # a wait the server asked for is kept by its Health
+                await asyncio.sleep(delay)
 
-    def _classify(self, error: TimeoutError | openai.APIError, mode: str) -> _Failure:
+    def _pick(self, now: float) -> Endpoint:
+        """The first endpoint that is not cooling down and has room soon enough; else the
+        one whose cool-down ends first."""
+        for endpoint in self.endpoints:
+            if (
+                not endpoint.health.cooling(now)
+                and endpoint.health.wait(0, now) <= self.max_retry_wait
+            ):
+                return endpoint
+        return min(self.endpoints, key=lambda e: e.health.cooling_until)
+
+    def _count_failure(self, endpoint: Endpoint, now: float) -> None:
+        """A transient failure of `endpoint`; enough in a row start its cool-down (when there
+        is another endpoint to use meanwhile)."""
+        if len(self.endpoints) < 2:
+            return
+        if endpoint.health.failed(now, self.failures_before_cooldown, self.cooldown):
+            log.warning(
+                "%s failed %d times in a row; cooling down for %.0fs",
+                endpoint.name,
+                self.failures_before_cooldown,
+                self.cooldown,
+                extra={"endpoint": endpoint.name, "cooldown_s": self.cooldown},
+            )
+
+    @property
+    def _most_failures(self) -> int:
+        # Bounds one call's transient failures over all endpoints.
+        return (self.max_retries + 1) * len(self.endpoints)
+
+    def _classify(
+        self, endpoint: Endpoint, error: TimeoutError | openai.APIError, mode: str
+    ) -> _Failure:
         """What a failed call means."""
         if isinstance(error, TimeoutError | openai.APITimeoutError):
             return _Failure("transient", "PROVIDER_TIMEOUT", f"no reply in {self.timeout}s")
         if not isinstance(error, openai.APIStatusError):  # connection errors, broken streams
             return _Failure("transient", "PROVIDER_UNREACHABLE", error.message)
         status, text = error.status_code, _describe(error)
-        if status in (400, 422) and any(name in text for name in self.extras):
+        if status in (400, 422) and any(name in text for name in endpoint.extras):
             return _Failure("extras", message=text)
         if (
             mode != "prompt"
@@ -348,7 +471,7 @@ class OpenAIProvider:
             and (status in (400, 422) or status >= 500)
         ):
             return _Failure("format", message=text, certain=True)
-        if mode != "prompt" and status == 400 and self.modes.auto:
+        if mode != "prompt" and status == 400 and endpoint.modes.auto:
             # A 400 that does not say why: perhaps the format. The weaker mode is remembered
             # only once it works (if every mode gets a 400, the request itself is wrong).
             return _Failure("format", message=text)
@@ -364,12 +487,16 @@ class OpenAIProvider:
     def _backoff(self, failures: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
 
+    @staticmethod
     def _request(
-        self, messages: list[Message], response_format: dict[str, Any] | None, max_tokens: int
+        endpoint: Endpoint,
+        messages: list[Message],
+        response_format: dict[str, Any] | None,
+        max_tokens: int,
     ) -> dict[str, Any]:
         request: dict[str, Any] = {
-            **self.extras,
-            "model": self.model,
+            **endpoint.extras,
+            "model": endpoint.model,
             "messages": messages,
             "max_tokens": max_tokens,
         }
@@ -379,25 +506,31 @@ class OpenAIProvider:
 
     async def _send(
         self,
+        endpoint: Endpoint,
         request: dict[str, Any],
         mode: str,
         why: str,
         meter: UsageMeter,
         on_progress: ProgressCallback | None,
     ) -> Reply:
-        """The one place every model call passes through: sends `request`, counts the call and
-        its tokens (estimated when the server sends none) and writes its `CallRecord`."""
-        meter.call()
-        record = CallRecord(self.base_url, self.model, mode, why, request, time.time())
+        """The one place every model call passes through: sends `request` to `endpoint`,
+        counts the call and its tokens (estimated when the server sends none), lets the
+        endpoint's headers pace what follows and writes the call's `CallRecord`."""
+        meter.call(endpoint.name, endpoint.model, endpoint.config.price)
+        record = CallRecord(endpoint.name, endpoint.model, mode, why, request, time.time())
         started = time.monotonic()
         received = ElementCounter()  # what a streamed reply has brought so far
         try:
             async with asyncio.timeout(self.timeout):
-                reply, tokens = await (
-                    self._stream(request, on_progress, received)
-                    if self.stream
-                    else self._once(request)
+                raw = await endpoint.client.chat.completions.with_raw_response.create(
+                    **_client_args(request, self.stream)
                 )
+                endpoint.health.observe(raw.headers, time.monotonic())
+                parsed = raw.parse()
+                if isinstance(parsed, AsyncStream):
+                    reply, tokens = await _read_stream(parsed, on_progress, received)
+                else:
+                    reply, tokens = _read_completion(parsed)
         except asyncio.CancelledError:
             # The attempt was stopped (a cancel or the stage's timeout) before the server said
             # what this call used: what was sent and what arrived is counted, estimated.
@@ -407,6 +540,8 @@ class OpenAIProvider:
             meter.add_tokens(record.prompt_tokens, record.completion_tokens)
             raise
         except (TimeoutError, openai.APIError) as error:
+            if isinstance(error, openai.APIStatusError):
+                endpoint.health.observe(error.response.headers, time.monotonic())
             record.error = (
                 f"no reply in {self.timeout}s"
                 if isinstance(error, TimeoutError)
@@ -419,56 +554,59 @@ class OpenAIProvider:
         if tokens is None:
             # The server sent no usage: an estimate keeps the budget honest rather than
             # recording the call as free.
-            if not self._estimating:
-                self._estimating = True
-                log.warning("the endpoint sends no usage; estimating tokens from the text")
+            if not endpoint.estimating:
+                endpoint.estimating = True
+                log.warning(
+                    "%s sends no usage; estimating tokens from the text",
+                    endpoint.name,
+                    extra={"endpoint": endpoint.name},
+                )
             prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
             tokens = prompt, estimate_tokens(reply.content)
             record.estimated = True
         record.prompt_tokens, record.completion_tokens = tokens
         record.content, record.finish_reason = reply.content, reply.finish_reason
         meter.add_tokens(*tokens)
-        return reply
+        return replace(reply, max_tokens=request["max_tokens"])
 
-    async def _once(self, request: dict[str, Any]) -> tuple[Reply, tuple[int, int] | None]:
-        response = await self.client.chat.completions.create(**_client_args(request))
-        usage = response.usage
-        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
-        if not response.choices:
-            return Reply("", "", "stop"), tokens
-        choice = response.choices[0]
-        reply = Reply(
-            choice.message.content or "", choice.message.refusal or "", choice.finish_reason or ""
-        )
-        return reply, tokens
 
-    async def _stream(
-        self,
-        request: dict[str, Any],
-        on_progress: ProgressCallback | None,
-        counter: ElementCounter,
-    ) -> tuple[Reply, tuple[int, int] | None]:
-        stream = await self.client.chat.completions.create(
-            **_client_args(request), stream=True, stream_options={"include_usage": True}
-        )
-        refusal: list[str] = []
-        finish, tokens = "", None
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    tokens = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices[:1]:
-                    if choice.delta.content:
-                        before = counter.count
-                        if counter.feed(choice.delta.content) > before and on_progress:
-                            on_progress(counter.count)
-                    if choice.delta.refusal:
-                        refusal.append(choice.delta.refusal)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-        finally:
-            await stream.close()
-        return Reply(counter.text, "".join(refusal), finish), tokens
+def _read_completion(response: ChatCompletion) -> tuple[Reply, tuple[int, int] | None]:
+    usage = response.usage
+    tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+    if not response.choices:
+        return Reply("", "", "stop"), tokens
+    choice = response.choices[0]
+    reply = Reply(
+        choice.message.content or "", choice.message.refusal or "", choice.finish_reason or ""
+    )
+    return reply, tokens
+
+
+async def _read_stream(
+    stream: AsyncStream[ChatCompletionChunk],
+    on_progress: ProgressCallback | None,
+    counter: ElementCounter,
+) -> tuple[Reply, tuple[int, int] | None]:
+    """The streamed reply, fed to `counter` as it arrives (so a caller stopped midway knows
+    what came)."""
+    refusal: list[str] = []
+    finish, tokens = "", None
+    try:
+        async for chunk in stream:
+            if chunk.usage is not None:
+                tokens = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            for choice in chunk.choices[:1]:
+                if choice.delta.content:
+                    before = counter.count
+                    if counter.feed(choice.delta.content) > before and on_progress:
+                        on_progress(counter.count)
+                if choice.delta.refusal:
+                    refusal.append(choice.delta.refusal)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    finally:
+        await stream.close()
+    return Reply(counter.text, "".join(refusal), finish), tokens
 
 
 def _reask(content: str, problems: list[str]) -> list[Message]:
@@ -488,11 +626,14 @@ def _reask(content: str, problems: list[str]) -> list[Message]:
     ]
 
 
-def _client_args(request: dict[str, Any]) -> dict[str, Any]:
-    # The client takes only the parameters it knows by name; the rest (llama.cpp's
-    # `repeat_penalty`, the `schema` inside `response_format`) goes in the body as given.
+def _client_args(request: dict[str, Any], stream: bool) -> dict[str, Any]:
+    # The body goes as given (the client would drop or reshape what it does not know, such as
+    # llama.cpp's `repeat_penalty` or the `schema` inside `response_format`).
     body = {k: v for k, v in request.items() if k not in ("model", "messages")}
-    return {"model": request["model"], "messages": request["messages"], "extra_body": body}
+    args = {"model": request["model"], "messages": request["messages"], "extra_body": body}
+    if stream:
+        args.update(stream=True, stream_options={"include_usage": True})
+    return args
 
 
 def _describe(error: openai.APIError) -> str:

@@ -152,9 +152,10 @@ class FakeOpenAI:
     async def _stream(
         self, writer: asyncio.StreamWriter, request: dict[str, Any], step: Step
     ) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in step.headers.items())
         head = (
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            f"Transfer-Encoding: chunked\r\nConnection: close\r\n{extra}\r\n"
         )
         writer.write(head.encode())
         size = max(1, -(-len(step.content) // step.pieces))

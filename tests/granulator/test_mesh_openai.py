@@ -4,6 +4,7 @@ usage (tokens of every call, cost from the price table) reaches the execution.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +116,43 @@ async def test_llama_cpp_like_server_that_500s_on_json_schema_serves_the_executi
     assert [request_mode(r) for r in fake_openai.requests] == ["json_schema", "json_object_schema"]
     usage = events[-1].usage
     assert (usage.prompt_tokens, usage.completion_tokens, usage.llm_calls) == (800, 600, 2)
+
+
+async def test_failover_reaches_the_execution_usage_per_provider(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    backup = FakeOpenAI()
+    await backup.start()
+    endpoints = [
+        {"name": "primary", "base_url": fake_openai.base_url, "model": "big"},
+        {
+            "name": "backup",
+            "base_url": backup.base_url,
+            "model": "small",
+            "input_price": 1.0,
+            "output_price": 2.0,
+        },
+    ]
+    settings = Settings(
+        heartbeat_interval=0.5,
+        providers=json.dumps(endpoints),
+        provider_failures=1,
+        openai_timeout=5.0,
+        openai_max_retries=1,
+    )
+    fake_openai.add(failure(503, "overloaded"))
+    document = generate_offline(COURSE, "Compilers", "students", 3, {})
+    backup.add(reply(document, prompt_tokens=3000, completion_tokens=1000))
+    mesh = await start_mesh(tmp_path, base=settings)
+    try:
+        events = await run_course(mesh)
+    finally:
+        await mesh.stop()
+        await backup.stop()
+
+    assert orchestrator_pb2.EventType.Name(events[-1].type) == "EVENT_TYPE_EXECUTION_SUCCEEDED"
+    usage = events[-1].usage
+    assert (usage.provider, usage.model, usage.llm_calls) == ("backup", "small", 2)
+    served = {p.provider: (p.model, p.llm_calls, p.prompt_tokens) for p in usage.by_provider}
+    assert served == {"primary": ("big", 1, 0), "backup": ("small", 1, 3000)}
+    assert usage.cost_usd == pytest.approx((3000 * 1.0 + 1000 * 2.0) / 1e6)

@@ -124,7 +124,7 @@ async def test_a_400_in_every_mode_is_the_request_not_the_format(fake_openai: Fa
     assert raised.value.reason == "PROVIDER_BAD_REQUEST"
     assert "context length" in raised.value.message
     assert modes_sent(fake_openai) == list(formats.MODES)
-    assert generator.modes.current(generator.key) == "json_schema"  # nothing learnt
+    assert generator.endpoints[0].modes.current() == "json_schema"  # nothing learnt
 
 
 async def test_a_500_that_does_not_name_the_format_is_an_outage(fake_openai: FakeOpenAI) -> None:
@@ -183,7 +183,7 @@ async def test_every_call_is_recorded_with_mode_reason_and_tokens(
     assert calls[0].error.startswith("400") and calls[2].error == ""
     assert (calls[2].prompt_tokens, calls[2].completion_tokens, calls[2].content) == (11, 1, "{")
     assert calls[3].request == fake_openai.requests[3]
-    assert all(c.latency_s > 0 and c.endpoint == fake_openai.base_url for c in calls)
+    assert all(c.latency_s > 0 and c.endpoint == "openai" for c in calls)
 
 
 def test_raw_control_characters_and_text_around_the_object_parse() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/common/v1/common.proto\x12\x11\x62itware.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xfa\x01\n\tPrincipal\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .bitware.common.v1.PrincipalKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12%\n\x04role\x18\x05 \x01(\x0e\x32\x17.bitware.common.v1.Role\x12%\n\x04tier\x18\x06 \x01(\x0e\x32\x17.bitware.common.v1.Tier\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x08 \x01(\t\x12\x12\n\napi_key_id\x18\t \x01(\t\"\xac\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x16\n\x0eworker_time_ms\x18\x06 \x01(\x03\x12\x11\n\tllm_calls\x18\x07 \x01(\x05\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\"8\n\tViolation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xac\x02\n\rQualityReport\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x44\n\ncomponents\x18\x02 \x03(\x0b\x32\x30.bitware.common.v1.QualityReport.ComponentsEntry\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x01(\t\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.bitware.common.v1.Violation\x12\x17\n\x0f\x62\x65low_threshold\x18\x05 \x01(\x08\x12\x18\n\x10integrity_failed\x18\x06 \x01(\x08\x12\x1c\n\x14\x61\x63\x63\x65pt_below_minimum\x18\x07 \x01(\x08\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x86\x01\n\x07\x45lement\x12\x12\n\nelement_id\x18\x01 \x01(\t\x12\x11\n\tparent_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05order\x18\x04 \x01(\x05\x12\r\n\x05title\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe5\x02\n\x0b\x43ontentSpec\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x13\n\x0bgranularity\x18\x04 \x01(\x05\x12\x44\n\x0b\x63onstraints\x18\x05 \x03(\x0b\x32/.bitware.common.v1.ContentSpec.ConstraintsEntry\x12<\n\x07options\x18\x06 \x03(\x0b\x32+.bitware.common.v1.ContentSpec.OptionsEntry\x1a\x32\n\x10\x43onstraintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x9b\x01\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13PRINCIPAL_KIND_USER\x10\x01\x12\x1a\n\x16PRINCIPAL_KIND_API_KEY\x10\x02\x12\x19\n\x15PRINCIPAL_KIND_WORKER\x10\x03\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x04*O\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x12\x10\n\x0cROLE_SUPPORT\x10\x03*f\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_BASIC\x10\x01\x12\x11\n\rTIER_STANDARD\x10\x02\x12\x10\n\x0cTIER_PREMIUM\x10\x03\x12\x13\n\x0fTIER_ENTERPRISE\x10\x04*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xde\x01\n\rStructureType\x12\x1e\n\x1aSTRUCTURE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15STRUCTURE_TYPE_COURSE\x10\x01\x12\x17\n\x13STRUCTURE_TYPE_QUIZ\x10\x02\x12\x18\n\x14STRUCTURE_TYPE_NOVEL\x10\x03\x12\x1b\n\x17STRUCTURE_TYPE_WORKFLOW\x10\x04\x12 \n\x1cSTRUCTURE_TYPE_KNOWLEDGE_MAP\x10\x05\x12 \n\x1cSTRUCTURE_TYPE_LEARNING_PATH\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/common/v1/common.proto\x12\x11\x62itware.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xfa\x01\n\tPrincipal\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .bitware.common.v1.PrincipalKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12%\n\x04role\x18\x05 \x01(\x0e\x32\x17.bitware.common.v1.Role\x12%\n\x04tier\x18\x06 \x01(\x0e\x32\x17.bitware.common.v1.Tier\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x08 \x01(\t\x12\x12\n\napi_key_id\x18\t \x01(\t\"\xe3\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x16\n\x0eworker_time_ms\x18\x06 \x01(\x03\x12\x11\n\tllm_calls\x18\x07 \x01(\x05\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\x12\x35\n\x0b\x62y_provider\x18\t \x03(\x0b\x32 .bitware.common.v1.ProviderUsage\"\x87\x01\n\rProviderUsage\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x11\n\tllm_calls\x18\x06 \x01(\x05\"8\n\tViolation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xac\x02\n\rQualityReport\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x44\n\ncomponents\x18\x02 \x03(\x0b\x32\x30.bitware.common.v1.QualityReport.ComponentsEntry\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x03 \x01(\t\x12\x30\n\nviolations\x18\x04 \x03(\x0b\x32\x1c.bitware.common.v1.Violation\x12\x17\n\x0f\x62\x65low_threshold\x18\x05 \x01(\x08\x12\x18\n\x10integrity_failed\x18\x06 \x01(\x08\x12\x1c\n\x14\x61\x63\x63\x65pt_below_minimum\x18\x07 \x01(\x08\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x86\x01\n\x07\x45lement\x12\x12\n\nelement_id\x18\x01 \x01(\t\x12\x11\n\tparent_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05order\x18\x04 \x01(\x05\x12\r\n\x05title\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe5\x02\n\x0b\x43ontentSpec\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x13\n\x0bgranularity\x18\x04 \x01(\x05\x12\x44\n\x0b\x63onstraints\x18\x05 \x03(\x0b\x32/.bitware.common.v1.ContentSpec.ConstraintsEntry\x12<\n\x07options\x18\x06 \x03(\x0b\x32+.bitware.common.v1.ContentSpec.OptionsEntry\x1a\x32\n\x10\x43onstraintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x9b\x01\n\rPrincipalKind\x12\x1e\n\x1aPRINCIPAL_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13PRINCIPAL_KIND_USER\x10\x01\x12\x1a\n\x16PRINCIPAL_KIND_API_KEY\x10\x02\x12\x19\n\x15PRINCIPAL_KIND_WORKER\x10\x03\x12\x1a\n\x16PRINCIPAL_KIND_SERVICE\x10\x04*O\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x12\x10\n\x0cROLE_SUPPORT\x10\x03*f\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_BASIC\x10\x01\x12\x11\n\rTIER_STANDARD\x10\x02\x12\x10\n\x0cTIER_PREMIUM\x10\x03\x12\x13\n\x0fTIER_ENTERPRISE\x10\x04*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xde\x01\n\rStructureType\x12\x1e\n\x1aSTRUCTURE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15STRUCTURE_TYPE_COURSE\x10\x01\x12\x17\n\x13STRUCTURE_TYPE_QUIZ\x10\x02\x12\x18\n\x14STRUCTURE_TYPE_NOVEL\x10\x03\x12\x1b\n\x17STRUCTURE_TYPE_WORKFLOW\x10\x04\x12 \n\x1cSTRUCTURE_TYPE_KNOWLEDGE_MAP\x10\x05\x12 \n\x1cSTRUCTURE_TYPE_LEARNING_PATH\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTENTSPEC_CONSTRAINTSENTRY']._serialized_options = b'8\001'
   _globals['_CONTENTSPEC_OPTIONSENTRY']._loaded_options = None
   _globals['_CONTENTSPEC_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PRINCIPALKIND']._serialized_start=1370
-  _globals['_PRINCIPALKIND']._serialized_end=1525
-  _globals['_ROLE']._serialized_start=1527
-  _globals['_ROLE']._serialized_end=1606
-  _globals['_TIER']._serialized_start=1608
-  _globals['_TIER']._serialized_end=1710
-  _globals['_PRIORITY']._serialized_start=1712
-  _globals['_PRIORITY']._serialized_end=1829
-  _globals['_STRUCTURETYPE']._serialized_start=1832
-  _globals['_STRUCTURETYPE']._serialized_end=2054
+  _globals['_PRINCIPALKIND']._serialized_start=1563
+  _globals['_PRINCIPALKIND']._serialized_end=1718
+  _globals['_ROLE']._serialized_start=1720
+  _globals['_ROLE']._serialized_end=1799
+  _globals['_TIER']._serialized_start=1801
+  _globals['_TIER']._serialized_end=1903
+  _globals['_PRIORITY']._serialized_start=1905
+  _globals['_PRIORITY']._serialized_end=2022
+  _globals['_STRUCTURETYPE']._serialized_start=2025
+  _globals['_STRUCTURETYPE']._serialized_end=2247
   _globals['_PRINCIPAL']._serialized_start=84
   _globals['_PRINCIPAL']._serialized_end=334
   _globals['_USAGE']._serialized_start=337
-  _globals['_USAGE']._serialized_end=509
-  _globals['_VIOLATION']._serialized_start=511
-  _globals['_VIOLATION']._serialized_end=567
-  _globals['_QUALITYREPORT']._serialized_start=570
-  _globals['_QUALITYREPORT']._serialized_end=870
-  _globals['_QUALITYREPORT_COMPONENTSENTRY']._serialized_start=821
-  _globals['_QUALITYREPORT_COMPONENTSENTRY']._serialized_end=870
-  _globals['_ELEMENT']._serialized_start=873
-  _globals['_ELEMENT']._serialized_end=1007
-  _globals['_CONTENTSPEC']._serialized_start=1010
-  _globals['_CONTENTSPEC']._serialized_end=1367
-  _globals['_CONTENTSPEC_CONSTRAINTSENTRY']._serialized_start=1269
-  _globals['_CONTENTSPEC_CONSTRAINTSENTRY']._serialized_end=1319
-  _globals['_CONTENTSPEC_OPTIONSENTRY']._serialized_start=1321
-  _globals['_CONTENTSPEC_OPTIONSENTRY']._serialized_end=1367
+  _globals['_USAGE']._serialized_end=564
+  _globals['_PROVIDERUSAGE']._serialized_start=567
+  _globals['_PROVIDERUSAGE']._serialized_end=702
+  _globals['_VIOLATION']._serialized_start=704
+  _globals['_VIOLATION']._serialized_end=760
+  _globals['_QUALITYREPORT']._serialized_start=763
+  _globals['_QUALITYREPORT']._serialized_end=1063
+  _globals['_QUALITYREPORT_COMPONENTSENTRY']._serialized_start=1014
+  _globals['_QUALITYREPORT_COMPONENTSENTRY']._serialized_end=1063
+  _globals['_ELEMENT']._serialized_start=1066
+  _globals['_ELEMENT']._serialized_end=1200
+  _globals['_CONTENTSPEC']._serialized_start=1203
+  _globals['_CONTENTSPEC']._serialized_end=1560
+  _globals['_CONTENTSPEC_CONSTRAINTSENTRY']._serialized_start=1462
+  _globals['_CONTENTSPEC_CONSTRAINTSENTRY']._serialized_end=1512
+  _globals['_CONTENTSPEC_OPTIONSENTRY']._serialized_start=1514
+  _globals['_CONTENTSPEC_OPTIONSENTRY']._serialized_end=1560
 # @@protoc_insertion_point(module_scope)

@@ -262,6 +262,7 @@ class Usage(_message.Message):
     WORKER_TIME_MS_FIELD_NUMBER: _builtins.int
     LLM_CALLS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
+    BY_PROVIDER_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens sent to the model, summed over every call including re-asks."""
     completion_tokens: _builtins.int
@@ -281,6 +282,14 @@ class Usage(_message.Message):
     micro-dollar. Sums and charges add this integer, so that they come out exact; a sender
     that sets cost_usd but leaves this 0 is read as round(cost_usd × 1,000,000).
     """
+    @_builtins.property
+    def by_provider(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderUsage]:
+        """What each model endpoint did, when the work went through named endpoints (the
+        granulator's `BITWARE_PROVIDERS`, or its one `openai` endpoint): which provider served
+        the calls, with their tokens and cost, one entry per provider, summed by provider as usage
+        rolls up. `provider` and `model` above name the endpoint of the last call.
+        """
+
     def __init__(
         self,
         *,
@@ -292,14 +301,57 @@ class Usage(_message.Message):
         worker_time_ms: _builtins.int = ...,
         llm_calls: _builtins.int = ...,
         cost_micros: _builtins.int = ...,
+        by_provider: _abc.Iterable[Global___ProviderUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_micros", b"cost_micros", "cost_usd", b"cost_usd", "llm_calls", b"llm_calls", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "worker_time_ms", b"worker_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_provider", b"by_provider", "completion_tokens", b"completion_tokens", "cost_micros", b"cost_micros", "cost_usd", b"cost_usd", "llm_calls", b"llm_calls", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "worker_time_ms", b"worker_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class ProviderUsage(_message.Message):
+    """What one model endpoint did within a usage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    LLM_CALLS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The endpoint's configured name, for example `openai`, `groq` or `local`."""
+    model: _builtins.str
+    """The model the endpoint served, for example `gpt-4o-mini`."""
+    prompt_tokens: _builtins.int
+    """Tokens sent to the model through this endpoint."""
+    completion_tokens: _builtins.int
+    """Tokens the model produced through this endpoint."""
+    cost_usd: _builtins.float
+    """The cost in US dollars at this endpoint's price."""
+    llm_calls: _builtins.int
+    """How many calls went to this endpoint (failed ones included)."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        llm_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "llm_calls", b"llm_calls", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderUsage: _TypeAlias = ProviderUsage  # noqa: Y015
 
 @_typing.final
 class Violation(_message.Message):
