@@ -177,7 +177,9 @@ async def run_bench(a: argparse.Namespace) -> dict[str, Any]:
         "to_record": [],
         "record_to_grpc": [],
     }
-    async with Mesh(MeshOptions(clients=1)) as mesh:
+    # KAM accepts templates only with capabilities it knows: name the bench worker's.
+    options = MeshOptions(clients=1, env={"BITWARE_EXTRA_CAPABILITIES": CAPABILITY})
+    async with Mesh(options) as mesh:
         await add_template(mesh)
         cred = await accounts_pb2_grpc.WorkerCredentialServiceStub(
             mesh.kam_channel
