@@ -189,6 +189,8 @@ class MonthUsage:
     requests_this_month: int
     by_template: list[Line]
     by_request: list[Line]
+    #: The `budget.threshold` audit events of this month, oldest first.
+    alerts: list[models.AuditEvent] = field(default_factory=list)
 
     @property
     def remaining_usd(self) -> float:
@@ -228,6 +230,17 @@ def month_usage(session: Session, client: models.Client) -> MonthUsage:
             models.ClientRequest.created_at >= start,
         )
     )
+    alerts = list(
+        session.scalars(
+            select(models.AuditEvent)
+            .where(
+                models.AuditEvent.action == "budget.threshold",
+                models.AuditEvent.target == f"clients/{client.id}",
+                models.AuditEvent.at >= start,
+            )
+            .order_by(models.AuditEvent.at, models.AuditEvent.id)
+        )
+    )
     return MonthUsage(
         client_id=client.id,
         monthly_budget_usd=client.monthly_budget_usd,
@@ -236,4 +249,5 @@ def month_usage(session: Session, client: models.Client) -> MonthUsage:
         requests_this_month=int(created or 0),
         by_template=sorted(templates.values(), key=lambda line: line.key),
         by_request=requests,
+        alerts=alerts,
     )

@@ -122,6 +122,15 @@ def usage_to_proto(usage: ledger.MonthUsage) -> accounts_pb2.GetUsageResponse:
         by_template=[usage_line(line) for line in usage.by_template],
         by_request=[usage_line(line) for line in usage.by_request],
         requests_this_month=usage.requests_this_month,
+        alerts=[budget_alert(event) for event in usage.alerts],
+    )
+
+
+def budget_alert(event: models.AuditEvent) -> accounts_pb2.BudgetAlert:
+    return accounts_pb2.BudgetAlert(
+        percent=int(event.details.get("percent", 0)),
+        time=convert.timestamp(event.at),
+        spent_usd=float(event.details.get("spent_usd", 0.0)),
     )
 
 

@@ -820,6 +820,14 @@ function templateChart(lines) {
   return svg;
 }
 
+// The shares of the budget this month's spend has crossed (80 % and 100 %), as KAM alerted them.
+function budgetAlerts(alerts) {
+  if (!alerts.length) return null;
+  return h("ul", { class: "budget-alerts", "aria-label": "Budget alerts" },
+    ...alerts.map((alert) => h("li", { class: alert.percent >= 100 ? "error-words" : "notice" },
+      `${alert.percent} % of the monthly budget reached on ${when(alert.time)} (${usd(alert.spent_usd)} spent)`)));
+}
+
 async function usagePanel(compact, clientId) {
   if (isStaff() && !clientId) {
     return compact ? h("section", { class: "card" }, h("h2", {}, "Usage"),
@@ -831,6 +839,7 @@ async function usagePanel(compact, clientId) {
     { class: "card", "aria-labelledby": "usage-panel" },
     h("h2", { id: "usage-panel" }, "This month's usage"),
     budgetChart(usage),
+    budgetAlerts(usage.alerts || []),
     h("p", { class: "small muted" }, `${count(usage.requests_this_month)} request${usage.requests_this_month === 1 ? "" : "s"} this month`),
     compact ? null : h("h2", {}, "By template"),
     compact ? null : templateChart(usage.by_template || []),

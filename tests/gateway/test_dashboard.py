@@ -13,8 +13,11 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import requests_pb2
 from tests.conftest import Client
 from tests.gateway.conftest import gateway_settings, served_gateway
+from tests.kam.helpers import kam, parked_template
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -91,11 +94,29 @@ async def open_page(browser: Browser) -> tuple[Page, list[str]]:
     return page, problems
 
 
+async def spend(client: Client, usd: float) -> None:
+    """Charges the client `usd` through KAM, as if an execution had cost that."""
+    async with kam(client.mesh) as k:
+        await k.create_template(client.admin, parked_template("spent_before", cost=0.01))
+        request = await k.create_request(client.key, "spent_before", topic="Earlier spending")
+        execution_id = await k.execute(client.key, request.request_id)
+        await k.requests.RecordExecutionOutcome(
+            requests_pb2.RecordExecutionOutcomeRequest(
+                request_id=request.request_id,
+                execution_id=execution_id,
+                status=requests_pb2.REQUEST_STATUS_COMPLETED,
+                usage=common_pb2.Usage(cost_micros=round(usd * 1_000_000)),
+            ),
+            metadata=client.worker("orchestrator"),
+        )
+
+
 async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
     client: Client, browser: Browser
 ) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     credentials = client.mesh.credentials
+    await spend(client, 85.0)  # of its $100: the usage page shows the 80 % budget alert
     async with served_gateway(gateway_settings(client.mesh)) as base:
         page, problems = await open_page(browser)
         await page.goto(f"{base}/")
@@ -175,7 +196,13 @@ async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
 
         # Usage against budget, drawn as a chart.
         await page.get_by_role("link", name="Usage").click()
+        await page.get_by_label("Client", exact=True).select_option(
+            label=f"Acme Learning ({client.client_id})"
+        )
         await expect(page.get_by_role("img", name=re.compile("monthly budget"))).to_be_visible()
+        alerts = page.get_by_role("list", name="Budget alerts")
+        await expect(alerts).to_contain_text("80 % of the monthly budget reached")
+        await expect(alerts.get_by_role("listitem")).to_have_count(1)
         await page.screenshot(path=str(ARTIFACTS / "dashboard-usage.png"), full_page=True)
 
         # API keys: create a read-only one that expires (its secret shown once), then revoke it.

@@ -183,3 +183,54 @@ async def test_the_combined_budget_query_matches_the_separate_sums(client: Clien
     combined = db.run_tx_sync(lambda tx: ledger.running_and_committed(tx, client.client_id))
     assert combined == db.run_sync(separate)
     assert combined[0] == 2 and combined[1] == pytest.approx(0.07 + 2 * 0.25)
+
+
+async def test_crossing_80_and_100_percent_of_the_budget_is_alerted_once_each(
+    client: Client,
+) -> None:
+    orchestrator = client.worker("orchestrator")
+    poor = await make_client(client.mesh, budget=1.0)
+    async with kam(client.mesh) as k:
+        await k.create_template(client.admin, parked_template("alerting", cost=0.01))
+
+        async def charge(cost: float) -> None:
+            request = await k.create_request(poor.key, "alerting")
+            execution_id = await k.execute(poor.key, request.request_id)
+            await k.requests.RecordExecutionOutcome(
+                requests_pb2.RecordExecutionOutcomeRequest(
+                    request_id=request.request_id,
+                    execution_id=execution_id,
+                    status=requests_pb2.REQUEST_STATUS_COMPLETED,
+                    usage=common_pb2.Usage(cost_micros=round(cost * 1_000_000)),
+                ),
+                metadata=orchestrator,
+            )
+
+        async def alerts() -> list[tuple[int, float]]:
+            answer = await usage(k, poor)
+            return [(a.percent, a.spent_usd) for a in answer.alerts]
+
+        async def audited() -> list[str]:
+            events = await k.audit.ListAuditEvents(
+                accounts_pb2.ListAuditEventsRequest(action_prefix="budget."),
+                metadata=client.admin,
+            )
+            return [
+                e.details["percent"]
+                for e in events.events
+                if e.target == f"clients/{poor.client_id}"
+            ]
+
+        await charge(0.50)
+        assert await alerts() == [] and await audited() == []
+        await charge(0.29)  # 79 %: not yet
+        assert await alerts() == []
+        await charge(0.01)  # 80 % exactly
+        assert await alerts() == [(80, pytest.approx(0.80))]
+        await charge(0.05)  # 85 %: already alerted this month
+        assert await alerts() == [(80, pytest.approx(0.80))]
+        await charge(0.15)  # 100 %
+        assert await alerts() == [(80, pytest.approx(0.80)), (100, pytest.approx(1.00))]
+        assert sorted(await audited()) == ["100", "80"]
+        # Another client's alerts are its own.
+        assert (await usage(k, client)).alerts == []

@@ -749,6 +749,7 @@ class GetUsageResponse(_message.Message):
     BY_TEMPLATE_FIELD_NUMBER: _builtins.int
     BY_REQUEST_FIELD_NUMBER: _builtins.int
     REQUESTS_THIS_MONTH_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """The client's id."""
     monthly_budget_usd: _builtins.float
@@ -769,6 +770,13 @@ class GetUsageResponse(_message.Message):
     def by_request(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageLine]:
         """Spend per request."""
 
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetAlert]:
+        """The shares of the monthly budget the client's spend crossed this month (80 % and 100 %),
+        oldest first. Each is also in the audit log, once per share per month, as action
+        `budget.threshold` on target `clients/<id>`.
+        """
+
     def __init__(
         self,
         *,
@@ -780,14 +788,47 @@ class GetUsageResponse(_message.Message):
         by_template: _abc.Iterable[Global___UsageLine] | None = ...,
         by_request: _abc.Iterable[Global___UsageLine] | None = ...,
         requests_this_month: _builtins.int = ...,
+        alerts: _abc.Iterable[Global___BudgetAlert] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_request", b"by_request", "by_template", b"by_template", "client_id", b"client_id", "monthly_budget_usd", b"monthly_budget_usd", "remaining_usd", b"remaining_usd", "requests_this_month", b"requests_this_month", "reserved_usd", b"reserved_usd", "spent_usd", b"spent_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "by_request", b"by_request", "by_template", b"by_template", "client_id", b"client_id", "monthly_budget_usd", b"monthly_budget_usd", "remaining_usd", b"remaining_usd", "requests_this_month", b"requests_this_month", "reserved_usd", b"reserved_usd", "spent_usd", b"spent_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class BudgetAlert(_message.Message):
+    """The client's spend crossed a share of its monthly budget."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERCENT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    percent: _builtins.int
+    """The share of the monthly budget reached, in percent: 80 or 100."""
+    spent_usd: _builtins.float
+    """What had been charged this month at that moment, in US dollars."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the charge that crossed it was made."""
+
+    def __init__(
+        self,
+        *,
+        percent: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        spent_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percent", b"percent", "spent_usd", b"spent_usd", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetAlert: _TypeAlias = BudgetAlert  # noqa: Y015
 
 @_typing.final
 class TierLimits(_message.Message):
