@@ -22,8 +22,8 @@ and every call passes through `_send`, which writes its `CallRecord`):
   (the client's own retries are off so that every attempt is counted and `Retry-After` is
   honoured); then the stage fails as TRANSIENT with the last `retry_after`.
 - `frequency_penalty` and `extra_body` (e.g. llama.cpp's `repeat_penalty`) are sent when
-  configured; an endpoint whose 400/422 names one of them is asked again without them, and they
-  are not sent to it again.
+  configured, and `stream_options` when streaming; an endpoint whose 400/422 names one of them
+  is asked again without it, and it is not sent to that endpoint again.
 - Several endpoints (`providers.endpoints`, `BITWARE_PROVIDERS`): each call goes to the first
   one that is not cooling down. After `failures_before_cooldown` transient failures in a row an
   endpoint cools down for `cooldown` seconds and the call moves on to the next; it is used again
@@ -111,7 +111,7 @@ class Endpoint:
     """One endpoint at run time: its client, structured-output mode, optional parameters and
     health."""
 
-    def __init__(self, config: EndpointConfig, timeout: float) -> None:
+    def __init__(self, config: EndpointConfig, timeout: float, stream: bool) -> None:
         self.config = config
         self.name, self.model = config.name, config.model
         self.base_url = config.base_url or DEFAULT_BASE_URL
@@ -123,10 +123,13 @@ class Endpoint:
             max_retries=0,
         )
         self.modes = ModeMemory(config.structured, f"{self.model} at {self.name} ({self.base_url})")
-        #: Optional sampling parameters; emptied when the endpoint rejects one of them.
+        self.stream = stream
+        #: Optional request parameters; each is dropped when the endpoint rejects it by name.
         self.extras: dict[str, Any] = dict(config.extra_body)
         if config.frequency_penalty:
             self.extras["frequency_penalty"] = config.frequency_penalty
+        if stream:  # usage in the last chunk; some servers refuse the option
+            self.extras["stream_options"] = {"include_usage": True}
         self.health = Health()
         #: Set once the endpoint sent a reply without usage (said in the log once).
         self.estimating = False
@@ -172,12 +175,11 @@ class OpenAIProvider:
                 extra_body=dict(extra_body or {}),
             )
         ]
-        self.endpoints = [Endpoint(config, timeout) for config in configs]
+        self.endpoints = [Endpoint(config, timeout, stream) for config in configs]
         self.model = self.endpoints[0].model
         self.timeout = timeout
         self.max_retries = max_retries
         self.prices = prices or PriceTable()
-        self.stream = stream
         self.truncation_factor = truncation_factor
         self.max_reasks = max_reasks
         self.backoff, self.max_backoff, self.max_retry_wait = backoff, max_backoff, max_retry_wait
@@ -384,11 +386,16 @@ class OpenAIProvider:
             if failure.kind == "rejected":
                 raise ProviderRejected(failure.reason, failure.message, usage=meter.as_dict())
             if failure.kind == "extras":
+                rejected = sorted(name for name in endpoint.extras if name in failure.message)
                 log.warning(
-                    "the endpoint rejected optional parameters; sending none from now on",
-                    extra={"endpoint": endpoint.name, "parameters": sorted(endpoint.extras)},
+                    "%s rejected %s; not sending it from now on",
+                    endpoint.name,
+                    ", ".join(rejected),
+                    extra={"endpoint": endpoint.name, "parameters": rejected},
                 )
-                endpoint.extras, why = {}, "PARAMETERS_REJECTED"
+                for name in rejected:
+                    endpoint.extras.pop(name, None)
+                why = "PARAMETERS_REJECTED"
                 continue
             if failure.kind == "format":
                 if failure.certain:
@@ -500,6 +507,8 @@ class OpenAIProvider:
             "messages": messages,
             "max_tokens": max_tokens,
         }
+        if endpoint.stream:
+            request["stream"] = True
         if response_format is not None:
             request["response_format"] = response_format
         return request
@@ -523,7 +532,7 @@ class OpenAIProvider:
         try:
             async with asyncio.timeout(self.timeout):
                 raw = await endpoint.client.chat.completions.with_raw_response.create(
-                    **_client_args(request, self.stream)
+                    **_client_args(request)
                 )
                 endpoint.health.observe(raw.headers, time.monotonic())
                 parsed = raw.parse()
@@ -626,13 +635,13 @@ def _reask(content: str, problems: list[str]) -> list[Message]:
     ]
 
 
-def _client_args(request: dict[str, Any], stream: bool) -> dict[str, Any]:
+def _client_args(request: dict[str, Any]) -> dict[str, Any]:
     # The body goes as given (the client would drop or reshape what it does not know, such as
     # llama.cpp's `repeat_penalty` or the `schema` inside `response_format`).
-    body = {k: v for k, v in request.items() if k not in ("model", "messages")}
+    body = {k: v for k, v in request.items() if k not in ("model", "messages", "stream")}
     args = {"model": request["model"], "messages": request["messages"], "extra_body": body}
-    if stream:
-        args.update(stream=True, stream_options={"include_usage": True})
+    if request.get("stream"):
+        args["stream"] = True  # the client returns a stream only when told by name
     return args
 
 

@@ -232,7 +232,8 @@ async def test_penalties_are_sent_and_dropped_for_an_endpoint_that_rejects_them(
 
     first, second, third = fake_openai.requests
     assert (first["frequency_penalty"], first["repeat_penalty"]) == (0.2, 1.1)
-    assert "repeat_penalty" not in second and "frequency_penalty" not in third
+    assert "repeat_penalty" not in second and "repeat_penalty" not in third
+    assert third["frequency_penalty"] == 0.2  # only the parameter named is dropped
     assert modes_sent(fake_openai) == ["json_schema"] * 3
 
 
@@ -257,3 +258,23 @@ def test_bad_structured_setting_is_refused_with_the_choices() -> None:
 
     with pytest.raises(ValueError, match="auto, json_schema, json_object_schema"):
         choose_provider(settings, PriceTable())
+
+
+async def test_stream_options_are_dropped_for_an_endpoint_that_rejects_them(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.add(
+        failure(400, "Unrecognized request argument supplied: stream_options"),
+        reply(VALID, include_usage=False),
+    )
+    generator = provider(fake_openai, stream=True, extra_body={"repeat_penalty": 1.1})
+
+    generation = await generator.generate(COURSE, SPEC, "")
+
+    first, second = fake_openai.requests
+    assert first["stream_options"] == {"include_usage": True} and first["stream"] is True
+    assert "stream_options" not in second and second["stream"] is True
+    assert second["repeat_penalty"] == 1.1  # only the parameter named is dropped
+    assert modes_sent(fake_openai) == ["json_schema", "json_schema"]
+    assert generation.usage["completion_tokens"] == estimate_tokens(json.dumps(VALID))
+    assert [call.request for call in generation.calls] == fake_openai.requests
