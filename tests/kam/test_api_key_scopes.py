@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -220,3 +222,23 @@ async def test_an_expired_key_is_unauthenticated_everywhere(client: Client) -> N
         )
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "expired" in (error.details() or "")
+
+
+async def test_grpcurl_with_a_read_key_cannot_create_a_request(client: Client) -> None:
+    async with kam(client.mesh) as k:
+        reader, _ = await new_key(k, client, ["read"])
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-plaintext",
+        "-H",
+        f"x-api-key: {reader[0][1]}",
+        "-d",
+        '{"spec": {"topic": "Go", "structure_type": "STRUCTURE_TYPE_COURSE"}}',
+        client.mesh.kam.address,
+        "bitware.kam.v1.RequestService/CreateRequest",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 64 + grpc.StatusCode.PERMISSION_DENIED.value[0]  # 71
+    assert "'write'" in stderr.decode()
