@@ -17,7 +17,7 @@ from typing import Protocol
 
 import argon2
 
-from bitware_core.errors import PermissionDenied, Unauthenticated
+from bitware_core.errors import NotFound, PermissionDenied, Unauthenticated
 
 API_KEY_HEADER = "x-api-key"
 SESSION_HEADER = "x-bitware-session-token"
@@ -64,6 +64,16 @@ class Principal:
     def visible_client(self, client_id: str) -> bool:
         """True when this caller may see data of `client_id`."""
         return self.sees_all_clients or (bool(client_id) and client_id == self.client_id)
+
+    def acting_for(self, client_id: str) -> str:
+        """The client a call names, checked. Staff may name any (empty: none in particular); a
+        client principal acts for its own, and naming another client is answered as if that
+        client did not exist (NOT_FOUND, never a hint)."""
+        if self.sees_all_clients:
+            return client_id
+        if client_id and client_id != self.client_id:
+            raise NotFound(f"client {client_id!r} not found", reason="CLIENT_NOT_FOUND")
+        return self.client_id
 
 
 #: The principal of the call being served (set by the server interceptor).

@@ -59,6 +59,7 @@ def create_api_key(
     """A new key of the client: `scopes` empty or None means every scope, `expires_at` None
     means the key never expires."""
     _key_manager(actor)
+    client = _client_for(session, actor, client_id)  # before anything is said about the input
     scopes = list(scopes or API_KEY_SCOPES)
     problems = Violations()
     problems.check(bool(name.strip()), "name", "is required")
@@ -72,7 +73,6 @@ def create_api_key(
         expires_at is None or expires_at > utcnow(), "expire_time", "must be in the future"
     )
     problems.raise_if_any()
-    client = _client_for(session, actor, client_id)
     plaintext = new_secret(API_KEY_PREFIX)
     key = models.ApiKey(
         id=new_id("key"),

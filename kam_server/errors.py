@@ -6,7 +6,8 @@ MeshError (bitware_core.errors)
 │       WorkerCredentialNotFound
 ├── ResourceExhausted
 │   ├── BudgetExceeded          (reason BUDGET_EXCEEDED)
-│   ├── TierLimitExceeded       (reason TIER_LIMIT_USERS / _REQUESTS / _CONCURRENCY)
+│   ├── TierLimitExceeded       (reason TIER_LIMIT_USERS / _REQUESTS)
+│   ├── RateLimited             (reason RATE_LIMITED, with a retry delay)
 │   └── LoginThrottled          (reason LOGIN_THROTTLED, with a retry delay)
 ├── PermissionDenied
 │   └── TierNotAllowed          (reason TIER_TEMPLATE / TIER_PRIORITY)
@@ -62,6 +63,10 @@ class BudgetExceeded(ResourceExhausted):
 
 class TierLimitExceeded(ResourceExhausted):
     reason = "TIER_LIMIT"
+
+
+class RateLimited(ResourceExhausted):
+    reason = "RATE_LIMITED"
 
 
 class LoginThrottled(ResourceExhausted):

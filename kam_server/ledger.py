@@ -30,22 +30,20 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def running_and_committed(tx: Tx, client_id: str) -> tuple[int, float]:
-    """How many of the client's requests run now, and its budget committed this month (spent
-    plus reserved), in one statement. Each part reads an index of its own
-    (`ix_requests_client_status`, `ix_requests_client_charged`, `ix_requests_client_reserved`):
-    only running, charged-this-month and reserving rows are visited, never all of a client's
-    requests. A reservation is never negative (estimates are not), so summing the positive
-    ones sums them all."""
-    running, spent, held = tx.one(
-        "SELECT (SELECT count(*) FROM requests WHERE client_id = :id AND status = 'running'),"
-        " (SELECT coalesce(sum(cost_usd), 0.0) FROM requests"
+def committed(tx: Tx, client_id: str) -> float:
+    """The client's budget committed this month (spent plus reserved), in one statement. Each
+    part reads an index of its own (`ix_requests_client_charged`, `ix_requests_client_reserved`):
+    only charged-this-month and reserving rows are visited, never all of a client's requests. A
+    reservation is never negative (estimates are not), so summing the positive ones sums them
+    all."""
+    spent, held = tx.one(
+        "SELECT (SELECT coalesce(sum(cost_usd), 0.0) FROM requests"
         "  WHERE client_id = :id AND charged_at >= :start),"
         " (SELECT coalesce(sum(reserved_usd), 0.0) FROM requests"
         "  WHERE client_id = :id AND reserved_usd > 0)",
         {"id": client_id, "start": tx.ts(month_start())},
     )
-    return int(running or 0), float(spent or 0.0) + float(held or 0.0)
+    return float(spent or 0.0) + float(held or 0.0)
 
 
 def reserve(

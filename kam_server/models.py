@@ -113,7 +113,7 @@ class ClientRequest(KamBase):
         UniqueConstraint("client_id", "idempotency_key"),
         Index("ix_requests_client_created", "client_id", "created_at"),
         Index("ix_requests_client_charged", "client_id", "charged_at"),
-        # For ExecuteRequest's checks (`ledger.running_and_committed`).
+        # For listing a client's requests by status, and the budget (`ledger.committed`).
         Index("ix_requests_client_status", "client_id", "status"),
         Index("ix_requests_client_reserved", "client_id", "reserved_usd"),
     )
@@ -143,6 +143,16 @@ class ClientRequest(KamBase):
     settled_retries: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateBucket(KamBase):
+    """A client's token bucket for calls that create, execute or retry requests (see
+    `kam_server.ratelimit`); in the database so that every KAM replica draws from it."""
+
+    __tablename__ = "rate_buckets"
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), primary_key=True)
+    tokens: Mapped[float]
+    updated_at: Mapped[datetime]
 
 
 class AuditEvent(KamBase):

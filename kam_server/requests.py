@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bitware_core.auth import Principal
+from bitware_core.auth import CLIENT, Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from bitware_core.tiers import TIER_LIMITS
-from kam_server import catalog, ledger, models
+from kam_server import catalog, ledger, models, ratelimit
 from kam_server.accounts import visible_client
 from kam_server.errors import (
     ClientSuspended,
@@ -82,6 +82,12 @@ def _check_priority(client: models.Client, urgency: str) -> None:
         )
 
 
+def _check_rate(tx: Tx, principal: Principal, client: models.Client) -> None:
+    """A client's own calls draw on its tier's rate limit; staff acting for it do not."""
+    if principal.tag == CLIENT:
+        ratelimit.take(tx, client.id, client.tier)
+
+
 def _client(tx: Tx, principal: Principal, client_id: str, lock: bool = False) -> models.Client:
     rows = select_rows(tx, models.Client, "id = :id", {"id": client_id}, tx.lock() if lock else "")
     return visible_client(principal, client_id, rows[0] if rows else None)
@@ -95,6 +101,7 @@ def _request(tx: Tx, request_id: str, lock: bool = False) -> models.ClientReques
 
 
 def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientRequest:
+    client_id = principal.acting_for(new.client_id)  # before anything is said about the input
     problems = Violations()
     problems.check(bool(new.topic.strip()), "spec.topic", "is required")
     problems.check(len(new.topic) <= 500, "spec.topic", "must be at most 500 characters")
@@ -106,11 +113,11 @@ def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientReques
     )
     problems.check(1 <= new.granularity <= 5, "spec.granularity", "must be from 1 to 5")
     problems.check(len(new.idempotency_key) <= 200, "idempotency_key", "is too long")
-    client_id = new.client_id if principal.sees_all_clients else principal.client_id
     problems.check(bool(client_id), "client_id", "is required for callers without a client")
     problems.raise_if_any()
     client = _client(tx, principal, client_id)
     _check_active(client)
+    _check_rate(tx, principal, client)
     if new.idempotency_key:
         existing = select_rows(
             tx,
@@ -184,10 +191,8 @@ def list_requests(
 ) -> tuple[list[models.ClientRequest], str]:
     offset, limit = page_window(page_size, page_token)
     query = select(models.ClientRequest)
-    if not principal.sees_all_clients:
-        query = query.where(models.ClientRequest.client_id == principal.client_id)
-    elif where.client_id:
-        query = query.where(models.ClientRequest.client_id == where.client_id)
+    if client_id := principal.acting_for(where.client_id):
+        query = query.where(models.ClientRequest.client_id == client_id)
     if where.status:
         query = query.where(models.ClientRequest.status == where.status)
     if where.structure_type:
@@ -216,17 +221,12 @@ def begin_execution(
     if row.status != "pending":
         raise RequestFinished(f"request {row.id} is {row.status}")
     _check_active(client)
+    _check_rate(tx, principal, client)
     template = catalog.get(tx, row.master_template, row.template_version)
     _check_template(client, template)
-    running, committed = ledger.running_and_committed(tx, client.id)
-    limits = TIER_LIMITS[client.tier]
-    if running >= limits.max_concurrent_executions:
-        raise TierLimitExceeded(
-            f"tier {client.tier} allows {limits.max_concurrent_executions} executions at once",
-            reason="TIER_LIMIT_CONCURRENCY",
-            metadata={"tier": client.tier, "limit": str(limits.max_concurrent_executions)},
-        )
-    ledger.reserve(client, row, template.cost_estimate_usd, committed)
+    # Over the tier's concurrency limit the execution is accepted all the same: the
+    # orchestrator holds it in the queue until the client's turn (see executions.take_turn).
+    ledger.reserve(client, row, template.cost_estimate_usd, ledger.committed(tx, client.id))
     row.status = "running"
     row.updated_at = utcnow()
     update_row(tx, row, "reserved_usd", "status", "updated_at")
@@ -253,11 +253,11 @@ def begin_retry(
             metadata={"status": row.status},
         )
     _check_active(client)
+    _check_rate(tx, principal, client)
     template = catalog.get(tx, row.master_template, row.template_version)
     _check_template(client, template)
     _check_priority(client, row.urgency)
-    _, committed = ledger.running_and_committed(tx, client.id)
-    ledger.reserve(client, row, template.cost_estimate_usd, committed)
+    ledger.reserve(client, row, template.cost_estimate_usd, ledger.committed(tx, client.id))
     row.status = "running"
     row.retries += 1
     row.error_message = ""

@@ -20,6 +20,9 @@ from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound, Tem
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
+#: Added to the queue key of an execution that waits for its client's turn (see `take_turn`):
+#: it sorts after every ready stage (keys are epoch seconds, ~2e9), so claims never scan it.
+WAITING_TURN = 1e12
 #: session.info key of the events a transaction appended.
 APPENDED = "appended_events"
 #: tx.info key of the executions whose watchers a transaction has notified.
@@ -222,6 +225,7 @@ def create(tx: Tx, new: NewExecution) -> str:
             models.Stage,
             id=new_id("stg"),
             execution_id=execution.id,
+            client_id=new.client_id,
             order=definition["order"],
             name=definition["name"],
             capability=definition["capability"],
@@ -237,9 +241,18 @@ def create(tx: Tx, new: NewExecution) -> str:
     ]
     first = stages[0]
     enqueue(first, priority, now)
+    waits = bool(new.client_concurrency) and (
+        _ready_starts(tx, new.client_id) >= new.client_concurrency
+    )
+    if waits:
+        first.queue_key += WAITING_TURN
     append_event(tx, execution, "EXECUTION_QUEUED", message="queued")
     append_event(
-        tx, execution, "STAGE_QUEUED", **stage_fields(first), message="waiting for a worker"
+        tx,
+        execution,
+        "STAGE_QUEUED",
+        **stage_fields(first),
+        message="waiting for the client's turn" if waits else "waiting for a worker",
     )
     insert_rows(tx, models.Execution, [values_of(execution)])
     insert_rows(tx, models.Stage, [values_of(stage) for stage in stages])
@@ -268,6 +281,51 @@ def enqueue(stage: models.Stage, priority: int, now: datetime) -> None:
     move_stage(stage, "queued")
     stage.queued_at = stage.ready_at = now
     stage.queue_key = queue_key(priority, now)
+
+
+# --- client turns ---------------------------------------------------------------------------
+#
+# A client with a concurrency limit (its tier's) has at most that many executions that have not
+# started yet in the ready queue; the rest wait for their turn, keyed past every ready stage.
+# Each time one of its ready executions starts (or leaves the queue), its best waiting one
+# (priority, then age) joins the ready queue keyed as if enqueued now. So a client with 1,000
+# executions queued takes turns with a client that has one, instead of keeping it waiting behind
+# all 1,000; and claims stay one indexed range scan over ready stages.
+
+
+def _ready_starts(tx: Tx, client_id: str) -> int:
+    """How many of the client's executions wait in the ready queue to start."""
+    [count] = tx.one(
+        "SELECT count(*) FROM stages s JOIN executions e ON e.id = s.execution_id"
+        " WHERE s.client_id = :client AND s.status = 'queued' AND s.queue_key < :turn"
+        " AND e.status = 'queued'",
+        {"client": client_id, "turn": WAITING_TURN},
+    )
+    return int(count)
+
+
+def take_turn(tx: Tx, client_id: str, now: datetime) -> None:
+    """Lets the client's next waiting execution into the ready queue, keyed as if enqueued now
+    (a row another writer holds is skipped: that one is busy leaving the queue anyway)."""
+    row = tx.one(
+        "SELECT id, priority FROM stages"
+        " WHERE client_id = :client AND status = 'queued' AND queue_key >= :turn"
+        " ORDER BY queue_key LIMIT 1" + tx.lock("SKIP LOCKED"),
+        {"client": client_id, "turn": WAITING_TURN},
+    )
+    if row is not None:
+        tx.execute(
+            "UPDATE stages SET queue_key = :key, queued_at = :now, ready_at = :now WHERE id = :id",
+            {"key": queue_key(row[1], now), "now": tx.ts(now), "id": row[0]},
+        )
+
+
+def _frees_a_turn(execution: models.Execution, stages: list[models.Stage]) -> bool:
+    """True when this execution, about to leave the queue unstarted, holds one of its client's
+    ready places (so the client's next waiting execution may take it)."""
+    return bool(execution.client_concurrency) and any(
+        s.status == "queued" and s.queue_key < WAITING_TURN for s in stages
+    )
 
 
 def stage_fields(stage: models.Stage) -> dict[str, Any]:
@@ -314,9 +372,7 @@ def list_executions(
 ) -> tuple[list[models.Execution], str]:
     offset, limit = page_window(page_size, page_token)
     query = select(models.Execution)
-    if not principal.sees_all_clients:
-        query = query.where(models.Execution.client_id == principal.client_id)
-    elif client_id:
+    if client_id := principal.acting_for(client_id):
         query = query.where(models.Execution.client_id == client_id)
     if status:
         query = query.where(models.Execution.status == status)
@@ -333,7 +389,10 @@ def cancel(
     if execution.status in TERMINAL_EXECUTION:
         raise ExecutionFinished(f"execution {execution.id} is already {execution.status}")
     running = []
-    for stage in stages_of(session, execution.id):
+    stages = stages_of(session, execution.id)
+    if execution.status == "queued" and _frees_a_turn(execution, stages):
+        take_turn(Tx.of(session), execution.client_id, utcnow())
+    for stage in stages:
         if stage.status in ("pending", "queued", "running", "retry_wait"):
             if stage.status == "running":
                 running.append(stage)
@@ -413,11 +472,14 @@ def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
         {"now": tx.ts(now)},
         lock,
     )
+    # An execution waiting for its client's turn is not waiting for a worker: it does not
+    # time out in the queue (its wait there starts when it takes its turn).
     waiting = select_rows(
         tx,
         models.Execution,
-        "id IN (SELECT execution_id FROM stages WHERE status = 'queued' AND queued_at < :cutoff)",
-        {"cutoff": tx.ts(now - timedelta(seconds=queue_wait_s))},
+        "id IN (SELECT execution_id FROM stages"
+        " WHERE status = 'queued' AND queued_at < :cutoff AND queue_key < :turn)",
+        {"cutoff": tx.ts(now - timedelta(seconds=queue_wait_s)), "turn": WAITING_TURN},
         lock,
     )
     expired: dict[str, list[str]] = {}
@@ -432,6 +494,8 @@ def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
             tx, models.Stage, "execution_id = :id", {"id": execution.id}, tx.lock()
         )
         expired[execution.id] = [s.id for s in stages if s.status == "running"]
+        if execution.status == "queued" and _frees_a_turn(execution, stages):
+            take_turn(tx, execution.client_id, now)
         for stage in stages:
             if stage.status in ("queued", "running", "retry_wait"):
                 move_stage(stage, "failed")

@@ -23,6 +23,8 @@ class Execution(OrchestratorBase):
     __table_args__ = (
         # Idempotency keys are scoped per client: another client's key never matches.
         UniqueConstraint("client_id", "idempotency_key", name="uq_executions_client_idempotency"),
+        # For the claim's count of each client's running executions.
+        Index("ix_executions_status_client", "status", "client_id"),
     )
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(60), default="")
@@ -53,9 +55,15 @@ class Execution(OrchestratorBase):
 
 class Stage(OrchestratorBase):
     __tablename__ = "stages"
-    __table_args__ = (Index("ix_stages_queue", "status", "capability", "queue_key"),)
+    __table_args__ = (
+        Index("ix_stages_queue", "status", "capability", "queue_key"),
+        # A client's own queue: its waiting turns, and its stages for GetQueue.
+        Index("ix_stages_client_queue", "client_id", "status", "queue_key"),
+    )
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"), index=True)
+    #: The execution's client (copied, so that a client's queue is one index range).
+    client_id: Mapped[str] = mapped_column(String(60), default="")
     order: Mapped[int]
     name: Mapped[str] = mapped_column(String(100))
     capability: Mapped[str] = mapped_column(String(100))
@@ -76,7 +84,8 @@ class Stage(OrchestratorBase):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
-    #: Queue order: enqueue time moved earlier by priority (see executions.queue_key).
+    #: Queue order: enqueue time moved earlier by priority (see executions.queue_key), plus
+    #: executions.WAITING_TURN while the execution waits for its client's turn.
     queue_key: Mapped[float] = mapped_column(default=0.0)
     #: After its holder died: the worker that may still hold this attempt's result.
     reattach_worker: Mapped[str] = mapped_column(String(100), default="")

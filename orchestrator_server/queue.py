@@ -14,11 +14,13 @@ from bitware_core.db import utcnow
 from bitware_core.sql import Tx, columns, from_row, insert_rows, update_row, width
 from orchestrator_server import models
 from orchestrator_server.executions import (
+    WAITING_TURN,
     append_event,
     end_attempt,
     move_execution,
     move_stage,
     stage_fields,
+    take_turn,
 )
 
 READY = ("queued", "retry_wait")
@@ -51,15 +53,15 @@ class Claim:
     worker_id: str = ""
 
 
-def _running_per_client(tx: Tx, client_ids: set[str]) -> Counter[str]:
-    names = {f"c{i}": client for i, client in enumerate(sorted(client_ids))}
+def _running_executions(tx: Tx) -> tuple[Counter[str], list[str]]:
+    """How many executions each client has in progress, and the clients at their limit (whose
+    executions that have not started must wait)."""
     rows = tx.all(
-        "SELECT e.client_id, count(*) FROM executions e JOIN stages s ON s.execution_id = e.id"
-        f" WHERE s.status = 'running' AND e.client_id IN ({', '.join(':' + n for n in names)})"
-        " GROUP BY e.client_id",
-        names,
+        "SELECT client_id, count(*), max(client_concurrency) FROM executions"
+        " WHERE status = 'running' GROUP BY client_id"
     )
-    return Counter({client: count for client, count in rows})
+    running = Counter({client: count for client, count, _ in rows})
+    return running, sorted(client for client, count, cap in rows if cap and count >= cap)
 
 
 def _pairs(
@@ -117,32 +119,46 @@ def claim(
     Each claimed stage takes a free slot of one of `workers` (counted in the database, so that
     several replicas never offer a worker more than it takes): the worker that may still hold
     its attempt (re-attach) when it has a slot, else the least loaded one that is not in
-    `avoid[stage id]` (workers that just declined it). Clients already running as many
-    executions as their tier allows are skipped."""
+    `avoid[stage id]` (workers that just declined it). An execution of a client already running
+    as many executions as its tier allows does not start (it waits; the client's running
+    executions go on); executions waiting for their client's turn are never candidates."""
     slots = open_slots(workers, busy_slots(tx))
     now = utcnow()
     claims: list[Claim] = []
+    running, capped = _running_executions(tx)
+    names = {f"c{i}": client for i, client in enumerate(capped)}
+    skip_capped = (
+        f" AND NOT (e.status = 'queued' AND e.client_id IN ({', '.join(':' + n for n in names)}))"
+        if names
+        else ""
+    )
     for capability, free_slots in slots.items():
         if not free_slots:
             continue
         candidates = _pairs(
             tx,
             "s.status IN ('queued', 'retry_wait') AND s.capability = :capability"
-            " AND s.ready_at <= :now",
-            {"capability": capability, "now": tx.ts(now), "limit": len(free_slots) * 4},
+            " AND s.queue_key < :turn AND s.ready_at <= :now" + skip_capped,
+            {
+                **names,
+                "capability": capability,
+                "turn": WAITING_TURN,
+                "now": tx.ts(now),
+                "limit": len(free_slots) * 4,
+            },
             " ORDER BY s.queue_key LIMIT :limit",
         )
-        capped = {e.client_id for _, e in candidates if e.client_concurrency}
-        running = _running_per_client(tx, capped) if capped else Counter[str]()
         for stage, execution in candidates:
             if not free_slots:
                 break
-            cap = execution.client_concurrency
-            if cap and running[execution.client_id] >= cap:
+            starts, cap = execution.status == "queued", execution.client_concurrency
+            if starts and cap and running[execution.client_id] >= cap:
                 continue
-            running[execution.client_id] += 1
+            running[execution.client_id] += starts
             worker_id = _pick(free_slots, stage.reattach_worker, avoid.get(stage.id, set()))
             claims.append(_claim_one(tx, stage, execution, owner, now, lease_seconds, worker_id))
+            if starts and cap:
+                take_turn(tx, execution.client_id, now)
     return claims
 
 
@@ -280,15 +296,19 @@ def reclaim_expired(tx: Tx) -> int:
     return len(expired)
 
 
-def queue_stats(tx: Tx) -> dict[str, Any]:
+def queue_stats(tx: Tx, client_id: str = "") -> dict[str, Any]:
     """Per priority, how many stages wait and for how long the oldest has; how many run and
-    how many wait to be retried."""
+    how many wait to be retried: of one client's executions, or of all when `client_id` is
+    empty."""
     now = utcnow()
     levels: dict[int, tuple[int, float]] = {priority: (0, 0.0) for priority in (4, 3, 2, 1)}
     running = waiting = 0
     for status, priority, count, oldest in tx.all(
         "SELECT status, priority, count(*), min(queued_at) FROM stages"
-        " WHERE status IN ('queued', 'running', 'retry_wait') GROUP BY status, priority"
+        " WHERE status IN ('queued', 'running', 'retry_wait')"
+        + (" AND client_id = :client" if client_id else "")
+        + " GROUP BY status, priority",
+        {"client": client_id},
     ):
         if status == "queued":
             since = tx.when(oldest)

@@ -284,7 +284,10 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetQueue(
         self, request: orchestrator_pb2.GetQueueRequest, context: Context
     ) -> orchestrator_pb2.GetQueueResponse:
-        stats = await self.db.run_tx(queue.queue_stats)
+        principal = current_principal()
+        # A client sees only its own work; staff and services see every client's.
+        client_id = "" if principal.sees_all_clients else principal.client_id
+        stats = await self.db.run_tx(functools.partial(queue.queue_stats, client_id=client_id))
         levels = []
         for priority, (depth, oldest) in stats["levels"].items():
             wait = duration_pb2.Duration()

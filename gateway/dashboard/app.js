@@ -123,7 +123,7 @@ const REASONS = {
   BUDGET_EXCEEDED: "The client's monthly budget does not cover this request.",
   CLIENT_SUSPENDED: "This client is suspended, so it cannot run requests.",
   TIER_LIMIT_REQUESTS: "The client's tier allows no more requests this month.",
-  TIER_LIMIT_CONCURRENCY: "The client already runs as many executions as its tier allows.",
+  RATE_LIMITED: "Too many requests at once for this client's tier; try again shortly.",
   TIER_PRIORITY: "The client's tier does not allow this urgency.",
   TEMPLATE_NOT_FOUND: "There is no template by that name.",
   TEMPLATE_DEPRECATED: "That template is deprecated; choose another.",

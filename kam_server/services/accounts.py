@@ -160,6 +160,8 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
                     max_priority=convert.enum_value(
                         common_pb2.Priority, limits.max_priority, "PRIORITY_"
                     ),
+                    requests_per_second=limits.requests_per_second,
+                    request_burst=limits.request_burst,
                 )
                 for name, limits in TIER_LIMITS.items()
             ]

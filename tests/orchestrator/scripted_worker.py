@@ -6,6 +6,7 @@ be; it lets tests drive the orchestrator through paths the granulator rarely tak
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,10 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
         default_factory=dict
     )
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Stages being processed now, and the most at once, per client.
+    active: Counter[str] = field(default_factory=Counter)
+    peak: Counter[str] = field(default_factory=Counter)
+    _client_of: dict[tuple[str, int], str] = field(default_factory=dict)
 
     async def Handshake(
         self, request: worker_pb2.HandshakeRequest, context: Any
@@ -73,6 +78,7 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             response.retry_after.FromMilliseconds(int(step.retry_after * 1000))
             return response
         self._accepted[(request.stage.stage_id, request.stage.attempt)] = step
+        self._client_of[(request.stage.stage_id, request.stage.attempt)] = request.client_id
         return worker_pb2.HandshakeResponse(accepted=True, worker_id=self.worker_id)
 
     async def Process(
@@ -89,7 +95,13 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def _run(
         self, request: worker_pb2.ProcessRequest, step: Step
     ) -> worker_pb2.ProcessResponse:
-        await asyncio.sleep(step.delay)
+        client = self._client_of.get((request.stage.stage_id, request.stage.attempt), "")
+        self.active[client] += 1
+        self.peak[client] = max(self.peak[client], self.active[client])
+        try:
+            await asyncio.sleep(step.delay)
+        finally:
+            self.active[client] -= 1
         usage = common_pb2.Usage(
             provider="scripted",
             model="script",

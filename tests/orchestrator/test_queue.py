@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from bitware_core.auth import Principal
 from bitware_core.db import Database, utcnow
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
@@ -27,11 +28,21 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def create(tx: Tx, priority: str, client: str = "cli_a") -> str:
+def create(tx: Tx, priority: str, client: str = "cli_a", limit: int = 0) -> str:
     template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
     spec = {"topic": "Queues", "granularity": 2}
-    new = executions.NewExecution(template, spec, priority, "", client, "")
+    new = executions.NewExecution(template, spec, priority, "", client, "", limit)
     return executions.create(tx, new)
+
+
+def waiting_for_turn(db: Database, execution_ids: list[str]) -> list[bool]:
+    def read(session: Session) -> list[bool]:
+        return [
+            executions.stages_of(session, execution_id)[0].queue_key >= executions.WAITING_TURN
+            for execution_id in execution_ids
+        ]
+
+    return db.run_sync(read)
 
 
 def worker(worker_id: str = "w1", capacity: int = 1, capability: str = "scripted") -> models.Worker:
@@ -155,3 +166,25 @@ def test_illegal_transitions_are_impossible(db: Database) -> None:
 
     with pytest.raises(Exception, match="cannot go from queued to succeeded"):
         db.run_sync(finish_twice)
+
+
+def test_executions_over_the_client_limit_wait_for_their_turn(db: Database) -> None:
+    ids = [db.run_tx_sync(lambda tx: create(tx, "normal", limit=2)) for _ in range(4)]
+    other = db.run_tx_sync(lambda tx: create(tx, "normal", client="cli_b", limit=2))
+    # Two ready to start (the limit); the rest wait, and no claim ever scans them.
+    assert waiting_for_turn(db, [*ids, other]) == [False, False, True, True, False]
+    assert claim_order(db, 1) == [ids[0]]
+    # Starting one lets the client's next in, behind what was ready before (the other client).
+    assert waiting_for_turn(db, ids) == [False, False, False, True]
+    # (claim_order's one worker already holds the stages claimed before)
+    assert claim_order(db, 2) == [ids[1]]  # running 2 of 2 now: the client waits
+    assert claim_order(db, 7) == [other]
+
+
+def test_a_cancelled_execution_gives_its_turn_to_the_next(db: Database) -> None:
+    ids = [db.run_tx_sync(lambda tx: create(tx, "normal", limit=1)) for _ in range(3)]
+    assert waiting_for_turn(db, ids) == [False, True, True]
+    admin = Principal(kind="user", role="admin")
+    db.run_sync(lambda s: executions.cancel(s, admin, ids[0], "not needed"))
+    assert waiting_for_turn(db, ids[1:]) == [False, True]
+    assert claim_order(db, 3) == [ids[1]]

@@ -841,6 +841,8 @@ class TierLimits(_message.Message):
     MAX_REQUESTS_PER_MONTH_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
     MAX_PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    REQUEST_BURST_FIELD_NUMBER: _builtins.int
     tier: _common_pb2.Tier.ValueType
     """The tier."""
     max_users: _builtins.int
@@ -848,9 +850,13 @@ class TierLimits(_message.Message):
     max_requests_per_month: _builtins.int
     """Requests created per calendar month."""
     max_concurrent_executions: _builtins.int
-    """Executions running at once."""
+    """Executions running at once; more wait in the queue for the client's turn."""
     max_priority: _common_pb2.Priority.ValueType
     """The highest priority a request may ask for."""
+    requests_per_second: _builtins.float
+    """Calls per second that create, execute or retry requests, sustained (a token bucket)."""
+    request_burst: _builtins.int
+    """How many such calls may come at once (the bucket's size)."""
     def __init__(
         self,
         *,
@@ -859,10 +865,12 @@ class TierLimits(_message.Message):
         max_requests_per_month: _builtins.int = ...,
         max_concurrent_executions: _builtins.int = ...,
         max_priority: _common_pb2.Priority.ValueType = ...,
+        requests_per_second: _builtins.float = ...,
+        request_burst: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_executions", b"max_concurrent_executions", "max_priority", b"max_priority", "max_requests_per_month", b"max_requests_per_month", "max_users", b"max_users", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_executions", b"max_concurrent_executions", "max_priority", b"max_priority", "max_requests_per_month", b"max_requests_per_month", "max_users", b"max_users", "request_burst", b"request_burst", "requests_per_second", b"requests_per_second", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,8 +81,9 @@ class RequestServiceServicer:
         principals.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
         client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
-        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
-        FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
+        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS; or
+        RATE_LIMITED, with a RetryInfo saying when to try again), FAILED_PRECONDITION (reason
+        CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,10 +109,12 @@ class RequestServiceServicer:
     def ExecuteRequest(self, request, context):
         """Executes a request: checks tier and budget, reserves the cost estimate and starts the
         pinned template version on the orchestrator. Executing twice returns the same execution.
+        Over the tier's concurrency limit the execution is accepted and waits for the client's turn.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
         FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
-        executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or
+        RATE_LIMITED with a RetryInfo; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+        nothing was reserved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,8 +129,8 @@ class RequestServiceServicer:
         template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
         FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
         retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
-        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
-        (orchestrator unreachable; nothing was reserved).
+        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or RATE_LIMITED with a RetryInfo; nothing was
+        retried), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,8 +38,9 @@ class RequestServiceStub:
     principals.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
     client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
-    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
-    FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
+    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS; or
+    RATE_LIMITED, with a RetryInfo saying when to try again), FAILED_PRECONDITION (reason
+    CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
     """
     GetRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetRequestRequest, _requests_pb2.GetRequestResponse]
     """Returns a request. Another client's request answers NOT_FOUND.
@@ -53,10 +54,12 @@ class RequestServiceStub:
     ExecuteRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ExecuteRequestRequest, _requests_pb2.ExecuteRequestResponse]
     """Executes a request: checks tier and budget, reserves the cost estimate and starts the
     pinned template version on the orchestrator. Executing twice returns the same execution.
+    Over the tier's concurrency limit the execution is accepted and waits for the client's turn.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
     FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
-    executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or
+    RATE_LIMITED with a RetryInfo; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+    nothing was reserved).
     """
     RetryRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RetryRequestRequest, _requests_pb2.RetryRequestResponse]
     """Retries a failed request: checks tier and budget again, reserves the cost estimate again
@@ -67,8 +70,8 @@ class RequestServiceStub:
     template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
     FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
     retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
-    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
-    (orchestrator unreachable; nothing was reserved).
+    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or RATE_LIMITED with a RetryInfo; nothing was
+    retried), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
     """
     CancelRequest: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]
     """Cancels a request and its execution, if any; the reservation is released and any usage
@@ -93,8 +96,9 @@ class RequestServiceAsyncStub(RequestServiceStub):
     principals.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
     client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
-    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
-    FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
+    reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS; or
+    RATE_LIMITED, with a RetryInfo saying when to try again), FAILED_PRECONDITION (reason
+    CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
     """
     GetRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetRequestRequest, _requests_pb2.GetRequestResponse]  # type: ignore[assignment]
     """Returns a request. Another client's request answers NOT_FOUND.
@@ -108,10 +112,12 @@ class RequestServiceAsyncStub(RequestServiceStub):
     ExecuteRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.ExecuteRequestRequest, _requests_pb2.ExecuteRequestResponse]  # type: ignore[assignment]
     """Executes a request: checks tier and budget, reserves the cost estimate and starts the
     pinned template version on the orchestrator. Executing twice returns the same execution.
+    Over the tier's concurrency limit the execution is accepted and waits for the client's turn.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
     FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
-    executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+    orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or
+    RATE_LIMITED with a RetryInfo; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+    nothing was reserved).
     """
     RetryRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.RetryRequestRequest, _requests_pb2.RetryRequestResponse]  # type: ignore[assignment]
     """Retries a failed request: checks tier and budget again, reserves the cost estimate again
@@ -122,8 +128,8 @@ class RequestServiceAsyncStub(RequestServiceStub):
     template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
     FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
     retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
-    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
-    (orchestrator unreachable; nothing was reserved).
+    RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or RATE_LIMITED with a RetryInfo; nothing was
+    retried), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
     """
     CancelRequest: _aio.UnaryUnaryMultiCallable[_requests_pb2.CancelRequestRequest, _requests_pb2.CancelRequestResponse]  # type: ignore[assignment]
     """Cancels a request and its execution, if any; the reservation is released and any usage
@@ -151,8 +157,9 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         principals.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (field violations), NOT_FOUND (master template or
         client), PERMISSION_DENIED (support, workers; tier may not use the template or priority:
-        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS),
-        FAILED_PRECONDITION (reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
+        reason TIER_TEMPLATE or TIER_PRIORITY), RESOURCE_EXHAUSTED (reason TIER_LIMIT_REQUESTS; or
+        RATE_LIMITED, with a RetryInfo saying when to try again), FAILED_PRECONDITION (reason
+        CLIENT_SUSPENDED or TEMPLATE_DEPRECATED).
         """
 
     @_abc_1.abstractmethod
@@ -184,10 +191,12 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_requests_pb2.ExecuteRequestResponse, _abc.Awaitable[_requests_pb2.ExecuteRequestResponse]]:
         """Executes a request: checks tier and budget, reserves the cost estimate and starts the
         pinned template version on the orchestrator. Executing twice returns the same execution.
+        Over the tier's concurrency limit the execution is accepted and waits for the client's turn.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (support, workers), NOT_FOUND,
         FAILED_PRECONDITION (cancelled request; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the
-        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was
-        executed), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
+        orchestrator refused the execution), RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or
+        RATE_LIMITED with a RetryInfo; nothing was executed), UNAVAILABLE (orchestrator unreachable;
+        nothing was reserved).
         """
 
     @_abc_1.abstractmethod
@@ -204,8 +213,8 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         template or priority: reason TIER_TEMPLATE or TIER_PRIORITY), NOT_FOUND,
         FAILED_PRECONDITION (reason NOT_FAILED: only a failed request that ran an execution is
         retried; reason CLIENT_SUSPENDED or TEMPLATE_DEPRECATED; the orchestrator refused),
-        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED; nothing was retried), UNAVAILABLE
-        (orchestrator unreachable; nothing was reserved).
+        RESOURCE_EXHAUSTED (reason BUDGET_EXCEEDED, or RATE_LIMITED with a RetryInfo; nothing was
+        retried), UNAVAILABLE (orchestrator unreachable; nothing was reserved).
         """
 
     @_abc_1.abstractmethod

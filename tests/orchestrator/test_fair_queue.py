@@ -1,0 +1,141 @@
+"""Fair waiting instead of refusal, through KAM on real servers: executions over a client's tier
+limit are accepted and wait for the client's turn, at most the limit run at once, and a client
+with many executions queued does not keep another client's one waiting behind them all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from bitware.common.v1 import common_pb2
+from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from tests.conftest import Client, make_client
+from tests.orchestrator.conftest import add_template, stage
+from tests.orchestrator.scripted_worker import Step
+
+Workers = Callable[..., Any]
+T = TypeVar("T")
+
+#: Standard tier: three executions at once (bitware_core.tiers).
+STANDARD_LIMIT = 3
+
+
+async def admitted(call: Callable[[], Awaitable[T]]) -> T:
+    """Makes a call, waiting out the client's rate limit as a well-behaved client does: after
+    the delay its RetryInfo gives. Any other error fails the test."""
+    for _ in range(100):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            status = rpc_status.from_call(error)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and status, error
+            delays = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+            assert delays, status
+            info = error_details_pb2.RetryInfo()
+            delays[0].Unpack(info)
+            await asyncio.sleep(info.retry_delay.ToTimedelta().total_seconds())
+    raise AssertionError("still rate limited after 100 tries")
+
+
+async def submit(requests: requests_pb2_grpc.RequestServiceStub, client: Client) -> str:
+    """Creates and executes a request of the one-stage template; returns its execution id."""
+    created = await admitted(
+        lambda: requests.CreateRequest(
+            requests_pb2.CreateRequestRequest(
+                spec=common_pb2.ContentSpec(topic="Fairness", granularity=2),
+                master_template="one_stage",
+            ),
+            metadata=client.key,
+            timeout=10,
+        )
+    )
+    executed = await admitted(
+        lambda: requests.ExecuteRequest(
+            requests_pb2.ExecuteRequestRequest(request_id=created.request.request_id),
+            metadata=client.key,
+            timeout=10,
+        )
+    )
+    return executed.execution_id
+
+
+async def finished(
+    stub: orchestrator_pb2_grpc.OrchestratorServiceStub, client: Client, ids: list[str]
+) -> list[orchestrator_pb2.Execution]:
+    """Waits (bounded) until every execution has ended; returns them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 90
+    while True:
+        done = [
+            (
+                await stub.GetExecution(
+                    orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
+                    metadata=client.admin,
+                    timeout=10,
+                )
+            ).execution
+            for execution_id in ids
+        ]
+        if all(e.status == orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED for e in done):
+            return done
+        assert loop.time() < deadline, [
+            orchestrator_pb2.ExecutionStatus.Name(e.status) for e in done
+        ]
+        await asyncio.sleep(0.2)
+
+
+async def test_executions_over_the_tier_limit_wait_and_at_most_the_limit_run_at_once(
+    client: Client, workers: Workers
+) -> None:
+    await add_template(client.mesh, "one_stage", [stage()])
+    kam = grpc.aio.insecure_channel(client.mesh.kam.address)
+    orchestrator = grpc.aio.insecure_channel(client.mesh.orchestrator.address)
+    async with kam, orchestrator:
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
+        ids = [await submit(requests, client) for _ in range(20)]  # all accepted, none refused
+        # Room for more than the limit: only the tier limit holds the client back.
+        worker = await workers("wide", default=Step(delay=0.15), max_concurrency=8)
+        executions = await finished(
+            orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator), client, ids
+        )
+        assert len(executions) == 20
+        for request in (
+            await requests.ListRequests(
+                requests_pb2.ListRequestsRequest(), metadata=client.key, timeout=10
+            )
+        ).requests:
+            assert request.status in (
+                requests_pb2.REQUEST_STATUS_RUNNING,  # the outcome may still be on its way
+                requests_pb2.REQUEST_STATUS_COMPLETED,
+            )
+    assert len(worker.processed) == 20
+    assert worker.peak[client.client_id] == STANDARD_LIMIT
+
+
+async def test_a_client_with_one_execution_is_not_starved_by_one_with_many(
+    client: Client, workers: Workers
+) -> None:
+    await add_template(client.mesh, "one_stage", [stage()])
+    other = await make_client(client.mesh)
+    kam = grpc.aio.insecure_channel(client.mesh.kam.address)
+    orchestrator = grpc.aio.insecure_channel(client.mesh.orchestrator.address)
+    async with kam, orchestrator:
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator)
+        # The busy client queues 20 before the other queues its one, and only then a worker
+        # comes: in arrival order the single execution would run last.
+        busy = [await submit(requests, client) for _ in range(20)]
+        single = await submit(requests, other)
+        # Fewer worker slots than the busy client's limit: only fair ordering lets the other in.
+        await workers("narrow", default=Step(delay=0.2), max_concurrency=2)
+        [lone] = await finished(stub, client, [single])
+        many = await finished(stub, client, busy)
+    ended_before = [e for e in many if e.end_time.ToDatetime() < lone.end_time.ToDatetime()]
+    # It ran after the busy client's ready executions (at most its limit), not after all 20.
+    assert len(ended_before) <= STANDARD_LIMIT + 1, len(ended_before)
