@@ -544,7 +544,7 @@ class OpenAIProvider:
             # The attempt was stopped (a cancel or the stage's timeout) before the server said
             # what this call used: what was sent and what arrived is counted, estimated.
             prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
-            record.prompt_tokens, record.completion_tokens = prompt, estimate_tokens(received.text)
+            record.prompt_tokens, record.completion_tokens = prompt, received.tokens()
             record.estimated, record.error = True, "cancelled"
             meter.add_tokens(record.prompt_tokens, record.completion_tokens)
             raise
@@ -566,12 +566,13 @@ class OpenAIProvider:
             if not endpoint.estimating:
                 endpoint.estimating = True
                 log.warning(
-                    "%s sends no usage; estimating tokens from the text",
+                    "%s sends no usage; estimating tokens (pieces streamed, or the text)",
                     endpoint.name,
                     extra={"endpoint": endpoint.name},
                 )
             prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
-            tokens = prompt, estimate_tokens(reply.content)
+            completion = received.tokens() if received.pieces else estimate_tokens(reply.content)
+            tokens = prompt, completion
             record.estimated = True
         record.prompt_tokens, record.completion_tokens = tokens
         record.content, record.finish_reason = reply.content, reply.finish_reason

@@ -85,14 +85,22 @@ class ElementCounter:
     def __init__(self) -> None:
         self.text = ""
         self.count = 0
+        #: How many pieces came: each streamed piece carries at least one token.
+        self.pieces = 0
         self._resume = 0
 
     def feed(self, piece: str) -> int:
         self.text += piece
+        self.pieces += 1
         for match in _TITLE_KEY.finditer(self.text, self._resume):
             self.count += 1
             self._resume = match.end()
         return self.count
+
+    def tokens(self) -> int:
+        """The reply's tokens when the server does not say: the pieces counted (llama.cpp
+        streams one token a piece) or the text's estimate, whichever is more."""
+        return max(self.pieces, estimate_tokens(self.text))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

@@ -278,3 +278,16 @@ async def test_stream_options_are_dropped_for_an_endpoint_that_rejects_them(
     assert modes_sent(fake_openai) == ["json_schema", "json_schema"]
     assert generation.usage["completion_tokens"] == estimate_tokens(json.dumps(VALID))
     assert [call.request for call in generation.calls] == fake_openai.requests
+
+
+async def test_a_stream_without_usage_counts_a_token_per_piece_like_llama_cpp(
+    fake_openai: FakeOpenAI,
+) -> None:
+    verdict = json.dumps({"ratings": {"overall": 6}, "feedback": "Short."})
+    fake_openai.add(reply(verdict, pieces=len(verdict), include_usage=False))
+
+    judgement = await provider(fake_openai, stream=True).judge(COURSE, SPEC, VALID, 1)
+
+    assert judgement is not None
+    assert judgement.usage["completion_tokens"] == len(verdict)  # one piece, one token
+    assert len(verdict) > estimate_tokens(verdict)
