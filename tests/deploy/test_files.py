@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,42 @@ def test_dockerfile_copies_every_package_the_project_ships() -> None:
     packages = {p.rstrip("*") for p in included} - {"bitware"}  # bitware = the protos/ root
     copied = set(re.findall(r"^COPY (\w+)/ \1/$", dockerfile(), re.MULTILINE))
     assert packages | {"protos"} == copied
+
+
+def test_the_build_stage_files_make_a_complete_package(tmp_path: Path) -> None:
+    """What the build stage copies is enough: a wheel built from exactly those files holds the
+    `bitware` command, the generated protos, every migration and the dashboard."""
+    context = tmp_path / "context"
+    build_stage = dockerfile().split("\nFROM ")[1]
+    for line in re.findall(r"^COPY (?!--)(.+)$", build_stage, re.MULTILINE):
+        *sources, _ = line.split()
+        for source in sources:
+            if source.endswith("/"):
+                shutil.copytree(
+                    ROOT / source,
+                    context / source,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                )
+            else:
+                context.mkdir(exist_ok=True)
+                shutil.copy(ROOT / source, context / source)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    built = subprocess.run(
+        [*pip, "-w", str(tmp_path / "wheel"), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "bitware = bitware_core.cli:main" in archive.read(entry_points).decode()
+    for service in ("kam", "orchestrator", "granulator"):
+        versions = [n for n in names if n.startswith(f"{service}_server/migrations/versions/")]
+        on_disk = list((ROOT / f"{service}_server/migrations/versions").glob("*.py"))
+        assert len(versions) == len(on_disk) > 0, service
+        assert f"{service}_server/migrations/script.py.mako" in names
+    assert {"gateway/dashboard/index.html", "bitware/kam/v1/requests_pb2.py"} <= names
