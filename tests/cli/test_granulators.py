@@ -2,9 +2,10 @@
 
 The granulators share one job store, so the review stage of a `course_reviewed` execution finds
 the generated job whichever granulator it runs on, and every deliverable answers through the
-gateway and through grpcurl on every granulator. A granulator killed with SIGKILL mid-generation
-leaves no job `running`: its restart ends them as failed (`WORKER_RESTARTED`), the orchestrator's
-attempts say the same, and every execution still succeeds on a retry."""
+gateway and through grpcurl on every granulator; a structure template changed on one is used by
+every granulator at once. A granulator killed with SIGKILL mid-generation leaves no job
+`running`: its restart ends them as failed (`WORKER_RESTARTED`), the orchestrator's attempts
+say the same, and every execution still succeeds on a retry."""
 
 from __future__ import annotations
 
@@ -148,26 +149,18 @@ def wait_for_ends(http: httpx.Client, ids: list[str], within: float = 90) -> lis
     return [http.get(f"/api/executions/{i}").json()["execution"] for i in ids]
 
 
-def grpcurl_structure(address: str, api_key: str, job_id: str) -> dict[str, Any]:
+def grpcurl(address: str, header: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call of `bitware.granulator.v1.GranulatorService/<method>` by the real grpcurl."""
+    call = f"bitware.granulator.v1.GranulatorService/{method}"
+    arguments = ["-plaintext", "-max-time", "20", "-H", header, "-d", json.dumps(body)]
     result = subprocess.run(
-        [
-            str(GRPCURL),
-            "-plaintext",
-            "-max-time",
-            "20",
-            "-H",
-            f"x-api-key: {api_key}",
-            "-d",
-            json.dumps({"job_id": job_id}),
-            address,
-            "bitware.granulator.v1.GranulatorService/GetStructure",
-        ],
+        [str(GRPCURL), *arguments, address, call],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    assert result.returncode == 0, f"GetStructure {job_id} on {address}: {result.stderr}"
+    assert result.returncode == 0, f"{method} {body} on {address}: {result.stderr}"
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
 
@@ -185,7 +178,12 @@ def assert_deliverables_everywhere(mesh: Up, client: ClientKey, job_ids: list[st
     asks = [(mesh.address(name), job_id) for name in GRANULATORS for job_id in job_ids]
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(
-            pool.map(lambda ask: grpcurl_structure(ask[0], client.api_key, ask[1]), asks)
+            pool.map(
+                lambda ask: grpcurl(
+                    ask[0], f"x-api-key: {client.api_key}", "GetStructure", {"job_id": ask[1]}
+                ),
+                asks,
+            )
         )
     for (address, job_id), answer in zip(asks, answers, strict=True):
         assert answer["job_id"] == job_id, address
@@ -228,6 +226,32 @@ def test_three_granulators_share_one_job_store(
     ]
     assert elsewhere, made_by
     assert_deliverables_everywhere(mesh, client, [e["job_id"] for e in executions])
+
+
+def test_a_template_changed_on_one_granulator_is_used_by_every_one_at_once(mesh: Up) -> None:
+    with httpx.Client(base_url=f"http://{mesh.address('gateway')}", timeout=10) as http:
+        login = http.post(
+            "/api/auth/login",
+            json={"email": "admin@bitware.local", "password": mesh.admin_password},
+        )
+        login.raise_for_status()
+    admin = f"x-bitware-session-token: {login.json()['session_token']}"
+    addresses = [mesh.address(name) for name in GRANULATORS]
+    # Every granulator has read the templates (and keeps a copy of them).
+    before = [grpcurl(a, admin, "GetTemplate", {"query": "quiz"}) for a in addresses]
+    version = before[0]["template"]["version"]
+    assert [b["template"]["version"] for b in before] == [version] * len(GRANULATORS)
+    change = {"name": "quiz_standard", "description": "Edited on granulator-1."}
+    updated = grpcurl(
+        addresses[0],
+        admin,
+        "UpdateTemplate",
+        {"template": change, "update_mask": {"paths": ["description"]}},
+    )
+    assert updated["template"]["version"] == version + 1
+    for address in addresses[1:]:
+        seen = grpcurl(address, admin, "GetTemplate", {"query": "quiz"})["template"]
+        assert (seen["version"], seen["description"]) == (version + 1, change["description"])
 
 
 def test_a_granulator_killed_mid_run_leaves_no_job_running(
