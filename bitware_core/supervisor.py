@@ -82,6 +82,25 @@ def has_admin(url: str) -> bool:
         engine.dispose()
 
 
+def adopt_old_granulator_store(data_dir: Path) -> str:
+    """Makes `DATA/granulator-1/granulator.db` the mesh's one job store `DATA/granulator.db`
+    when that does not exist yet: before the granulators shared one store, each kept its own
+    file there, and the first one's (the only one with the default single granulator) holds
+    the jobs and templates a user has. Returns what it did, in words, or "" when nothing."""
+    shared, old = data_dir / "granulator.db", data_dir / "granulator-1" / "granulator.db"
+    if shared.exists() or not old.exists():
+        return ""
+    for suffix in ("", "-wal", "-shm"):  # no process has them open: the mesh is not up yet
+        source = old.with_name(old.name + suffix)
+        if source.exists():
+            source.rename(shared.with_name(shared.name + suffix))
+    others = sorted(str(p.relative_to(data_dir)) for p in data_dir.glob("granulator-*/*.db"))
+    left = f"; not carried over: {', '.join(others)}" if others else ""
+    return (
+        f"moved granulator-1/granulator.db to granulator.db, the granulators' one job store{left}"
+    )
+
+
 @dataclass
 class Child:
     name: str
@@ -133,6 +152,8 @@ class Supervisor:
             first_start = not has_admin(plan.postgres_url)
         else:
             first_start = not (plan.data_dir / "kam.db").exists()
+            if moved := adopt_old_granulator_store(plan.data_dir):
+                self.say(moved)
         credentials = MeshCredentials.generate(plan.granulators)
         ports = {
             "kam": reserve_port(plan.host, plan.kam_port),
