@@ -278,11 +278,10 @@ class Mesh:
         return self
 
     async def _start_extra_orchestrator(self) -> None:
-        from bitware_core.supervisor import reserve_port
-
         child = next(c for c in self.supervisor.children if c.name == "orchestrator")
-        port = reserve_port("127.0.0.1", 0)
-        env = {**os.environ, **child.env, "BITWARE_PORT": str(port)}
+        # Port 0: it binds a free port itself and reports it on its ready line.
+        env = {**os.environ, **child.env, "BITWARE_PORT": "0"}
+        env.pop("BITWARE_METRICS_ADDRESS", None)
         proc = subprocess.Popen(
             [PY, "-m", "orchestrator_server"],
             env=env,
@@ -291,13 +290,11 @@ class Mesh:
             start_new_session=True,
         )
         assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = await asyncio.to_thread(proc.stdout.readline)
-            if line.startswith(b"BITWARE_READY") or not line:
-                break
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        if not line.startswith(b"BITWARE_READY"):
+            raise RuntimeError(f"the extra orchestrator did not start: {line!r}")
         self.extra.append(proc)
-        self.extra_addresses.append(f"127.0.0.1:{port}")
+        self.extra_addresses.append(line.decode().split()[2])
 
     async def _login(self) -> None:
         login = await auth_pb2_grpc.AuthServiceStub(self.kam_channel).Login(

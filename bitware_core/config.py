@@ -133,6 +133,11 @@ class Settings:
     rpc_timeout: float = 10.0
     #: Seconds a server waits for in-flight calls on shutdown.
     shutdown_grace: float = 5.0
+    #: Read more `BITWARE_NAME=value` lines from stdin, up to an empty line, before starting
+    #: (they win over the environment); KAM then also takes `BITWARE_ORCHESTRATOR_ADDRESS=…`
+    #: lines while it runs. `bitware up` sets it: it learns each server's port from its ready
+    #: line and hands it to the servers that start after it.
+    stdin_settings: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

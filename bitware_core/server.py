@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -276,7 +278,10 @@ class ListenError(OSError):
 
 def ready_line(service: str, address: str, metrics_address: str = "") -> str:
     """`BITWARE_READY <service> <host:port> [metrics=<host:port>]`, printed once a server
-    listens: the bound addresses (port 0 becomes the port chosen), which `bitware up` reads."""
+    listens: the bound addresses (port 0 becomes the port chosen), which `bitware up` reads.
+    Under `bitware up` (`Settings.stdin_settings`) a gRPC server first prints
+    `BITWARE_BOUND <service> <host:port>` as soon as its port is bound, before its start-up work,
+    so that the servers started after it need not wait for that work."""
     line = f"BITWARE_READY {service} {address}"
     return f"{line} metrics={metrics_address}" if metrics_address else line
 
@@ -314,6 +319,26 @@ class MeshServer:
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    def bind(self) -> int:
+        """Binds the server's address (once; `start` does it if not done yet) and returns the
+        port: a caller can learn the port of a server whose start-up work is still under way.
+        Calls that arrive before `start` wait for it."""
+        if self.port:
+            return self.port
+        bind = f"{self.settings.host}:{self.settings.port}"
+        credentials = server_credentials(self.settings)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(bind)
+            else:
+                self.port = self.server.add_secure_port(bind, credentials)
+        except RuntimeError:  # grpc says only "Failed to bind to address"
+            raise ListenError(
+                f"cannot listen on {bind}: the port is in use or the host is not an address of "
+                "this machine"
+            ) from None
+        return self.port
+
     async def start(self) -> int:
         for service in self.services:
             service.register(self.server)
@@ -327,18 +352,7 @@ class MeshServer:
             ],
             self.server,
         )
-        bind = f"{self.settings.host}:{self.settings.port}"
-        credentials = server_credentials(self.settings)
-        try:
-            if credentials is None:
-                self.port = self.server.add_insecure_port(bind)
-            else:
-                self.port = self.server.add_secure_port(bind, credentials)
-        except RuntimeError:  # grpc says only "Failed to bind to address"
-            raise ListenError(
-                f"cannot listen on {bind}: the port is in use or the host is not an address of "
-                "this machine"
-            ) from None
+        self.bind()
         await self.server.start()
         if self.settings.metrics_address:
             try:
@@ -355,6 +369,11 @@ class MeshServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    def reconfigure(self, name: str, value: str) -> bool:
+        """Applies setting `name` (`BITWARE_…`) while running, if this server can; see
+        `Settings.stdin_settings`. None can by default."""
+        return False
+
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         if self._metrics_server is not None:
@@ -367,11 +386,9 @@ class MeshServer:
             log.warning("server did not stop within its grace period", extra={"grace": grace})
 
 
-async def run_until_signal(
-    server: MeshServer, service: str, on_stop: Callable[[], Awaitable[None]] | None = None
-) -> None:
-    """Prints the ready line `BITWARE_READY <service> <address>`, then serves until SIGTERM or
-    SIGINT, and shuts down gracefully (health NOT_SERVING first)."""
+async def run_until_signal(server: MeshServer, service: str) -> None:
+    """Prints the ready line (`ready_line`), then serves until SIGTERM or SIGINT, and shuts down
+    gracefully (health NOT_SERVING first)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -380,28 +397,64 @@ async def run_until_signal(
     log.info(
         "serving", extra={"address": server.address, "metrics": server.metrics_address or None}
     )
+    if server.settings.stdin_settings:
+        threading.Thread(target=_follow_stdin, args=(server, loop), daemon=True).start()
     await stop.wait()
     log.info("shutting down")
     await server.stop()
-    if on_stop is not None:
-        await on_stop()
+
+
+def _follow_stdin(server: MeshServer, loop: asyncio.AbstractEventLoop) -> None:
+    """Applies `BITWARE_NAME=value` lines arriving on stdin while the server runs (on the loop),
+    answering `BITWARE_CONFIGURED NAME` on stdout for each one applied."""
+
+    def apply(name: str, value: str) -> None:
+        if server.reconfigure(name, value):
+            log.info("setting changed", extra={"setting": name})
+            print(f"BITWARE_CONFIGURED {name}", flush=True)
+        else:
+            log.warning("this setting cannot change while running", extra={"setting": name})
+
+    for line in iter(sys.stdin.readline, ""):
+        name, _, value = line.strip().partition("=")
+        if name:
+            loop.call_soon_threadsafe(apply, name, value)
+
+
+def process_settings(service: str) -> Settings:
+    """This process's settings: the environment, then, with BITWARE_STDIN_SETTINGS, the
+    `BITWARE_NAME=value` lines on stdin up to an empty line. A bad value is one line on stderr
+    and exit code 2."""
+    try:
+        settings = Settings.from_env()
+        if settings.stdin_settings:
+            environ = dict(os.environ)
+            for line in iter(sys.stdin.readline, ""):
+                name, _, value = line.strip().partition("=")
+                if not name:
+                    break
+                environ[name] = value
+            settings = Settings.from_env(environ)
+    except SettingsError as error:
+        print(f"{service}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return settings
 
 
 def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
     """The whole life of a server process (`python -m <server>`, `bitware serve <server>`):
-    settings from the environment, logs to stderr, start, the ready line, serve until SIGTERM or
+    settings (`process_settings`), logs to stderr, start, the ready line, serve until SIGTERM or
     SIGINT, stop gracefully. A bad setting or an address it cannot bind is one line on stderr
     and exit code 2."""
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"{service}: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    settings = process_settings(service)
     logs.configure(service, as_json=settings.log_json, level=settings.log_level)
 
     async def run() -> None:
         server = build(settings)
         try:
+            server.bind()
+            if settings.stdin_settings:  # `bitware up` hands the address on before start-up ends
+                print(f"BITWARE_BOUND {service} {server.address}", flush=True)
             await server.start()
         except ListenError as error:
             print(f"{service}: {error}", file=sys.stderr, flush=True)

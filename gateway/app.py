@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from bitware_core import logs
-from bitware_core.config import Settings, SettingsError
-from bitware_core.server import ListenError, ready_line
+from bitware_core.config import Settings
+from bitware_core.server import ListenError, process_settings, ready_line
 from gateway import dashboard, errors, schemas
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
@@ -161,11 +161,7 @@ class _PlainUvicornRecords(logging.Filter):
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"gateway: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    settings = process_settings("gateway")
     logs.configure("gateway", as_json=settings.log_json, level=settings.log_level)
     logging.getLogger("uvicorn.error").addFilter(_PlainUvicornRecords())
     try:

@@ -197,6 +197,13 @@ class KamServer(MeshServer):
             await self.db.run(prepare)
         return await super().start()
 
+    def reconfigure(self, name: str, value: str) -> bool:
+        # `bitware up` starts KAM first and tells it the orchestrator's address once bound.
+        if name != "BITWARE_ORCHESTRATOR_ADDRESS":
+            return False
+        self.orchestrator.connect(value)
+        return True
+
     async def stop(self, grace: float | None = None) -> None:
         await super().stop(grace)
         await self.orchestrator.close()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ async def make_client(
             timeout=10,
         )
     return Client(mesh, login.session_token, created.client.client_id, key.key)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now, for a test that must name a port before its server starts (to
+    restart a server on the same port). Servers themselves bind port 0 and report it."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 async def start_server_process(service: str, env: dict[str, str]) -> asyncio.subprocess.Process:

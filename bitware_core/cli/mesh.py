@@ -31,7 +31,7 @@ from bitware_core.cli.common import (
     running_supervisor,
     usage_line,
 )
-from bitware_core.supervisor import MeshPlan, PortTaken, Supervisor
+from bitware_core.supervisor import ChildFailed, MeshPlan, Supervisor
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
 
@@ -52,6 +52,14 @@ def add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--granulator-port", type=int, default=50053, help="the first granulator's; 0 = free"
     )
     up.add_argument("--gateway-port", type=int, default=8080, help="0 picks a free port")
+    up.add_argument(
+        "--host", default="127.0.0.1", help="address every server binds (default loopback)"
+    )
+    up.add_argument(
+        "--metrics",
+        action="store_true",
+        help="every server serves Prometheus /metrics on a port of its own (printed)",
+    )
     up.add_argument("--log-json", action="store_true", help="servers log JSON lines")
     up.set_defaults(handler=up_command)
 
@@ -65,6 +73,7 @@ async def up_command(args: argparse.Namespace) -> int:
         raise CliError(f"a mesh is already running from {data} (pid {other}); stop it first")
     plan = MeshPlan(
         data_dir=data,
+        host=args.host,
         kam_port=args.kam_port,
         orchestrator_port=args.orchestrator_port,
         granulator_port=args.granulator_port,
@@ -72,16 +81,22 @@ async def up_command(args: argparse.Namespace) -> int:
         granulators=args.granulators,
         postgres_url=args.postgres or "",
         log_json=args.log_json,
+        metrics=args.metrics,
     )
     supervisor = Supervisor(plan, say=say)
     try:
         mesh = await supervisor.start()
-    except PortTaken as error:
-        raise CliError(f"{error}; choose another with --*-port or stop what uses it") from None
+    except ChildFailed as error:
+        if "cannot listen on" not in error.last_line:
+            raise
+        flag = error.child.name.split("-")[0]
+        raise CliError(f"{error}; choose another with --{flag}-port or stop what uses it") from None
     for child in mesh.children:
         pid = child.process.pid if child.process else 0
-        print(f"{child.name:<14} {child.address:<22} pid {pid}")
+        metrics = f"  metrics http://{child.metrics_address}/metrics" if args.metrics else ""
+        print(f"{child.name:<14} {child.address:<22} pid {pid}{metrics}")
     print(f"dashboard      http://{mesh.address('gateway')}/")
+    print(f"logs           {data / 'logs'}/<server>.log")
     if mesh.admin_password:
         print(f"admin          {mesh.admin_email} / {mesh.admin_password}  (shown once; keep it)")
     say("ready: Bitware Mesh is up (Ctrl-C stops it)")

@@ -7,7 +7,7 @@ import json
 import socket
 from pathlib import Path
 
-from tests.cli.conftest import ClientKey, Up, bitware, one_line_error
+from tests.cli.conftest import FREE_PORTS, ClientKey, Up, bitware, one_line_error
 
 
 def closed_address() -> str:
@@ -221,10 +221,13 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = bitware("up", "--data", str(tmp_path), "--kam-port", str(port), timeout=30)
+        result = bitware(
+            "up", "--data", str(tmp_path), *FREE_PORTS, "--gateway-port", str(port), timeout=60
+        )
     line = one_line_error(result)
-    assert line.startswith(f"bitware: port {port} on 127.0.0.1 is already in use")
-    assert "--*-port" in line
+    assert line.startswith("bitware: gateway exited with code 2 before it was ready: ")
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert line.endswith("; choose another with --gateway-port or stop what uses it")
 
 
 def test_up_refuses_a_second_mesh_on_the_same_data(up: Up) -> None:

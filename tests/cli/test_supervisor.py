@@ -1,11 +1,94 @@
-"""What `bitware up` does to a data folder before it starts the servers."""
+"""The supervisor behind `bitware up` tells the truth: a server that crashes at start fails the
+start at once with the last lines of its log (and nothing is left running); every server's
+output is in DATA/logs/<server>.log; `--metrics` gives every server a metrics port of its own,
+even with several granulators, and a BITWARE_METRICS_ADDRESS in the environment is not handed
+to every server. And what it does to a data folder before it starts the servers."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 from bitware_core.supervisor import adopt_old_granulator_store
+from tests.cli.conftest import FREE_PORTS, clean_env, kill_leftovers, start_up
+
+
+def test_a_server_that_crashes_at_start_shows_its_last_log_lines(tmp_path: Path) -> None:
+    # Only the granulator reads the price table: KAM and the orchestrator start, it exits.
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "bitware_core.cli", "up", "--data", str(tmp_path), *FREE_PORTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(BITWARE_PRICE_TABLE="{not json"),
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    # At once, not after the 30 s start-up timeout, and in one line on stderr.
+    assert time.monotonic() - started < 25
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        "bitware: granulator-1 exited with code 1 before it was ready: ValueError: "
+        "BITWARE_PRICE_TABLE is not JSON"
+    ), result.stderr
+    out = result.stdout.splitlines()
+    headline = next(i for i, line in enumerate(out) if line.startswith("granulator-1 (pid"))
+    assert re.fullmatch(r"granulator-1 \(pid \d+\) exited with code 1", out[headline]), out
+    log = tmp_path / "logs" / "granulator-1.log"
+    assert out[headline + 1] == f"  last lines of {log}:"
+    tail = [line.removeprefix("  | ") for line in out[headline + 2 :] if line.startswith("  | ")]
+    assert tail[-1].startswith("ValueError: BITWARE_PRICE_TABLE is not JSON")
+    assert "Traceback (most recent call last):" in log.read_text()
+    # The servers already running were stopped (each log starts with its pid).
+    logs = "".join(path.read_text() for path in (tmp_path / "logs").glob("*.log"))
+    pids = [int(pid) for pid in re.findall(r"^--- bitware up started pid (\d+)$", logs, re.M)]
+    assert len(pids) == 4, logs
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_metrics_ports_are_per_server_and_logs_are_per_server(tmp_path: Path) -> None:
+    # Set for one process, it must not reach every server (they would fight over the port).
+    up = start_up(
+        tmp_path,
+        "--metrics",
+        "--granulators",
+        "3",
+        env={"BITWARE_METRICS_ADDRESS": "127.0.0.1:9"},
+    )
+    try:
+        up.wait_for(r"^note: BITWARE_METRICS_ADDRESS is a setting of one server")
+        names = ["kam", "orchestrator", "granulator-1", "granulator-2", "granulator-3"]
+        metrics = {
+            name: up.wait_for(rf"^{name}\s+\S+\s+pid \d+  metrics http://(\S+)/metrics$").group(1)
+            for name in [*names, "gateway"]
+        }
+        assert metrics["gateway"] == up.address("gateway")  # its own HTTP port
+        assert len(set(metrics.values())) == 6, metrics
+        for name in names:
+            with urllib.request.urlopen(f"http://{metrics[name]}/metrics", timeout=10) as answer:
+                assert answer.status == 200
+                assert "bitware_rpc_total" in answer.read().decode(), name
+        mesh = json.loads((tmp_path / "mesh.json").read_text())
+        assert mesh["metrics"] == metrics
+        for name in [*names, "gateway"]:
+            log = (tmp_path / "logs" / f"{name}.log").read_text()
+            assert f"service={name.split('-')[0]} event=serving" in log, log
+        assert not [line for line in up.lines if "restarting" in line], up.lines
+    finally:
+        if up.stop() != 0:
+            kill_leftovers(up)
 
 
 def _store(path: Path, job_id: str) -> None:

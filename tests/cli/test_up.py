@@ -5,6 +5,7 @@ and SIGTERM stops the whole mesh cleanly."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -69,6 +70,10 @@ def test_a_killed_granulator_is_restarted_saying_why(mesh: Up) -> None:
     mesh.wait_for(
         rf"^granulator-2 \(pid {pid}\) was killed by SIGKILL; restarting in 1s \(restart 1\)$"
     )
+    # With what it logged last (here: its ordinary lines, nothing about a signal).
+    log = mesh.data / "logs" / "granulator-2.log"
+    mesh.wait_for(rf"^  last lines of {re.escape(str(log))}:$")
+    assert mesh.wait_for(r"^  \| (.*service=granulator.*)$")
     back = mesh.wait_for(r"^granulator-2 is back at (\S+) \(pid (\d+)\)$", within=60)
     assert back.group(1) == mesh.address("granulator-2")  # the same port as before
     assert int(back.group(2)) != pid

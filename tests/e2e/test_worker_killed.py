@@ -14,7 +14,6 @@ from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
-from bitware_core.supervisor import reserve_port
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
@@ -43,7 +42,7 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
             processes[worker_id] = await start_server_process(
                 "granulator",
                 {
-                    "BITWARE_PORT": str(reserve_port("127.0.0.1", 0)),
+                    "BITWARE_PORT": "0",  # it registers the port it bound
                     "BITWARE_DATA_DIR": str(tmp_path / worker_id),
                     "BITWARE_KAM_ADDRESS": kam.address,
                     "BITWARE_ORCHESTRATOR_ADDRESS": orchestrator.address,

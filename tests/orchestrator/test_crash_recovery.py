@@ -11,9 +11,8 @@ from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
-from bitware_core.supervisor import reserve_port
 from kam_server.server import serve as serve_kam
-from tests.conftest import eventually, make_client, start_server_process
+from tests.conftest import eventually, free_port, make_client, start_server_process
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
@@ -21,7 +20,7 @@ from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 async def test_orchestrator_killed_mid_run_recovers_every_execution(tmp_path: Path) -> None:
     credentials = MeshCredentials.generate(granulators=0)
     kam = await serve_kam(credentials.kam_settings(Settings(), tmp_path))
-    port = reserve_port("127.0.0.1", 0)
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = {
         "BITWARE_PORT": str(port),
