@@ -33,5 +33,5 @@ TIER_LIMITS = {
     "basic": TierLimits(2, 50, 1, "normal", 1.0, 10),
     "standard": TierLimits(10, 500, 3, "high", 5.0, 30),
     "premium": TierLimits(50, 5_000, 10, "high", 20.0, 100),
-    "enterprise": TierLimits(1_000, 100_000, 50, "critical", 100.0, 500),
+    "enterprise": TierLimits(1_000, 100_000, 50, "critical", 200.0, 1_000),
 }

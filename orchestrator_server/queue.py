@@ -53,6 +53,33 @@ class Claim:
     worker_id: str = ""
 
 
+#: PostgreSQL advisory-lock space of one client's start decisions (the two-key form, which never
+#: meets the one-key locks of `Database.exclusive`).
+CLIENT_STARTS_LOCK = 1_200_012
+
+
+def _decides_starts(tx: Tx, client_id: str, held: dict[str, bool], running: Counter[str]) -> bool:
+    """Whether this claim may start executions of the client. On PostgreSQL, replicas decide one
+    client's starts one at a time: a transaction-scoped advisory lock per client, taken without
+    waiting (a client another replica is deciding now is skipped this round), after which the
+    client's running executions are counted again, with what other replicas have committed."""
+    if not tx.postgres:
+        return True  # SQLite has one writer: no other claim runs meanwhile
+    if client_id not in held:
+        [got] = tx.one(
+            "SELECT pg_try_advisory_xact_lock(:space, hashtext(:client))",
+            {"space": CLIENT_STARTS_LOCK, "client": client_id},
+        )
+        held[client_id] = bool(got)
+        if got:
+            [count] = tx.one(
+                "SELECT count(*) FROM executions WHERE client_id = :client AND status = 'running'",
+                {"client": client_id},
+            )
+            running[client_id] = int(count)
+    return held[client_id]
+
+
 def _running_executions(tx: Tx) -> tuple[Counter[str], list[str]]:
     """How many executions each client has in progress, and the clients at their limit (whose
     executions that have not started must wait)."""
@@ -126,6 +153,7 @@ def claim(
     now = utcnow()
     claims: list[Claim] = []
     running, capped = _running_executions(tx)
+    held: dict[str, bool] = {}
     names = {f"c{i}": client for i, client in enumerate(capped)}
     skip_capped = (
         f" AND NOT (e.status = 'queued' AND e.client_id IN ({', '.join(':' + n for n in names)}))"
@@ -152,6 +180,8 @@ def claim(
             if not free_slots:
                 break
             starts, cap = execution.status == "queued", execution.client_concurrency
+            if starts and cap and not _decides_starts(tx, execution.client_id, held, running):
+                continue
             if starts and cap and running[execution.client_id] >= cap:
                 continue
             running[execution.client_id] += starts

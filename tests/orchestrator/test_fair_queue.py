@@ -1,11 +1,14 @@
 """Fair waiting instead of refusal, through KAM on real servers: executions over a client's tier
-limit are accepted and wait for the client's turn, at most the limit run at once, and a client
-with many executions queued does not keep another client's one waiting behind them all."""
+limit are accepted and wait for the client's turn, at most the limit run at once (also with two
+orchestrator replicas on PostgreSQL), and a client with many executions queued does not keep
+another client's one waiting behind them all."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -15,9 +18,13 @@ from grpc_status import rpc_status
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core.config import Settings
+from bitware_core.mesh import InProcessMesh, MeshCredentials
+from kam_server.server import serve as serve_kam
+from orchestrator_server.server import serve as serve_orchestrator
 from tests.conftest import Client, make_client
 from tests.orchestrator.conftest import add_template, stage
-from tests.orchestrator.scripted_worker import Step
+from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
 Workers = Callable[..., Any]
 T = TypeVar("T")
@@ -139,3 +146,59 @@ async def test_a_client_with_one_execution_is_not_starved_by_one_with_many(
     ended_before = [e for e in many if e.end_time.ToDatetime() < lone.end_time.ToDatetime()]
     # It ran after the busy client's ready executions (at most its limit), not after all 20.
     assert len(ended_before) <= STANDARD_LIMIT + 1, len(ended_before)
+
+
+async def test_two_replicas_on_postgresql_keep_a_client_within_its_limit(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    credentials = MeshCredentials.generate(granulators=0)
+    base = Settings(database_url=postgres_url, heartbeat_interval=0.5)
+    kam = await serve_kam(credentials.kam_settings(base, tmp_path))
+    replicas = [
+        await serve_orchestrator(
+            replace(
+                credentials.settings_for(base, "orchestrator"),
+                data_dir=tmp_path,
+                kam_address=kam.address,
+            )
+        )
+        for _ in range(2)
+    ]
+    kam.orchestrator.connect(replicas[0].address)
+    mesh = InProcessMesh(kam, replicas[0], [], credentials)
+    channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+    worker = None
+    try:
+        client = await make_client(mesh)
+        await add_template(mesh, "one_stage", [stage()])
+        stubs = [orchestrator_pb2_grpc.OrchestratorServiceStub(c) for c in channels]
+        # As KAM starts them: the client's id and its tier's limit, on either replica.
+        ids = [
+            (
+                await stubs[index % 2].ExecutePipeline(
+                    orchestrator_pb2.ExecutePipelineRequest(
+                        template_name="one_stage",
+                        client_id=client.client_id,
+                        spec=common_pb2.ContentSpec(topic="Replicas", granularity=1),
+                        client_concurrency_limit=STANDARD_LIMIT,
+                    ),
+                    metadata=client.admin,
+                    timeout=10,
+                )
+            ).execution.execution_id
+            for index in range(30)
+        ]
+        # Both replicas offer to the one worker (they share its registry row and its slots).
+        worker = ScriptedWorker("shared", "scripted", [], Step(delay=0.1))
+        await worker.start(mesh, client.admin, max_concurrency=8)
+        await finished(stubs[1], client, ids)
+    finally:
+        if worker is not None:
+            await worker.stop()
+        for channel in channels:
+            await channel.close()
+        for replica in replicas:
+            await replica.stop(0)
+        await kam.stop(0)
+    assert len(worker.processed) == 30
+    assert worker.peak[client.client_id] == STANDARD_LIMIT

@@ -3,6 +3,7 @@ that expire, and stale results that are refused."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,43 @@ def test_a_cancelled_execution_gives_its_turn_to_the_next(db: Database) -> None:
     db.run_sync(lambda s: executions.cancel(s, admin, ids[0], "not needed"))
     assert waiting_for_turn(db, ids[1:]) == [False, True]
     assert claim_order(db, 3) == [ids[1]]
+
+
+def test_two_replicas_claiming_at_once_never_start_more_than_the_client_limit(
+    postgres_url: str,
+) -> None:
+    replicas = [Database(postgres_url), Database(postgres_url)]
+    replicas[0].migrate("orchestrator", MIGRATIONS, models.OrchestratorBase.metadata)
+    db = replicas[0]
+    limit = 6
+    try:
+        running = [db.run_tx_sync(lambda tx: create(tx, "normal", limit=limit)) for _ in range(5)]
+        assert sorted(claim_order(db, 5)) == sorted(running)  # five of six running
+        ready = [db.run_tx_sync(lambda tx: create(tx, "normal", limit=limit)) for _ in range(6)]
+        assert waiting_for_turn(db, ready) == [False] * 6
+        holding, release = threading.Event(), threading.Event()
+        claimed: list[list[str]] = []
+
+        def claim_and_hold(tx: Tx) -> None:
+            # One free slot: this claim locks a window of four candidates and starts one.
+            claims = queue.claim(tx, "replica-1", [worker("w2", capacity=1)], {}, 15.0)
+            claimed.append([c.execution_id for c in claims])
+            holding.set()
+            release.wait(10)  # not committed yet while the other replica claims
+
+        thread = threading.Thread(target=replicas[0].run_tx_sync, args=(claim_and_hold,))
+        thread.start()
+        try:
+            assert holding.wait(10)
+            # The other replica sees the candidates outside that window, and five running.
+            other = replicas[1].run_tx_sync(
+                lambda tx: queue.claim(tx, "replica-2", [worker("w3", capacity=10)], {}, 15.0)
+            )
+        finally:
+            release.set()
+            thread.join(10)
+        assert claimed == [[ready[0]]]  # the sixth
+        assert other == []  # a seventh would be past the limit
+    finally:
+        for replica in replicas:
+            replica.close()
