@@ -450,7 +450,11 @@ def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
     logs.configure(service, as_json=settings.log_json, level=settings.log_level)
 
     async def run() -> None:
-        server = build(settings)
+        try:
+            server = build(settings)
+        except SettingsError as error:  # a setting only the server itself can judge
+            print(f"{service}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         try:
             server.bind()
             if settings.stdin_settings:  # `bitware up` hands the address on before start-up ends

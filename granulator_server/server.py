@@ -14,7 +14,7 @@ from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
 from bitware_core.channels import open_channel, service_metadata
-from bitware_core.config import Settings
+from bitware_core.config import Settings, SettingsError
 from bitware_core.db import Database
 from bitware_core.kam import KamConnection
 from bitware_core.server import MeshServer, Service, run_process
@@ -31,9 +31,13 @@ VERSION = "0.1.0"
 
 class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
+        try:  # settings first: a wrong one stops the server before anything starts
+            prices = PriceTable.with_overrides(settings.price_table)
+            self.provider = choose_provider(settings, prices)
+        except ValueError as error:  # each names the variable that is wrong
+            raise SettingsError(str(error)) from None
         self.db = Database(settings.database_url_for("granulator"))
         self.kam = KamConnection(settings)
-        self.provider = choose_provider(settings, PriceTable.with_overrides(settings.price_table))
         self.worker = WorkerHandlers(
             self.db, self.provider, settings.max_concurrent_jobs, settings.worker_id
         )

@@ -195,7 +195,7 @@ class OpenAIProvider:
             base_url=settings.openai_base_url,
             model=settings.openai_model,
             api_key=settings.openai_api_key,
-            structured=formats.check(settings.openai_structured),
+            structured=_checked("BITWARE_OPENAI_STRUCTURED", settings.openai_structured),
             max_output_tokens=settings.openai_max_output_tokens,
             frequency_penalty=settings.openai_frequency_penalty,
             extra_body=settings.openai_extra_body_json(),
@@ -617,6 +617,13 @@ async def _read_stream(
     finally:
         await stream.close()
     return Reply(counter.text, "".join(refusal), finish), tokens
+
+
+def _checked(variable: str, mode: str) -> str:
+    try:
+        return formats.check(mode)
+    except ValueError as error:
+        raise ValueError(f"{variable}: {error}") from None
 
 
 def _reask(content: str, problems: list[str]) -> list[Message]:

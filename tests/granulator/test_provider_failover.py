@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +310,33 @@ def test_usage_per_provider_sums_by_provider_as_it_rolls_up_and_crosses_the_wire
         {"provider": "b", "model": "m2", "llm_calls": 1, "prompt_tokens": 10, "cost_usd": 0.5},
     ]
     assert "by_provider" not in usage_from_proto(usage_to_proto({"provider": "offline"}))
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"BITWARE_PROVIDERS": '[{"name": "a", "model": "m"}]'},
+            "granulator: BITWARE_PROVIDERS[0].base_url is required (a string)",
+        ),
+        (
+            {"BITWARE_OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "BITWARE_OPENAI_STRUCTURED": "x"},
+            "granulator: BITWARE_OPENAI_STRUCTURED: structured output mode 'x' is not one of "
+            "auto, json_schema, json_object_schema, json_object, prompt",
+        ),
+    ],
+)
+def test_a_granulator_with_bad_provider_settings_says_so_in_one_line_and_exits_2(
+    tmp_path: Path, variables: dict[str, str], line: str
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("BITWARE_", "OPENAI_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "granulator_server"],
+        env={**environ, "BITWARE_DATA_DIR": str(tmp_path), **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == line
