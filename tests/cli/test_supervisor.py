@@ -58,6 +58,23 @@ def test_a_server_that_crashes_at_start_shows_its_last_log_lines(tmp_path: Path)
             os.kill(pid, 0)
 
 
+def test_demo_shows_a_crashing_servers_last_log_lines_too(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bitware_core.cli", "demo", "--data", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(BITWARE_PRICE_TABLE="[1, 2]"),
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "bitware: granulator-1 exited with code 1 before it was ready: ValueError: " in (
+        result.stderr
+    )
+    assert f"  last lines of {tmp_path / 'demo' / 'logs' / 'granulator-1.log'}:" in result.stdout
+    assert "  | ValueError: BITWARE_PRICE_TABLE must be a JSON object" in result.stdout
+
+
 def test_metrics_ports_are_per_server_and_logs_are_per_server(tmp_path: Path) -> None:
     # Set for one process, it must not reach every server (they would fight over the port).
     up = start_up(
