@@ -10,6 +10,7 @@ cannot both take the last dollars.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,8 +20,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from bitware_core import money
-from bitware_core.db import new_id, utcnow
-from bitware_core.sql import Tx, insert_rows, select_rows
+from bitware_core.db import utcnow
+from bitware_core.sql import Tx
 from kam_server import models
 from kam_server.errors import BudgetExceeded
 
@@ -111,46 +112,40 @@ def spent_this_month_micros(tx: Tx, client_id: str) -> int:
 
 def budget_alerts(tx: Tx, client_id: str) -> list[int]:
     """Writes a `budget.threshold` audit event for each of `ALERT_PERCENTS` of the client's
-    monthly budget that its spend has reached and that has no event yet this month; returns
-    the percentages alerted now. Runs in the charging transaction, with the request row
-    locked, so two charges cannot both write the same alert."""
+    monthly budget that its spend this month has reached; returns the percentages alerted now.
+    The caller holds the client's row locked, so the spend read here counts every charge
+    settled before. An alert's id is derived from client, month and percentage and written
+    with ON CONFLICT DO NOTHING: once a month, however often the threshold is seen."""
     [budget] = tx.one("SELECT monthly_budget_usd FROM clients WHERE id = :id", {"id": client_id})
     budget_micros = money.to_micros(budget)
     if budget_micros <= 0:
         return []
     spent = spent_this_month_micros(tx, client_id)
-    target = f"clients/{client_id}"
-    already = {
-        event.details.get("percent")
-        for event in select_rows(
-            tx,
-            models.AuditEvent,
-            "action = 'budget.threshold' AND target = :target AND at >= :start",
-            {"target": target, "start": tx.ts(month_start())},
-        )
-    }
-    alerted = [
-        percent
-        for percent in ALERT_PERCENTS
-        if spent * 100 >= budget_micros * percent and str(percent) not in already
-    ]
-    events = [
-        {
-            "id": new_id("aud"),
-            "at": utcnow(),
-            "actor": "kam",
-            "action": "budget.threshold",
-            "target": target,
-            "details": {
-                "percent": str(percent),
-                "spent_usd": f"{money.to_usd(spent):.6f}",
-                "monthly_budget_usd": f"{budget:.2f}",
-                "month": month_start().strftime("%Y-%m"),
-            },
+    month = month_start().strftime("%Y-%m")
+    alerted = []
+    for percent in ALERT_PERCENTS:
+        if spent * 100 < budget_micros * percent:
+            continue
+        key = hashlib.sha256(f"{client_id}|{month}|{percent}".encode()).hexdigest()[:32]
+        details = {
+            "percent": str(percent),
+            "spent_usd": f"{money.to_usd(spent):.6f}",
+            "monthly_budget_usd": f"{budget:.2f}",
+            "month": month,
         }
-        for percent in alerted
-    ]
-    insert_rows(tx, models.AuditEvent, events)
+        written = tx.execute(
+            "INSERT INTO audit_events (id, at, actor, action, target, details)"
+            " VALUES (:id, :at, 'kam', 'budget.threshold', :target, :details)"
+            " ON CONFLICT (id) DO NOTHING",
+            {
+                "id": f"aud_b{key}",
+                "at": tx.ts(utcnow()),
+                "target": f"clients/{client_id}",
+                "details": tx.json(details),
+            },
+        )
+        if written.rowcount == 1:
+            alerted.append(percent)
     return alerted
 
 

@@ -320,9 +320,15 @@ def record_outcome(
     problems.check(bool(request_id), "request_id", "is required")
     problems.check(bool(execution_id), "execution_id", "is required")
     problems.raise_if_any()
-    row = _request(tx, request_id, lock=True)
-    if row is None:
+    found = _request(tx, request_id)
+    if found is None:
         raise RequestNotFound(f"request {request_id!r} not found")
+    # The client's row first, as every budget decision locks it (and in that order): a
+    # client's charges settle one at a time, so each sees the month's spend before it and
+    # its budget alerts are exact.
+    tx.execute(f"SELECT id FROM clients WHERE id = :id{tx.lock()}", {"id": found.client_id})
+    row = _request(tx, request_id, lock=True)
+    assert row is not None  # requests are never deleted
     if row.execution_id and row.execution_id != execution_id:
         raise ExecutionMismatch(
             f"request {row.id} runs execution {row.execution_id}, not {execution_id}"

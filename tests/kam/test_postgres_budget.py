@@ -10,10 +10,11 @@ from pathlib import Path
 import grpc
 
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware.kam.v1 import accounts_pb2, requests_pb2, requests_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import start_mesh
-from tests.conftest import make_client
+from tests.conftest import PARKED_CAPABILITY, make_client
+from tests.kam.helpers import kam, parked_template
 
 
 async def test_concurrent_executions_cannot_overspend_the_budget(
@@ -53,5 +54,40 @@ async def test_concurrent_executions_cannot_overspend_the_budget(
 
             codes = await asyncio.gather(*(execute(i) for i in ids))
         assert sorted(code.name for code in codes) == ["OK", "OK"] + ["RESOURCE_EXHAUSTED"] * 3
+    finally:
+        await mesh.stop()
+
+
+async def test_charges_settling_at_once_alert_each_budget_threshold_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = Settings(database_url=postgres_url, extra_capabilities=PARKED_CAPABILITY)
+    mesh = await start_mesh(tmp_path, settings)
+    try:
+        client = await make_client(mesh, tier=common_pb2.TIER_ENTERPRISE, budget=1.0)
+        async with kam(mesh) as k:
+            await k.create_template(client.admin, parked_template("split", cost=0.01))
+            pairs = []
+            for _ in range(4):
+                request = await k.create_request(client.key, "split")
+                pairs.append((request.request_id, await k.execute(client.key, request.request_id)))
+            # Four charges of $0.30 settle at once: $1.20 crosses 80 % and 100 % of $1.
+            await asyncio.gather(
+                *(
+                    k.requests.RecordExecutionOutcome(
+                        requests_pb2.RecordExecutionOutcomeRequest(
+                            request_id=request_id,
+                            execution_id=execution_id,
+                            status=requests_pb2.REQUEST_STATUS_COMPLETED,
+                            usage=common_pb2.Usage(cost_micros=300_000),
+                        ),
+                        metadata=client.worker("orchestrator"),
+                    )
+                    for request_id, execution_id in pairs
+                )
+            )
+            usage = await k.clients.GetUsage(accounts_pb2.GetUsageRequest(), metadata=client.key)
+        assert round(usage.spent_usd * 1_000_000) == 1_200_000
+        assert [alert.percent for alert in usage.alerts] == [80, 100]
     finally:
         await mesh.stop()
