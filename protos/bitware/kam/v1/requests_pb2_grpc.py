@@ -148,7 +148,11 @@ class RequestServiceServicer:
 
     def RecordExecutionOutcome(self, request, context):
         """Records what became of an execution: status, usage and deliverable; settles the budget
-        (charges actual, releases the rest). Idempotent. Services only.
+        (charges actual, releases the rest). Idempotent. The usage is the execution's total, in
+        usage.cost_micros: the same run reported again with more usage (attempts stopped by a
+        cancel or a timeout report theirs late) raises the charge to it, never lowers it. A charge
+        that takes the month past 80 % or 100 % of the budget writes a budget.threshold audit
+        event, once per share per month. Services only.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (not a service),
         FAILED_PRECONDITION (reason EXECUTION_MISMATCH: the request runs another execution).
         """
