@@ -174,6 +174,21 @@ async def test_no_requests_left_holds_the_next_call_until_the_reset(
     assert fake_openai.arrivals[1] - fake_openai.arrivals[0] >= 0.4
 
 
+async def test_concurrent_calls_share_the_room_the_headers_report(
+    fake_openai: FakeOpenAI,
+) -> None:
+    limits = {"x-ratelimit-remaining-requests": "1", "x-ratelimit-reset-requests": "2s"}
+    fake_openai.add(reply(VALID, headers=limits), reply(VALID), reply(VALID))
+    generator = OpenAIProvider(model="m", base_url=fake_openai.base_url, stream=False)
+
+    await generator.generate(COURSE, SPEC, "")
+    await asyncio.gather(*(generator.generate(COURSE, SPEC, "") for _ in range(2)))
+
+    first, second, third = fake_openai.arrivals
+    assert second - first < 2  # the one request left goes at once
+    assert third - first >= 2  # the other waits for the reset
+
+
 async def test_too_few_tokens_left_holds_the_next_call_until_the_reset(
     fake_openai: FakeOpenAI,
 ) -> None:
