@@ -115,7 +115,9 @@ def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientReques
     problems.check(len(new.idempotency_key) <= 200, "idempotency_key", "is too long")
     problems.check(bool(client_id), "client_id", "is required for callers without a client")
     problems.raise_if_any()
-    client = _client(tx, principal, client_id)
+    # The client row first, as ExecuteRequest and RetryRequest lock it: taking the rate bucket
+    # first and then the client (the new request's foreign key) deadlocked against them.
+    client = _client(tx, principal, client_id, lock=True)
     _check_active(client)
     _check_rate(tx, principal, client)
     if new.idempotency_key:

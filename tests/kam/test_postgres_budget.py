@@ -91,3 +91,41 @@ async def test_charges_settling_at_once_alert_each_budget_threshold_once(
         assert [alert.percent for alert in usage.alerts] == [80, 100]
     finally:
         await mesh.stop()
+
+
+async def test_one_clients_creates_and_executes_at_once_never_deadlock(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """CreateRequest and ExecuteRequest of one client both lock its client row and its rate
+    bucket; taken in different orders they deadlocked on PostgreSQL (INTERNAL)."""
+    mesh = await start_mesh(tmp_path, replace(Settings(), database_url=postgres_url))
+    try:
+        client = await make_client(mesh, tier=common_pb2.TIER_ENTERPRISE, budget=100.0)
+        async with grpc.aio.insecure_channel(mesh.kam.address) as channel:
+            stub = requests_pb2_grpc.RequestServiceStub(channel)
+
+            async def create(index: int) -> str:
+                created = await stub.CreateRequest(
+                    requests_pb2.CreateRequestRequest(
+                        spec=common_pb2.ContentSpec(
+                            topic=f"Locks {index}",
+                            granularity=1,
+                            structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
+                        )
+                    ),
+                    metadata=client.key,
+                    timeout=20,
+                )
+                return str(created.request.request_id)
+
+            async def create_and_execute(index: int) -> None:
+                await stub.ExecuteRequest(
+                    requests_pb2.ExecuteRequestRequest(request_id=await create(index)),
+                    metadata=client.key,
+                    timeout=20,
+                )
+
+            for round_ in range(3):
+                await asyncio.gather(*(create_and_execute(round_ * 10 + i) for i in range(10)))
+    finally:
+        await mesh.stop()
