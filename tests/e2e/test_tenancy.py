@@ -242,3 +242,12 @@ async def test_idempotency_keys_are_scoped_per_client(client: Client) -> None:
             ids.append(response.execution.execution_id)
     # The other client's key started its own execution; the same client's key returned its own.
     assert ids[0] != ids[1] and ids[2] == ids[0]
+
+    async with kam(client.mesh) as k:
+        requests = [
+            await k.create_request(owner.key, idempotency_key="shared-key")
+            for owner in (client, other, client)
+        ]
+    assert [r.client_id for r in requests] == [client.client_id, other.client_id, client.client_id]
+    assert requests[0].request_id != requests[1].request_id
+    assert requests[2].request_id == requests[0].request_id

@@ -1,10 +1,12 @@
 """The dashboard in a real browser: Playwright drives Debian's Chromium against the real gateway
 (uvicorn on a free port) over the real mesh. The admin signs in, picks a client, creates and
 executes a request, watches the progress bar reach 100 %, opens the structure tree, and manages
-an API key. Screenshots go to `artifacts/` (git-ignored)."""
+an API key; a client's user retries a failed request. Screenshots go to `artifacts/`
+(git-ignored)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +17,12 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
+from bitware.worker.v1 import worker_pb2
 from tests.conftest import Client
 from tests.gateway.conftest import gateway_settings, served_gateway
-from tests.kam.helpers import kam, parked_template
+from tests.kam.helpers import PASSWORD, kam, parked_template
+from tests.orchestrator.conftest import add_template, stage
+from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -250,3 +255,48 @@ async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
         await page.get_by_role("button", name="Sign out").click()
         await expect(page).to_have_url(re.compile(r"#/login$"))
         assert problems == [], problems
+
+
+async def test_the_retry_button_retries_the_request_through_kam(
+    client: Client, browser: Browser
+) -> None:
+    await add_template(client.mesh, "two_stages", [stage(1), stage(2, max_attempts=1)])
+    refused = Step(error_class=worker_pb2.ERROR_CLASS_INVALID_INPUT)
+    worker = ScriptedWorker("once-bad", "scripted", [Step(), refused], Step())
+    await worker.start(client.mesh, client.admin)
+    try:
+        async with kam(client.mesh) as k:
+            request = await k.create_request(client.key, "two_stages", topic="Retry in browser")
+            execution_id = await k.execute(client.key, request.request_id)
+            for _ in range(300):
+                if (await k.get_request(client.key, request.request_id)).status == (
+                    requests_pb2.REQUEST_STATUS_FAILED
+                ):
+                    break
+                await asyncio.sleep(0.1)
+            # The client's own user: the orchestrator would refuse it a RetryExecution.
+            await k.create_user(
+                client.admin, "learner@acme.test", common_pb2.ROLE_CLIENT, client.client_id
+            )
+        async with served_gateway(gateway_settings(client.mesh)) as base:
+            page, problems = await open_page(browser)
+            await page.goto(f"{base}/")
+            await page.get_by_label("Email").fill("learner@acme.test")
+            await page.get_by_label("Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            problems.clear()  # the browser logs the signed-out page's own 401s
+            await page.goto(f"{base}/#/executions/{execution_id}")
+            await expect(page.get_by_role("heading", level=1)).to_contain_text("failed")
+            await page.get_by_role("button", name="Retry from the failed stage").click()
+            await expect(page.get_by_role("heading", level=1)).to_contain_text(
+                "succeeded", timeout=30_000
+            )
+            assert not problems, problems
+        async with kam(client.mesh) as k:
+            retried = await k.get_request(client.key, request.request_id)
+        # The button went through KAM: the request followed the run and counts the retry.
+        assert retried.status == requests_pb2.REQUEST_STATUS_COMPLETED
+        assert retried.retries == 1 and retried.job_id
+    finally:
+        await worker.stop()

@@ -6,8 +6,11 @@ import asyncio
 
 import httpx
 
+from bitware.worker.v1 import worker_pb2
 from tests.conftest import Client
 from tests.gateway.conftest import admin, create_and_execute, key
+from tests.orchestrator.conftest import add_template, stage
+from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
 
 async def _finished(http: httpx.AsyncClient, client: Client, request_id: str) -> dict[str, object]:
@@ -172,3 +175,40 @@ async def test_admin_creates_a_request_for_a_client(
     )
     assert created.status_code == 200, created.text
     assert created.json()["request"]["client_id"] == client.client_id
+
+
+async def test_a_failed_request_is_retried_through_kam_and_completes(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    await add_template(client.mesh, "two_stages", [stage(1), stage(2, max_attempts=1)])
+    refused = Step(error_class=worker_pb2.ERROR_CLASS_INVALID_INPUT)
+    worker = ScriptedWorker("once-bad", "scripted", [Step(), refused], Step())
+    await worker.start(client.mesh, client.admin)
+    try:
+        created = await http.post(
+            "/api/requests",
+            json={"topic": "Retry", "master_template": "two_stages"},
+            headers=key(client),
+        )
+        request_id = created.json()["request"]["request_id"]
+        executed = await http.post(f"/api/requests/{request_id}/execute", headers=key(client))
+        execution_id = executed.json()["execution_id"]
+        for _ in range(300):
+            failed = (await http.get(f"/api/requests/{request_id}", headers=key(client))).json()
+            if failed["request"]["status"] == "REQUEST_STATUS_FAILED":
+                break
+            await asyncio.sleep(0.1)
+        assert failed["request"]["status"] == "REQUEST_STATUS_FAILED", failed
+        # A client cannot retry the execution on the orchestrator; it retries its request.
+        direct = await http.post(f"/api/executions/{execution_id}/retry", headers=key(client))
+        assert direct.status_code == 403, direct.text
+        retried = await http.post(f"/api/requests/{request_id}/retry", headers=key(client))
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["request"]["status"] == "REQUEST_STATUS_RUNNING"
+        assert retried.json()["execution_id"] == execution_id
+        done = await _finished(http, client, request_id)
+        execution = (await http.get(f"/api/executions/{execution_id}", headers=key(client))).json()
+        assert done["job_id"] == execution["execution"]["job_id"]
+        assert done["retries"] == 1
+    finally:
+        await worker.stop()
