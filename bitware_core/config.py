@@ -127,7 +127,8 @@ class Settings:
     #: Orchestrator: seconds a stage claim lives without renewal; a dead holder's stages are
     #: offered again after this.
     lease_seconds: float = 15.0
-    #: Orchestrator: seconds a stage may wait in the queue before its execution fails.
+    #: Orchestrator: seconds a stage may wait in the queue before its execution fails (time spent
+    #: waiting for its client's turn, over the tier's concurrency limit, does not count).
     queue_wait_timeout: float = 3600.0
     #: Deadline of one internal call between services, in seconds.
     rpc_timeout: float = 10.0
