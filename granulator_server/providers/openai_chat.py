@@ -11,7 +11,7 @@ and every call passes through `_send`, which writes its `CallRecord`):
   and model. Whatever the mode, the reply is parsed and validated here.
 - The reply streams (`stream_options.include_usage`) so that progress can count the elements
   produced so far; `stream=False` makes one plain call instead. A server that sends no usage
-  has its tokens estimated from the text rather than recorded as free.
+  has its tokens estimated (pieces streamed, or the text) rather than recorded as free.
 - Malformed JSON (Markdown fences are stripped first) or JSON-schema violations: the model is
   re-asked, at most `max_reasks` times, with the reply and the errors it must fix.
 - `finish_reason=length`: a truncated reply is never continued by appending; the same request is
