@@ -1,5 +1,5 @@
-"""The granulator's tables: structure templates, jobs (one per stage attempt) and their element
-trees."""
+"""The granulator's tables: structure templates, jobs (one per stage attempt), their element
+trees and the model calls each job made."""
 
 from __future__ import annotations
 
@@ -54,6 +54,34 @@ class Element(GranulatorBase):
     order: Mapped[int]
     title: Mapped[str] = mapped_column(String(1000))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelCall(GranulatorBase):
+    """One call to a model made by a job (from the provider's `CallRecord`): texts are cut to a
+    bound, and no key or header is ever kept."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (UniqueConstraint("job_id", "sequence"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    sequence: Mapped[int]  # from 1, in the order the job made them
+    started_at: Mapped[datetime]
+    endpoint: Mapped[str] = mapped_column(String(500))
+    model: Mapped[str] = mapped_column(String(200))
+    format_mode: Mapped[str] = mapped_column(String(40))
+    why: Mapped[str] = mapped_column(String(40))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    response_format: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    reply: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str] = mapped_column(String(40))
+    error: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[int]
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    tokens_estimated: Mapped[bool]
+    cost_usd: Mapped[float]
+    truncated: Mapped[bool]
 
 
 class Template(GranulatorBase):

@@ -64,6 +64,7 @@ class GranulatorServer(MeshServer):
                     "GetJob": READERS,
                     "ListJobs": READERS,
                     "GetStructure": READERS,
+                    "ListModelCalls": READERS,
                     "ListTemplates": READERS,
                     "GetTemplate": READERS,
                     "CreateTemplate": frozenset({ADMIN}),

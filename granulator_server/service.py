@@ -14,7 +14,7 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from granulator_server import jobs, models, template_store
+from granulator_server import calls, jobs, models, template_store
 from granulator_server.domain import StructureTemplate
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -94,6 +94,33 @@ def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.J
     return message
 
 
+def call_to_proto(call: models.ModelCall, job: models.Job) -> granulator_pb2.ModelCall:
+    message = granulator_pb2.ModelCall(
+        job_id=job.id,
+        stage_id=job.stage_id,
+        attempt=job.attempt,
+        sequence=call.sequence,
+        start_time=convert.timestamp(call.started_at),
+        endpoint=call.endpoint,
+        model=call.model,
+        format_mode=call.format_mode,
+        why=call.why,
+        parameters=convert.to_struct(call.parameters),
+        response_format=call.response_format,
+        messages=[granulator_pb2.ChatMessage(**m) for m in call.messages],
+        reply=call.reply,
+        finish_reason=call.finish_reason,
+        error=call.error,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        tokens_estimated=call.tokens_estimated,
+        cost_usd=call.cost_usd,
+        truncated=call.truncated,
+    )
+    message.latency.FromMilliseconds(call.latency_ms)
+    return message
+
+
 class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -167,6 +194,28 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
                 for e in elements
             ],
             document=convert.to_struct(job.document),
+        )
+
+    async def ListModelCalls(
+        self, request: granulator_pb2.ListModelCallsRequest, context: Context
+    ) -> granulator_pb2.ListModelCallsResponse:
+        principal = current_principal()
+        if bool(request.job_id) == bool(request.execution_id):
+            raise InvalidArgument(
+                [FieldViolation("job_id", "give exactly one of job_id and execution_id")]
+            )
+        rows, token = await self.db.run(
+            lambda s: calls.list_calls(
+                s,
+                principal,
+                job_id=request.job_id,
+                execution_id=request.execution_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return granulator_pb2.ListModelCallsResponse(
+            calls=[call_to_proto(call, job) for call, job in rows], next_page_token=token
         )
 
     async def ListTemplates(

@@ -21,7 +21,7 @@ from typing import Any
 
 from bitware_core.db import Database
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES
-from granulator_server import jobs, progress, template_store
+from granulator_server import calls, jobs, progress, template_store
 from granulator_server.domain import (
     QualityReport,
     StructureTemplate,
@@ -138,29 +138,38 @@ class StageRunner:
         )
         meters = track_meters()  # this runs in the attempt's own task, so its own context
         try:
+            return await self._attempt(work, job.id, stage_log, meters)
+        finally:
+            # Every model call of the attempt is kept with its job before Process answers.
+            await self._keep_calls(job.id, meters)
+
+    async def _attempt(
+        self, work: Work, job_id: str, stage_log: progress.StageLog, meters: list[UsageMeter]
+    ) -> dict[str, Any]:
+        try:
             if work.action == "validate":
-                return await self._validate(work, job.id, stage_log)
-            return await self._generate(work, job.id, stage_log)
+                return await self._validate(work, job_id, stage_log)
+            return await self._generate(work, job_id, stage_log)
         except asyncio.CancelledError:
             # Stopped by a cancel or the stage's timeout: what the model calls consumed so far
             # is kept on the job, and `Cancel` answers with it.
             used = usage_of(meters)
             cancelled = {**CANCELLED, "usage": used}
             await self.db.run_tx(
-                lambda tx: jobs.fail(tx, job.id, "cancelled", "cancelled", cancelled, used)
+                lambda tx: jobs.fail(tx, job_id, "cancelled", "cancelled", cancelled, used)
             )
             stage_log.add(progress.CANCELLED, "cancelled", 1.0)
             raise
         except StageFailure as failure:
             outcome = failure_outcome(failure)
         except Exception as error:  # a bug: reported as INTERNAL so the stage can be retried
-            log.exception("stage failed", extra={"job": job.id})
+            log.exception("stage failed", extra={"job": job_id})
             outcome = failure_outcome(
                 StageFailure("WORKER_ERROR", f"{type(error).__name__}", usage=usage_of(meters))
             )
         message = outcome["error"]["message"]
         await self.db.run_tx(
-            lambda tx: jobs.fail(tx, job.id, "failed", message, outcome, outcome["usage"])
+            lambda tx: jobs.fail(tx, job_id, "failed", message, outcome, outcome["usage"])
         )
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
@@ -172,6 +181,14 @@ class StageRunner:
             return 0
         outcome = failure_outcome(WorkerRestarted(self.worker_id))
         return await self.db.run_tx(lambda tx: jobs.end_left_running(tx, self.worker_id, outcome))
+
+    async def _keep_calls(self, job_id: str, meters: list[UsageMeter]) -> None:
+        made = sorted(
+            (calls.row_of(call, meter.cost_of(call)) for meter in meters for call in meter.calls),
+            key=lambda row: row["started_at"],
+        )
+        if made:
+            await self.db.run_tx(lambda tx: calls.store(tx, job_id, made))
 
     async def _generate(
         self, work: Work, job_id: str, stage_log: progress.StageLog

@@ -566,6 +566,56 @@ function stageItem(stage) {
   );
 }
 
+// ---------------------------------------------------------------- model calls of an execution
+
+// Why a call was made: the first, or what was wrong with the call or reply before it.
+const WHY = {
+  first: "first call",
+  INVALID_JSON: "re-ask: the reply was not JSON",
+  SCHEMA_VIOLATION: "re-ask: the reply broke the schema",
+  TRUNCATED: "again with more tokens: the reply was cut off",
+  RATE_LIMITED: "retry: rate limited",
+  PROVIDER_UNAVAILABLE: "retry: the server failed",
+  PROVIDER_TIMEOUT: "retry: no reply in time",
+  PROVIDER_UNREACHABLE: "retry: the server could not be reached",
+  FORMAT_REJECTED: "again in a weaker format: the server refused the last one",
+  PARAMETERS_REJECTED: "again without optional parameters: the server refused them",
+};
+
+function callItem(call) {
+  const latency = `${seconds(call.latency).toFixed(1)} s`;
+  const about = call.tokens_estimated ? "≈ " : "";
+  const tokens = `${about}${count(call.prompt_tokens)} in / ${count(call.completion_tokens)} out`;
+  const outcome = call.error ? h("span", { class: "badge bad" }, "failed")
+    : h("span", { class: `badge ${call.finish_reason === "stop" ? "ok" : "warn"}` }, call.finish_reason || "answered");
+  const summary = h("summary", {},
+    h("strong", {}, `#${call.sequence} `), outcome, " ",
+    `${WHY[call.why] || call.why} · ${call.model} · ${call.format_mode} · ${latency} · ${tokens} · ${usd(call.cost_usd)}`);
+  const parameters = Object.entries(call.parameters || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
+  const texts = [
+    h("p", { class: "muted small" },
+      [`stage ${call.stage_id}, attempt ${call.attempt}`, when(call.start_time), call.endpoint, parameters,
+        call.truncated ? "some texts were cut" : ""].filter(Boolean).join(" · ")),
+  ];
+  for (const message of call.messages || []) {
+    texts.push(h("div", { class: "message" }, h("span", { class: "kind" }, message.role), h("pre", {}, message.content)));
+  }
+  if (call.response_format) {
+    texts.push(h("div", { class: "message" }, h("span", { class: "kind" }, "response format"), h("pre", {}, call.response_format)));
+  }
+  if (call.error) texts.push(h("div", { class: "error-words" }, call.error));
+  else texts.push(h("div", { class: "message reply" }, h("span", { class: "kind" }, "reply"), h("pre", {}, call.reply)));
+  return h("li", { class: call.error ? "bad" : "" }, h("details", {}, summary, ...texts));
+}
+
+function callList(answer) {
+  const calls = answer.calls || [];
+  if (!calls.length) return [h("p", { class: "muted" }, "No model calls (yet): the offline provider makes none.")];
+  const list = h("ol", { class: "calls", "aria-label": "Model calls" }, calls.map(callItem));
+  if (!answer.next_page_token) return [list];
+  return [list, h("p", { class: "muted small" }, `The first ${calls.length} calls are shown.`)];
+}
+
 async function viewExecution(executionId) {
   let execution = (await api("GET", `/api/executions/${executionId}`)).execution;
   const title = h("h1", {}, `${execution.spec.topic || "Execution"} `, badge(execution.status, "EXECUTION_STATUS_"));
@@ -575,6 +625,16 @@ async function viewExecution(executionId) {
   const facts = h("div", {});
   const problem = h("div", { role: "status" });
   const actions = h("div", { class: "pager" });
+  const calls = h("div", {});
+
+  async function loadCalls() {
+    try {
+      const answer = await api("GET", `/api/executions/${encodeURIComponent(executionId)}/calls?page_size=200`);
+      calls.replaceChildren(...callList(answer));
+    } catch (error) {
+      showError(error);
+    }
+  }
 
   function render() {
     title.replaceChildren(`${execution.spec.topic || "Execution"} `, badge(execution.status, "EXECUTION_STATUS_"));
@@ -633,6 +693,7 @@ async function viewExecution(executionId) {
       execution.error = event.error;
     }
     render();
+    if (/STAGE_(SUCCEEDED|FAILED|RETRY_SCHEDULED)$/.test(event.type)) loadCalls();
     if (TERMINAL.some((t) => event.type.endsWith(t))) {
       stream.close();
       // The final figures (cost, tokens, job) are on the execution itself.
@@ -656,6 +717,7 @@ async function viewExecution(executionId) {
   });
   state.cleanup.push(() => stream.close());
   render();
+  loadCalls();
 
   return [
     h("p", { class: "small" }, h("a", { href: "#/requests" }, "← Requests")),
@@ -670,6 +732,7 @@ async function viewExecution(executionId) {
     h("div", { class: "grid" },
       h("section", { class: "card", "aria-labelledby": "stages-title" }, h("h2", { id: "stages-title" }, "Stages"), timeline),
       h("section", { class: "card", "aria-labelledby": "usage-title" }, h("h2", { id: "usage-title" }, "Cost and tokens"), facts)),
+    h("section", { class: "card", "aria-labelledby": "calls-title" }, h("h2", { id: "calls-title" }, "Model calls"), calls),
     h("section", { class: "card", "aria-labelledby": "events-title" }, h("h2", { id: "events-title" }, "Events"), events),
   ];
 }

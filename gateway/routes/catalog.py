@@ -110,6 +110,21 @@ async def get_job(job_id: str, call: CallDep) -> JSONResponse:
     )
 
 
+@router.get(
+    "/jobs/{job_id}/calls",
+    responses=returns(granulator_pb2.ListModelCallsResponse, "The job's model calls, in order"),
+)
+async def list_job_calls(
+    job_id: str, call: CallDep, page_size: PageSize = 0, page_token: PageToken = ""
+) -> JSONResponse:
+    """Lists the model calls a job made: request, reply or error, latency, tokens, cost and why
+    each was made (texts cut to 16,000 characters; never a key or header)."""
+    message = granulator_pb2.ListModelCallsRequest(
+        job_id=job_id, page_size=page_size, page_token=page_token
+    )
+    return reply(await call.granulator(lambda g: g.ListModelCalls, message))
+
+
 def _filename(job_id: str) -> str:
     # The id comes from the caller's URL; keep the header value plain.
     return f"structure-{re.sub(r'[^A-Za-z0-9_.-]', '_', job_id)[:80]}.json"

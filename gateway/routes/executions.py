@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from bitware.granulator.v1 import granulator_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2
 from gateway.calls import CallDep, enum_value, reply
 from gateway.errors import ERROR_RESPONSES, invalid_argument
@@ -79,6 +80,28 @@ async def retry_execution(execution_id: str, call: CallDep) -> JSONResponse:
     `POST /api/requests/{request_id}/retry`, which charges the retry)."""
     message = orchestrator_pb2.RetryExecutionRequest(execution_id=execution_id)
     return reply(await call(call.up.orchestrator.RetryExecution, message))
+
+
+@router.get(
+    "/{execution_id}/calls",
+    responses=returns(granulator_pb2.ListModelCallsResponse, "Every job's model calls, in order"),
+)
+async def list_execution_calls(
+    execution_id: str,
+    call: CallDep,
+    page_size: Annotated[Int32, Query(description="At most this many (default 50).")] = 0,
+    page_token: Annotated[str, Query(description="The previous page's next_page_token.")] = "",
+) -> JSONResponse:
+    """Lists the model calls of every job of an execution (every stage and attempt), in order."""
+    # Asked first so that an unknown or foreign execution answers 404, not an empty list.
+    await call(
+        call.up.orchestrator.GetExecution,
+        orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
+    )
+    message = granulator_pb2.ListModelCallsRequest(
+        execution_id=execution_id, page_size=page_size, page_token=page_token
+    )
+    return reply(await call.granulator(lambda g: g.ListModelCalls, message))
 
 
 def _resume_after(last_event_id: str | None, after: int | None) -> int:

@@ -178,6 +178,14 @@ class UsageMeter:
             self._last.prompt_tokens += prompt
             self._last.completion_tokens += completion
 
+    def cost_of(self, call: CallRecord) -> float:
+        """One call's cost in USD: at its endpoint's own price, else from the price table."""
+        tokens = call.prompt_tokens, call.completion_tokens
+        served = self._served.get(call.endpoint)
+        if served is not None and served.price is not None:
+            return served.price.cost(*tokens)
+        return self.prices.cost(call.model, *tokens) if self.prices is not None else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         usage: dict[str, Any] = {
             "provider": self.provider,

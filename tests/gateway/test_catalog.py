@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import Client
+from bitware_core.config import Settings
+from bitware_core.mesh import start_mesh
+from granulator_server.domain import generate_offline
+from tests.conftest import Client, make_client
 from tests.gateway.conftest import (
     admin,
     closed_address,
@@ -16,6 +20,8 @@ from tests.gateway.conftest import (
     gateway_settings,
     key,
 )
+from tests.granulator.fake_openai import FakeOpenAI, reply
+from tests.granulator.test_model_calls import QUIZ, run_quiz
 
 
 async def _job_of(http: httpx.AsyncClient, client: Client, execution_id: str) -> str:
@@ -211,3 +217,45 @@ async def test_admin_lists_clients_keys_and_users_and_creates_a_user(
         "/api/auth/login", json={"email": "dana@acme.test", "password": "a-long-enough-password"}
     )
     assert login.json()["principal"]["client_id"] == client.client_id
+
+
+async def test_model_calls_are_listed_per_job_and_execution_for_their_client_only(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    settings = Settings(
+        heartbeat_interval=0.5,
+        openai_base_url=fake_openai.base_url,
+        openai_api_key="sk-test",
+        openai_timeout=5.0,
+    )
+    fake_openai.add(reply(generate_offline(QUIZ, "Rust", "", 2, {}), prompt_tokens=700))
+    mesh = await start_mesh(tmp_path, base=settings)
+    try:
+        client, other = await make_client(mesh), await make_client(mesh)
+        execution = await run_quiz(client)
+        async with gateway_client(gateway_settings(mesh)) as http:
+            by_job = await http.get(f"/api/jobs/{execution.job_id}/calls", headers=key(client))
+            assert by_job.status_code == 200, by_job.text
+            [call] = by_job.json()["calls"]
+            assert (call["why"], call["prompt_tokens"]) == ("first", "700")
+            assert call["messages"][0]["role"] == "system" and "Rust" in call["reply"]
+            by_execution = await http.get(
+                f"/api/executions/{execution.execution_id}/calls", headers=key(client)
+            )
+            assert by_execution.json() == by_job.json()
+
+            for path in (
+                f"/api/jobs/{execution.job_id}/calls",
+                f"/api/executions/{execution.execution_id}/calls",
+            ):
+                foreign = await http.get(path, headers=key(other))
+                assert foreign.status_code == 404, foreign.text
+            bad = await http.get(
+                f"/api/jobs/{execution.job_id}/calls",
+                params={"page_token": "nonsense"},
+                headers=key(client),
+            )
+            assert bad.status_code == 400
+            assert bad.json()["error"]["field_violations"][0]["field"] == "page_token"
+    finally:
+        await mesh.stop()

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: Playwright drives Debian's Chromium against the real gateway
 (uvicorn on a free port) over the real mesh. The admin signs in, picks a client, creates and
 executes a request, watches the progress bar reach 100 %, opens the structure tree, and manages
-an API key; a client's user retries a failed request. Screenshots go to `artifacts/`
-(git-ignored)."""
+an API key; a client's user retries a failed request; an execution on a (scripted) model shows
+each of its model calls. Screenshots go to `artifacts/` (git-ignored)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
 from bitware.worker.v1 import worker_pb2
-from tests.conftest import Client
+from bitware_core.config import Settings
+from bitware_core.mesh import start_mesh
+from granulator_server.domain import generate_offline
+from tests.conftest import Client, make_client
 from tests.gateway.conftest import gateway_settings, served_gateway
+from tests.granulator.fake_openai import FakeOpenAI, failure, reply
+from tests.granulator.test_model_calls import QUIZ, run_quiz
 from tests.kam.helpers import PASSWORD, kam, parked_template
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
@@ -300,3 +305,54 @@ async def test_the_retry_button_retries_the_request_through_kam(
         assert retried.retries == 1 and retried.job_id
     finally:
         await worker.stop()
+
+
+async def test_the_execution_view_shows_every_model_call(
+    tmp_path: Path, fake_openai: FakeOpenAI, browser: Browser
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    settings = Settings(
+        heartbeat_interval=0.5,
+        openai_base_url=fake_openai.base_url,
+        openai_api_key="sk-test",
+        openai_timeout=5.0,
+        openai_max_retries=1,
+    )
+    fake_openai.add(
+        failure(503, "the model is loading"),
+        reply(generate_offline(QUIZ, "Rust", "", 2, {}), prompt_tokens=700, completion_tokens=400),
+    )
+    mesh = await start_mesh(tmp_path, base=settings)
+    try:
+        client = await make_client(mesh)
+        execution = await run_quiz(client)
+        credentials = mesh.credentials
+        async with served_gateway(gateway_settings(mesh)) as base:
+            page, problems = await open_page(browser)
+            await page.goto(f"{base}/#/login")
+            await page.get_by_label("Email").fill(credentials.admin_email)
+            await page.get_by_label("Password").fill(credentials.admin_password)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            await page.goto(f"{base}/#/executions/{execution.execution_id}")
+
+            calls = page.get_by_role("list", name="Model calls")
+            items = calls.locator(":scope > li")
+            await expect(items).to_have_count(2)
+            await expect(items.nth(0)).to_contain_text("failed")
+            await expect(items.nth(0)).to_contain_text("first call")
+            await expect(items.nth(1)).to_contain_text("retry: the server failed")
+            await expect(items.nth(1)).to_contain_text("700 in / 400 out")
+            # Opened, a call shows the messages sent and the error or the reply.
+            await items.nth(0).locator("summary").click()
+            await expect(items.nth(0).locator(".error-words")).to_contain_text(
+                "the model is loading"
+            )
+            await items.nth(1).locator("summary").click()
+            await expect(items.nth(1)).to_contain_text("max_tokens=")
+            await expect(items.nth(1).locator(".message.reply pre")).to_contain_text("Rust")
+            await expect(items.nth(1).locator(".message").first).to_contain_text("system")
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-calls.png"), full_page=True)
+            assert problems == [], problems
+    finally:
+        await mesh.stop()

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from bitware.common.v1 import common_pb2 as bitware_dot_common_dot_v1_dot_common__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bitware/granulator/v1/granulator.proto\x12\x15\x62itware.granulator.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x03\n\x11StructureTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12,\n\x0bjson_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fprompt_template\x18\x05 \x01(\t\x12&\n\x05rules\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12H\n\x08\x64\x65\x66\x61ults\x18\x07 \x03(\x0b\x32\x36.bitware.granulator.v1.StructureTemplate.DefaultsEntry\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x10ValidationRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07quality\x18\x02 \x01(\x0b\x32 .bitware.common.v1.QualityReport\x12\x11\n\tvalidator\x18\x03 \x01(\t\"\x92\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x10\n\x08stage_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12,\n\x04spec\x18\x06 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x15\n\rtemplate_name\x18\x07 \x01(\t\x12\x30\n\x06status\x18\x08 \x01(\x0e\x32 .bitware.granulator.v1.JobStatus\x12\x31\n\x07quality\x18\t \x01(\x0b\x32 .bitware.common.v1.QualityReport\x12\'\n\x05usage\x18\n \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12\x15\n\relement_count\x18\x0b \x01(\x05\x12<\n\x0bvalidations\x18\x0c \x03(\x0b\x32\'.bitware.granulator.v1.ValidationRecord\x12\x15\n\rerror_message\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x10 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0eGetJobResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.bitware.granulator.v1.Job\"\xba\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .bitware.granulator.v1.JobStatus\x12\x38\n\x0estructure_type\x18\x04 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x14\n\x0c\x65xecution_id\x18\x05 \x01(\t\"U\n\x10ListJobsResponse\x12(\n\x04jobs\x18\x01 \x03(\x0b\x32\x1a.bitware.granulator.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13GetStructureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb9\x01\n\x14GetStructureResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12,\n\x08\x65lements\x18\x03 \x03(\x0b\x32\x1a.bitware.common.v1.Element\x12)\n\x08\x64ocument\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"w\n\x14ListTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x0estructure_type\x18\x03 \x01(\x0e\x32 .bitware.common.v1.StructureType\"m\n\x15ListTemplatesResponse\x12;\n\ttemplates\x18\x01 \x03(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x12GetTemplateRequest\x12\r\n\x05query\x18\x01 \x01(\t\"`\n\x13GetTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12\r\n\x05match\x18\x02 \x01(\t\"S\n\x15\x43reateTemplateRequest\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\"T\n\x16\x43reateTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\"\x84\x01\n\x15UpdateTemplateRequest\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"T\n\x16UpdateTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate*\xa2\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x32\xe0\x05\n\x11GranulatorService\x12U\n\x06GetJob\x12$.bitware.granulator.v1.GetJobRequest\x1a%.bitware.granulator.v1.GetJobResponse\x12[\n\x08ListJobs\x12&.bitware.granulator.v1.ListJobsRequest\x1a\'.bitware.granulator.v1.ListJobsResponse\x12g\n\x0cGetStructure\x12*.bitware.granulator.v1.GetStructureRequest\x1a+.bitware.granulator.v1.GetStructureResponse\x12j\n\rListTemplates\x12+.bitware.granulator.v1.ListTemplatesRequest\x1a,.bitware.granulator.v1.ListTemplatesResponse\x12\x64\n\x0bGetTemplate\x12).bitware.granulator.v1.GetTemplateRequest\x1a*.bitware.granulator.v1.GetTemplateResponse\x12m\n\x0e\x43reateTemplate\x12,.bitware.granulator.v1.CreateTemplateRequest\x1a-.bitware.granulator.v1.CreateTemplateResponse\x12m\n\x0eUpdateTemplate\x12,.bitware.granulator.v1.UpdateTemplateRequest\x1a-.bitware.granulator.v1.UpdateTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bitware/granulator/v1/granulator.proto\x12\x15\x62itware.granulator.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x03\n\x11StructureTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12,\n\x0bjson_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fprompt_template\x18\x05 \x01(\t\x12&\n\x05rules\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12H\n\x08\x64\x65\x66\x61ults\x18\x07 \x03(\x0b\x32\x36.bitware.granulator.v1.StructureTemplate.DefaultsEntry\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x10ValidationRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07quality\x18\x02 \x01(\x0b\x32 .bitware.common.v1.QualityReport\x12\x11\n\tvalidator\x18\x03 \x01(\t\"\x92\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x10\n\x08stage_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12,\n\x04spec\x18\x06 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x15\n\rtemplate_name\x18\x07 \x01(\t\x12\x30\n\x06status\x18\x08 \x01(\x0e\x32 .bitware.granulator.v1.JobStatus\x12\x31\n\x07quality\x18\t \x01(\x0b\x32 .bitware.common.v1.QualityReport\x12\'\n\x05usage\x18\n \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12\x15\n\relement_count\x18\x0b \x01(\x05\x12<\n\x0bvalidations\x18\x0c \x03(\x0b\x32\'.bitware.granulator.v1.ValidationRecord\x12\x15\n\rerror_message\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x10 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x0eGetJobResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.bitware.granulator.v1.Job\"\xba\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .bitware.granulator.v1.JobStatus\x12\x38\n\x0estructure_type\x18\x04 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12\x14\n\x0c\x65xecution_id\x18\x05 \x01(\t\"U\n\x10ListJobsResponse\x12(\n\x04jobs\x18\x01 \x03(\x0b\x32\x1a.bitware.granulator.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13GetStructureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb9\x01\n\x14GetStructureResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x38\n\x0estructure_type\x18\x02 \x01(\x0e\x32 .bitware.common.v1.StructureType\x12,\n\x08\x65lements\x18\x03 \x03(\x0b\x32\x1a.bitware.common.v1.Element\x12)\n\x08\x64ocument\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"w\n\x14ListTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x0estructure_type\x18\x03 \x01(\x0e\x32 .bitware.common.v1.StructureType\"m\n\x15ListTemplatesResponse\x12;\n\ttemplates\x18\x01 \x03(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x12GetTemplateRequest\x12\r\n\x05query\x18\x01 \x01(\t\"`\n\x13GetTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12\r\n\x05match\x18\x02 \x01(\t\"S\n\x15\x43reateTemplateRequest\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\"T\n\x16\x43reateTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\"\x84\x01\n\x15UpdateTemplateRequest\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"T\n\x16UpdateTemplateResponse\x12:\n\x08template\x18\x01 \x01(\x0b\x32(.bitware.granulator.v1.StructureTemplate\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x91\x04\n\tModelCall\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08stage_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08sequence\x18\x04 \x01(\x05\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x13\n\x0b\x66ormat_mode\x18\x08 \x01(\t\x12\x0b\n\x03why\x18\t \x01(\t\x12+\n\nparameters\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fresponse_format\x18\x0b \x01(\t\x12\x34\n\x08messages\x18\x0c \x03(\x0b\x32\".bitware.granulator.v1.ChatMessage\x12\r\n\x05reply\x18\r \x01(\t\x12\x15\n\rfinish_reason\x18\x0e \x01(\t\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12*\n\x07latency\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rprompt_tokens\x18\x11 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x12 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x13 \x01(\x08\x12\x10\n\x08\x63ost_usd\x18\x14 \x01(\x01\x12\x11\n\ttruncated\x18\x15 \x01(\x08\"d\n\x15ListModelCallsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"b\n\x16ListModelCallsResponse\x12/\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32 .bitware.granulator.v1.ModelCall\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa2\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x32\xcf\x06\n\x11GranulatorService\x12U\n\x06GetJob\x12$.bitware.granulator.v1.GetJobRequest\x1a%.bitware.granulator.v1.GetJobResponse\x12[\n\x08ListJobs\x12&.bitware.granulator.v1.ListJobsRequest\x1a\'.bitware.granulator.v1.ListJobsResponse\x12g\n\x0cGetStructure\x12*.bitware.granulator.v1.GetStructureRequest\x1a+.bitware.granulator.v1.GetStructureResponse\x12j\n\rListTemplates\x12+.bitware.granulator.v1.ListTemplatesRequest\x1a,.bitware.granulator.v1.ListTemplatesResponse\x12\x64\n\x0bGetTemplate\x12).bitware.granulator.v1.GetTemplateRequest\x1a*.bitware.granulator.v1.GetTemplateResponse\x12m\n\x0e\x43reateTemplate\x12,.bitware.granulator.v1.CreateTemplateRequest\x1a-.bitware.granulator.v1.CreateTemplateResponse\x12m\n\x0eUpdateTemplate\x12,.bitware.granulator.v1.UpdateTemplateRequest\x1a-.bitware.granulator.v1.UpdateTemplateResponse\x12m\n\x0eListModelCalls\x12,.bitware.granulator.v1.ListModelCallsRequest\x1a-.bitware.granulator.v1.ListModelCallsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,44 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._loaded_options = None
   _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=2630
-  _globals['_JOBSTATUS']._serialized_end=2792
-  _globals['_STRUCTURETEMPLATE']._serialized_start=195
-  _globals['_STRUCTURETEMPLATE']._serialized_end=607
-  _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._serialized_start=560
-  _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._serialized_end=607
-  _globals['_VALIDATIONRECORD']._serialized_start=610
-  _globals['_VALIDATIONRECORD']._serialized_end=740
-  _globals['_JOB']._serialized_start=743
-  _globals['_JOB']._serialized_end=1273
-  _globals['_GETJOBREQUEST']._serialized_start=1275
-  _globals['_GETJOBREQUEST']._serialized_end=1306
-  _globals['_GETJOBRESPONSE']._serialized_start=1308
-  _globals['_GETJOBRESPONSE']._serialized_end=1365
-  _globals['_LISTJOBSREQUEST']._serialized_start=1368
-  _globals['_LISTJOBSREQUEST']._serialized_end=1554
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1556
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1641
-  _globals['_GETSTRUCTUREREQUEST']._serialized_start=1643
-  _globals['_GETSTRUCTUREREQUEST']._serialized_end=1680
-  _globals['_GETSTRUCTURERESPONSE']._serialized_start=1683
-  _globals['_GETSTRUCTURERESPONSE']._serialized_end=1868
-  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1870
-  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1989
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1991
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2100
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=2102
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=2137
-  _globals['_GETTEMPLATERESPONSE']._serialized_start=2139
-  _globals['_GETTEMPLATERESPONSE']._serialized_end=2235
-  _globals['_CREATETEMPLATEREQUEST']._serialized_start=2237
-  _globals['_CREATETEMPLATEREQUEST']._serialized_end=2320
-  _globals['_CREATETEMPLATERESPONSE']._serialized_start=2322
-  _globals['_CREATETEMPLATERESPONSE']._serialized_end=2406
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=2409
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=2541
-  _globals['_UPDATETEMPLATERESPONSE']._serialized_start=2543
-  _globals['_UPDATETEMPLATERESPONSE']._serialized_end=2627
-  _globals['_GRANULATORSERVICE']._serialized_start=2795
-  _globals['_GRANULATORSERVICE']._serialized_end=3531
+  _globals['_JOBSTATUS']._serialized_start=3442
+  _globals['_JOBSTATUS']._serialized_end=3604
+  _globals['_STRUCTURETEMPLATE']._serialized_start=227
+  _globals['_STRUCTURETEMPLATE']._serialized_end=639
+  _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._serialized_start=592
+  _globals['_STRUCTURETEMPLATE_DEFAULTSENTRY']._serialized_end=639
+  _globals['_VALIDATIONRECORD']._serialized_start=642
+  _globals['_VALIDATIONRECORD']._serialized_end=772
+  _globals['_JOB']._serialized_start=775
+  _globals['_JOB']._serialized_end=1305
+  _globals['_GETJOBREQUEST']._serialized_start=1307
+  _globals['_GETJOBREQUEST']._serialized_end=1338
+  _globals['_GETJOBRESPONSE']._serialized_start=1340
+  _globals['_GETJOBRESPONSE']._serialized_end=1397
+  _globals['_LISTJOBSREQUEST']._serialized_start=1400
+  _globals['_LISTJOBSREQUEST']._serialized_end=1586
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1588
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1673
+  _globals['_GETSTRUCTUREREQUEST']._serialized_start=1675
+  _globals['_GETSTRUCTUREREQUEST']._serialized_end=1712
+  _globals['_GETSTRUCTURERESPONSE']._serialized_start=1715
+  _globals['_GETSTRUCTURERESPONSE']._serialized_end=1900
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1902
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=2021
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=2023
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2132
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=2134
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=2169
+  _globals['_GETTEMPLATERESPONSE']._serialized_start=2171
+  _globals['_GETTEMPLATERESPONSE']._serialized_end=2267
+  _globals['_CREATETEMPLATEREQUEST']._serialized_start=2269
+  _globals['_CREATETEMPLATEREQUEST']._serialized_end=2352
+  _globals['_CREATETEMPLATERESPONSE']._serialized_start=2354
+  _globals['_CREATETEMPLATERESPONSE']._serialized_end=2438
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=2441
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=2573
+  _globals['_UPDATETEMPLATERESPONSE']._serialized_start=2575
+  _globals['_UPDATETEMPLATERESPONSE']._serialized_end=2659
+  _globals['_CHATMESSAGE']._serialized_start=2661
+  _globals['_CHATMESSAGE']._serialized_end=2705
+  _globals['_MODELCALL']._serialized_start=2708
+  _globals['_MODELCALL']._serialized_end=3237
+  _globals['_LISTMODELCALLSREQUEST']._serialized_start=3239
+  _globals['_LISTMODELCALLSREQUEST']._serialized_end=3339
+  _globals['_LISTMODELCALLSRESPONSE']._serialized_start=3341
+  _globals['_LISTMODELCALLSRESPONSE']._serialized_end=3439
+  _globals['_GRANULATORSERVICE']._serialized_start=3607
+  _globals['_GRANULATORSERVICE']._serialized_end=4454
 # @@protoc_insertion_point(module_scope)

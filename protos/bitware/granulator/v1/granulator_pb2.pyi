@@ -6,6 +6,7 @@ The granulator's own API: structure templates, jobs and the stored element trees
 from bitware.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -650,3 +651,217 @@ class UpdateTemplateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateTemplateResponse: _TypeAlias = UpdateTemplateResponse  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """One message of a chat request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """`system`, `user` or `assistant`."""
+    content: _builtins.str
+    """The text, cut to 16,000 characters (the cut is noted at the end of the text)."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ModelCall(_message.Message):
+    """One call a job made to a model. Texts are cut to 16,000 characters each (`truncated` says
+    whether any was); no API key or header is ever kept.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STAGE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORMAT_MODE_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENS_ESTIMATED_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job that made it."""
+    stage_id: _builtins.str
+    """The job's stage."""
+    attempt: _builtins.int
+    """The job's attempt number."""
+    sequence: _builtins.int
+    """The call's number within the job, from 1. At most 30 calls are kept per job; the job's
+    usage counts them all.
+    """
+    endpoint: _builtins.str
+    """The endpoint that served it: its name in `BITWARE_PROVIDERS`, or `openai` for the one
+    endpoint of `BITWARE_OPENAI_BASE_URL`.
+    """
+    model: _builtins.str
+    """The model asked."""
+    format_mode: _builtins.str
+    """The structured-output mode: `json_schema`, `json_object_schema` (JSON mode with the schema as
+    the server's grammar), `json_object`, or `prompt` (no response_format).
+    """
+    why: _builtins.str
+    """Why the call was made: `first`; after an unusable reply, what was wrong with it
+    (`INVALID_JSON`, `SCHEMA_VIOLATION`: the model is asked again with the errors, which the last
+    message lists; `TRUNCATED`: asked again with a larger token budget); after a failed call, the
+    failure (`RATE_LIMITED`, `PROVIDER_UNAVAILABLE`, `PROVIDER_TIMEOUT`, `PROVIDER_UNREACHABLE`:
+    retried; `FORMAT_REJECTED`: asked again in a weaker structured-output mode;
+    `PARAMETERS_REJECTED`: asked again without the optional parameters).
+    """
+    response_format: _builtins.str
+    """The request's `response_format` as JSON text; empty when none was sent."""
+    reply: _builtins.str
+    """The reply's text; empty when the call failed."""
+    finish_reason: _builtins.str
+    """Why the reply ended: `stop`, `length`, `content_filter`; empty when the call failed."""
+    error: _builtins.str
+    """Why the call failed, for example `500: ...` or `no reply in 60s`; empty on success."""
+    prompt_tokens: _builtins.int
+    """Tokens sent."""
+    completion_tokens: _builtins.int
+    """Tokens produced."""
+    tokens_estimated: _builtins.bool
+    """Whether the tokens were estimated from the text (the server sent no usage, or the call was
+    cancelled before it did).
+    """
+    cost_usd: _builtins.float
+    """The call's cost in US dollars from the price table."""
+    truncated: _builtins.bool
+    """Whether any text of this record was cut."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the request was sent."""
+
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """The request's other parameters, for example `max_tokens` or `repeat_penalty`."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """The messages sent, in order."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """How long the call took."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        stage_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
+        model: _builtins.str = ...,
+        format_mode: _builtins.str = ...,
+        why: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        response_format: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        reply: _builtins.str = ...,
+        finish_reason: _builtins.str = ...,
+        error: _builtins.str = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        tokens_estimated: _builtins.bool = ...,
+        cost_usd: _builtins.float = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "parameters", b"parameters", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "endpoint", b"endpoint", "error", b"error", "finish_reason", b"finish_reason", "format_mode", b"format_mode", "job_id", b"job_id", "latency", b"latency", "messages", b"messages", "model", b"model", "parameters", b"parameters", "prompt_tokens", b"prompt_tokens", "reply", b"reply", "response_format", b"response_format", "sequence", b"sequence", "stage_id", b"stage_id", "start_time", b"start_time", "tokens_estimated", b"tokens_estimated", "truncated", b"truncated", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCall: _TypeAlias = ModelCall  # noqa: Y015
+
+@_typing.final
+class ListModelCallsRequest(_message.Message):
+    """ListModelCalls input: exactly one of job_id and execution_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """One job's calls."""
+    execution_id: _builtins.str
+    """The calls of every job of this execution (oldest job first)."""
+    page_size: _builtins.int
+    """At most this many (default 50, at most 200)."""
+    page_token: _builtins.str
+    """The previous page's next_page_token."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelCallsRequest: _TypeAlias = ListModelCallsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelCallsResponse(_message.Message):
+    """ListModelCalls output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token for the next page; empty on the last page."""
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelCall]:
+        """The calls, in the order they were made."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___ModelCall] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelCallsResponse: _TypeAlias = ListModelCallsResponse  # noqa: Y015

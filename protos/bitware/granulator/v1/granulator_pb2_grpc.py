@@ -72,6 +72,11 @@ class GranulatorServiceStub:
                 request_serializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateRequest.SerializeToString,
                 response_deserializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateResponse.FromString,
                 _registered_method=True)
+        self.ListModelCalls = channel.unary_unary(
+                '/bitware.granulator.v1.GranulatorService/ListModelCalls',
+                request_serializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsRequest.SerializeToString,
+                response_deserializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsResponse.FromString,
+                _registered_method=True)
 
 
 class GranulatorServiceServicer:
@@ -134,6 +139,17 @@ class GranulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModelCalls(self, request, context):
+        """Lists the model calls of one job, or of every job of one execution, in the order they were
+        made: each call's request, reply or error, latency, tokens, cost and why it was made.
+        A client sees only its own jobs' calls.
+        Errors: INVALID_ARGUMENT (neither or both of job_id and execution_id, a bad page_token),
+        NOT_FOUND (the job does not exist or is another client's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GranulatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +187,11 @@ def add_GranulatorServiceServicer_to_server(servicer, server):
                     servicer.UpdateTemplate,
                     request_deserializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateRequest.FromString,
                     response_serializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateResponse.SerializeToString,
+            ),
+            'ListModelCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelCalls,
+                    request_deserializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsRequest.FromString,
+                    response_serializer=bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +386,33 @@ class GranulatorService:
             '/bitware.granulator.v1.GranulatorService/UpdateTemplate',
             bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateRequest.SerializeToString,
             bitware_dot_granulator_dot_v1_dot_granulator__pb2.UpdateTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bitware.granulator.v1.GranulatorService/ListModelCalls',
+            bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsRequest.SerializeToString,
+            bitware_dot_granulator_dot_v1_dot_granulator__pb2.ListModelCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

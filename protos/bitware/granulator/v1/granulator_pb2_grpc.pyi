@@ -60,6 +60,13 @@ class GranulatorServiceStub:
     """Updates a template; its version goes up by one. Admins only.
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
     """
+    ListModelCalls: _grpc.UnaryUnaryMultiCallable[_granulator_pb2.ListModelCallsRequest, _granulator_pb2.ListModelCallsResponse]
+    """Lists the model calls of one job, or of every job of one execution, in the order they were
+    made: each call's request, reply or error, latency, tokens, cost and why it was made.
+    A client sees only its own jobs' calls.
+    Errors: INVALID_ARGUMENT (neither or both of job_id and execution_id, a bad page_token),
+    NOT_FOUND (the job does not exist or is another client's).
+    """
 
 @_typing.type_check_only
 class GranulatorServiceAsyncStub(GranulatorServiceStub):
@@ -92,6 +99,13 @@ class GranulatorServiceAsyncStub(GranulatorServiceStub):
     UpdateTemplate: _aio.UnaryUnaryMultiCallable[_granulator_pb2.UpdateTemplateRequest, _granulator_pb2.UpdateTemplateResponse]  # type: ignore[assignment]
     """Updates a template; its version goes up by one. Admins only.
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+    """
+    ListModelCalls: _aio.UnaryUnaryMultiCallable[_granulator_pb2.ListModelCallsRequest, _granulator_pb2.ListModelCallsResponse]  # type: ignore[assignment]
+    """Lists the model calls of one job, or of every job of one execution, in the order they were
+    made: each call's request, reply or error, latency, tokens, cost and why it was made.
+    A client sees only its own jobs' calls.
+    Errors: INVALID_ARGUMENT (neither or both of job_id and execution_id, a bad page_token),
+    NOT_FOUND (the job does not exist or is another client's).
     """
 
 class GranulatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +178,19 @@ class GranulatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_granulator_pb2.UpdateTemplateResponse, _abc.Awaitable[_granulator_pb2.UpdateTemplateResponse]]:
         """Updates a template; its version goes up by one. Admins only.
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelCalls(
+        self,
+        request: _granulator_pb2.ListModelCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_granulator_pb2.ListModelCallsResponse, _abc.Awaitable[_granulator_pb2.ListModelCallsResponse]]:
+        """Lists the model calls of one job, or of every job of one execution, in the order they were
+        made: each call's request, reply or error, latency, tokens, cost and why it was made.
+        A client sees only its own jobs' calls.
+        Errors: INVALID_ARGUMENT (neither or both of job_id and execution_id, a bad page_token),
+        NOT_FOUND (the job does not exist or is another client's).
         """
 
 def add_GranulatorServiceServicer_to_server(servicer: GranulatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
