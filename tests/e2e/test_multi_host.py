@@ -44,7 +44,7 @@ def env_file(content: str) -> dict[str, str]:
 @dataclass
 class Mesh:
     folder: Path
-    database: str
+    #: The env files deploy/make_env.py wrote, by file name.
     files: dict[str, dict[str, str]]
     dns: DnsServer | None = None
     served: dict[str, Served] = field(default_factory=dict)
@@ -82,8 +82,8 @@ class Mesh:
             name,
             "granulator",
             host,
-            BITWARE_DATABASE_URL=self.database,
             BITWARE_MAX_CONCURRENT_JOBS="1",
+            **self.files["database.env"],
             **credential,
         )
 
@@ -98,7 +98,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         files = {
             name: env_file(content) for name, content in make_env.make_files(3, database).items()
         }
-        running = Mesh(folder, database, files)
+        running = Mesh(folder, files)
         hosts = {
             server: [running.host() for _ in range(count)]
             for server, count in (("kam", 2), ("orchestrator", 2), ("granulator", 3))
