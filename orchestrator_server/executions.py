@@ -443,8 +443,12 @@ def retry(
     failed = [s for s in stages_of(session, execution.id) if s.status == "failed"]
     if not failed:
         raise ExecutionFinished(f"execution {execution.id} has no failed stage to retry")
-    first = failed[0]
-    enqueue(first, execution.priority, utcnow())
+    first, now = failed[0], utcnow()
+    enqueue(first, execution.priority, now)
+    if execution.deadline_at is not None:
+        # The new run gets the template's whole time limit again: one that ran out would
+        # otherwise fail it again at once.
+        execution.deadline_at = now + (execution.deadline_at - execution.created_at)
     first.attempts_base, first.error, first.feedback, first.best = first.attempts, {}, "", {}
     first.epoch += 1
     first.ended_at = None

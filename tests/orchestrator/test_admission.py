@@ -238,3 +238,41 @@ async def test_a_retry_the_budget_cannot_cover_is_refused_and_reserves_nothing(
         )
     assert after.request.status == requests_pb2.REQUEST_STATUS_FAILED
     assert after.request.reserved_usd == 0 and after.request.retries == 0
+
+
+async def test_a_request_that_ran_out_of_time_gets_the_whole_limit_again_on_retry(
+    client: Client, workers: Workers
+) -> None:
+    await add_template(client.mesh, "quick_one", [stage()], execution_timeout_s=4.0)
+    # The first run outlives the limit; the retry takes 2 s: well within a new 4 s limit, and
+    # longer than the second in which the old, spent deadline would fail it again.
+    await workers("slow-then-fast", steps=[Step(delay=30), Step(delay=2)])
+    async with grpc.aio.insecure_channel(client.mesh.kam.address) as kam:
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
+        created = await requests.CreateRequest(
+            requests_pb2.CreateRequestRequest(
+                spec=common_pb2.ContentSpec(topic="In time", granularity=2),
+                master_template="quick_one",
+            ),
+            metadata=client.key,
+            timeout=10,
+        )
+        request_id = created.request.request_id
+        await requests.ExecuteRequest(
+            requests_pb2.ExecuteRequestRequest(request_id=request_id),
+            metadata=client.key,
+            timeout=10,
+        )
+        failed = await wait_for_status(
+            requests, client, request_id, requests_pb2.REQUEST_STATUS_FAILED
+        )
+        assert "time limit" in failed.error_message
+        await requests.RetryRequest(
+            requests_pb2.RetryRequestRequest(request_id=request_id),
+            metadata=client.key,
+            timeout=10,
+        )
+        done = await wait_for_status(
+            requests, client, request_id, requests_pb2.REQUEST_STATUS_COMPLETED
+        )
+    assert done.retries == 1 and done.job_id
