@@ -24,7 +24,8 @@ inside its response as a typed `StageError` (with the usage spent so far), never
     ├── ProviderRejected           INVALID_INPUT: the endpoint rejected the request (4xx)
     ├── InvalidStageInput          INVALID_INPUT: e.g. validate without a previous job
     ├── ProviderMisconfigured      INTERNAL: authentication or model errors at the endpoint
-    └── WorkerRestarted            TRANSIENT: the process running the job died (ended on restart)
+    ├── WorkerRestarted            TRANSIENT: the process running the job died (ended on restart)
+    └── WorkerLost                 TRANSIENT: no granulator marked the running job alive for long
 """
 
 from __future__ import annotations
@@ -119,4 +120,17 @@ class WorkerRestarted(StageFailure):
         super().__init__(
             "WORKER_RESTARTED",
             f"granulator {worker_id} stopped while running this job and was restarted",
+        )
+
+
+class WorkerLost(StageFailure):
+    """A running job that no granulator has marked alive for a long time: its process died and
+    no process of the same worker id came back to end it (for example a replaced pod)."""
+
+    error_class = "TRANSIENT"
+
+    def __init__(self, silent_seconds: float) -> None:
+        super().__init__(
+            "WORKER_LOST",
+            f"the granulator running this job gave no sign of life for {silent_seconds:.0f}s",
         )

@@ -4,6 +4,7 @@ instead of generating twice; their structures are stored as element trees."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -173,21 +174,40 @@ def fail(
     update_row(tx, job, "status", "error_message", "result", "updated_at", "usage")
 
 
+def _fail_running(tx: Tx, where: str, params: dict[str, Any], outcome: dict[str, Any]) -> int:
+    cursor = tx.execute(
+        "UPDATE jobs SET status = 'failed', error_message = :message, result = :result,"
+        f" updated_at = :now WHERE status = 'running' AND {where}",
+        {
+            **params,
+            "message": outcome["error"]["message"],
+            "result": tx.json(outcome),
+            "now": tx.ts(utcnow()),
+        },
+    )
+    return int(cursor.rowcount)
+
+
 def end_left_running(tx: Tx, worker_id: str, outcome: dict[str, Any]) -> int:
     """Fails the jobs still `running` on `worker_id`, with `outcome` as their result, and
     returns how many. Call it before the process takes work: then every such job belongs to a
     previous process of the same worker, which died (other granulators' jobs are not touched)."""
-    cursor = tx.execute(
-        "UPDATE jobs SET status = 'failed', error_message = :message, result = :result,"
-        " updated_at = :now WHERE worker_id = :worker_id AND status = 'running'",
-        {
-            "message": outcome["error"]["message"],
-            "result": tx.json(outcome),
-            "now": tx.ts(utcnow()),
-            "worker_id": worker_id,
-        },
+    return _fail_running(tx, "worker_id = :worker_id", {"worker_id": worker_id}, outcome)
+
+
+def touch_running(tx: Tx, worker_id: str) -> None:
+    """Marks the jobs `worker_id` is running as alive now (`updated_at`)."""
+    tx.execute(
+        "UPDATE jobs SET updated_at = :now WHERE status = 'running' AND worker_id = :worker_id",
+        {"now": tx.ts(utcnow()), "worker_id": worker_id},
     )
-    return int(cursor.rowcount)
+
+
+def end_stale(tx: Tx, before: datetime, outcome: dict[str, Any]) -> int:
+    """Fails, with `outcome`, the jobs still `running` that nobody has marked alive since
+    `before` (their granulator died and will not come back under the same worker id, e.g. a
+    replaced pod); how many."""
+    return _fail_running(tx, "updated_at < :before", {"before": tx.ts(before)}, outcome)
 
 
 def get(session: Session, principal: Principal, job_id: str) -> models.Job:

@@ -28,7 +28,7 @@ class Job(GranulatorBase):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     structure_type: Mapped[str] = mapped_column(String(40))
     template_name: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[str] = mapped_column(String(20), default="running", index=True)
     #: The granulator (worker id) that runs or ran the job: the granulators of a mesh share one
     #: job store, and one starting up ends only the jobs its own previous process left running.
     worker_id: Mapped[str] = mapped_column(String(100), default="", server_default="")

@@ -27,6 +27,10 @@ from granulator_server.worker import CAPABILITIES, WorkerHandlers
 log = logging.getLogger("bitware.granulator")
 SERVICES_ONLY = frozenset({SERVICE})
 VERSION = "0.1.0"
+#: How often a granulator marks its running jobs alive and ends the jobs nobody marks alive.
+JOB_TOUCH_SECONDS = 30.0
+#: A running job that no granulator marked alive for this long has lost its granulator.
+JOB_STALE_SECONDS = 150.0
 
 
 class GranulatorServer(MeshServer):
@@ -75,6 +79,8 @@ class GranulatorServer(MeshServer):
         authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
         super().__init__(settings, services, authenticator, "granulator.bitware")
         self._registration: asyncio.Task[None] | None = None
+        self._tending: asyncio.Task[None] | None = None
+        self.job_touch_seconds, self.job_stale_seconds = JOB_TOUCH_SECONDS, JOB_STALE_SECONDS
         self._orchestrator: grpc.aio.Channel | None = None
 
     async def start(self) -> int:
@@ -99,6 +105,7 @@ class GranulatorServer(MeshServer):
             extra={"provider": self.provider.name, "model": self.provider.model},
         )
         port = await super().start()
+        self._tending = asyncio.create_task(self._tend_jobs())
         if self.settings.orchestrator_address:
             self._orchestrator = open_channel(self.settings.orchestrator_address, self.settings)
             self._registration = asyncio.create_task(self._stay_registered())
@@ -152,6 +159,22 @@ class GranulatorServer(MeshServer):
                 interval = 1.0
             await asyncio.sleep(interval)
 
+    async def _tend_jobs(self) -> None:
+        """Keeps this worker's running jobs marked alive, and ends the running jobs of
+        granulators that died for good (a restarted one ends its own at start-up)."""
+        while True:
+            await asyncio.sleep(self.job_touch_seconds)
+            try:
+                ended = await self.worker.runner.tend_jobs(self.job_stale_seconds)
+            except Exception:  # e.g. the database is away for now: try again next time
+                log.exception("tending the running jobs failed")
+                continue
+            if ended:
+                log.warning(
+                    "ended running jobs whose granulator was lost",
+                    extra={"count": ended, "reason": "WORKER_LOST"},
+                )
+
     async def _leave(self) -> None:
         """Tells the orchestrator to stop offering work here; current work finishes."""
         if self._orchestrator is None:
@@ -171,9 +194,10 @@ class GranulatorServer(MeshServer):
     async def stop(self, grace: float | None = None) -> None:
         self.worker.draining = True
         await self._leave()
-        if self._registration is not None:
-            self._registration.cancel()
-            await asyncio.gather(self._registration, return_exceptions=True)
+        for task in (self._registration, self._tending):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await super().stop(grace)
         if self._orchestrator is not None:
             await self._orchestrator.close()

@@ -17,10 +17,12 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from bitware_core.db import Database
+from bitware_core.db import Database, utcnow
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES
+from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
 from granulator_server.domain import (
     QualityReport,
@@ -31,7 +33,12 @@ from granulator_server.domain import (
 )
 from granulator_server.domain.offline import generate_offline
 from granulator_server.domain.validation import INTEGRITY_RULES
-from granulator_server.errors import InvalidStageInput, StageFailure, WorkerRestarted
+from granulator_server.errors import (
+    InvalidStageInput,
+    StageFailure,
+    WorkerLost,
+    WorkerRestarted,
+)
 from granulator_server.providers import Provider, add_usage
 from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
@@ -181,6 +188,20 @@ class StageRunner:
             return 0
         outcome = failure_outcome(WorkerRestarted(self.worker_id))
         return await self.db.run_tx(lambda tx: jobs.end_left_running(tx, self.worker_id, outcome))
+
+    async def tend_jobs(self, stale_after: float) -> int:
+        """Marks this worker's running jobs alive, and ends as failed (`WORKER_LOST`) any job
+        that no granulator has marked alive for `stale_after` seconds; how many it ended.
+        Every granulator calls it every so often (see `server.JOB_TOUCH_SECONDS`)."""
+        outcome = failure_outcome(WorkerLost(stale_after))
+        before = utcnow() - timedelta(seconds=stale_after)
+
+        def tend(tx: Tx) -> int:
+            if self.worker_id:
+                jobs.touch_running(tx, self.worker_id)
+            return jobs.end_stale(tx, before, outcome)
+
+        return await self.db.run_tx(tend)
 
     async def _keep_calls(self, job_id: str, meters: list[UsageMeter]) -> None:
         made = sorted(

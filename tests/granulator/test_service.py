@@ -4,6 +4,8 @@ structure templates stored in the granulator's database."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -14,9 +16,12 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core.config import Settings
+from granulator_server import jobs
 from granulator_server.domain import SEED_TEMPLATES
+from granulator_server.server import GranulatorServer
 from granulator_server.service import template_to_proto
-from tests.conftest import Client, make_client
+from tests.conftest import Client, eventually, make_client
 
 TYPES = {
     "course": ("module", "lesson", "objective"),
@@ -380,3 +385,38 @@ async def test_two_stage_pipeline_validates_the_generated_job(client: Client) ->
             )
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert job.job_id in (raised.value.details() or "")
+
+
+async def test_a_serving_granulator_ends_the_running_jobs_of_a_lost_one(tmp_path: Path) -> None:
+    server = GranulatorServer(Settings(data_dir=tmp_path, worker_id="granulator-1"))
+    server.job_touch_seconds, server.job_stale_seconds = 0.1, 60.0
+    await server.start()
+    try:
+        for worker_id in ("granulator-gone", "granulator-1"):
+            server.db.run_tx_sync(
+                lambda tx, w=worker_id: jobs.start(
+                    tx,
+                    client_id="client-1",
+                    execution_id="ex1",
+                    stage_id=w,
+                    attempt=1,
+                    action="generate",
+                    spec={"topic": "Lost", "granularity": 2},
+                    structure_type="course",
+                    template_name="course_standard",
+                    worker_id=w,
+                )
+            )
+        # Neither was marked alive for long: the other granulator's is lost, this one's is not
+        # (tending marks it alive first).
+        server.db.run_tx_sync(lambda tx: tx.execute("UPDATE jobs SET updated_at = '2020-01-01'"))
+
+        def status(stage_id: str) -> str:
+            job = server.db.run_tx_sync(lambda tx: jobs.find(tx, "ex1", stage_id, 1))
+            assert job is not None
+            return job.status
+
+        await eventually(lambda: status("granulator-gone") == "failed")
+        assert status("granulator-1") == "running"
+    finally:
+        await server.stop(0.5)

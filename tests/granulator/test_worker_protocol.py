@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,43 @@ async def test_a_restarted_worker_fails_the_jobs_its_previous_process_left_runni
     assert again.error.error_class == worker_pb2.ERROR_CLASS_TRANSIENT
     assert again.error.reason == "WORKER_RESTARTED"
     assert restarted.runner.generations == 0
+
+
+async def test_running_jobs_nobody_marks_alive_are_ended_as_lost(db: Database) -> None:
+    def running(worker_id: str, stage_id: str) -> Any:
+        return db.run_tx(
+            lambda tx: jobs.start(
+                tx,
+                client_id="client-1",
+                execution_id="ex1",
+                stage_id=stage_id,
+                attempt=1,
+                action="generate",
+                spec={"topic": "AI Development", "granularity": 2},
+                structure_type="course",
+                template_name="course_standard",
+                worker_id=worker_id,
+            )
+        )
+
+    await running("granulator-test", "mine")  # this worker's: marked alive by tending
+    await running("granulator-gone", "lost")  # a granulator that died and never came back
+    await running("granulator-live", "live")  # another granulator, alive and marking its jobs
+    await db.run_tx(lambda tx: tx.execute("UPDATE jobs SET updated_at = '2020-01-01 00:00:00'"))
+    await db.run_tx(lambda tx: jobs.touch_running(tx, "granulator-live"))
+
+    assert await workers(db).runner.tend_jobs(stale_after=60) == 1
+
+    found = {}
+    for stage_id in ("mine", "lost", "live"):
+        found[stage_id] = await db.run_tx(lambda tx, s=stage_id: jobs.find(tx, "ex1", s, 1))
+    assert found["lost"] is not None and found["lost"].status == "failed"
+    assert found["lost"].result["error"]["reason"] == "WORKER_LOST"
+    assert found["lost"].result["error"]["error_class"] == "TRANSIENT"
+    for stage_id in ("mine", "live"):
+        job = found[stage_id]
+        assert job is not None and job.status == "running"
+        assert job.updated_at > datetime(2020, 1, 2)
 
 
 async def test_progress_is_ordered_resumable_and_counts_streamed_elements(
