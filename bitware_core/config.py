@@ -8,26 +8,64 @@ generates them) or are absent.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 class SettingsError(ValueError):
     """A `BITWARE_*` variable whose value cannot be read; the message names it."""
 
 
-# Field annotations are strings (postponed evaluation); each names its parser.
-_PARSERS: dict[str, Any] = {"bool": _bool, "int": int, "float": float, "str": str, "Path": Path}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _bool(value: str) -> bool:
+    word = value.strip().lower()
+    if word not in (*_TRUE, *_FALSE):
+        raise ValueError
+    return word in _TRUE
+
+
+def _float(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):  # "nan" and "inf" parse, but no setting means them
+        raise ValueError
+    return number
+
+
+# Field annotations are strings (postponed evaluation); each names its parser and what it takes.
+_PARSERS: dict[str, Any] = {"bool": _bool, "int": int, "float": _float, "str": str, "Path": Path}
+_ACCEPTS = {
+    "bool": "true, false, 1, 0, yes or no",
+    "int": "a whole number",
+    "float": "a number",
+}
+
+
+def _choices(*values: str) -> Any:
+    """Metadata of a `str` field that accepts only `values`."""
+    return {"choices": values}
+
 
 #: Fields that fall back to the variable the `openai` tools themselves read.
 _STANDARD_NAMES = {"openai_api_key": "OPENAI_API_KEY", "openai_base_url": "OPENAI_BASE_URL"}
+
+
+def _parse(f: Field[Any], raw: str) -> Any:
+    """The value of variable `BITWARE_<f>`, or SettingsError saying what it accepts."""
+    choices: tuple[str, ...] = f.metadata.get("choices", ())
+    accepts = ", ".join(choices) if choices else _ACCEPTS.get(str(f.type), "")
+    try:
+        value = _PARSERS[str(f.type)](raw)
+    except ValueError:
+        value = None
+    if value is None or (choices and value not in choices):
+        raise SettingsError(f"BITWARE_{f.name.upper()}={raw!r} is not accepted: use {accepts}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,8 +118,10 @@ class Settings:
     metrics_address: str = ""
     #: Log as one JSON object per line instead of key=value text.
     log_json: bool = False
-    #: Logging level name.
-    log_level: str = "INFO"
+    #: Logging level name: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    log_level: str = field(
+        default="INFO", metadata=_choices("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    )
     #: OpenAI-compatible endpoint; empty with an empty key means the offline provider.
     openai_base_url: str = ""
     #: API key for the endpoint. Never logged.
@@ -96,7 +136,10 @@ class Settings:
     #: outputs), `json_object_schema` (llama.cpp's grammar), `json_object` (JSON mode, schema in
     #: the prompt), `prompt` (schema in the prompt only), or `auto`: the strongest the endpoint
     #: takes, stepping down when it rejects one. Replies are validated in every mode.
-    openai_structured: str = "auto"
+    openai_structured: str = field(
+        default="auto",
+        metadata=_choices("auto", "json_schema", "json_object_schema", "json_object", "prompt"),
+    )
     #: Token budget of one reply (`max_tokens`, always sent; doubled once for a cut-off reply).
     openai_max_output_tokens: int = 4096
     #: `frequency_penalty` sent with every call when not 0 (small local models repeat
@@ -152,12 +195,7 @@ class Settings:
                 raw = env.get(_STANDARD_NAMES[f.name])
             if raw is None:
                 continue
-            try:
-                values[f.name] = _PARSERS[str(f.type)](raw)
-            except ValueError:
-                raise SettingsError(
-                    f"BITWARE_{f.name.upper()}={raw!r} is not a valid {f.type}"
-                ) from None
+            values[f.name] = _parse(f, raw)
         values.update(overrides)
         if values.get("worker_token_file") and not values.get("worker_token"):
             path = Path(values["worker_token_file"])

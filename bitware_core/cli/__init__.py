@@ -29,6 +29,7 @@ from bitware_core.cli.deploy import add_deploy
 from bitware_core.cli.mesh import add_demo, add_up
 from bitware_core.cli.run import add_run
 from bitware_core.cli.serve import add_serve
+from bitware_core.config import SettingsError
 
 #: A command: a coroutine run on a fresh event loop, or (`serve`, which runs its own) an exit code.
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome
     except CliError as error:
         print(f"bitware: {error}", file=sys.stderr)
+    except SettingsError as error:
+        print(f"bitware: {error}", file=sys.stderr)
+        return 2
     except grpc.aio.AioRpcError as error:
         print(f"bitware: {_rpc_line(error)}", file=sys.stderr)
     except BrokenPipeError:

@@ -250,7 +250,7 @@ def test_a_bad_setting_or_a_taken_address_is_one_line_and_exit_2(
 ) -> None:
     result = bitware("serve", "kam", BITWARE_PORT="fifty")
     assert result.returncode == 2
-    assert result.stderr.strip() == "kam: BITWARE_PORT='fifty' is not a valid int"
+    assert result.stderr.strip() == "kam: BITWARE_PORT='fifty' is not accepted: use a whole number"
     host, port = deployment.servers["orchestrator"].address.rsplit(":", 1)
     result = bitware(
         "serve",

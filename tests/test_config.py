@@ -1,0 +1,101 @@
+"""Settings are parsed strictly: a bad `BITWARE_*` value stops a process with one line that names
+the variable, the value and what it accepts (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from bitware_core.config import Settings, SettingsError
+from granulator_server.providers import formats
+from tests.cli.conftest import bitware, clean_env
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepts"),
+    [
+        ("BITWARE_PORT", "abc", "a whole number"),
+        ("BITWARE_LOG_JSON", "ture", "true, false, 1, 0, yes or no"),
+        ("BITWARE_STDIN_SETTINGS", "on", "true, false, 1, 0, yes or no"),
+        ("BITWARE_LEASE_SECONDS", "15s", "a number"),
+        ("BITWARE_RPC_TIMEOUT", "nan", "a number"),
+        ("BITWARE_LOG_LEVEL", "verbose", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("BITWARE_OPENAI_STRUCTURED", "grammar", "auto, json_schema, json_object_schema"),
+    ],
+)
+def test_a_bad_value_names_the_variable_the_value_and_what_is_accepted(
+    variable: str, value: str, accepts: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: value})
+    assert str(raised.value).startswith(f"{variable}={value!r} is not accepted: use {accepts}")
+
+
+@pytest.mark.parametrize(
+    ("value", "meaning"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+    ],
+)
+def test_booleans_take_only_the_six_words(value: str, meaning: bool) -> None:
+    assert Settings.from_env({"BITWARE_LOG_JSON": value}).log_json is meaning
+
+
+def test_every_field_is_read_by_a_parser_that_can_refuse() -> None:
+    for f in fields(Settings):
+        if str(f.type) in ("str", "Path") and not f.metadata.get("choices"):
+            continue  # free text: addresses, URLs, JSON checked where it is used
+        with pytest.raises(SettingsError, match=f"BITWARE_{f.name.upper()}="):
+            Settings.from_env({f"BITWARE_{f.name.upper()}": "not-a-valid-value"})
+
+
+def test_the_structured_modes_the_granulator_knows_are_the_accepted_ones() -> None:
+    for mode in formats.CHOICES:
+        assert Settings.from_env({"BITWARE_OPENAI_STRUCTURED": mode}).openai_structured == mode
+
+
+@pytest.mark.parametrize("server", ["kam_server", "orchestrator_server", "granulator_server"])
+def test_each_server_process_stops_with_one_line_and_exit_2(server: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", server],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(BITWARE_LOG_JSON="ture", BITWARE_DATA_DIR=str(tmp_path)),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    service = server.removesuffix("_server")
+    expected = (
+        f"{service}: BITWARE_LOG_JSON='ture' is not accepted: use true, false, 1, 0, yes or no"
+    )
+    assert result.stderr.strip() == expected
+    assert not (tmp_path / f"{service}.db").exists()  # stopped before any work
+
+
+def test_the_gateway_and_the_cli_stop_the_same_way() -> None:
+    gateway = subprocess.run(
+        [sys.executable, "-m", "gateway"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(BITWARE_PORT="http"),
+        check=False,
+    )
+    assert gateway.returncode == 2, gateway.stderr
+    assert (
+        gateway.stderr.strip() == "gateway: BITWARE_PORT='http' is not accepted: use a whole number"
+    )
+    cli = bitware("migrate", BITWARE_RPC_TIMEOUT="ten")
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.strip() == "bitware: BITWARE_RPC_TIMEOUT='ten' is not accepted: use a number"
