@@ -41,7 +41,6 @@ class Replicas(Generic[S]):
     def __init__(
         self, addresses: list[str], settings: Settings, stub: Callable[[grpc.aio.Channel], S]
     ) -> None:
-        self.addresses = addresses
         self.channels = [open_channel(address, settings) for address in addresses]
         self.stubs = [stub(channel) for channel in self.channels]
         self._turn = itertools.count()

@@ -196,7 +196,8 @@ def jobs_in_store(mesh: Up) -> list[dict[str, Any]]:
     try:
         connection.row_factory = sqlite3.Row
         rows = connection.execute(
-            "SELECT execution_id, stage_id, attempt, action, status, worker_id, result FROM jobs"
+            "SELECT id, execution_id, stage_id, attempt, action, status, worker_id, result"
+            " FROM jobs"
         ).fetchall()
         return [dict(row) for row in rows]
     finally:
@@ -260,21 +261,27 @@ def test_a_granulator_killed_mid_run_leaves_no_job_running(
     openai.answer(EXECUTIONS * 3, delay=1.5)  # slow enough to be killed mid-generation
     with gateway(mesh, client) as http:
         ids = submit(http, EXECUTIONS)
-        deadline = time.monotonic() + 60
+        # granulator-1, the first the gateway was given, so that reading jobs while it is down
+        # shows that the gateway turns to the others.
+        victim, deadline = "granulator-1", time.monotonic() + 60
         while True:
             running = [
-                j["worker_id"]
+                j["id"]
                 for j in jobs_in_store(mesh)
-                if j["status"] == "running" and j["action"] == "generate"
+                if j["status"] == "running"
+                and j["action"] == "generate"
+                and j["worker_id"] == victim
             ]
             if running:
                 break
-            assert time.monotonic() < deadline, "no generation started"
+            assert time.monotonic() < deadline, f"no generation started on {victim}"
             time.sleep(0.1)
-        victim = max(set(running), key=running.count)
         pid = mesh.pid(victim)
         os.kill(pid, signal.SIGKILL)
         mesh.wait_for(rf"^{victim} \(pid {pid}\) was killed by SIGKILL")
+        for job_id in running * 3:  # while it is down (it is restarted after 1 s)
+            answer = http.get(f"/api/jobs/{job_id}")
+            assert answer.status_code == 200, answer.text
         mesh.wait_for(rf"^{victim} is back at", within=60)
         executions = wait_for_ends(http, ids)
     failed = [
