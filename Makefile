@@ -4,13 +4,14 @@
 # newer than the stamp it leaves in .venv.
 
 PYTHON ?= python3
+BUF ?= npx buf
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 MYPY_PACKAGES := bitware_core kam_server orchestrator_server granulator_server gateway
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos check-protos lint test demo up
+.PHONY: help setup protos check-protos lint breaking test demo up
 
 help:
 	@echo "make setup         create .venv, install the package with dev extras, npm ci (buf)"
@@ -19,7 +20,8 @@ help:
 	@echo "make up            setup, then start the mesh on local ports (DATA=dir to choose the data folder)"
 	@echo "make protos        regenerate the Python code next to every .proto"
 	@echo "make check-protos  regenerate and fail if anything under protos/ changed"
-	@echo "make lint          buf lint, buf format, ruff check, ruff format --check, mypy"
+	@echo "make lint          buf lint, buf format, make breaking, ruff check, ruff format --check, mypy"
+	@echo "make breaking      buf breaking: the protos against the previous commit (HEAD~1)"
 
 setup: $(STAMP)
 
@@ -43,11 +45,18 @@ check-protos: protos
 	echo "generated code under protos/ is up to date"
 
 lint: setup
-	npx buf lint
-	npx buf format -d --exit-code
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	$(MAKE) --no-print-directory breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(MYPY_PACKAGES)
+
+# The protos against the previous commit (on main: the previous commit of main), so that a commit
+# that breaks the wire contract fails lint. A shallow clone (CI's may be) fetches that commit.
+breaking:
+	if [ "$$(git rev-parse --is-shallow-repository)" = true ]; then git fetch -q --deepen=1; fi
+	$(BUF) breaking --against '.git#ref=HEAD~1'
 
 # Any non-zero pytest exit, including 5 (no tests collected), fails the target.
 test: setup
