@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from bitware_core.supervisor import adopt_old_granulator_store
-from tests.cli.conftest import FREE_PORTS, clean_env, kill_leftovers, start_up
+from tests.cli.conftest import (
+    FREE_PORTS,
+    bitware,
+    clean_env,
+    kill_leftovers,
+    make_client_key,
+    start_up,
+)
 
 
 def test_a_server_that_crashes_at_start_shows_its_last_log_lines(tmp_path: Path) -> None:
@@ -103,6 +111,25 @@ def test_metrics_ports_are_per_server_and_logs_are_per_server(tmp_path: Path) ->
             log = (tmp_path / "logs" / f"{name}.log").read_text()
             assert f"service={name.split('-')[0]} event=serving" in log, log
         assert not [line for line in up.lines if "restarting" in line], up.lines
+    finally:
+        if up.stop() != 0:
+            kill_leftovers(up)
+
+
+def test_a_restarted_kam_keeps_its_port_and_what_it_was_told(tmp_path: Path) -> None:
+    # KAM learns the orchestrator's address on stdin after it starts; a restarted KAM must get
+    # it from the start, and bind the same port, so that its peers and requests keep working.
+    up = start_up(tmp_path)
+    try:
+        pid = up.pid("kam")
+        os.kill(pid, signal.SIGKILL)
+        back = up.wait_for(r"^kam is back at (\S+) \(pid (\d+)\)$", within=60)
+        assert back.group(1) == up.address("kam")
+        client = make_client_key(up)
+        result = bitware(
+            "run", "--data", str(tmp_path), "--topic", "Restarts", BITWARE_API_KEY=client.api_key
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
     finally:
         if up.stop() != 0:
             kill_leftovers(up)
