@@ -106,6 +106,17 @@ class Settings:
     #: KAM only: capabilities of workers other than the built-in granulator's (`granulate`,
     #: `validate`), comma-separated; master templates may name only known capabilities.
     extra_capabilities: str = ""
+    #: KAM only: file holding the key that webhook signing secrets are derived from (each
+    #: endpoint's secret is HMAC-SHA256 of its id under this key, so no secret is stored).
+    #: Empty means `<data_dir>/webhook.key`, generated on first start; KAM replicas sharing one
+    #: database must share this file.
+    webhook_key_file: str = ""
+    #: KAM only: also accept `http://` webhook URLs on loopback hosts (tests, local development).
+    #: Otherwise only `https://` to hosts that are not loopback, private or link-local addresses.
+    webhook_allow_insecure: bool = False
+    #: KAM only: seconds before the first retry of a failed webhook delivery; each next wait
+    #: doubles, up to an hour; a delivery is given up 24 hours after its event.
+    webhook_retry_base: float = 10.0
     #: PEM certificate of this server (and of its client side for mutual TLS). Empty = plaintext.
     tls_cert: str = ""
     #: PEM private key for tls_cert.

@@ -3,12 +3,13 @@
 MeshError (bitware_core.errors)
 ├── NotFound
 │   └── ClientNotFound, UserNotFound, RequestNotFound, TemplateNotFound, ApiKeyNotFound,
-│       WorkerCredentialNotFound
+│       WorkerCredentialNotFound, WebhookEndpointNotFound
 ├── ResourceExhausted
 │   ├── BudgetExceeded          (reason BUDGET_EXCEEDED)
 │   ├── TierLimitExceeded       (reason TIER_LIMIT_USERS / _REQUESTS)
 │   ├── RateLimited             (reason RATE_LIMITED, with a retry delay)
-│   └── LoginThrottled          (reason LOGIN_THROTTLED, with a retry delay)
+│   ├── LoginThrottled          (reason LOGIN_THROTTLED, with a retry delay)
+│   └── WebhookLimit            (reason WEBHOOK_LIMIT)
 ├── PermissionDenied
 │   └── TierNotAllowed          (reason TIER_TEMPLATE / TIER_PRIORITY)
 ├── FailedPrecondition
@@ -57,6 +58,10 @@ class WorkerCredentialNotFound(NotFound):
     reason = "WORKER_CREDENTIAL_NOT_FOUND"
 
 
+class WebhookEndpointNotFound(NotFound):
+    reason = "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+
 class BudgetExceeded(ResourceExhausted):
     reason = "BUDGET_EXCEEDED"
 
@@ -71,6 +76,10 @@ class RateLimited(ResourceExhausted):
 
 class LoginThrottled(ResourceExhausted):
     reason = "LOGIN_THROTTLED"
+
+
+class WebhookLimit(ResourceExhausted):
+    reason = "WEBHOOK_LIMIT"
 
 
 class TierNotAllowed(PermissionDenied):

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from bitware_core import money
 from bitware_core.db import utcnow
 from bitware_core.sql import Tx
-from kam_server import models
+from kam_server import models, webhooks
 from kam_server.errors import BudgetExceeded
 
 
@@ -114,7 +114,8 @@ def budget_alerts(tx: Tx, client_id: str) -> list[int]:
     """Writes a `budget.threshold` audit event for each of `ALERT_PERCENTS` of the client's
     monthly budget that its spend this month has reached; returns the percentages alerted now.
     The caller holds the client's row locked, so the spend read here counts every charge
-    settled before. An alert's id is derived from client, month and percentage and written
+    settled before. Each alert is also queued for the client's webhooks (`budget.threshold`).
+    An alert's id is derived from client, month and percentage and written
     with ON CONFLICT DO NOTHING: once a month, however often the threshold is seen."""
     [budget] = tx.one("SELECT monthly_budget_usd FROM clients WHERE id = :id", {"id": client_id})
     budget_micros = money.to_micros(budget)
@@ -146,6 +147,7 @@ def budget_alerts(tx: Tx, client_id: str) -> list[int]:
         )
         if written.rowcount == 1:
             alerted.append(percent)
+            webhooks.enqueue(tx, client_id, "budget.threshold", details)
     return alerted
 
 

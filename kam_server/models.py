@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bitware_core.db import utcnow
@@ -163,3 +163,51 @@ class AuditEvent(KamBase):
     action: Mapped[str] = mapped_column(String(100))
     target: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+
+class WebhookEndpoint(KamBase):
+    """Where a client's events are posted. The signing secret is not stored: it is derived from
+    the id and KAM's webhook key (`kam_server.webhooks.signing_secret`); `key_id` names the key
+    it was derived from, so that a replaced key file is noticed rather than signing wrongly."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_client", "client_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted: Mapped[bool] = mapped_column(default=False)
+
+
+class WebhookDelivery(KamBase):
+    """One event on its way to one endpoint; worked by `kam_server.delivery`. `seq` orders an
+    endpoint's deliveries (only the oldest pending one of an endpoint is attempted), and
+    `claimed_until` is the lease of the KAM process attempting it."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "seq"),
+        Index("ix_webhook_deliveries_client", "client_id", "seq"),
+    )
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(40))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    client_id: Mapped[str] = mapped_column(String(40))
+    #: The exact body posted on every attempt (the signature covers these bytes).
+    payload: Mapped[str] = mapped_column(Text)
+    #: `pending`, `succeeded` or `failed`.
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_http_status: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    claim: Mapped[str] = mapped_column(String(40), default="")
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)

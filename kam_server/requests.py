@@ -19,7 +19,7 @@ from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from bitware_core.tiers import TIER_LIMITS
-from kam_server import catalog, ledger, models, ratelimit
+from kam_server import catalog, ledger, models, ratelimit, webhooks
 from kam_server.accounts import visible_client
 from kam_server.errors import (
     ClientSuspended,
@@ -371,6 +371,8 @@ def record_outcome(
         "settled_retries",
         "updated_at",
     )
+    if follows:
+        webhooks.request_event(tx, row)
     ledger.budget_alerts(tx, row.client_id)
     return row
 
@@ -392,4 +394,5 @@ def cancel(session: Session, principal: Principal, request_id: str) -> models.Cl
     row.status = "cancelled"
     ledger.release(row)
     row.updated_at = utcnow()
+    webhooks.request_event(Tx.of(session), row)
     return row

@@ -13,6 +13,8 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
     templates_pb2,
     templates_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
 )
 from bitware_core.auth import (
     ADMIN,
@@ -28,7 +30,8 @@ from bitware_core.auth import (
 from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.server import MeshServer, Service, run_process
-from kam_server import catalog, identity, models
+from kam_server import catalog, identity, models, webhooks
+from kam_server.delivery import Deliverer
 from kam_server.orchestrator_client import OrchestratorClient
 from kam_server.services.accounts import (
     ApiKeyHandlers,
@@ -40,6 +43,7 @@ from kam_server.services.accounts import (
 from kam_server.services.auth import AuthHandlers
 from kam_server.services.requests import RequestHandlers
 from kam_server.services.templates import TemplateHandlers
+from kam_server.services.webhooks import WebhookHandlers
 
 # Who may call what (caller tags from bitware_core.auth). Finer rules live in the logic: a
 # client principal only ever sees its own client; API keys cannot manage API keys; a user may
@@ -66,6 +70,11 @@ class KamServer(MeshServer):
         if settings.orchestrator_address:
             self.orchestrator.connect(settings.orchestrator_address)
         db = self.db
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        key = webhooks.WebhookKey.load(
+            Path(settings.webhook_key_file or settings.data_dir / "webhook.key")
+        )
+        self.deliverer = Deliverer(db, key, settings.webhook_retry_base)
 
         def svc(
             module: object, name: str, handlers: object, access: dict[str, frozenset[str]]
@@ -76,6 +85,7 @@ class KamServer(MeshServer):
                 accounts_pb2_grpc: accounts_pb2,
                 templates_pb2_grpc: templates_pb2,
                 requests_pb2_grpc: requests_pb2,
+                webhooks_pb2_grpc: webhooks_pb2,
             }[module]  # type: ignore[index]
             return Service(
                 pb2.DESCRIPTOR.services_by_name[name], lambda server: add(handlers, server), access
@@ -172,6 +182,17 @@ class KamServer(MeshServer):
                     "RecordExecutionOutcome": frozenset({SERVICE}),
                 },
             ),
+            svc(
+                webhooks_pb2_grpc,
+                "WebhookService",
+                WebhookHandlers(db, key, settings.webhook_allow_insecure),
+                {
+                    "CreateWebhookEndpoint": ACTORS,
+                    "ListWebhookEndpoints": READERS,
+                    "DeleteWebhookEndpoint": ACTORS,
+                    "ListWebhookDeliveries": READERS,
+                },
+            ),
         ]
         super().__init__(settings, services, _LocalAuthenticator(db), "kam.bitware")
 
@@ -195,7 +216,9 @@ class KamServer(MeshServer):
                 "kam", str(Path(__file__).parent / "migrations"), models.KamBase.metadata
             )
             await self.db.run(prepare)
-        return await super().start()
+        port = await super().start()
+        self.deliverer.start()
+        return port
 
     def reconfigure(self, name: str, value: str) -> bool:
         # `bitware up` starts KAM first and tells it the orchestrator's address once bound.
@@ -205,6 +228,7 @@ class KamServer(MeshServer):
         return True
 
     async def stop(self, grace: float | None = None) -> None:
+        await self.deliverer.stop()
         await super().stop(grace)
         await self.orchestrator.close()
         self.db.close()

@@ -9,7 +9,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import accounts_pb2, auth_pb2, requests_pb2, templates_pb2
+from bitware.kam.v1 import accounts_pb2, auth_pb2, requests_pb2, templates_pb2, webhooks_pb2
 from tests.conftest import Client, make_client
 from tests.kam.helpers import Kam, Metadata, client_user, fails, kam
 
@@ -56,9 +56,13 @@ MATRIX: dict[str, set[str]] = {
     "RequestService/RetryRequest": {A, C, K},
     "RequestService/CancelRequest": {A, C, K},
     "RequestService/RecordExecutionOutcome": {V},
+    "WebhookService/CreateWebhookEndpoint": {A, C, K},
+    "WebhookService/ListWebhookEndpoints": READERS,
+    "WebhookService/DeleteWebhookEndpoint": {A, C, K},
+    "WebhookService/ListWebhookDeliveries": READERS,
 }
 
-PROTOS = (auth_pb2, accounts_pb2, templates_pb2, requests_pb2)
+PROTOS = (auth_pb2, accounts_pb2, templates_pb2, requests_pb2, webhooks_pb2)
 
 
 def kam_rpcs() -> dict[str, tuple[Message, type[Message]]]:
