@@ -164,11 +164,11 @@ def pg_drop(name: str) -> None:
 
 # ------------------------------------------------------------------ the fake LLM endpoint
 class FakeLLM:
-    """bench/fake_llm.py as a child process."""
+    """bench/fake_llm.py as a child process, answering each call after `delay` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.proc = subprocess.Popen(
-            [PY, str(HERE / "fake_llm.py"), "--max-life", "3600"],
+            [PY, str(HERE / "fake_llm.py"), "--max-life", "3600", "--delay", str(delay)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -178,6 +178,14 @@ class FakeLLM:
             self.stop()
             raise RuntimeError("fake LLM did not start")
         self.base_url = f"http://127.0.0.1:{line[1]}/v1"
+
+    def stats(self) -> dict[str, int]:
+        """Calls received, calls not yet answered and the most at once (`GET /stats`)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/stats", timeout=10) as r:
+            stats: dict[str, int] = json.load(r)
+        return stats
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -193,6 +201,7 @@ class FakeLLM:
 @dataclass
 class MeshOptions:
     provider: str = "offline"  # or "openai" (then the fake LLM is started)
+    llm_delay: float = 0.0  # seconds the fake LLM takes to answer each call
     postgres: bool = False
     granulator_slots: int = 0  # 0 = the product default (BITWARE_MAX_CONCURRENT_JOBS)
     extra_orchestrators: int = 0  # more orchestrator processes on the same database
@@ -230,7 +239,7 @@ class Mesh:
         o = self.options
         env = {"BITWARE_LOG_LEVEL": "WARNING", **o.env}
         if o.provider == "openai":
-            self.fake = FakeLLM()
+            self.fake = FakeLLM(o.llm_delay)
             env |= {
                 "BITWARE_OPENAI_BASE_URL": self.fake.base_url,
                 "BITWARE_OPENAI_API_KEY": "sk-bench",

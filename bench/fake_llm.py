@@ -8,8 +8,12 @@ granulator's schema check and quality gate and the real client path (request, st
 usage, validation, scoring, storage) is what gets counted. Streams when asked (`stream: true`,
 8 pieces, then a usage chunk), as the granulator asks.
 
-    .venv/bin/python bench/fake_llm.py [--port 0]   # prints `FAKE_LLM_READY <port>`, serves
-                                                    # until SIGTERM or --max-life seconds
+`--delay S` answers each call after S seconds, as a real model takes its time (bench/slow_model.py).
+`GET /stats` answers `{"requests": …, "in_flight": …, "most_in_flight": …}`: calls received, calls
+not yet answered, and the most that were at once.
+
+    .venv/bin/python bench/fake_llm.py [--port 0] [--delay 0]   # prints `FAKE_LLM_READY <port>`,
+                                                    # serves until SIGTERM or --max-life seconds
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ def _document() -> str:
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.content = _document()
         size = -(-len(self.content) // PIECES)
         self.pieces = [self.content[i : i + size] for i in range(0, len(self.content), size)]
+        self.delay = delay
         self.requests = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -51,21 +58,40 @@ class FakeLLM:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 method, path, _ = line.decode().split(" ", 2)
+                if method == "GET" and path == "/stats":
+                    await self._json(writer, 200, self.stats())
+                    continue
                 if method != "POST" or not path.startswith("/v1/chat/completions"):
                     await self._json(writer, 404, {"error": {"message": f"no route {path}"}})
                     continue
                 self.requests += 1
-                request = json.loads(body)
-                if request.get("stream"):
-                    await self._stream(writer, request)
-                else:
-                    await self._json(writer, 200, self._completion(request))
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                try:
+                    await self._answer(writer, json.loads(body))
+                finally:
+                    self.in_flight -= 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _answer(self, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if request.get("stream"):
+            await self._stream(writer, request)
+        else:
+            await self._json(writer, 200, self._completion(request))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "most_in_flight": self.most_in_flight,
+        }
 
     def _usage(self) -> dict[str, int]:
         return {"prompt_tokens": 900, "completion_tokens": 700, "total_tokens": 1600}
@@ -128,8 +154,8 @@ def _chunk(data: bytes) -> bytes:
     return f"{len(data):X}\r\n".encode() + data + b"\r\n"
 
 
-async def main(port: int, max_life: float) -> None:
-    fake = FakeLLM()
+async def main(port: int, max_life: float, delay: float) -> None:
+    fake = FakeLLM(delay)
     server = await asyncio.start_server(fake.serve, "127.0.0.1", port)
     print(f"FAKE_LLM_READY {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
@@ -143,5 +169,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-life", type=float, default=3600.0)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     a = ap.parse_args()
-    asyncio.run(main(a.port, a.max_life))
+    asyncio.run(main(a.port, a.max_life, a.delay))

@@ -172,8 +172,16 @@ class Settings:
     #: Granulator: prices per 1M tokens merged over the built-in table, as JSON
     #: `{"model": {"input": 0.15, "output": 0.6}}` (dated model names match by prefix).
     price_table: str = ""
-    #: Granulator: jobs run at once; further offers are declined as AT_CAPACITY.
-    max_concurrent_jobs: int = 4
+    #: Granulator: stage attempts held at once, the capacity it registers with; further offers
+    #: are declined as AT_CAPACITY. 0: `max_model_calls` with a model provider (an attempt
+    #: mostly waits on the model), 4 with the offline provider (its work is all CPU).
+    max_concurrent_jobs: int = 0
+    #: Granulator: model calls in flight at once, over all endpoints (more wait their turn); set
+    #: it to what the provider's account allows. Rate-limit headers pace calls as well.
+    max_model_calls: int = 256
+    #: Granulator: attempts in their CPU-bound part at once (checking, scoring and storing a
+    #: structure); 0: the machine's cores.
+    cpu_jobs: int = 0
     #: Orchestrator: seconds between worker heartbeats.
     heartbeat_interval: float = 2.0
     #: Orchestrator: seconds without a heartbeat before a worker is unhealthy.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from granulator_server import models, template_store
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import choose_provider
 from granulator_server.service import GranulatorHandlers
-from granulator_server.worker import CAPABILITIES, WorkerHandlers
+from granulator_server.worker import CAPABILITIES, WorkerHandlers, capacity
 
 log = logging.getLogger("bitware.granulator")
 SERVICES_ONLY = frozenset({SERVICE})
@@ -38,12 +39,21 @@ class GranulatorServer(MeshServer):
         try:  # settings first: a wrong one stops the server before anything starts
             prices = PriceTable.with_overrides(settings.price_table)
             self.provider = choose_provider(settings, prices)
+            self.capacity = capacity(
+                settings.max_concurrent_jobs, settings.max_model_calls, self.provider
+            )
+            if settings.cpu_jobs < 0:
+                raise ValueError(f"BITWARE_CPU_JOBS must be 0 or more, got {settings.cpu_jobs}")
         except ValueError as error:  # each names the variable that is wrong
             raise SettingsError(str(error)) from None
         self.db = Database(settings.database_url_for("granulator"))
         self.kam = KamConnection(settings)
         self.worker = WorkerHandlers(
-            self.db, self.provider, settings.max_concurrent_jobs, settings.worker_id
+            self.db,
+            self.provider,
+            self.capacity,
+            settings.worker_id,
+            settings.cpu_jobs or os.cpu_count() or 1,
         )
         handlers = GranulatorHandlers(self.db)
         services = [
@@ -128,7 +138,7 @@ class GranulatorServer(MeshServer):
                             name=self.settings.worker_id,
                             address=address,
                             capabilities=list(CAPABILITIES),
-                            max_concurrency=self.settings.max_concurrent_jobs,
+                            max_concurrency=self.capacity,
                             version=VERSION,
                         ),
                         timeout=self.settings.rpc_timeout,

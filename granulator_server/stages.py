@@ -6,6 +6,11 @@ An attempt ends as an `Outcome`, which is also what the job stores as its result
 `Process` answers from the database instead of working twice. Progress goes to the attempt's
 `StageLog` as it happens.
 
+Waiting on the model is I/O: a granulator holds many attempts at once (see `worker`). What
+follows the model's answer — checking, scoring and storing the structure — is CPU-bound and runs
+for at most `cpu_jobs` attempts at once (`StageRunner.cpu`), so that answers arriving together
+are finished one after another, each soon, rather than all slowly side by side.
+
 Validate's quality: the rules score alone, or with a judge (params `judge_level` 1-3 and a real
 model configured) ``0.7 × rules + 0.3 × judge`` — the rules keep the larger say because they
 catch structural breakage that a judge reading prose can overlook.
@@ -39,7 +44,7 @@ from granulator_server.errors import (
     WorkerLost,
     WorkerRestarted,
 )
-from granulator_server.providers import Provider, add_usage
+from granulator_server.providers import Generation, Provider, add_usage
 from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
 log = logging.getLogger("bitware.granulator.stages")
@@ -118,8 +123,10 @@ def _estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, in
 
 
 class StageRunner:
-    def __init__(self, db: Database, provider: Provider, worker_id: str) -> None:
+    def __init__(self, db: Database, provider: Provider, worker_id: str, cpu_jobs: int) -> None:
         self.db, self.provider, self.worker_id = db, provider, worker_id
+        #: Held by an attempt while it does CPU-bound work (see the module docstring).
+        self.cpu = asyncio.Semaphore(cpu_jobs)
         #: How many generations the provider was asked for (tests check idempotency with it).
         self.generations = 0
 
@@ -227,6 +234,18 @@ class StageRunner:
 
         self.generations += 1
         generation = await self.provider.generate(work.template, work.spec, work.feedback, streamed)
+        async with self.cpu:
+            return await self._finish(work, job_id, stage_log, generation, granularity)
+
+    async def _finish(
+        self,
+        work: Work,
+        job_id: str,
+        stage_log: progress.StageLog,
+        generation: Generation,
+        granularity: int,
+    ) -> dict[str, Any]:
+        """Scores the generated structure and stores it (the CPU-bound part of `generate`)."""
         stage_log.add(progress.VALIDATING, "validating", 0.7)
         report = score_quality(work.template, generation.document, granularity)
         quality = gate(work.template, report, report.score, work.min_quality)

@@ -2,6 +2,10 @@
 offers and reserves slots, runs accepted attempts once per (execution, stage, attempt), streams
 their progress and cancels them. Thin: the work itself is in `stages`, the logs in `progress`.
 
+Slots (`max_jobs`) bound the attempts held at once, not the work done at once: an attempt spends
+most of its time waiting on the model, so a granulator holds as many as its provider takes calls
+(`capacity`); the CPU-bound part of each has its own, small bound (`stages.StageRunner.cpu`).
+
 A reservation lasts `reservation_seconds`; when `Process` has not started by then the slot is
 freed and the attempt's log ends as cancelled. Progress logs of ended attempts are dropped
 `progress.retention` seconds after they end.
@@ -35,6 +39,23 @@ CAPABILITIES = tuple(stages.ACTIONS)
 RESERVATION_SECONDS = 30.0
 LOG_RETENTION_SECONDS = 300.0
 BUSY_RETRY_SECONDS = 1.0
+#: Slots of a granulator on the offline provider, whose work is all CPU.
+OFFLINE_SLOTS = 4
+#: The most slots the orchestrator's registry takes from one worker.
+MOST_SLOTS = 1000
+
+
+def capacity(max_concurrent_jobs: int, max_model_calls: int, provider: Provider) -> int:
+    """Attempts a granulator holds at once: as configured, else as many as the provider takes
+    model calls at once (the offline provider: a few, as its work is all CPU), up to the
+    orchestrator's most. Raises ValueError for a configured number the orchestrator refuses."""
+    if max_concurrent_jobs == 0:
+        return OFFLINE_SLOTS if provider.name == "offline" else min(max_model_calls, MOST_SLOTS)
+    if not 1 <= max_concurrent_jobs <= MOST_SLOTS:
+        raise ValueError(
+            f"BITWARE_MAX_CONCURRENT_JOBS must be from 1 to 1000 (or 0), got {max_concurrent_jobs}"
+        )
+    return max_concurrent_jobs
 
 
 @dataclass
@@ -60,9 +81,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, db: Database, provider: Provider, max_jobs: int, worker_id: str) -> None:
+    def __init__(
+        self, db: Database, provider: Provider, max_jobs: int, worker_id: str, cpu_jobs: int
+    ) -> None:
         self.db, self.provider, self.max_jobs, self.worker_id = db, provider, max_jobs, worker_id
-        self.runner = stages.StageRunner(db, provider, worker_id)
+        self.runner = stages.StageRunner(db, provider, worker_id, cpu_jobs)
         self.offers: dict[Key, Offer] = {}
         self.progress = progress.ProgressBook(LOG_RETENTION_SECONDS)
         self.reservation_seconds = RESERVATION_SECONDS

@@ -173,6 +173,8 @@ class Dispatcher:
         claims = await self.db.run_tx(
             lambda tx: queue.claim(tx, self.owner, workers, avoid, self.settings.lease_seconds)
         )
+        if len(claims) >= queue.CLAIM_BATCH:
+            self.wake.set()  # there may be more: claim again once these are on their way
         addresses = {w.id: w.address for w in workers}
         for claim in claims:
             self._claimed_at[claim.stage_id] = now

@@ -24,6 +24,10 @@ from orchestrator_server.executions import (
 )
 
 READY = ("queued", "retry_wait")
+#: The most stages of one capability a claim takes: a worker may have hundreds of free slots
+#: (one per model call it can wait on), and a claim's work should not grow with them. The
+#: dispatcher claims again at once after a full batch.
+CLAIM_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -120,17 +124,21 @@ def busy_slots(tx: Tx) -> Counter[str]:
     return Counter({worker_id: count for worker_id, count in rows})
 
 
-def open_slots(workers: list[models.Worker], busy: Counter[str]) -> dict[str, list[str]]:
-    """Per capability, one worker id per free slot: least loaded workers first, their slots
-    interleaved so that consecutive stages spread over workers."""
+def open_slots(
+    workers: list[models.Worker], busy: Counter[str], most: int = CLAIM_BATCH
+) -> dict[str, list[str]]:
+    """Per capability, one worker id per free slot, at most `most`: least loaded workers
+    first, their slots interleaved so that consecutive stages spread over workers."""
     slots: dict[str, list[str]] = {}
     by_load = sorted(workers, key=lambda w: busy[w.id] / w.max_concurrency)
     free = {w.id: max(0, w.max_concurrency - busy[w.id]) for w in by_load}
-    for round_ in range(max(free.values(), default=0)):
+    for round_ in range(min(max(free.values(), default=0), most)):
         for worker in by_load:
             if free[worker.id] > round_:
                 for capability in worker.capabilities:
-                    slots.setdefault(capability, []).append(worker.id)
+                    taken = slots.setdefault(capability, [])
+                    if len(taken) < most:
+                        taken.append(worker.id)
     return slots
 
 
@@ -148,7 +156,8 @@ def claim(
     its attempt (re-attach) when it has a slot, else the least loaded one that is not in
     `avoid[stage id]` (workers that just declined it). An execution of a client already running
     as many executions as its tier allows does not start (it waits; the client's running
-    executions go on); executions waiting for their client's turn are never candidates."""
+    executions go on); executions waiting for their client's turn are never candidates. At
+    most `CLAIM_BATCH` stages of each capability."""
     slots = open_slots(workers, busy_slots(tx))
     now = utcnow()
     claims: list[Claim] = []

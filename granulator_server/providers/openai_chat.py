@@ -32,6 +32,8 @@ and every call passes through `_send`, which writes its `CallRecord`):
   `-tokens` with `x-ratelimit-reset-*`) holds its next calls back until it has room; a wait
   longer than `max_retry_wait` skips to another endpoint, or fails the stage as TRANSIENT with
   that `retry_after`. Failures the server gave no wait for back off exponentially.
+- Concurrency: at most `max_calls` calls are in flight at once, over all endpoints (a call is
+  mostly waiting on the network, so a granulator holds hundreds); more wait their turn.
 """
 
 from __future__ import annotations
@@ -160,9 +162,12 @@ class OpenAIProvider:
         max_retry_wait: float = 30.0,
         failures_before_cooldown: int = 3,
         cooldown: float = 60.0,
+        max_calls: int = 256,
     ) -> None:
         """One endpoint named `openai` from `model`, `base_url`, … or, when given, `endpoints`
-        in order of preference."""
+        in order of preference. At most `max_calls` model calls are in flight at once."""
+        if max_calls < 1:
+            raise ValueError(f"BITWARE_MAX_MODEL_CALLS must be at least 1, got {max_calls}")
         configs = endpoints or [
             EndpointConfig(
                 name=self.name,
@@ -176,6 +181,8 @@ class OpenAIProvider:
             )
         ]
         self.endpoints = [Endpoint(config, timeout, stream) for config in configs]
+        self.max_calls = max_calls
+        self._in_flight = asyncio.Semaphore(max_calls)
         self.model = self.endpoints[0].model
         self.timeout = timeout
         self.max_retries = max_retries
@@ -212,6 +219,7 @@ class OpenAIProvider:
             prices=prices,
             failures_before_cooldown=settings.provider_failures,
             cooldown=settings.provider_cooldown,
+            max_calls=settings.max_model_calls,
         )
 
     async def close(self) -> None:
@@ -524,7 +532,20 @@ class OpenAIProvider:
     ) -> Reply:
         """The one place every model call passes through: sends `request` to `endpoint`,
         counts the call and its tokens (estimated when the server sends none), lets the
-        endpoint's headers pace what follows and writes the call's `CallRecord`."""
+        endpoint's headers pace what follows and writes the call's `CallRecord`. Waits first
+        while `max_calls` calls are in flight."""
+        async with self._in_flight:
+            return await self._send_now(endpoint, request, mode, why, meter, on_progress)
+
+    async def _send_now(
+        self,
+        endpoint: Endpoint,
+        request: dict[str, Any],
+        mode: str,
+        why: str,
+        meter: UsageMeter,
+        on_progress: ProgressCallback | None,
+    ) -> Reply:
         meter.call(endpoint.name, endpoint.model, endpoint.config.price)
         record = CallRecord(endpoint.name, endpoint.model, mode, why, request, time.time())
         started = time.monotonic()

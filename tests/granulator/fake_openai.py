@@ -9,6 +9,9 @@ delay. Every request body is kept in `requests` for assertions.
 `only_modes` makes it a server that takes only some structured-output modes (see
 `granulator_server.providers.formats`), like the real ones: a request in any other mode gets
 the `rejection` step (say, llama.cpp's 500 naming `response_format`) without using the script.
+
+`hold_until` holds every call until that many calls have arrived (a test that proves calls are in
+flight at once); `most_in_flight` is the most calls that were unanswered at the same time.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ class FakeOpenAI:
         self.rejection = Step(status=400, error="unsupported response_format")
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []
+        #: Each call waits until this many calls have arrived before it is answered (0: no wait).
+        self.hold_until = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
         self._arrived = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -131,10 +138,20 @@ class FakeOpenAI:
             await _send(writer, 404, {"error": {"message": f"no route {path}"}})
             return
         request = json.loads(body)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self._reply(writer, request)
+        finally:
+            self.in_flight -= 1
+
+    async def _reply(self, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
         self.requests.append(request)
         self.arrivals.append(time.monotonic())
         async with self._arrived:
             self._arrived.notify_all()
+            if self.hold_until:
+                await self._arrived.wait_for(lambda: len(self.requests) >= self.hold_until)
         if self.only_modes is not None and request_mode(request) not in self.only_modes:
             step = self.rejection
         else:

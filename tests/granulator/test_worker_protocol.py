@@ -43,7 +43,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 def workers(db: Database, provider: Provider | None = None, max_jobs: int = 4) -> WorkerHandlers:
-    return WorkerHandlers(db, provider or OfflineProvider(), max_jobs, "granulator-test")
+    return WorkerHandlers(db, provider or OfflineProvider(), max_jobs, "granulator-test", 2)
 
 
 def openai_provider(fake: FakeOpenAI, **options: Any) -> OpenAIProvider:
