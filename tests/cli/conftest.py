@@ -131,6 +131,7 @@ def start_up(data: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
         assert not [line for line in up.lines if "exited with code" in line], up.lines
     except AssertionError:
         up.stop()
+        kill_leftovers(up)  # a failed start once left a whole mesh running behind the test
         raise
     return up
 
