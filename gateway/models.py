@@ -154,3 +154,14 @@ class CreateUserBody(Body):
     display_name: str = ""
     role: Role | None = None
     client_id: str = Field("", description="The client of a `client` user.")
+
+
+class CreateWebhookBody(Body):
+    url: str = Field(description="An https:// URL to post events to.", max_length=2000)
+    event_types: list[str] = Field(
+        default_factory=list,
+        description="`request.completed`, `request.failed`, `request.cancelled`, "
+        "`budget.threshold`; empty means all.",
+    )
+    description: str = Field("", description="A note for people.", max_length=200)
+    client_id: str = Field("", description="The client; empty means the caller's own.")

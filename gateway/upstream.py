@@ -16,7 +16,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bitware.granulator.v1 import granulator_pb2_grpc
-from bitware.kam.v1 import accounts_pb2_grpc, auth_pb2_grpc, requests_pb2_grpc, templates_pb2_grpc
+from bitware.kam.v1 import (
+    accounts_pb2_grpc,
+    auth_pb2_grpc,
+    requests_pb2_grpc,
+    templates_pb2_grpc,
+    webhooks_pb2_grpc,
+)
 from bitware.orchestrator.v1 import orchestrator_pb2_grpc, registry_pb2_grpc
 from bitware_core.channels import open_channel
 from bitware_core.config import Settings
@@ -105,6 +111,7 @@ class Upstream:
         self.api_keys = accounts_pb2_grpc.ApiKeyServiceStub(kam)
         self.templates = templates_pb2_grpc.TemplateServiceStub(kam)
         self.requests = requests_pb2_grpc.RequestServiceStub(kam)
+        self.webhooks = webhooks_pb2_grpc.WebhookServiceStub(kam)
         orchestrator = self.channels["orchestrator"]
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator)
         self.registry = registry_pb2_grpc.WorkerRegistryServiceStub(orchestrator)
