@@ -1,11 +1,13 @@
 """Two KAM processes (`bitware serve kam`) on one PostgreSQL database behave as one KAM: a session
-opened on one works and ends on the other, failed sign-ins are counted across both, one
-client's budget is not overspent by executions admitted on both at once; and an orchestrator
+opened on one works and ends on the other, a credential revoked on one is refused by the other
+once its short cache entry expires, failed sign-ins are counted across both, one client's budget
+is not overspent by executions admitted on both at once; and an orchestrator
 whose KAM address is `dns:///name:port` spreads its calls round robin over both replicas."""
 
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ from bitware.kam.v1 import (
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.mesh import MeshCredentials
+from kam_server.identity import CREDENTIAL_CACHE_SECONDS
 from tests.cli.conftest import Served, random_loopback, serve
 from tests.conftest import scratch_database
 from tests.dns_server import DnsServer
@@ -141,6 +144,42 @@ def test_a_session_opened_on_one_replica_works_and_ends_on_the_other(replicas: R
             accounts_pb2.ListClientsRequest(), metadata=session, timeout=10
         )
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_credential_revoked_on_one_replica_is_refused_by_the_other(replicas: Replicas) -> None:
+    first, second = replicas.kams
+    admin = (("x-bitware-session-token", replicas.login(first)),)
+    with grpc.insecure_channel(first.address) as channel:
+        stub = accounts_pb2_grpc.WorkerCredentialServiceStub(channel)
+        made = stub.CreateWorkerCredential(
+            accounts_pb2.CreateWorkerCredentialRequest(worker_id="roaming-1"),
+            metadata=admin,
+            timeout=10,
+        )
+        worker = (("authorization", f"Bearer {made.token}"), ("x-worker-id", "roaming-1"))
+
+        def whoami() -> grpc.StatusCode:
+            with grpc.insecure_channel(second.address) as other:
+                try:
+                    auth_pb2_grpc.AuthServiceStub(other).Authenticate(
+                        auth_pb2.AuthenticateRequest(), metadata=worker, timeout=10
+                    )
+                except grpc.RpcError as error:
+                    return error.code()  # type: ignore[no-any-return]
+            return grpc.StatusCode.OK
+
+        assert whoami() == grpc.StatusCode.OK  # now in the second replica's cache
+        stub.RevokeWorkerCredential(
+            accounts_pb2.RevokeWorkerCredentialRequest(worker_id="roaming-1"),
+            metadata=admin,
+            timeout=10,
+        )
+    # The second replica learns of it from the database once its short cache entry expires.
+    deadline = time.monotonic() + CREDENTIAL_CACHE_SECONDS + 10
+    while whoami() == grpc.StatusCode.OK:
+        assert time.monotonic() < deadline, "still accepted after the credential cache time"
+        time.sleep(0.2)
+    assert whoami() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_failed_sign_ins_are_counted_across_replicas(replicas: Replicas) -> None:
