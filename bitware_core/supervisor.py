@@ -129,11 +129,11 @@ class ChildLog:
     """One server's output: copied into its log file (rotated by size), the lines since its
     latest start kept for the report when it dies."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = LOG_BYTES, backups: int = LOG_BACKUPS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._file = logging.handlers.RotatingFileHandler(
-            path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         self._file.setFormatter(logging.Formatter("%(message)s"))
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

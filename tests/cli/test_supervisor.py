@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bitware_core.supervisor import adopt_old_granulator_store
+from bitware_core.supervisor import ChildLog, adopt_old_granulator_store
 from tests.cli.conftest import (
     FREE_PORTS,
     bitware,
@@ -114,6 +114,19 @@ def test_metrics_ports_are_per_server_and_logs_are_per_server(tmp_path: Path) ->
     finally:
         if up.stop() != 0:
             kill_leftovers(up)
+
+
+def test_a_servers_log_is_rotated_by_size_and_its_tail_kept(tmp_path: Path) -> None:
+    log = ChildLog(tmp_path / "logs" / "kam.log", max_bytes=1000, backups=2)
+    log.started(4242)
+    for index in range(200):
+        log.write(f"line {index:03d} " + "x" * 40)
+    log.close()
+    files = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert files == ["kam.log", "kam.log.1", "kam.log.2"]  # two older files, no more
+    assert all((tmp_path / "logs" / name).stat().st_size <= 1000 for name in files)
+    assert "line 199 " in (tmp_path / "logs" / "kam.log").read_text()
+    assert [line[:8] for line in log.tail] == [f"line {i:03d}" for i in range(188, 200)]
 
 
 def test_a_restarted_kam_keeps_its_port_and_what_it_was_told(tmp_path: Path) -> None:
