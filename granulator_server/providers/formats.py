@@ -57,8 +57,12 @@ def shape(
         return messages, {"type": "json_schema", "json_schema": strict}
     if mode == "json_object_schema":
         # The grammar holds the reply to the schema, but the model still needs its field
-        # descriptions to fill it in sensibly: the prompt carries the schema too.
-        return _with_schema(messages, schema), {"type": "json_object", "schema": schema}
+        # descriptions to fill it in sensibly: the prompt carries the schema too. String lengths
+        # stay out of the grammar: llama.cpp spells `maxLength: 700` as 700 nested optional
+        # characters, and its grammar parser then aborts the whole server process ("number of
+        # rules ... exceeds sane defaults"). The reply is checked against them anyway.
+        grammar = strict_subset(schema)
+        return _with_schema(messages, schema), {"type": "json_object", "schema": grammar}
     if mode == "json_object":
         return _with_schema(messages, schema), {"type": "json_object"}
     return _with_schema(messages, schema), None
