@@ -6,8 +6,10 @@ import asyncio
 
 import httpx
 
+from bitware.common.v1 import common_pb2
 from bitware.worker.v1 import worker_pb2
-from tests.conftest import Client
+from bitware_core.tiers import TIER_LIMITS
+from tests.conftest import Client, make_client
 from tests.gateway.conftest import admin, create_and_execute, key
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
@@ -212,3 +214,20 @@ async def test_a_failed_request_is_retried_through_kam_and_completes(
         assert done["retries"] == 1
     finally:
         await worker.stop()
+
+
+async def test_a_client_over_its_request_rate_gets_429_with_retry_after(
+    http: httpx.AsyncClient, client: Client
+) -> None:
+    basic = await make_client(client.mesh, tier=common_pb2.TIER_BASIC)
+    body = {"topic": "Rates", "structure_type": "course"}
+    statuses = []
+    for _ in range(4 * TIER_LIMITS["basic"].request_burst):  # bounded: the burst, then refusal
+        answer = await http.post("/api/requests", json=body, headers=key(basic))
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            break
+    assert statuses[-1] == 429, statuses
+    assert statuses.count(200) >= TIER_LIMITS["basic"].request_burst
+    assert answer.json()["error"]["reason"] == "RATE_LIMITED"
+    assert int(answer.headers["retry-after"]) >= 1
