@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,8 +38,16 @@ from bitware.kam.v1 import (
     auth_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
+    templates_pb2,
+    templates_pb2_grpc,
 )
-from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware.orchestrator.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from bitware.worker.v1 import worker_pb2_grpc
 from bitware_core.supervisor import MeshPlan, Supervisor
 
 HERE = Path(__file__).resolve().parent
@@ -197,10 +206,107 @@ class FakeLLM:
                 self.proc.wait()
 
 
+# ------------------------------------------------------------------ bench workers of their own
+async def serve_worker(
+    servicer: worker_pb2_grpc.WorkerServiceServicer,
+    orchestrator: str,
+    worker_id: str,
+    capability: str,
+    slots: int,
+    max_life: float,
+) -> None:
+    """The life of a bench worker process: serves `servicer` on a free loopback port, registers
+    with the orchestrator under the credential in $BENCH_WORKER_TOKEN, prints `WORKER_READY`,
+    then sends heartbeats until SIGTERM or `max_life` seconds."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    meta = (
+        ("authorization", f"Bearer {os.environ['BENCH_WORKER_TOKEN']}"),
+        ("x-worker-id", worker_id),
+    )
+    async with grpc.aio.insecure_channel(orchestrator) as ch:
+        registry = registry_pb2_grpc.WorkerRegistryServiceStub(ch)
+        await registry.RegisterWorker(
+            registry_pb2.RegisterWorkerRequest(
+                worker_id=worker_id,
+                address=f"127.0.0.1:{port}",
+                capabilities=[capability],
+                max_concurrency=slots,
+                version="bench",
+            ),
+            metadata=meta,
+            timeout=10,
+        )
+        print("WORKER_READY", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        end = time.monotonic() + max_life
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                await registry.Heartbeat(
+                    registry_pb2.HeartbeatRequest(worker_id=worker_id), metadata=meta, timeout=5
+                )
+            except grpc.aio.AioRpcError:
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+    await server.stop(0.5)
+
+
+async def add_template(mesh: Mesh, name: str, capability: str, action: str, what: str) -> None:
+    """A one-stage master template whose stage goes to `capability` (a bench worker's)."""
+    stage = templates_pb2.StageDefinition(
+        order=1, name=action, capability=capability, action=action, structure_template="course"
+    )
+    stage.timeout.FromSeconds(60)
+    stage.retry_policy.max_attempts = 1
+    template = templates_pb2.MasterTemplate(
+        name=name,
+        description=f"bench: {what}",
+        structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
+        stages=[stage],
+        cost_estimate_usd=0.0,
+    )
+    template.execution_timeout.FromSeconds(120)
+    await templates_pb2_grpc.TemplateServiceStub(mesh.kam_channel).CreateMasterTemplate(
+        templates_pb2.CreateMasterTemplateRequest(template=template),
+        metadata=mesh.admin,
+        timeout=10,
+    )
+
+
+async def start_worker(mesh: Mesh, worker_id: str, command: list[str]) -> subprocess.Popen[bytes]:
+    """Runs `command` (a bench worker's script and its arguments) as a process holding a fresh
+    KAM credential for `worker_id`; returns once it says `WORKER_READY`."""
+    credential = await accounts_pb2_grpc.WorkerCredentialServiceStub(
+        mesh.kam_channel
+    ).CreateWorkerCredential(
+        accounts_pb2.CreateWorkerCredentialRequest(worker_id=worker_id),
+        metadata=mesh.admin,
+        timeout=10,
+    )
+    worker = subprocess.Popen(
+        [PY, *command],
+        env={**os.environ, "BENCH_WORKER_TOKEN": credential.token},
+        stdout=subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), 30)
+    if not line.startswith(b"WORKER_READY"):
+        worker.kill()
+        raise RuntimeError(f"bench worker {worker_id} did not start: {line!r}")
+    return worker
+
+
 # ------------------------------------------------------------------ a mesh of real processes
 @dataclass
 class MeshOptions:
-    provider: str = "offline"  # or "openai" (then the fake LLM is started)
+    #: `offline`, `openai` (the fake LLM is started) or `noop` (stages go to bench/noop_worker.py)
+    provider: str = "offline"
     llm_delay: float = 0.0  # seconds the fake LLM takes to answer each call
     postgres: bool = False
     granulator_slots: int = 0  # 0 = the product default (BITWARE_MAX_CONCURRENT_JOBS)
@@ -228,6 +334,9 @@ class Mesh:
         self.extra: list[subprocess.Popen[bytes]] = []
         self.extra_addresses: list[str] = []
         self.clients: list[Client] = []
+        #: The master template executions run ("": the default one).
+        self.template = ""
+        self.workers: list[subprocess.Popen[bytes]] = []
         self._saved_env: dict[str, str | None] = {}
 
     def _setenv(self, values: dict[str, str]) -> None:
@@ -245,6 +354,8 @@ class Mesh:
                 "BITWARE_OPENAI_API_KEY": "sk-bench",
                 "BITWARE_OPENAI_MODEL": "gpt-4o-mini",
             }
+        if o.provider == "noop":  # KAM takes templates only with capabilities it knows
+            env["BITWARE_EXTRA_CAPABILITIES"] = "noop"
         if o.granulator_slots:
             env["BITWARE_MAX_CONCURRENT_JOBS"] = str(o.granulator_slots)
         self._setenv(env)  # the Supervisor passes os.environ on to its children
@@ -283,6 +394,8 @@ class Mesh:
         await self._login()
         for i in range(o.clients):
             self.clients.append(await self.new_client(f"Bench {i}"))
+        if o.provider == "noop":
+            await self._start_noop_worker()
         await self.wait_for_worker()
         return self
 
@@ -304,6 +417,17 @@ class Mesh:
             raise RuntimeError(f"the extra orchestrator did not start: {line!r}")
         self.extra.append(proc)
         self.extra_addresses.append(line.decode().split()[2])
+
+    async def _start_noop_worker(self) -> None:
+        import noop_worker
+
+        await add_template(
+            self, noop_worker.TEMPLATE, noop_worker.CAPABILITY, "run", "a worker that does nothing"
+        )
+        script = str(HERE / "noop_worker.py")
+        args = ["--orchestrator", self.orchestrator_address, "--worker-id", "bench-noop"]
+        self.workers.append(await start_worker(self, "bench-noop", [script, *args]))
+        self.template = noop_worker.TEMPLATE
 
     async def _login(self) -> None:
         login = await auth_pb2_grpc.AuthServiceStub(self.kam_channel).Login(
@@ -350,13 +474,15 @@ class Mesh:
         out = {c.name: c.process.pid for c in self.supervisor.children if c.process}
         for i, p in enumerate(self.extra):
             out[f"orchestrator-{i + 2}"] = p.pid
+        for i, p in enumerate(self.workers):
+            out[f"worker-{i + 1}"] = p.pid
         return out
 
     async def stop(self) -> None:
         for ch in (getattr(self, "kam_channel", None), getattr(self, "orc_channel", None)):
             if ch is not None:
                 await ch.close()
-        for p in self.extra:
+        for p in [*self.workers, *self.extra]:
             if p.poll() is None:
                 p.terminate()
                 try:
@@ -453,11 +579,11 @@ async def watch(
 
 
 async def run_one(mesh: Mesh, client: Client, keep: bool = False, template: str = "") -> Result:
-    """One single-stage execution through the full mesh, timed from CreateRequest to the
-    terminal event arriving on this client's WatchExecution stream."""
+    """One single-stage execution through the full mesh (of `template`, else the mesh's), timed
+    from CreateRequest to the terminal event arriving on this client's WatchExecution stream."""
     t0 = time.perf_counter()
     try:
-        execution_id = await submit(mesh, client, template)
+        execution_id = await submit(mesh, client, template or mesh.template)
         ok, events = await watch(mesh.orchestrator, client, execution_id, keep)
     except grpc.aio.AioRpcError as error:
         return Result(

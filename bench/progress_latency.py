@@ -22,18 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
-import grpc
-
 from bitware.common.v1 import common_pb2
-from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc, templates_pb2, templates_pb2_grpc
-from bitware.orchestrator.v1 import orchestrator_pb2, registry_pb2, registry_pb2_grpc
+from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 
 CAPABILITY = "bench_progress"
@@ -84,70 +77,7 @@ class ProgressWorker(worker_pb2_grpc.WorkerServiceServicer):
         return worker_pb2.CancelResponse(cancelled=True)
 
 
-async def serve_worker(a: argparse.Namespace) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-        ProgressWorker(a.events, a.gap, a.settle), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    meta = (
-        ("authorization", f"Bearer {os.environ['BENCH_WORKER_TOKEN']}"),
-        ("x-worker-id", a.worker_id),
-    )
-    async with grpc.aio.insecure_channel(a.orchestrator) as ch:
-        registry = registry_pb2_grpc.WorkerRegistryServiceStub(ch)
-        await registry.RegisterWorker(
-            registry_pb2.RegisterWorkerRequest(
-                worker_id=a.worker_id,
-                address=f"127.0.0.1:{port}",
-                capabilities=[CAPABILITY],
-                max_concurrency=8,
-                version="bench",
-            ),
-            metadata=meta,
-            timeout=10,
-        )
-        print("WORKER_READY", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        end = time.monotonic() + a.max_life
-        while not stop.is_set() and time.monotonic() < end:
-            try:
-                await registry.Heartbeat(
-                    registry_pb2.HeartbeatRequest(worker_id=a.worker_id), metadata=meta, timeout=5
-                )
-            except grpc.aio.AioRpcError:
-                pass
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
-    await server.stop(0.5)
-
-
 # ------------------------------------------------------------------ the bench
-async def add_template(mesh: Any) -> None:
-    stage = templates_pb2.StageDefinition(
-        order=1, name="progress", capability=CAPABILITY, action="run", structure_template="course"
-    )
-    stage.timeout.FromSeconds(60)
-    stage.retry_policy.max_attempts = 1
-    template = templates_pb2.MasterTemplate(
-        name=TEMPLATE,
-        description="bench: a scripted worker that streams timed progress events",
-        structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
-        stages=[stage],
-        cost_estimate_usd=0.0,
-    )
-    template.execution_timeout.FromSeconds(120)
-    await templates_pb2_grpc.TemplateServiceStub(mesh.kam_channel).CreateMasterTemplate(
-        templates_pb2.CreateMasterTemplateRequest(template=template),
-        metadata=mesh.admin,
-        timeout=10,
-    )
-
-
 async def sse_events(
     http: Any, gateway: str, key: str, execution_id: str, out: list[tuple[float, str]]
 ) -> None:
@@ -169,7 +99,7 @@ async def sse_events(
 
 async def run_bench(a: argparse.Namespace) -> dict[str, Any]:
     import httpx
-    from common import Mesh, MeshOptions, log, pct, submit, watch
+    from common import Mesh, MeshOptions, add_template, log, pct, start_worker, submit, watch
 
     results: dict[str, list[dict[str, float]]] = {
         "grpc": [],
@@ -180,17 +110,13 @@ async def run_bench(a: argparse.Namespace) -> dict[str, Any]:
     # KAM accepts templates only with capabilities it knows: name the bench worker's.
     options = MeshOptions(clients=1, env={"BITWARE_EXTRA_CAPABILITIES": CAPABILITY})
     async with Mesh(options) as mesh:
-        await add_template(mesh)
-        cred = await accounts_pb2_grpc.WorkerCredentialServiceStub(
-            mesh.kam_channel
-        ).CreateWorkerCredential(
-            accounts_pb2.CreateWorkerCredentialRequest(worker_id="bench-progress"),
-            metadata=mesh.admin,
-            timeout=10,
+        await add_template(
+            mesh, TEMPLATE, CAPABILITY, "run", "a scripted worker that streams timed progress"
         )
-        worker = subprocess.Popen(
+        worker = await start_worker(
+            mesh,
+            "bench-progress",
             [
-                sys.executable,
                 __file__,
                 "--role",
                 "worker",
@@ -205,14 +131,8 @@ async def run_bench(a: argparse.Namespace) -> dict[str, Any]:
                 "--settle",
                 str(a.settle),
             ],
-            env={**os.environ, "BENCH_WORKER_TOKEN": cred.token},
-            stdout=subprocess.PIPE,
         )
         try:
-            assert worker.stdout is not None
-            line = await asyncio.to_thread(worker.stdout.readline)
-            if not line.startswith(b"WORKER_READY"):
-                raise RuntimeError("scripted worker did not start")
             client = mesh.clients[0]
             key = dict(client.key)["x-api-key"]
             async with httpx.AsyncClient() as http:
@@ -274,10 +194,12 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=0.15, help="seconds before the first event")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
+    from common import loadavg, med, mmm, save, serve_worker, table
+
     if a.role == "worker":
-        asyncio.run(serve_worker(a))
+        worker = ProgressWorker(a.events, a.gap, a.settle)
+        asyncio.run(serve_worker(worker, a.orchestrator, a.worker_id, CAPABILITY, 8, a.max_life))
         return
-    from common import loadavg, med, mmm, save, table
 
     if a.quick:
         a.reps, a.n = 1, 8

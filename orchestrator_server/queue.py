@@ -158,7 +158,7 @@ def claim(
     as many executions as its tier allows does not start (it waits; the client's running
     executions go on); executions waiting for their client's turn are never candidates. At
     most `CLAIM_BATCH` stages of each capability."""
-    slots = open_slots(workers, busy_slots(tx))
+    slots = open_slots(workers, busy_slots(tx), CLAIM_BATCH)
     now = utcnow()
     claims: list[Claim] = []
     running, capped = _running_executions(tx)

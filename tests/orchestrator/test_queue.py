@@ -229,3 +229,16 @@ def test_two_replicas_claiming_at_once_never_start_more_than_the_client_limit(
     finally:
         for replica in replicas:
             replica.close()
+
+
+def test_a_claim_takes_one_batch_however_many_slots_are_free(db: Database) -> None:
+    created = [
+        db.run_tx_sync(lambda tx: create(tx, "normal")) for _ in range(queue.CLAIM_BATCH + 8)
+    ]
+    roomy = [worker(capacity=256)]
+
+    first = db.run_tx_sync(lambda tx: queue.claim(tx, "me", roomy, {}, 15.0))
+    second = db.run_tx_sync(lambda tx: queue.claim(tx, "me", roomy, {}, 15.0))
+
+    assert len(first) == queue.CLAIM_BATCH
+    assert sorted(c.execution_id for c in first + second) == sorted(created)
