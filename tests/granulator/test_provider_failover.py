@@ -336,7 +336,7 @@ def test_usage_per_provider_sums_by_provider_as_it_rolls_up_and_crosses_the_wire
         ),
         (
             {"BITWARE_OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "BITWARE_OPENAI_STRUCTURED": "x"},
-            "granulator: BITWARE_OPENAI_STRUCTURED: structured output mode 'x' is not one of "
+            "granulator: BITWARE_OPENAI_STRUCTURED='x' is not accepted: use "
             "auto, json_schema, json_object_schema, json_object, prompt",
         ),
     ],
