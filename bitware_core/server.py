@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -30,6 +31,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bitware_core import logs
 from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
@@ -42,7 +44,7 @@ from bitware_core.context import (
     request_id_var,
 )
 from bitware_core.errors import MeshError, PermissionDenied, Unimplemented
-from bitware_core.metrics import Registry, serve_metrics
+from bitware_core.metrics import BUCKETS, new_registry, serve_metrics, stop_metrics
 
 log = logging.getLogger("bitware.server")
 
@@ -126,24 +128,31 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         authenticator: Authenticator,
         access: Mapping[str, frozenset[str]],
         domain: str,
-        metrics: Registry,
+        metrics: CollectorRegistry,
     ) -> None:
         self._authenticator = authenticator
         self._access = access
         self._domain = domain
         #: method → its handler wrapped in the checks below
         self._wrapped: dict[str, Handler] = {}
-        self._calls = metrics.counter(
-            "bitware_rpc_total", "RPCs served, by method and status code.", ("method", "code")
+        self._calls = Counter(
+            "bitware_rpc",
+            "RPCs served, by method and status code.",
+            ("method", "code"),
+            registry=metrics,
         )
-        self._seconds = metrics.histogram(
-            "bitware_rpc_seconds", "Time to serve an RPC (streams: until they end).", ("method",)
+        self._seconds = Histogram(
+            "bitware_rpc_seconds",
+            "Time to serve an RPC (streams: until they end), by method and status code.",
+            ("method", "code"),
+            buckets=BUCKETS,
+            registry=metrics,
         )
 
     def _record(self, method: str, code: str, started: float) -> None:
         seconds = time.monotonic() - started
-        self._calls.inc(method, code)
-        self._seconds.observe(seconds, method)
+        self._calls.labels(method, code).inc()
+        self._seconds.labels(method, code).observe(seconds)
         level = logging.DEBUG if method.endswith(_CHATTY) else logging.INFO
         log.log(
             level,
@@ -295,7 +304,7 @@ class MeshServer:
         services: list[Service],
         authenticator: Authenticator,
         domain: str,
-        metrics: Registry | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -304,8 +313,9 @@ class MeshServer:
             for service in services
             for method, tags in service.access.items()
         }
-        self.metrics = metrics or Registry()
-        self._metrics_server: asyncio.Server | None = None
+        #: This server's series (`bitware_core.metrics`), served at /metrics when configured.
+        self.metrics = metrics or new_registry()
+        self._metrics_server: WSGIServer | None = None
         self.server = grpc.aio.server(
             interceptors=[_MeshInterceptor(authenticator, access, domain, self.metrics)],
             options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS],
@@ -363,8 +373,8 @@ class MeshServer:
                 raise ListenError(
                     f"cannot serve metrics on {self.settings.metrics_address}: {error.strerror}"
                 ) from None
-            host, port = self._metrics_server.sockets[0].getsockname()[:2]
-            self.metrics_address = f"{host}:{port}"
+            host, port = self._metrics_server.server_address[:2]
+            self.metrics_address = f"{host!s}:{port}"
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -377,7 +387,7 @@ class MeshServer:
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         if self._metrics_server is not None:
-            self._metrics_server.close()
+            await stop_metrics(self._metrics_server)
         grace = self.settings.shutdown_grace if grace is None else grace
         try:
             # grpc.aio's stop can, rarely, wait past its grace for a call it already cancelled.

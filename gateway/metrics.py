@@ -1,59 +1,48 @@
-"""The gateway's few Prometheus metrics, kept in memory and written in the text exposition
-format by hand (four series do not justify a client library)."""
+"""The gateway's Prometheus series (`prometheus_client`), on a registry of its own with the
+process and GC collectors, served on its HTTP port at `/metrics`."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from prometheus_client import Counter, Gauge, Histogram
 
-
-def _labels(**labels: str) -> str:
-    def escape(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    return ",".join(f'{key}="{escape(value)}"' for key, value in labels.items())
+from bitware_core.metrics import BUCKETS, new_registry
 
 
 class Metrics:
-    """Counters for one gateway process."""
+    """The series of one gateway process."""
 
     def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, str]] = Counter()
-        self.seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
-        self.upstream_errors: Counter[str] = Counter()
-        self.open_streams = 0
+        self.registry = new_registry()
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "bitware_gateway_requests",
+            "HTTP requests answered, by route and status.",
+            labels,
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "bitware_gateway_request_seconds",
+            "Time to answer an HTTP request (event streams: until they end), by route and status.",
+            labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "bitware_gateway_upstream_errors",
+            "Failed gRPC calls, by status code.",
+            ("code",),
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "bitware_gateway_event_streams",
+            "Server-Sent Event streams open now.",
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered HTTP request; `route` is the route template, never the raw path."""
-        self.requests[(method, route, str(status))] += 1
-        self.seconds[(method, route)] += seconds
+        self.requests.labels(method, route, str(status)).inc()
+        self.seconds.labels(method, route, str(status)).observe(seconds)
 
     def upstream_error(self, code: str) -> None:
-        self.upstream_errors[code] += 1
-
-    def render(self) -> str:
-        lines = [
-            "# HELP bitware_gateway_requests_total HTTP requests answered, by route and status.",
-            "# TYPE bitware_gateway_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            labels = _labels(method=method, route=route, status=status)
-            lines.append(f"bitware_gateway_requests_total{{{labels}}} {count}")
-        lines += [
-            "# HELP bitware_gateway_request_seconds_total Time spent answering, by route.",
-            "# TYPE bitware_gateway_request_seconds_total counter",
-        ]
-        for (method, route), seconds in sorted(self.seconds.items()):
-            labels = _labels(method=method, route=route)
-            lines.append(f"bitware_gateway_request_seconds_total{{{labels}}} {seconds:.6f}")
-        lines += [
-            "# HELP bitware_gateway_upstream_errors_total Failed gRPC calls, by status code.",
-            "# TYPE bitware_gateway_upstream_errors_total counter",
-        ]
-        for code, count in sorted(self.upstream_errors.items()):
-            lines.append(f"bitware_gateway_upstream_errors_total{{{_labels(code=code)}}} {count}")
-        lines += [
-            "# HELP bitware_gateway_event_streams Server-Sent Event streams open now.",
-            "# TYPE bitware_gateway_event_streams gauge",
-            f"bitware_gateway_event_streams {self.open_streams}",
-        ]
-        return "\n".join(lines) + "\n"
+        self.upstream_errors.labels(code).inc()

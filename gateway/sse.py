@@ -55,7 +55,7 @@ async def execution_events(
 ) -> AsyncGenerator[str, None]:
     """Frames until the stream ends. An upstream failure becomes a final `event: error` frame
     with the usual error body; a deadline just ends the stream (the browser resumes)."""
-    metrics.open_streams += 1
+    metrics.open_streams.inc()
     stream = open_stream()
     read: asyncio.Future[Any] | None = None
     try:
@@ -75,7 +75,7 @@ async def execution_events(
     finally:
         stream.cancel()
         _settle(read)
-        metrics.open_streams -= 1
+        metrics.open_streams.dec()
 
 
 class EventStreamResponse(StreamingResponse):

@@ -18,10 +18,11 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings, SettingsError
 from bitware_core.db import Database
 from bitware_core.kam import KamConnection
+from bitware_core.metrics import new_registry
 from bitware_core.server import MeshServer, Service, run_process
 from granulator_server import models, template_store
 from granulator_server.pricing import PriceTable
-from granulator_server.providers import choose_provider
+from granulator_server.providers import ModelMetrics, choose_provider
 from granulator_server.service import GranulatorHandlers
 from granulator_server.worker import CAPABILITIES, WorkerHandlers, capacity
 
@@ -36,9 +37,10 @@ JOB_STALE_SECONDS = 150.0
 
 class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
+        metrics = new_registry()
         try:  # settings first: a wrong one stops the server before anything starts
             prices = PriceTable.with_overrides(settings.price_table)
-            self.provider = choose_provider(settings, prices)
+            self.provider = choose_provider(settings, prices, ModelMetrics(metrics))
             self.capacity = capacity(
                 settings.max_concurrent_jobs, settings.max_model_calls, self.provider
             )
@@ -87,7 +89,7 @@ class GranulatorServer(MeshServer):
             ),
         ]
         authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
-        super().__init__(settings, services, authenticator, "granulator.bitware")
+        super().__init__(settings, services, authenticator, "granulator.bitware", metrics)
         self._registration: asyncio.Task[None] | None = None
         self._tending: asyncio.Task[None] | None = None
         self.job_touch_seconds, self.job_stale_seconds = JOB_TOUCH_SECONDS, JOB_STALE_SECONDS

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
@@ -25,7 +26,7 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from bitware_core.metrics import Registry
+from bitware_core.metrics import BUCKETS, CallbackGauge
 from bitware_core.money import micros_of
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
@@ -51,7 +52,12 @@ def _seconds(duration: duration_pb2.Duration) -> float:
 
 class Dispatcher:
     def __init__(
-        self, settings: Settings, db: Database, hub: EventHub, kam: KamClient, metrics: Registry
+        self,
+        settings: Settings,
+        db: Database,
+        hub: EventHub,
+        kam: KamClient,
+        metrics: CollectorRegistry,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -74,36 +80,45 @@ class Dispatcher:
         #: Executions whose outcome is being reported to KAM right now.
         self._reporting: set[str] = set()
         self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
-        self._dispatch_seconds = metrics.histogram(
-            "bitware_dispatch_seconds", "From claiming a ready stage to a worker accepting it."
+        self._dispatch_seconds = Histogram(
+            "bitware_dispatch_seconds",
+            "From claiming a ready stage to a worker accepting it.",
+            buckets=BUCKETS,
+            registry=metrics,
         )
-        self._stage_seconds = metrics.histogram(
+        self._stage_seconds = Histogram(
             "bitware_stage_seconds",
             "Time a worker spent on a stage attempt, by outcome.",
             ("capability", "outcome"),
+            buckets=BUCKETS,
+            registry=metrics,
         )
-        self._retries = metrics.counter(
-            "bitware_stage_retries_total",
+        self._retries = Counter(
+            "bitware_stage_retries",
             "Stage attempts that failed and will run again.",
             ("reason",),
+            registry=metrics,
         )
-        metrics.gauge(
+        CallbackGauge(
             "bitware_queue_depth",
             "Stages waiting for a worker, by priority.",
             ("priority",),
             lambda: {(p,): depth for p, (depth, _) in self._snapshot["levels"].items()},
+            metrics,
         )
-        metrics.gauge(
+        CallbackGauge(
             "bitware_queue_oldest_wait_seconds",
             "How long the oldest waiting stage has waited.",
             ("priority",),
             lambda: {(p,): wait for p, (_, wait) in self._snapshot["levels"].items()},
+            metrics,
         )
-        metrics.gauge(
+        CallbackGauge(
             "bitware_workers",
             "Registered workers, by state.",
             ("state",),
             lambda: {(state,): n for state, n in self._snapshot["workers"].items()},
+            metrics,
         )
 
     def start(self) -> None:
@@ -340,7 +355,7 @@ class Dispatcher:
             raise
         if isinstance(finished, outcomes.Finished):
             if finished.retry_reason:
-                self._retries.inc(finished.retry_reason)
+                self._retries.labels(finished.retry_reason).inc()
             if finished.ended is not None:
                 await self._report(finished.ended)
 
@@ -477,8 +492,8 @@ class Dispatcher:
             await self._fail(claim, "TRANSIENT", reason, message, status=status, usage=spent)
             return
         finally:
-            self._stage_seconds.observe(
-                asyncio.get_running_loop().time() - started, claim.capability, outcome
+            self._stage_seconds.labels(claim.capability, outcome).observe(
+                asyncio.get_running_loop().time() - started
             )
             # The worker's stream ends after its terminal event; let it deliver what is left
             # (a fast stage finishes before its progress is read), but never wait long.

@@ -15,7 +15,7 @@ from bitware.orchestrator.v1 import (
 from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
 from bitware_core.config import Settings
 from bitware_core.db import Database
-from bitware_core.metrics import Registry
+from bitware_core.metrics import new_registry
 from bitware_core.server import MeshServer, Service, run_process
 from orchestrator_server import models
 from orchestrator_server.dispatch import Dispatcher
@@ -36,7 +36,7 @@ class OrchestratorServer(MeshServer):
         self.db = Database(settings.database_url_for("orchestrator"))
         self.kam = KamClient(settings)
         self.hub = EventHub()
-        metrics = Registry()
+        metrics = new_registry()
         self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam, metrics)
         handlers = OrchestratorHandlers(self.db, self.hub, self.kam, self.dispatcher)
         registry_handlers = RegistryHandlers(

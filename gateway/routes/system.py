@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client.exposition import choose_encoder
 
 from bitware.kam.v1 import accounts_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, registry_pb2
@@ -66,8 +67,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 @ops.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text format."""
-    return PlainTextResponse(
-        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4"
-    )
+async def metrics(request: Request) -> Response:
+    """Prometheus text format (OpenMetrics when the scraper asks for it)."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(request.app.state.metrics.registry), media_type=content_type)

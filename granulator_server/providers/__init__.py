@@ -10,6 +10,7 @@ from granulator_server.pricing import PriceTable
 from granulator_server.providers.base import (
     Generation,
     Judgement,
+    ModelMetrics,
     ProgressCallback,
     Provider,
     UsageMeter,
@@ -30,19 +31,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def choose_provider(settings: Settings, prices: PriceTable) -> Provider:
+def choose_provider(
+    settings: Settings, prices: PriceTable, metrics: ModelMetrics | None = None
+) -> Provider:
     """The `openai` provider when endpoints, a key or a base URL are configured, else the
-    offline one. Raises ValueError for settings that do not make sense."""
+    offline one (which calls no model). Raises ValueError for settings that do not make sense."""
     if settings.providers or settings.openai_api_key or settings.openai_base_url:
         from granulator_server.providers.openai_chat import OpenAIProvider
 
-        return OpenAIProvider.from_settings(settings, prices)
+        return OpenAIProvider.from_settings(settings, prices, metrics=metrics)
     return OfflineProvider()
 
 
 __all__ = [
     "Generation",
     "Judgement",
+    "ModelMetrics",
     "OfflineProvider",
     "OpenAIProvider",
     "ProgressCallback",

@@ -1,5 +1,6 @@
 """The provider interface, shared by the offline and the `openai` provider, the meter that
-counts what every model call of one stage consumed, and the record of each call."""
+counts what every model call of one stage consumed, the record of each call, and the
+Prometheus series of the process's model calls."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bitware_core import money
 from granulator_server.domain import StructureTemplate
@@ -43,6 +46,48 @@ class CallRecord:
     completion_tokens: int = 0
     #: True when the server sent no usage and the tokens were estimated from the text.
     estimated: bool = False
+
+
+class ModelMetrics:
+    """Model calls of one granulator process, by model: in flight now, their durations by
+    outcome, tokens by type (`input`, `output`; estimated ones too) and cost in USD. The `openai`
+    provider counts every call in `OpenAIProvider._send`."""
+
+    #: Model calls take seconds to minutes.
+    BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.in_flight = Gauge(
+            "bitware_model_calls_in_flight",
+            "Model calls waiting for their reply now, by model.",
+            ("model",),
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "bitware_model_call_seconds",
+            "Time of one model call, by model and outcome (ok, error, cancelled).",
+            ("model", "outcome"),
+            buckets=self.BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "bitware_model_tokens",
+            "Tokens of model calls, by model and type (input, output).",
+            ("model", "type"),
+            registry=registry,
+        )
+        self.cost = Counter(
+            "bitware_model_cost_usd",
+            "Cost of model calls in USD at the configured prices, by model.",
+            ("model",),
+            registry=registry,
+        )
+
+    def used(self, call: CallRecord, cost_usd: float) -> None:
+        """What a call consumed, once its tokens are known."""
+        self.tokens.labels(call.model, "input").inc(call.prompt_tokens)
+        self.tokens.labels(call.model, "output").inc(call.completion_tokens)
+        self.cost.labels(call.model).inc(cost_usd)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from prometheus_client import CollectorRegistry
 
 from bitware_core.config import Settings
 from granulator_server.domain import StructureTemplate, build_prompt
@@ -65,6 +66,7 @@ from granulator_server.providers.base import (
     CallRecord,
     Generation,
     Judgement,
+    ModelMetrics,
     ProgressCallback,
     UsageMeter,
 )
@@ -163,9 +165,11 @@ class OpenAIProvider:
         failures_before_cooldown: int = 3,
         cooldown: float = 60.0,
         max_calls: int = 256,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         """One endpoint named `openai` from `model`, `base_url`, … or, when given, `endpoints`
-        in order of preference. At most `max_calls` model calls are in flight at once."""
+        in order of preference. At most `max_calls` model calls are in flight at once. Calls
+        are counted in `metrics` (a registry of their own when none is given)."""
         if max_calls < 1:
             raise ValueError(f"BITWARE_MAX_MODEL_CALLS must be at least 1, got {max_calls}")
         configs = endpoints or [
@@ -191,10 +195,15 @@ class OpenAIProvider:
         self.max_reasks = max_reasks
         self.backoff, self.max_backoff, self.max_retry_wait = backoff, max_backoff, max_retry_wait
         self.failures_before_cooldown, self.cooldown = failures_before_cooldown, cooldown
+        self.metrics = metrics or ModelMetrics(CollectorRegistry())
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, prices: PriceTable, environ: Mapping[str, str] | None = None
+        cls,
+        settings: Settings,
+        prices: PriceTable,
+        environ: Mapping[str, str] | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> OpenAIProvider:
         """Raises ValueError for settings that do not make sense (named in the message)."""
         default = EndpointConfig(
@@ -220,6 +229,7 @@ class OpenAIProvider:
             failures_before_cooldown=settings.provider_failures,
             cooldown=settings.provider_cooldown,
             max_calls=settings.max_model_calls,
+            metrics=metrics,
         )
 
     async def close(self) -> None:
@@ -550,6 +560,8 @@ class OpenAIProvider:
         record = CallRecord(endpoint.name, endpoint.model, mode, why, request, time.time())
         started = time.monotonic()
         received = ElementCounter()  # what a streamed reply has brought so far
+        in_flight, outcome = self.metrics.in_flight.labels(endpoint.model), "error"
+        in_flight.inc()
         try:
             async with asyncio.timeout(self.timeout):
                 raw = await endpoint.client.chat.completions.with_raw_response.create(
@@ -561,13 +573,15 @@ class OpenAIProvider:
                     reply, tokens = await _read_stream(parsed, on_progress, received)
                 else:
                     reply, tokens = _read_completion(parsed)
+            outcome = "ok"
         except asyncio.CancelledError:
+            outcome = "cancelled"
             # The attempt was stopped (a cancel or the stage's timeout) before the server said
             # what this call used: what was sent and what arrived is counted, estimated.
             prompt = sum(estimate_tokens(m["content"]) for m in request["messages"])
             record.prompt_tokens, record.completion_tokens = prompt, received.tokens()
             record.estimated, record.error = True, "cancelled"
-            meter.add_tokens(record.prompt_tokens, record.completion_tokens)
+            self._count(meter, record)
             raise
         except (TimeoutError, openai.APIError) as error:
             if isinstance(error, openai.APIStatusError):
@@ -581,6 +595,8 @@ class OpenAIProvider:
         finally:
             record.latency_s = time.monotonic() - started
             meter.calls.append(record)
+            in_flight.dec()
+            self.metrics.seconds.labels(endpoint.model, outcome).observe(record.latency_s)
         if tokens is None:
             # The server sent no usage: an estimate keeps the budget honest rather than
             # recording the call as free.
@@ -597,8 +613,13 @@ class OpenAIProvider:
             record.estimated = True
         record.prompt_tokens, record.completion_tokens = tokens
         record.content, record.finish_reason = reply.content, reply.finish_reason
-        meter.add_tokens(*tokens)
+        self._count(meter, record)
         return replace(reply, max_tokens=request["max_tokens"])
+
+    def _count(self, meter: UsageMeter, record: CallRecord) -> None:
+        """A call's tokens, once known, in the stage's meter and the process's metrics."""
+        meter.add_tokens(record.prompt_tokens, record.completion_tokens)
+        self.metrics.used(record, meter.cost_of(record))
 
 
 def _read_completion(response: ChatCompletion) -> tuple[Reply, tuple[int, int] | None]:

@@ -20,6 +20,7 @@ from tests.gateway.conftest import (
     parse_events,
     served_gateway,
 )
+from tests.metrics import value
 
 
 async def test_events_stream_in_order_until_the_execution_succeeds(
@@ -109,13 +110,14 @@ async def test_closing_the_browser_cancels_the_upstream_stream(idle_mesh: InProc
             # The orchestrator holds one subscription per open WatchExecution stream.
             assert idle_mesh.orchestrator.hub.subscribers(execution_id) == 1
             metrics = (await http.get("/metrics")).text
-            assert "bitware_gateway_event_streams 1" in metrics
+            assert value(metrics, "bitware_gateway_event_streams") == 1
         for _ in range(100):
             if idle_mesh.orchestrator.hub.subscribers(execution_id) == 0:
                 break
             await asyncio.sleep(0.05)
         assert idle_mesh.orchestrator.hub.subscribers(execution_id) == 0
-        assert "bitware_gateway_event_streams 0" in (await http.get("/metrics")).text
+        metrics = (await http.get("/metrics")).text
+        assert value(metrics, "bitware_gateway_event_streams") == 0
 
 
 async def test_cancelling_a_queued_execution_ends_its_event_stream(

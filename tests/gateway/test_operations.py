@@ -10,6 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 from gateway.errors import rpc_error
 from tests.conftest import Client
 from tests.gateway.conftest import admin, closed_address, gateway_client, gateway_settings, key
+from tests.metrics import names, value
 
 
 async def test_healthz_is_ok_when_every_upstream_serves(
@@ -51,11 +52,19 @@ async def test_metrics_count_requests_by_route_and_upstream_errors_by_code(
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = answer.text
-    assert (
-        'bitware_gateway_requests_total{method="GET",route="/api/requests/{request_id}",'
-        'status="404"} 2' in text
+    route = {"method": "GET", "route": "/api/requests/{request_id}", "status": "404"}
+    assert value(text, "bitware_gateway_requests_total", **route) == 2
+    # Latency is a histogram by route and status.
+    assert value(text, "bitware_gateway_request_seconds_count", **route) == 2
+    assert value(text, "bitware_gateway_request_seconds_bucket", **route, le="+Inf") == 2
+    assert value(text, "bitware_gateway_upstream_errors_total", code="NOT_FOUND") == 2
+    assert value(text, "process_resident_memory_bytes") > 10_000_000
+    assert "python_gc_collections_total" in names(text)
+    openmetrics = await http.get(
+        "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
     )
-    assert 'bitware_gateway_upstream_errors_total{code="NOT_FOUND"} 2' in text
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
 
 
 async def test_request_id_is_echoed_and_made_when_missing(

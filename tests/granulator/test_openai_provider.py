@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bitware_core.config import Settings
 from granulator_server.domain import SEED_TEMPLATES, StructureTemplate, generate_offline
@@ -17,10 +19,11 @@ from granulator_server.errors import (
     ProviderTransient,
 )
 from granulator_server.pricing import PriceTable
-from granulator_server.providers import OpenAIProvider
+from granulator_server.providers import ModelMetrics, OpenAIProvider
 from granulator_server.providers.formats import strict_subset
 from granulator_server.providers.replies import ElementCounter, elements_so_far, estimate_tokens
 from tests.granulator.fake_openai import FakeOpenAI, failure, reply
+from tests.metrics import value
 
 COURSE: StructureTemplate = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
 SPEC: dict[str, Any] = {
@@ -331,3 +334,27 @@ def test_element_counter_counts_keys_split_across_pieces() -> None:
 
     assert counts == [0, 1, 1, 2]
     assert counter.count == elements_so_far("".join(pieces))
+
+
+async def test_model_calls_are_counted_in_the_process_metrics(fake_openai: FakeOpenAI) -> None:
+    registry = CollectorRegistry()
+    fake_openai.add(
+        failure(500), reply(VALID, prompt_tokens=1000, completion_tokens=500, delay=0.5)
+    )
+    generating = asyncio.create_task(
+        provider(fake_openai, metrics=ModelMetrics(registry)).generate(COURSE, SPEC, "")
+    )
+    await fake_openai.wait_for_requests(2)  # the second call waits for its reply now
+
+    model = {"model": "gpt-4o-mini"}
+    assert value(generate_latest(registry).decode(), "bitware_model_calls_in_flight", **model) == 1
+    await generating
+    body = generate_latest(registry).decode()
+    assert value(body, "bitware_model_calls_in_flight", **model) == 0
+    assert value(body, "bitware_model_call_seconds_count", **model, outcome="error") == 1
+    assert value(body, "bitware_model_call_seconds_count", **model, outcome="ok") == 1
+    assert value(body, "bitware_model_call_seconds_sum", **model, outcome="ok") >= 0.5
+    assert value(body, "bitware_model_tokens_total", **model, type="input") == 1000
+    assert value(body, "bitware_model_tokens_total", **model, type="output") == 500
+    cost = value(body, "bitware_model_cost_usd_total", **model)
+    assert cost == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)

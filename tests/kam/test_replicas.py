@@ -6,7 +6,6 @@ whose KAM address is `dns:///name:port` spreads its calls round robin over both 
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,8 +31,7 @@ from kam_server.identity import CREDENTIAL_CACHE_SECONDS
 from tests.cli.conftest import Served, random_loopback, serve
 from tests.conftest import scratch_database
 from tests.dns_server import DnsServer
-
-AUTHENTICATE = '/bitware.kam.v1.AuthService/Authenticate",code="OK"'
+from tests.metrics import value
 
 
 @dataclass
@@ -58,10 +56,8 @@ class Replicas:
 def authenticate_calls(kam: Served) -> float:
     with urllib.request.urlopen(f"http://{kam.metrics}/metrics", timeout=10) as answer:
         body = answer.read().decode()
-    match = re.search(
-        rf"^bitware_rpc_total\{{method=\"{re.escape(AUTHENTICATE)}\}} (\S+)$", body, re.M
-    )
-    return float(match.group(1)) if match else 0.0
+    method = "/bitware.kam.v1.AuthService/Authenticate"
+    return value(body, "bitware_rpc_total", method=method, code="OK") if method in body else 0.0
 
 
 @pytest.fixture(scope="module")

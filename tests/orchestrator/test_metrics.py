@@ -1,21 +1,24 @@
-"""Prometheus metrics: every server counts its RPCs; the orchestrator adds queue depth, dispatch
-latency, stage durations, retries and worker health, served at /metrics."""
+"""Prometheus metrics: every server counts its RPCs and their latency by method and code, and
+reports its process and GC; the orchestrator adds queue depth, dispatch latency, stage
+durations, retries and worker health, served at /metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client import generate_latest
+
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2
 from bitware_core.config import Settings
-from bitware_core.metrics import serve_metrics
 from kam_server.server import serve as serve_kam
 from tests.conftest import Client
+from tests.metrics import names, value
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step
 
@@ -23,21 +26,11 @@ Workers = Callable[..., Any]
 
 
 async def scrape(address: str) -> str:
-    host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    response = (await reader.read()).decode()
-    writer.close()
-    head, _, body = response.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 200"), head
-    return body
-
-
-def value(body: str, pattern: str) -> float:
-    match = re.search(rf"^{pattern} ([0-9.e+-]+)$", body, re.MULTILINE)
-    assert match, f"no sample matching {pattern!r} in:\n{body}"
-    return float(match.group(1))
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"http://{address}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    return answer.text
 
 
 async def test_orchestrator_metrics_show_dispatch_stages_retries_and_workers(
@@ -48,20 +41,19 @@ async def test_orchestrator_metrics_show_dispatch_stages_retries_and_workers(
     await workers("metered", steps=[flaky])
     execution = await runner.run("one_stage")
     assert execution.status == orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED
-    server = await serve_metrics(client.mesh.orchestrator.metrics, "127.0.0.1:0")
-    port = server.sockets[0].getsockname()[1]
     await asyncio.sleep(1.2)  # one housekeeping round refreshes the queue and worker figures
-    body = await scrape(f"127.0.0.1:{port}")
-    server.close()
+    body = generate_latest(client.mesh.orchestrator.metrics).decode()
     execute = "/bitware.orchestrator.v1.OrchestratorService/ExecutePipeline"
-    assert value(body, rf'bitware_rpc_total\{{method="{execute}",code="OK"\}}') == 1
+    assert value(body, "bitware_rpc_total", method=execute, code="OK") == 1
+    assert value(body, "bitware_rpc_seconds_count", method=execute, code="OK") == 1
+    assert value(body, "bitware_rpc_seconds_bucket", method=execute, code="OK", le="+Inf") == 1
     assert value(body, "bitware_dispatch_seconds_count") == 2
-    stage_count = r'bitware_stage_seconds_count\{capability="scripted",outcome="%s"\}'
-    assert value(body, stage_count % "result") == 1
-    assert value(body, stage_count % "error") == 1
-    assert value(body, r'bitware_stage_retries_total\{reason="RATE_LIMITED"\}') == 1
-    assert value(body, r'bitware_workers\{state="healthy"\}') >= 2
-    assert value(body, r'bitware_queue_depth\{priority="normal"\}') == 0
+    stages = "bitware_stage_seconds_count"
+    assert value(body, stages, capability="scripted", outcome="result") == 1
+    assert value(body, stages, capability="scripted", outcome="error") == 1
+    assert value(body, "bitware_stage_retries_total", reason="RATE_LIMITED") == 1
+    assert value(body, "bitware_workers", state="healthy") >= 2
+    assert value(body, "bitware_queue_depth", priority="normal") == 0
 
 
 async def test_a_server_serves_metrics_on_its_configured_address(tmp_path: Path) -> None:
@@ -70,5 +62,9 @@ async def test_a_server_serves_metrics_on_its_configured_address(tmp_path: Path)
         assert kam.metrics_address.startswith("127.0.0.1:")  # the port it bound, for port 0
         body = await scrape(kam.metrics_address)
         assert "# TYPE bitware_rpc_total counter" in body
+        assert "# TYPE bitware_rpc_seconds histogram" in body
+        # Process and GC series, from prometheus_client's collectors.
+        assert value(body, "process_resident_memory_bytes") > 10_000_000
+        assert {"process_cpu_seconds_total", "python_gc_collections_total"} <= names(body)
     finally:
         await kam.stop(0.5)
