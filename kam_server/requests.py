@@ -235,9 +235,7 @@ def begin_execution(
     return row, client
 
 
-def begin_retry(
-    tx: Tx, principal: Principal, request_id: str
-) -> tuple[models.ClientRequest, models.Client]:
+def begin_retry(tx: Tx, principal: Principal, request_id: str) -> models.ClientRequest:
     """Checks client, template, tier and budget again for another run of a failed request's
     execution and reserves the cost estimate again; the request is running once more. What the
     earlier runs cost stays charged. The caller then asks the orchestrator to retry."""
@@ -265,7 +263,7 @@ def begin_retry(
     row.error_message = ""
     row.updated_at = utcnow()
     update_row(tx, row, "reserved_usd", "status", "retries", "error_message", "updated_at")
-    return row, client
+    return row
 
 
 def abandon_retry(tx: Tx, request_id: str, retries: int) -> None:

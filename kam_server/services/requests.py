@@ -103,13 +103,12 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.RetryRequestRequest, context: Context
     ) -> requests_pb2.RetryRequestResponse:
         actor = current_principal()
-        row, _ = await self.db.run_tx(
-            lambda tx: requests.begin_retry(tx, actor, request.request_id)
-        )
+        row = await self.db.run_tx(lambda tx: requests.begin_retry(tx, actor, request.request_id))
         try:
             await self.orchestrator.retry(row.execution_id, row.retries)
         except MeshError:
-            # The orchestrator did not retry it: release the reservation, then report.
+            # The orchestrator did not retry it: release the reservation, then report. (Had it
+            # retried after all, its outcome names the newer run and is still charged.)
             await self.db.run_tx(lambda tx: requests.abandon_retry(tx, row.id, row.retries))
             raise
         return requests_pb2.RetryRequestResponse(
