@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from bitware_core import logs
 from bitware_core.config import Settings
 from bitware_core.server import ListenError, process_settings, ready_line
-from gateway import dashboard, errors, schemas
+from gateway import apidocs, dashboard, errors, schemas
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import admin, auth, catalog, executions, requests, system, webhooks
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # apidocs serves /docs from files of its own
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(system.ops)
     schemas.install(app)
     dashboard.install(app)
+    apidocs.install(app)
     return app
 
 
