@@ -1,7 +1,8 @@
 """Fair waiting instead of refusal, through KAM on real servers: executions over a client's tier
-limit are accepted and wait for the client's turn, at most the limit run at once (also with two
-orchestrator replicas on PostgreSQL), and a client with many executions queued does not keep
-another client's one waiting behind them all."""
+limit are accepted and wait for the client's turn, at most the limit run at once (20 of a
+standard client, 120 of an enterprise one, and with two orchestrator replicas on PostgreSQL),
+and a client with many executions queued does not keep another client's one waiting behind them
+all."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.mesh import InProcessMesh, MeshCredentials
+from bitware_core.tiers import TIER_LIMITS
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
 from tests.conftest import Client, make_client
@@ -202,3 +204,40 @@ async def test_two_replicas_on_postgresql_keep_a_client_within_its_limit(
         await kam.stop(0)
     assert len(worker.processed) == 30
     assert worker.peak[client.client_id] == STANDARD_LIMIT
+
+
+async def test_120_executions_of_one_enterprise_client_complete_within_its_limit(
+    client: Client, workers: Workers
+) -> None:
+    await add_template(client.mesh, "one_stage", [stage()])
+    enterprise = await make_client(client.mesh, tier=common_pb2.TIER_ENTERPRISE, budget=1000.0)
+    limit = TIER_LIMITS["enterprise"].max_concurrent_executions
+    kam = grpc.aio.insecure_channel(client.mesh.kam.address)
+    orchestrator = grpc.aio.insecure_channel(client.mesh.orchestrator.address)
+    async with kam, orchestrator:
+        requests = requests_pb2_grpc.RequestServiceStub(kam)
+        ids: list[str] = []
+        for _ in range(6):  # 120 in all, 20 at a time
+            ids += await asyncio.gather(*(submit(requests, enterprise) for _ in range(20)))
+        assert len(set(ids)) == 120  # every one accepted, none refused
+        # Room for more than the limit: only the tier limit holds the client back.
+        worker = await workers("wide", default=Step(delay=0.5), max_concurrency=limit + 14)
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while True:
+            listed = await stub.ListExecutions(
+                orchestrator_pb2.ListExecutionsRequest(
+                    client_id=enterprise.client_id,
+                    status=orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED,
+                    page_size=200,
+                ),
+                metadata=client.admin,
+                timeout=10,
+            )
+            if len(listed.executions) == 120:
+                break
+            assert loop.time() < deadline, len(listed.executions)
+            await asyncio.sleep(0.5)
+    assert len(worker.processed) == 120
+    assert worker.peak[enterprise.client_id] == limit
