@@ -3,7 +3,9 @@
 Enum values are the proto enum names without their prefix, lower-case (`course`, `high`,
 `running`); answers carry the full proto names (`STRUCTURE_TYPE_COURSE`), as protobuf JSON does.
 Only the shape is checked here; every rule about the values (required topic, granularity range,
-tier limits) is the servers', so their field violations reach the caller unchanged.
+tier limits) is the servers', so their field violations reach the caller unchanged. The limits the
+servers enforce are still stated in the schema (`json_schema_extra`: stated, not checked here),
+so that generated clients know them.
 """
 
 from __future__ import annotations
@@ -105,12 +107,23 @@ class LoginBody(Body):
 
 
 class CreateRequestBody(Body):
-    topic: str = Field(description="What the structure is about, for example `AI Development`.")
+    topic: str = Field(
+        description="What the structure is about, for example `AI Development`.",
+        json_schema_extra={"minLength": 1, "maxLength": 500},
+    )
     structure_type: StructureType | None = Field(
         None, description="The kind of structure; may be left out when master_template is set."
     )
-    audience: str = Field("", description="Who it is for, for example `beginners`.")
-    granularity: Int32 = Field(0, description="From 1 (coarse) to 5 (detailed); 0 = default.")
+    audience: str = Field(
+        "",
+        description="Who it is for, for example `beginners`.",
+        json_schema_extra={"maxLength": 200},
+    )
+    granularity: Int32 = Field(
+        0,
+        description="From 1 (coarse) to 5 (detailed); 0 = default.",
+        json_schema_extra={"maximum": 5},
+    )
     urgency: Urgency | None = Field(None, description="How soon; maps to the priority.")
     constraints: dict[str, str] = Field(
         default_factory=dict, description="Hard requirements, for example `max_modules` → `6`."
@@ -119,7 +132,11 @@ class CreateRequestBody(Body):
         default_factory=dict, description="Preferences, for example `language` → `en`."
     )
     master_template: str = Field("", description="Empty means the structure type's default.")
-    idempotency_key: str = Field("", description="The same key returns the same request.")
+    idempotency_key: str = Field(
+        "",
+        description="The same key returns the same request.",
+        json_schema_extra={"maxLength": 200},
+    )
     client_id: str = Field("", description="Empty means the caller's own client; admins set it.")
 
 
