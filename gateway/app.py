@@ -103,6 +103,10 @@ class GatewayServer(uvicorn.Server):
                 access_log=False,  # the middleware logs each request with its request id
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
                 proxy_headers=False,
+                # HTTPS with the servers' certificate (BITWARE_TLS_CERT/KEY); no client
+                # certificate is asked for, as browsers have none.
+                ssl_certfile=settings.tls_cert if settings.tls_enabled else None,
+                ssl_keyfile=settings.tls_key if settings.tls_enabled else None,
             )
         )
         self.sock = sock
