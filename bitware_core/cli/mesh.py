@@ -23,6 +23,7 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core import local_model
 from bitware_core.cli.common import (
     OFFLINE_NOTE,
     CliError,
@@ -61,12 +62,20 @@ def add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="every server serves Prometheus /metrics on a port of its own (printed)",
     )
     up.add_argument("--log-json", action="store_true", help="servers log JSON lines")
+    up.add_argument(
+        "--local-model",
+        action="store_true",
+        help="also run llama.cpp's server with SmolLM2-135M (the `local` extra) and generate "
+        "with it",
+    )
     up.set_defaults(handler=up_command)
 
 
 async def up_command(args: argparse.Namespace) -> int:
     if args.granulators < 1:
         raise CliError("--granulators must be at least 1")
+    if args.local_model and (problem := local_model.missing()):
+        raise CliError(f"--local-model: {problem}")
     data = Path(args.data)
     other = running_supervisor(data)
     if other:
@@ -82,6 +91,7 @@ async def up_command(args: argparse.Namespace) -> int:
         postgres_url=args.postgres or "",
         log_json=args.log_json,
         metrics=args.metrics,
+        local_model=args.local_model,
     )
     supervisor = Supervisor(plan, say=say)
     try:

