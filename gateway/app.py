@@ -21,7 +21,16 @@ from bitware_core.server import ListenError, process_settings, ready_line
 from gateway import apidocs, dashboard, errors, schemas
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import admin, auth, catalog, executions, requests, system, webhooks
+from gateway.routes import (
+    admin,
+    auth,
+    catalog,
+    executions,
+    overview,
+    requests,
+    system,
+    webhooks,
+)
 from gateway.upstream import Upstream, UpstreamNotConfigured, addresses
 
 log = logging.getLogger("bitware.gateway")
@@ -66,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(GatewayMiddleware, metrics=metrics)
     # Routers carry their full prefix, so a route's path is the template /metrics counts by.
-    for module in (auth, requests, executions, catalog, system, admin, webhooks):
+    for module in (auth, requests, executions, catalog, system, overview, admin, webhooks):
         app.include_router(module.router)
     app.include_router(system.ops)
     schemas.install(app)

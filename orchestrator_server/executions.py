@@ -381,6 +381,30 @@ def list_executions(
     return rows[:limit], next_page_token(offset, limit, len(rows))
 
 
+def timelines(
+    session: Session, execution_ids: list[str]
+) -> tuple[dict[str, list[models.Stage]], list[models.Attempt]]:
+    """The stages (by execution id) and attempts of several executions, in two statements."""
+    stages: dict[str, list[models.Stage]] = {}
+    if not execution_ids:
+        return stages, []
+    for stage in session.scalars(
+        select(models.Stage)
+        .where(models.Stage.execution_id.in_(execution_ids))
+        .order_by(models.Stage.execution_id, models.Stage.order)
+    ):
+        stages.setdefault(stage.execution_id, []).append(stage)
+    ids = [stage.id for group in stages.values() for stage in group]
+    attempts = list(
+        session.scalars(
+            select(models.Attempt)
+            .where(models.Attempt.stage_id.in_(ids))
+            .order_by(models.Attempt.stage_id, models.Attempt.number)
+        )
+    )
+    return stages, attempts
+
+
 def cancel(
     session: Session, principal: Principal, execution_id: str, reason: str
 ) -> tuple[models.Execution, list[models.Stage]]:

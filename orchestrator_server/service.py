@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from sqlalchemy.orm import Session
 
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import (
@@ -60,6 +61,7 @@ def execution_to_proto(
     row: models.Execution,
     stages: list[models.Stage] | None = None,
     attempts: list[models.Attempt] | None = None,
+    outputs: bool = True,
 ) -> orchestrator_pb2.Execution:
     by_stage: dict[str, list[models.Attempt]] = {}
     for attempt in attempts or []:
@@ -98,7 +100,7 @@ def execution_to_proto(
                 ],
                 usage=convert.usage_to_proto(s.usage),
                 quality=_quality(s.quality) if s.quality else None,
-                output=convert.to_struct(s.output) if s.output else None,
+                output=convert.to_struct(s.output) if s.output and outputs else None,
                 output_ref=s.output_ref,
                 error=_error(s.error),
                 job_id=s.job_id,
@@ -203,13 +205,25 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         status = convert.checked_enum(
             orchestrator_pb2.ExecutionStatus, request.status, "EXECUTION_STATUS_", "status"
         )
-        rows, token = await self.db.run(
-            lambda s: executions.list_executions(
+
+        def work(
+            s: Session,
+        ) -> tuple[
+            list[models.Execution], str, dict[str, list[models.Stage]], list[models.Attempt]
+        ]:
+            rows, token = executions.list_executions(
                 s, principal, request.page_size, request.page_token, status, request.client_id
             )
-        )
+            if not request.include_stages:
+                return rows, token, {}, []
+            return rows, token, *executions.timelines(s, [row.id for row in rows])
+
+        rows, token, stages, attempts = await self.db.run(work)
         return orchestrator_pb2.ListExecutionsResponse(
-            executions=[execution_to_proto(r) for r in rows], next_page_token=token
+            executions=[
+                execution_to_proto(r, stages.get(r.id), attempts, outputs=False) for r in rows
+            ],
+            next_page_token=token,
         )
 
     async def CancelExecution(

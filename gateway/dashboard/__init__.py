@@ -1,8 +1,8 @@
-"""The browser dashboard: one HTML page, one script and one stylesheet, served as they are.
+"""The browser dashboard: one HTML page, three scripts and one stylesheet, served as they are.
 
 No build step and nothing fetched from elsewhere: the page talks only to this gateway's `/api`
 (the session cookie set by `POST /api/auth/login` carries the user's credential), so it works on
-an offline machine. `install(app)` serves the page at `/` and its two files under `/dashboard/`.
+an offline machine. `install(app)` serves the page at `/` and its files under `/dashboard/`.
 The files sit next to this module so that they ship as package data.
 """
 
@@ -30,6 +30,8 @@ _FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/dashboard/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/dashboard/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/dashboard/charts.js": ("charts.js", "text/javascript; charset=utf-8"),
+    "/dashboard/overview.js": ("overview.js", "text/javascript; charset=utf-8"),
 }
 
 
@@ -42,6 +44,6 @@ def _file(name: str, media_type: str) -> Callable[[], Awaitable[FileResponse]]:
 
 
 def install(app: FastAPI) -> None:
-    """Serves the dashboard at `/` and its script and stylesheet under `/dashboard/`."""
+    """Serves the dashboard at `/` and its scripts and stylesheet under `/dashboard/`."""
     for path, (name, media_type) in _FILES.items():
         app.add_api_route(path, _file(name, media_type), methods=["GET"], include_in_schema=False)

@@ -1081,4 +1081,5 @@ document.getElementById("logout").addEventListener("click", async () => {
 });
 
 window.addEventListener("hashchange", route);
-route();
+// After every deferred script (charts.js, overview.js) has added its routes.
+document.addEventListener("DOMContentLoaded", route);

@@ -737,6 +737,7 @@ class ListExecutionsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_STAGES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many (default 50, at most 200)."""
     page_token: _builtins.str
@@ -745,6 +746,10 @@ class ListExecutionsRequest(_message.Message):
     """Only this status, when set."""
     client_id: _builtins.str
     """Only this client's (admins, support and services)."""
+    include_stages: _builtins.bool
+    """Also return each execution's stages with their attempts and times (still without stage
+    outputs), for timelines such as the dashboard's Overview.
+    """
     def __init__(
         self,
         *,
@@ -752,10 +757,11 @@ class ListExecutionsRequest(_message.Message):
         page_token: _builtins.str = ...,
         status: Global___ExecutionStatus.ValueType = ...,
         client_id: _builtins.str = ...,
+        include_stages: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "include_stages", b"include_stages", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -773,7 +779,9 @@ class ListExecutionsResponse(_message.Message):
     """The token for the next page; empty on the last page."""
     @_builtins.property
     def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
-        """The executions, newest first, without stage outputs."""
+        """The executions, newest first, without stage outputs (and without stages unless
+        include_stages was set).
+        """
 
     def __init__(
         self,
