@@ -53,6 +53,11 @@ SCOPES = {
     "bitware.granulator.v1.GranulatorService/GetStructure": READ,
     "bitware.granulator.v1.GranulatorService/ListTemplates": READ,
     "bitware.granulator.v1.GranulatorService/GetTemplate": READ,
+    "bitware.granulator.v1.GranulatorService/ListModelCalls": READ,
+    "bitware.kam.v1.WebhookService/CreateWebhookEndpoint": WRITE,
+    "bitware.kam.v1.WebhookService/DeleteWebhookEndpoint": WRITE,
+    "bitware.kam.v1.WebhookService/ListWebhookEndpoints": READ,
+    "bitware.kam.v1.WebhookService/ListWebhookDeliveries": READ,
 }
 
 
