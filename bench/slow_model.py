@@ -10,7 +10,8 @@ WatchExecution to the end), spread over `--clients` enterprise clients. Prints:
   model for one call at a time per slot shows its slot count here);
 - end-to-end p50/p99, and the same minus the model time (`llm_calls` × delay of each
   execution): the mesh's own overhead, queueing in the mesh included;
-- CPU seconds per execution of our processes, and the load average.
+- CPU milliseconds per execution of our processes (the mesh's servers and the bench's clients),
+  and of each (the fake model's too, not counted in ours), and the load average.
 
     .venv/bin/python bench/slow_model.py [--n 120] [--delay 2] [--clients 8] [--reps 1]
                                          [--slots 0]   # BITWARE_MAX_CONCURRENT_JOBS; 4 = before
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -33,6 +35,7 @@ from common import (
     log,
     mmm,
     pct,
+    proc_cpu_s,
     run_one,
     save,
     table,
@@ -42,6 +45,8 @@ from common import (
 async def burst(mesh: Mesh, n: int, delay: float) -> dict[str, Any]:
     """`n` executions submitted at once; waits for all of them to end."""
     assert mesh.fake is not None
+    pids = {**mesh.pids(), "bench": os.getpid(), "fake model": mesh.fake.proc.pid}
+    before = {name: proc_cpu_s(pid) for name, pid in pids.items()}
     with CpuMeter(list(mesh.pids().values())) as cpu:
         t0 = time.perf_counter()
         results: list[Result] = await asyncio.wait_for(
@@ -51,6 +56,10 @@ async def burst(mesh: Mesh, n: int, delay: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
     stats = mesh.fake.stats()
     done = [r for r in results if r.ok]
+    per_process = {
+        name: (proc_cpu_s(pid) - before[name]) / max(1, len(done)) * 1e3
+        for name, pid in pids.items()
+    }
     latency = [r.latency for r in done]
     overhead = [r.latency - r.events[-1][0].usage.llm_calls * delay for r in done]
     errors = [r.error for r in results if not r.ok]
@@ -68,6 +77,7 @@ async def burst(mesh: Mesh, n: int, delay: float) -> dict[str, Any]:
         "overhead_p50_ms": pct(overhead, 50) * 1e3,
         "overhead_p99_ms": pct(overhead, 99) * 1e3,
         "cpu_ms_per_exec": cpu.own_s / max(1, len(done)) * 1e3,
+        "cpu_ms_by_process": per_process,
         "foreign_cores": cpu.foreign_cores,
     }
 
@@ -102,6 +112,10 @@ async def main(a: argparse.Namespace) -> None:
             f"{mmm([r['overhead_p99_ms'] for r in runs], 0)}",
         ],
         ["CPU ms per execution (ours)", mmm([r["cpu_ms_per_exec"] for r in runs], 0)],
+        *(
+            [f"  {name}", mmm([r["cpu_ms_by_process"][name] for r in runs], 1)]
+            for name in runs[0]["cpu_ms_by_process"]
+        ),
         ["foreign load, cores", mmm([r["foreign_cores"] for r in runs], 2)],
     ]
     print(table(["figure", "value"], rows))
