@@ -5,7 +5,8 @@ events go out in order: a later one waits while an earlier one is retried), post
 and writes each outcome. A claim is a lease (`claimed_until`) taken in a transaction of its
 own, with `FOR UPDATE SKIP LOCKED` on PostgreSQL: KAM replicas sharing a database never post one
 delivery at the same time, and a delivery claimed by a process that died is taken up again when
-its lease runs out. The database is the queue, so a restart loses nothing.
+its lease runs out. The database is the queue, so a restart loses nothing. Finished deliveries
+stay in the log for KEEP_DAYS.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 #: Deliveries (one per endpoint) claimed per round.
 BATCH = 20
+#: Days a finished delivery stays in the log.
+KEEP_DAYS = 30
+#: Seconds between prunings of the log.
+PRUNE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,15 @@ def settle(
     return status
 
 
+def prune(tx: Tx, now: datetime) -> int:
+    """Deletes finished deliveries older than KEEP_DAYS; returns how many."""
+    cursor = tx.execute(
+        "DELETE FROM webhook_deliveries WHERE status != 'pending' AND created_at < :before",
+        {"before": tx.ts(now - timedelta(days=KEEP_DAYS))},
+    )
+    return int(cursor.rowcount)
+
+
 class Deliverer:
     """The background task that works the deliveries table."""
 
@@ -145,12 +159,16 @@ class Deliverer:
             await self._http.aclose()
 
     async def _run(self) -> None:
+        pruned_at = 0.0
         while True:
             self._wake.clear()
             try:
+                if time.monotonic() - pruned_at > PRUNE_SECONDS:
+                    await self.db.run_tx(lambda tx: prune(tx, utcnow()))
+                    pruned_at = time.monotonic()
                 claimed = await self.db.run_tx(lambda tx: claim(tx, utcnow()))
             except Exception:  # a database hiccup must not end deliveries for good
-                log.exception("cannot claim webhook deliveries")
+                log.exception("cannot read the webhook deliveries")
                 claimed = []
             if claimed:
                 await asyncio.gather(*(self._deliver(c) for c in claimed))

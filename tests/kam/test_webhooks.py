@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import select
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, webhooks_pb2, webhooks_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.db import Database
+from bitware_core.db import Database, utcnow
 from bitware_core.mesh import InProcessMesh, start_mesh
 from kam_server import models, webhooks
-from kam_server.delivery import Deliverer
+from kam_server.delivery import Deliverer, prune
 from tests.conftest import PARKED_CAPABILITY, Client, make_client, scratch_database
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
 from tests.webhook_receiver import receiver
@@ -365,3 +367,68 @@ async def test_replicas_on_postgres_post_each_delivery_once_and_in_order(tmp_pat
         client_id = endpoint_id.removeprefix("whe_")
         mine = [p.event["data"]["n"] for p in posts if p.event["client_id"] == client_id]
         assert mine == [str(n) for n in range(events)]
+
+
+async def test_the_webhook_key_is_made_once_private_and_a_changed_key_is_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "webhook.key"
+    key = webhooks.WebhookKey.load(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert webhooks.WebhookKey.load(path).id == key.id  # read, not made again
+    assert key.secret_for("whe_a") == webhooks.WebhookKey.load(path).secret_for("whe_a")
+    assert key.secret_for("whe_a") != key.secret_for("whe_b")
+    path.write_text("too short\n")
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        webhooks.WebhookKey.load(path)
+
+    # Endpoints made under another key are not signed with a secret their receiver lacks.
+    other = webhooks.WebhookKey.load(tmp_path / "other.key")
+    with receiver() as hook:
+        db = _migrated(f"sqlite:///{tmp_path / 'kam.db'}")
+        endpoint_id = await _queue(db, "cli_k", hook.url, other, 1)
+        deliverer = Deliverer(db, key, retry_base=60.0)
+        deliverer.start()
+        try:
+            for _ in range(200):
+                rows = await db.run(
+                    lambda s: list(
+                        s.scalars(
+                            select(models.WebhookDelivery).where(
+                                models.WebhookDelivery.endpoint_id == endpoint_id
+                            )
+                        )
+                    )
+                )
+                if rows[0].attempts:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await deliverer.stop()
+            db.close()
+    assert hook.received == []
+    assert rows[0].status == "pending" and "BITWARE_WEBHOOK_KEY_FILE" in rows[0].last_error
+
+
+async def test_finished_deliveries_leave_the_log_after_30_days(tmp_path: Path) -> None:
+    db = _migrated(f"sqlite:///{tmp_path / 'kam.db'}")
+    key = webhooks.WebhookKey.load(tmp_path / "webhook.key")
+    await _queue(db, "cli_p", "https://hooks.example.com/x", key, 3)
+
+    def age(session: object) -> None:
+        from sqlalchemy.orm import Session
+
+        assert isinstance(session, Session)
+        old, older, pending = session.scalars(
+            select(models.WebhookDelivery).order_by(models.WebhookDelivery.seq)
+        )
+        long_ago = utcnow() - timedelta(days=31)
+        old.status, old.created_at = "succeeded", long_ago
+        older.status, older.created_at = "failed", long_ago
+        pending.created_at = long_ago  # still owed: kept
+
+    await db.run(age)
+    assert await db.run_tx(lambda tx: prune(tx, utcnow())) == 2
+    left = await db.run(lambda s: list(s.scalars(select(models.WebhookDelivery.status))))
+    db.close()
+    assert left == ["pending"]
