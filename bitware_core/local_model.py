@@ -77,6 +77,10 @@ def granulator_settings(address: str) -> dict[str, str]:
         "BITWARE_OPENAI_EXTRA_BODY": '{"repeat_penalty": 1.1}',
         # Two shared cores generate a few dozen tokens a second.
         "BITWARE_OPENAI_TIMEOUT": "300",
+        # The server answers one call at a time: a granulator sends one and holds one attempt
+        # (its slots follow), and further stages wait in the orchestrator's durable queue
+        # rather than in the server's, where they would time out.
+        "BITWARE_MAX_MODEL_CALLS": "1",
     }
 
 
