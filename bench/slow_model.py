@@ -10,6 +10,10 @@ WatchExecution to the end), spread over `--clients` enterprise clients. Prints:
   model for one call at a time per slot shows its slot count here);
 - end-to-end p50/p99, and the same minus the model time (`llm_calls` × delay of each
   execution): the mesh's own overhead, queueing in the mesh included;
+- where that overhead goes (medians, from the orchestrator's event times): submit → queued
+  (KAM's CreateRequest + ExecuteRequest and ExecutePipeline), queued → accepted (claim,
+  Handshake), accepted → stage succeeded minus the model time (the call, checking, scoring,
+  storing, recording), stage succeeded → the client sees the end;
 - CPU milliseconds per execution of our processes (the mesh's servers and the bench's clients),
   and of each (the fake model's too, not counted in ours), and the load average.
 
@@ -40,6 +44,25 @@ from common import (
     save,
     table,
 )
+
+from bitware.orchestrator.v1 import orchestrator_pb2
+
+PHASES = ("submit → queued", "queued → accepted", "accepted → stage done − model", "done → client")
+
+
+def phases(r: Result, delay: float) -> list[float]:
+    """Seconds of one execution's phases (see PHASES); the orchestrator's clock and ours are the
+    machine's one clock."""
+    at: dict[int, float] = {}
+    for event, _, _ in r.events:
+        at.setdefault(event.type, event.time.seconds + event.time.nanos / 1e9)
+    seen_end = r.events[-1][2]
+    submitted = seen_end - r.latency
+    model = r.events[-1][0].usage.llm_calls * delay
+    queued = at[orchestrator_pb2.EVENT_TYPE_EXECUTION_QUEUED]
+    accepted = at[orchestrator_pb2.EVENT_TYPE_STAGE_ACCEPTED]
+    done = at[orchestrator_pb2.EVENT_TYPE_STAGE_SUCCEEDED]
+    return [queued - submitted, accepted - queued, done - accepted - model, seen_end - done]
 
 
 async def burst(mesh: Mesh, n: int, delay: float) -> dict[str, Any]:
@@ -76,6 +99,10 @@ async def burst(mesh: Mesh, n: int, delay: float) -> dict[str, Any]:
         "p99_ms": pct(latency, 99) * 1e3,
         "overhead_p50_ms": pct(overhead, 50) * 1e3,
         "overhead_p99_ms": pct(overhead, 99) * 1e3,
+        "phases_p50_ms": {
+            name: pct([phases(r, delay)[i] for r in done], 50) * 1e3
+            for i, name in enumerate(PHASES)
+        },
         "cpu_ms_per_exec": cpu.own_s / max(1, len(done)) * 1e3,
         "cpu_ms_by_process": per_process,
         "foreign_cores": cpu.foreign_cores,
@@ -111,6 +138,10 @@ async def main(a: argparse.Namespace) -> None:
             f"{mmm([r['overhead_p50_ms'] for r in runs], 0)} / "
             f"{mmm([r['overhead_p99_ms'] for r in runs], 0)}",
         ],
+        *(
+            [f"  {name} p50 ms", mmm([r["phases_p50_ms"][name] for r in runs], 0)]
+            for name in PHASES
+        ),
         ["CPU ms per execution (ours)", mmm([r["cpu_ms_per_exec"] for r in runs], 0)],
         *(
             [f"  {name}", mmm([r["cpu_ms_by_process"][name] for r in runs], 1)]
