@@ -14,7 +14,7 @@ MYPY_PACKAGES := bitware_core kam_server orchestrator_server granulator_server g
 .PHONY: help setup local-model protos check-protos lint breaking test demo up
 
 help:
-	@echo "make setup         create .venv, install the package with dev extras, npm ci (buf)"
+	@echo "make setup         create .venv, install the package with its dev and otel extras, npm ci (buf)"
 	@echo "make local-model   setup, then the real local model for bitware up --local-model (compiles once)"
 	@echo "make test          setup, then run the whole test suite"
 	@echo "make demo          setup, then run the main job end to end (bitware demo)"
@@ -28,7 +28,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,otel]"
 	npm ci
 	touch $@
 

@@ -1,4 +1,5 @@
-"""Long-lived client channels between services, and the metadata every internal call carries.
+"""Long-lived client channels between services, and the metadata every internal call carries
+(credential, request and execution ids, and the trace context when tracing is on).
 
 One channel per target per process, created at start-up. Every call has a deadline: inside a
 server, `bitware_core.context.timeout()` passes on the time the caller has left (capped by the
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from bitware_core import tracing
 from bitware_core.auth import AUTHORIZATION_HEADER, WORKER_ID_HEADER
 from bitware_core.config import Settings
 from bitware_core.context import (
@@ -60,4 +62,5 @@ def service_metadata(settings: Settings) -> tuple[tuple[str, str], ...]:
         metadata.append((REQUEST_ID_HEADER, request_id))
     if execution_id := execution_id_var.get():
         metadata.append((EXECUTION_ID_HEADER, execution_id))
+    metadata.extend(tracing.headers())  # traceparent, when tracing is on
     return tuple(metadata)

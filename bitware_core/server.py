@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from bitware_core import logs
+from bitware_core import logs, tracing
 from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
 from bitware_core.config import Settings, SettingsError
 from bitware_core.context import (
@@ -153,6 +153,8 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         seconds = time.monotonic() - started
         self._calls.labels(method, code).inc()
         self._seconds.labels(method, code).observe(seconds)
+        if tracing.enabled():
+            tracing.annotate({"rpc.grpc.status_code": grpc.StatusCode[code].value[0]})
         level = logging.DEBUG if method.endswith(_CHATTY) else logging.INFO
         log.log(
             level,
@@ -233,15 +235,16 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def behaviour(request: Any, context: Context) -> Any:
             started = time.monotonic()
-            try:
-                await self._enter(method, allowed, context)
-                response = await inner(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as error:  # every failure leaves as a status, never UNKNOWN
-                await self._fail(method, error, context, started)
-            self._record(method, "OK", started)
-            return response
+            with tracing.rpc_span(method, context):
+                try:
+                    await self._enter(method, allowed, context)
+                    response = await inner(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as error:  # every failure leaves as a status, never UNKNOWN
+                    await self._fail(method, error, context, started)
+                self._record(method, "OK", started)
+                return response
 
         return behaviour
 
@@ -253,18 +256,19 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.monotonic()
-            try:
-                await self._enter(method, allowed, context)
-                async for item in inner(request, context):
-                    yield item
-            except asyncio.CancelledError:
-                self._record(method, "CANCELLED", started)
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await self._fail(method, error, context, started)
-            self._record(method, "OK", started)
+            with tracing.rpc_span(method, context):
+                try:
+                    await self._enter(method, allowed, context)
+                    async for item in inner(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    self._record(method, "CANCELLED", started)
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._fail(method, error, context, started)
+                self._record(method, "OK", started)
 
         return behaviour
 
@@ -433,9 +437,11 @@ def _follow_stdin(server: MeshServer, loop: asyncio.AbstractEventLoop) -> None:
 
 def process_settings(service: str) -> Settings:
     """This process's settings: the environment, then, with BITWARE_STDIN_SETTINGS, the
-    `BITWARE_NAME=value` lines on stdin up to an empty line. A bad value is one line on stderr
-    and exit code 2."""
+    `BITWARE_NAME=value` lines on stdin up to an empty line; and tracing when the `OTEL_*`
+    variables ask for it (`bitware_core.tracing`). A bad value is one line on stderr and exit
+    code 2."""
     try:
+        tracing.configure(service)
         settings = Settings.from_env()
         if settings.stdin_settings:
             environ = dict(os.environ)

@@ -23,6 +23,7 @@ from fastapi.security import (
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from bitware_core import tracing
 from bitware_core.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, SESSION_HEADER, WORKER_ID_HEADER
 from bitware_core.context import REQUEST_ID_HEADER, request_id_var
 from gateway.errors import GatewayError, invalid_argument
@@ -105,7 +106,7 @@ class Call:
         self, upstream: Upstream, metadata: tuple[tuple[str, str], ...], timeout: float
     ) -> None:
         self.up = upstream
-        self.metadata = (*metadata, (REQUEST_ID_HEADER, request_id_var.get()))
+        self.metadata = (*metadata, (REQUEST_ID_HEADER, request_id_var.get()), *tracing.headers())
         self.timeout = timeout
 
     async def __call__(

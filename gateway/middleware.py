@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bitware_core import tracing
 from bitware_core.context import REQUEST_ID_HEADER, request_id_var
 from gateway.errors import error_body
 from gateway.metrics import Metrics
@@ -55,26 +56,40 @@ class GatewayMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, receive, tagged_send)
-        except Exception:
-            # Every known failure is mapped by gateway.errors; reaching here is a gateway bug.
-            log.exception("unhandled error", extra={"path": scope.get("path", "")})
-            if status == 0:
-                body = error_body("INTERNAL", "the gateway failed; its log has the details")
-                await JSONResponse(body, status_code=500)(scope, receive, tagged_send)
-        finally:
-            route = scope.get("route")
-            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else ""
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(scope["method"], template or "unmatched", status, elapsed)
-            log.info(
-                "http request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope.get("path", ""),
-                    "status": status,
-                    "ms": round(elapsed * 1000, 1),
-                },
-            )
-            request_id_var.reset(token)
+        parent = (
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if tracing.enabled()
+            else None
+        )
+        attributes = {"http.request.method": scope["method"], "url.path": scope.get("path", "")}
+        with tracing.span(scope["method"], "server", parent, attributes) as span:
+            try:
+                await self.app(scope, receive, tagged_send)
+            except Exception:
+                # Every known failure is mapped by gateway.errors; reaching here is a gateway bug.
+                log.exception("unhandled error", extra={"path": scope.get("path", "")})
+                if status == 0:
+                    body = error_body("INTERNAL", "the gateway failed; its log has the details")
+                    await JSONResponse(body, status_code=500)(scope, receive, tagged_send)
+            finally:
+                route = scope.get("route")
+                template = (
+                    route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else ""
+                )
+                elapsed = time.perf_counter() - started
+                self.metrics.observe(scope["method"], template or "unmatched", status, elapsed)
+                if span is not None:  # named by route template, as HTTP server spans are
+                    span.update_name(f"{scope['method']} {template or 'unmatched'}")
+                    span.set_attributes(
+                        {"http.route": template, "http.response.status_code": status}
+                    )
+                log.info(
+                    "http request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope.get("path", ""),
+                        "status": status,
+                        "ms": round(elapsed * 1000, 1),
+                    },
+                )
+                request_id_var.reset(token)

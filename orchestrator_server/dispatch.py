@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
-from bitware_core import convert
+from bitware_core import convert, tracing
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
@@ -43,6 +43,8 @@ STOP_SECONDS = 10.0
 HEALTH_PROBE_SECONDS = 2.0
 #: How long to let a finished stage's progress stream drain before recording its outcome.
 FOLLOW_GRACE_SECONDS = 0.5
+#: Trace contexts of executions kept for their dispatch (only with tracing on).
+TRACES_KEPT = 10_000
 _LOST_ATTEMPT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
 
 
@@ -80,6 +82,8 @@ class Dispatcher:
         #: Executions whose outcome is being reported to KAM right now.
         self._reporting: set[str] = set()
         self._snapshot: dict[str, Any] = {"levels": {}, "workers": {}}
+        #: execution id → the trace context it was started in (`remember_trace`)
+        self._traces: dict[str, dict[str, str]] = {}
         self._dispatch_seconds = Histogram(
             "bitware_dispatch_seconds",
             "From claiming a ready stage to a worker accepting it.",
@@ -296,8 +300,29 @@ class Dispatcher:
 
     # --- one stage attempt --------------------------------------------------------------------
 
+    def remember_trace(self, execution_id: str) -> None:
+        """With tracing on: the execution's stages are dispatched in the trace of the call that
+        started (or retried) it. Kept in this process's memory, the most recent
+        `TRACES_KEPT`: a stage claimed by another replica, or after a restart, starts a trace
+        of its own."""
+        if context := tracing.headers():
+            self._traces[execution_id] = dict(context)
+            if len(self._traces) > TRACES_KEPT:
+                del self._traces[next(iter(self._traces))]
+
     async def _run_stage(self, claim: queue.Claim, address: str, has_alternative: bool) -> None:
         execution_id_var.set(claim.execution_id)
+        with tracing.span(
+            f"dispatch {claim.capability}",
+            parent=self._traces.get(claim.execution_id),
+            attributes={
+                "bitware.execution_id": claim.execution_id,
+                "bitware.attempt": claim.attempt,
+            },
+        ):
+            await self._run_claimed(claim, address, has_alternative)
+
+    async def _run_claimed(self, claim: queue.Claim, address: str, has_alternative: bool) -> None:
         try:
             if claim.previous_output_ref:
                 reference = claim.previous_output_ref

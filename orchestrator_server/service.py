@@ -184,6 +184,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             lambda tx: executions.load_full(tx, executions.create(tx, new))
         )
         execution_id_var.set(row.id)  # this call's log line names the execution it started
+        self.dispatcher.remember_trace(row.id)
         self.dispatcher.wake.set()
         return orchestrator_pb2.ExecutePipelineResponse(
             execution=execution_to_proto(row, stages, attempts)
@@ -244,6 +245,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         row = await self.db.run(
             lambda s: executions.retry(s, principal, request.execution_id, request.retry_number)
         )
+        self.dispatcher.remember_trace(row.id)
         self.dispatcher.wake.set()
         return orchestrator_pb2.RetryExecutionResponse(execution=await self._full(row.id))
 

@@ -45,12 +45,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from prometheus_client import CollectorRegistry
 
+from bitware_core import tracing
 from bitware_core.config import Settings
 from granulator_server.domain import StructureTemplate, build_prompt
 from granulator_server.errors import (
@@ -545,7 +547,33 @@ class OpenAIProvider:
         endpoint's headers pace what follows and writes the call's `CallRecord`. Waits first
         while `max_calls` calls are in flight."""
         async with self._in_flight:
-            return await self._send_now(endpoint, request, mode, why, meter, on_progress)
+            if not tracing.enabled():
+                return await self._send_now(endpoint, request, mode, why, meter, on_progress)
+            with tracing.span(
+                f"chat {endpoint.model}",
+                "client",
+                attributes={
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.system": "openai",
+                    "gen_ai.request.model": endpoint.model,
+                    "gen_ai.request.max_tokens": request["max_tokens"],
+                    "server.address": urlsplit(endpoint.base_url).hostname or "",
+                    "bitware.provider": endpoint.name,
+                    "bitware.call_reason": why,
+                },
+            ) as span:
+                try:
+                    return await self._send_now(endpoint, request, mode, why, meter, on_progress)
+                finally:
+                    if span is not None:  # GenAI semantic conventions
+                        call = meter.calls[-1]
+                        span.set_attributes(
+                            {
+                                "gen_ai.usage.input_tokens": call.prompt_tokens,
+                                "gen_ai.usage.output_tokens": call.completion_tokens,
+                                "gen_ai.response.finish_reasons": [call.finish_reason or "none"],
+                            }
+                        )
 
     async def _send_now(
         self,
