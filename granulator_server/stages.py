@@ -247,7 +247,12 @@ class StageRunner:
     ) -> dict[str, Any]:
         """Scores the generated structure and stores it (the CPU-bound part of `generate`)."""
         stage_log.add(progress.VALIDATING, "validating", 0.7)
-        report = score_quality(work.template, generation.document, granularity)
+        report = score_quality(
+            work.template,
+            generation.document,
+            granularity,
+            schema_checked=generation.schema_checked,
+        )
         quality = gate(work.template, report, report.score, work.min_quality)
         stage_log.add(progress.STORING, "storing the element tree", 0.85)
         outcome = {

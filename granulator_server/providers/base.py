@@ -98,6 +98,8 @@ class Generation:
     usage: dict[str, Any] = field(default_factory=dict)
     #: Every model call made for it (none for the offline provider).
     calls: tuple[CallRecord, ...] = ()
+    #: The provider checked `document` against the template's JSON Schema and found no problem.
+    schema_checked: bool = False
 
 
 @dataclass(frozen=True)

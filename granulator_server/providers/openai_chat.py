@@ -268,7 +268,8 @@ class OpenAIProvider:
             meter,
             on_progress,
         )
-        return Generation(document, meter.as_dict(), tuple(meter.calls))
+        # ask_json returns only a document without schema problems.
+        return Generation(document, meter.as_dict(), tuple(meter.calls), schema_checked=True)
 
     async def judge(
         self,

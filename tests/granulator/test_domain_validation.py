@@ -139,6 +139,13 @@ def test_uneven_but_in_range_course_still_scores_above_eighty() -> None:
     assert "under 8 words" in report.feedback
 
 
+def test_a_structure_the_provider_checked_scores_the_same_without_a_second_schema_check() -> None:
+    for template in SEED_TEMPLATES:
+        structure = _good(template.structure_type)
+        checked = score_quality(template, structure, GRANULARITY, schema_checked=True)
+        assert checked == score_quality(template, structure, GRANULARITY)
+
+
 def test_components_are_fractions_with_weights_summing_to_one() -> None:
     report = score_quality(_template("course"), _mutated("course", _empty_lessons), GRANULARITY)
     assert set(report.components) == set(WEIGHTS)
