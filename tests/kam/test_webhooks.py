@@ -179,16 +179,27 @@ async def test_crossing_a_budget_alert_is_posted_after_the_request_that_crossed_
     hooked: InProcessMesh,
 ) -> None:
     client = await make_client(hooked, budget=1.0)
-    with receiver() as hook:
+    with receiver() as hook, receiver() as alerts_only:
         async with kam(hooked) as k:
             await k.create_template(client.admin, parked_template("hooked"))
             await register(k, client, hook.url)
+            await stub(k).CreateWebhookEndpoint(
+                webhooks_pb2.CreateWebhookEndpointRequest(
+                    url=alerts_only.url, event_types=["budget.threshold"]
+                ),
+                metadata=client.key,
+                timeout=10,
+            )
             await finish(k, client, cost=0.85)
             completed, alert = await hook.wait_for(2)
             assert completed.event["type"] == "request.completed"
             assert alert.event["type"] == "budget.threshold"
             assert alert.event["data"]["percent"] == "80"
             assert alert.event["data"]["monthly_budget_usd"] == "1.00"
+            # The endpoint that asked only for alerts gets only the alert, same event id.
+            (only,) = await alerts_only.wait_for(1)
+            assert only.event["type"] == "budget.threshold"
+            assert only.event["id"] == alert.event["id"]
 
 
 async def test_endpoint_urls_are_checked_and_endpoints_belong_to_their_client(
