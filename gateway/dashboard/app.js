@@ -301,7 +301,7 @@ async function route() {
     }
   }
   if (!location.hash || location.hash === "#/") {
-    location.hash = "#/requests";
+    location.hash = "#/overview";
     return;
   }
   updateChrome();
@@ -344,7 +344,7 @@ function viewLogin() {
     try {
       const answer = await api("POST", "/api/auth/login", { email: email.value, password: password.value });
       state.me = answer.principal;
-      location.hash = "#/requests";
+      location.hash = "#/overview";
     } catch (error) {
       showError(error);
       password.select();

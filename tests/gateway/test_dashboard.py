@@ -141,8 +141,10 @@ async def test_admin_runs_a_request_and_reads_its_structure_in_the_browser(
 
         await page.get_by_label("Password").fill(credentials.admin_password)
         await page.get_by_role("button", name="Sign in").click()
-        await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+        await expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
         await expect(page.get_by_text(f"{credentials.admin_email} · admin")).to_be_visible()
+        await page.get_by_role("link", name="Requests", exact=True).click()
+        await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
 
         # The admin works on behalf of a client, chosen by name.
         await page.get_by_label("Client", exact=True).select_option(
@@ -289,7 +291,7 @@ async def test_the_retry_button_retries_the_request_through_kam(
             await page.get_by_label("Email").fill("learner@acme.test")
             await page.get_by_label("Password").fill(PASSWORD)
             await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            await expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
             problems.clear()  # the browser logs the signed-out page's own 401s
             await page.goto(f"{base}/#/executions/{execution_id}")
             await expect(page.get_by_role("heading", level=1)).to_contain_text("failed")
@@ -333,7 +335,7 @@ async def test_the_execution_view_shows_every_model_call(
             await page.get_by_label("Email").fill(credentials.admin_email)
             await page.get_by_label("Password").fill(credentials.admin_password)
             await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            await expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
             await page.goto(f"{base}/#/executions/{execution.execution_id}")
 
             calls = page.get_by_role("list", name="Model calls")

@@ -116,7 +116,7 @@ async def test_the_overview_and_webhooks_in_chromium_for_an_admin_and_a_client_u
             await page.get_by_label("Email").fill(credentials.admin_email)
             await page.get_by_label("Password").fill(credentials.admin_password)
             await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            await expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
 
             # Webhooks: an endpoint for the client, its secret shown once; then the log fills.
             await page.get_by_role("link", name="Webhooks").click()
@@ -183,7 +183,7 @@ async def test_the_overview_and_webhooks_in_chromium_for_an_admin_and_a_client_u
             await page.get_by_label("Email").fill("ana@acme.test")
             await page.get_by_label("Password").fill(PASSWORD)
             await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Requests", exact=True)).to_be_visible()
+            await expect(page.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
             await page.get_by_role("link", name="Overview").click()
             await page.get_by_label("Window", exact=True).select_option(label="15 minutes")
             await expect(spend_chart).to_contain_text("budget $100.00")
