@@ -84,41 +84,41 @@ def judge_level(params: dict[str, str]) -> int:
     return level
 
 
-#: Estimates kept, per template version and request (the Handshake and the run that follows
-#: ask for the same one; generating the reference structure is most of an offline stage's CPU).
-_ESTIMATES: dict[tuple[str, int, str], dict[str, int]] = {}
-ESTIMATES_KEPT = 256
+#: The reference structure's size per shape (see `estimate`); generating it is most of an
+#: offline stage's CPU, and with a model it would be a millisecond of every Handshake.
+_SIZES: dict[tuple[str, int, int, str, int], tuple[int, int]] = {}
+SIZES_KEPT = 256
 
 
 def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
     """Expected prompt and completion tokens (about four characters a token) and elements: the
-    offline structure for the same request has the size a model's answer should have."""
-    key = (template.name, template.version, json.dumps(spec, sort_keys=True))
-    found = _ESTIMATES.get(key)
-    if found is None:
-        found = _ESTIMATES[key] = _estimate(template, spec)
-        if len(_ESTIMATES) > ESTIMATES_KEPT:
-            del _ESTIMATES[next(iter(_ESTIMATES))]  # the oldest
-    return found
-
-
-def _estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
+    offline structure for the same request has the size a model's answer should have. Its size
+    depends on the template, the granularity, the audience and the topic's length, not on the
+    topic's words (to within a few characters): it is generated once per such shape."""
+    topic, audience, granularity = spec["topic"], spec.get("audience", ""), int(spec["granularity"])
     system, user = build_prompt(
         template,
-        spec["topic"],
-        spec.get("audience", ""),
-        int(spec["granularity"]),
+        topic,
+        audience,
+        granularity,
         dict(spec.get("constraints", {})),
         dict(spec.get("options", {})),
     )
+    key = (template.name, template.version, granularity, audience, len(topic))
+    size = _SIZES.get(key)
+    if size is None:
+        reference = generate_offline(template, topic, audience, granularity, {})
+        size = _SIZES[key] = (
+            len(json.dumps(reference)),
+            len(to_elements(template.structure_type, reference)),
+        )
+        if len(_SIZES) > SIZES_KEPT:
+            del _SIZES[next(iter(_SIZES))]  # the oldest
     schema = json.dumps(template.json_schema)
-    reference = generate_offline(
-        template, spec["topic"], spec.get("audience", ""), int(spec["granularity"]), {}
-    )
     return {
         "prompt_tokens": (len(system) + len(user) + len(schema)) // 4,
-        "completion_tokens": len(json.dumps(reference)) // 4,
-        "elements": len(to_elements(template.structure_type, reference)),
+        "completion_tokens": size[0] // 4,
+        "elements": size[1],
     }
 
 
