@@ -245,6 +245,10 @@ def enqueue(tx: Tx, client_id: str, event_type: str, data: dict[str, Any]) -> in
     ]
     if not endpoints:
         return 0
+    # The client's row, locked (a no-op where the caller holds it already): one client's events
+    # take their `seq` in the order their transactions commit, so none is queued behind a
+    # later one on PostgreSQL, where a sequence number is drawn before the commit.
+    tx.execute(f"SELECT id FROM clients WHERE id = :id{tx.lock()}", {"id": client_id})
     tx.info[QUEUED] = True
     now = utcnow()
     event_id = new_id("evt")
