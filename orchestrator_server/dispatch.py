@@ -277,6 +277,8 @@ class Dispatcher:
                 await self._report(execution)
 
     async def _report(self, execution: models.Execution) -> None:
+        if not execution.request_id:
+            return  # started by staff without a KAM request: KAM has nothing to settle
         self._reporting.add(execution.id)
         try:
             try:

@@ -505,8 +505,11 @@ def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
     waiting = select_rows(
         tx,
         models.Execution,
-        "id IN (SELECT execution_id FROM stages"
-        " WHERE status = 'queued' AND queued_at < :cutoff AND queue_key < :turn)",
+        # (Each priority named, so that the wait is one range of the status-priority-queued_at
+        # index per priority, not a walk of every queued stage.)
+        "id IN (SELECT execution_id FROM stages WHERE status = 'queued'"
+        f" AND priority IN ({', '.join(map(str, PRIORITY_NAMES))})"
+        " AND queued_at < :cutoff AND queue_key < :turn)",
         {"cutoff": tx.ts(now - timedelta(seconds=queue_wait_s)), "turn": WAITING_TURN},
         lock,
     )

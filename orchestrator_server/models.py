@@ -25,6 +25,10 @@ class Execution(OrchestratorBase):
         UniqueConstraint("client_id", "idempotency_key", name="uq_executions_client_idempotency"),
         # For the claim's count of each client's running executions.
         Index("ix_executions_status_client", "status", "client_id"),
+        # Housekeeping's once-a-second reads: executions past their deadline, and ended ones
+        # whose outcome KAM has not heard yet (neither may walk every queued or ended row).
+        Index("ix_executions_status_deadline", "status", "deadline_at"),
+        Index("ix_executions_unreported", "outcome_reported", "status"),
     )
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(60), default="")
@@ -59,6 +63,9 @@ class Stage(OrchestratorBase):
         Index("ix_stages_queue", "status", "capability", "queue_key"),
         # A client's own queue: its waiting turns, and its stages for GetQueue.
         Index("ix_stages_client_queue", "client_id", "status", "queue_key"),
+        # The queue's figures per priority (GetQueue, metrics) from the index alone, and the
+        # stages that waited past the queue-wait timeout as one range per priority.
+        Index("ix_stages_status_priority_queued", "status", "priority", "queued_at"),
     )
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id"), index=True)

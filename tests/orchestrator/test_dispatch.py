@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -291,3 +292,19 @@ async def test_client_concurrency_limit_runs_one_execution_at_a_time(
     for (_, end), (start, _) in itertools.pairwise(timeline):
         assert start >= end  # never two at once
     assert len(worker.processed) == 3
+
+
+async def test_an_execution_without_a_kam_request_is_not_reported_to_kam(
+    client: Client, runner: Runner, workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staff may start executions straight through ExecutePipeline, with no KAM request: at
+    their end there is nothing for KAM to settle, so no report is sent (KAM would refuse it,
+    one warning and one wasted call per execution)."""
+    await add_template(client.mesh, "one_stage", [stage()])
+    await workers("w")
+    caplog.set_level(logging.WARNING, logger="bitware.orchestrator")
+    execution = await asyncio.wait_for(runner.run("one_stage"), 10)
+    assert execution.status == orchestrator_pb2.EXECUTION_STATUS_SUCCEEDED
+    # The report would follow the terminal event within milliseconds; give it ample time.
+    with pytest.raises(AssertionError):
+        await eventually(lambda: "could not report outcome" in caplog.text, within=3)

@@ -1,0 +1,431 @@
+"""Depth: claim latency and drain rate with 100 and with 10,000 queued executions, and the
+orchestrator's RSS with 1,000 concurrent WatchExecution streams.
+
+Method: one mesh as real processes (SQLite by default, `--postgres` for a scratch database on
+127.0.0.1:5432; offline provider). The granulator is held off (admin DeregisterWorker
+drain=true, repeated, as in drain.py), then executions are created straight through the
+orchestrator's ExecutePipeline as the admin (staff may start executions), spread over
+`--clients` clients each with the enterprise tier's limit of `--cap` running executions, as KAM
+passes it (`--cap 0`: no limit, every execution ready at once).
+
+- drain rate: the shallow queue (100) is filled and drained `--reps` times, then the deep one
+  (10,000) is filled and `--drained` of it (1,000) drained. Each drain starts with a fresh
+  granulator (the held one is killed and the Supervisor restarts it); the rate is taken
+  afterwards from the executions' `ended_at` in the orchestrator's database, over windows of 80
+  executions (the 10th to the 90th to end, the 110th to the 190th, …: past the worker's start,
+  the same width at both depths), median over the windows.
+- claim latency: `orchestrator_server.queue.claim` itself, run by this process on the
+  orchestrator's database (the worker's registry row, as healthy, is the one worker), each claim
+  rolled back so the depth stays; `--claims` times. On SQLite both queues are copied (SQLite's
+  backup) when they are full and the claims alternate between the two copies, so that the
+  machine's load falls on both alike and neither meets the live orchestrator's writes; on
+  PostgreSQL each depth is measured on the live database while it is queued. It is the dispatcher's
+  claim transaction: the running counts, the worker slots, the ordered candidate queries, the
+  leases, offers and events of the stages it takes.
+- footprint: with the deep queue held, `--streams` WatchExecution streams are opened (over 8
+  channels) on queued executions, each waits for its first event, and the orchestrator's RSS is
+  read from /proc.
+
+It prints both depths, their ratios and the plans of the claim's and the housekeeping's reads
+(EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL).
+
+    .venv/bin/python bench/depth.py [--postgres] [--shallow 100] [--deep 10000] [--streams 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from common import Mesh, MeshOptions, loadavg, log, med, pct, rss_mb, save, spec, table
+
+from bitware.common.v1 import common_pb2
+from bitware.orchestrator.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from bitware_core.sql import Tx, select_rows
+from orchestrator_server import models, queue
+
+GRANULATOR = "granulator-1"
+#: The claim's and the housekeeping's reads, as they send them (column lists shortened).
+QUERIES = (
+    "SELECT s.id FROM stages s JOIN executions e ON s.execution_id = e.id"
+    " WHERE s.status = 'queued' AND s.capability = :capability"
+    " AND s.queue_key < :turn AND s.ready_at <= :now ORDER BY s.queue_key LIMIT :limit",
+    "SELECT client_id, count(*), max(client_concurrency) FROM executions"
+    " WHERE status = 'running' GROUP BY client_id",
+    "SELECT a.worker_id, count(*) FROM attempts a"
+    " JOIN stages s ON s.id = a.stage_id AND a.epoch = s.epoch"
+    " WHERE s.status = 'running' GROUP BY a.worker_id",
+    "SELECT id FROM executions WHERE status IN ('queued', 'running') AND deadline_at < :now",
+    "SELECT id FROM executions WHERE id IN (SELECT execution_id FROM stages"
+    " WHERE status = 'queued' AND priority IN (1, 2, 3, 4) AND queued_at < :now"
+    " AND queue_key < :turn)",
+    "SELECT status, priority, count(*), min(queued_at) FROM stages"
+    " WHERE status IN ('queued', 'running', 'retry_wait') GROUP BY status, priority",
+    "SELECT id FROM executions WHERE status IN ('succeeded', 'failed', 'cancelled')"
+    " AND outcome_reported = false AND request_id != '' LIMIT 50",
+)
+
+
+@contextlib.contextmanager
+def connect(url: str) -> Iterator[Tx]:
+    """A `Tx` on the orchestrator's database, on the driver's own connection."""
+    if url.startswith("sqlite"):
+        sq = sqlite3.connect(url.split("///", 1)[1], timeout=30)
+        try:
+            yield Tx(sq, postgres=False)
+        finally:
+            sq.close()
+    else:
+        import psycopg
+
+        pg = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
+        try:
+            yield Tx(pg, postgres=True)
+        finally:
+            pg.close()
+
+
+def claim_times(urls: list[str], times: int) -> list[dict[str, Any]]:
+    """`queue.claim` `times` times on each database, interleaved (one claim on each in turn, so
+    that the machine's load falls on all alike), each rolled back; latency p50/p95 in ms and
+    the stages one claim takes."""
+    with contextlib.ExitStack() as stack:
+        txs = [stack.enter_context(connect(url)) for url in urls]
+        workers = []
+        for tx in txs:
+            [worker] = select_rows(tx, models.Worker, "id = :id", {"id": GRANULATOR})
+            worker.state = "healthy"
+            tx._connection.rollback()
+            workers.append(worker)
+        took: list[list[float]] = [[] for _ in urls]
+        claimed = [0 for _ in urls]
+        for _ in range(times):
+            for i, (tx, worker) in enumerate(zip(txs, workers, strict=True)):
+                t0 = time.perf_counter()
+                claimed[i] = len(queue.claim(tx, "bench-depth", [worker], {}, 30.0))
+                took[i].append(time.perf_counter() - t0)
+                tx._connection.rollback()
+    return [
+        {"p50_ms": pct(t, 50) * 1e3, "p95_ms": pct(t, 95) * 1e3, "claimed": c}
+        for t, c in zip(took, claimed, strict=True)
+    ]
+
+
+def snapshot(url: str, path: Path) -> str:
+    """A copy of a SQLite database (its queue as it is now); its URL."""
+    source = url.split("///", 1)[1]
+    with (
+        contextlib.closing(sqlite3.connect(source)) as live,
+        contextlib.closing(sqlite3.connect(path)) as copy,
+    ):
+        live.backup(copy)
+    return f"sqlite:///{path}"
+
+
+def plans(url: str) -> list[str]:
+    """The plans of the claim's and the housekeeping's reads."""
+    params = {"capability": "granulate", "turn": 1e12, "now": "2000-01-01", "limit": 128}
+    out = []
+    with connect(url) as tx:
+        for sql in QUERIES:
+            prefix = "EXPLAIN " if tx.postgres else "EXPLAIN QUERY PLAN "
+            rows = tx.all(prefix + sql, params)
+            out.append(sql[:70] + " …")
+            out += ["    " + " ".join(str(c) for c in row) for row in rows]
+        tx._connection.rollback()
+    return out
+
+
+class Depth:
+    def __init__(self, mesh: Mesh, cap: int) -> None:
+        self.mesh = mesh
+        self.cap = cap
+        self.registry = registry_pb2_grpc.WorkerRegistryServiceStub(mesh.orc_channel)
+        self.holder: asyncio.Task[None] | None = None
+        self.holding = asyncio.Event()
+        child = next(c for c in mesh.supervisor.children if c.name == "orchestrator")
+        self.url = child.env.get("BITWARE_DATABASE_URL") or (
+            f"sqlite:///{mesh.data_dir.resolve() / 'orchestrator.db'}"
+        )
+        self.orchestrator_pid = mesh.pids()["orchestrator"]
+
+    async def _drain(self) -> None:
+        await self.registry.DeregisterWorker(
+            registry_pb2.DeregisterWorkerRequest(worker_id=GRANULATOR, drain=True),
+            metadata=self.mesh.admin,
+            timeout=10,
+        )
+
+    async def hold(self) -> None:
+        """Keeps the granulator draining (the orchestrator deregisters a drained idle worker,
+        and the granulator then registers again on its next heartbeat)."""
+        self.holding.clear()
+        await self._drain()
+
+        async def loop() -> None:
+            while not self.holding.is_set():
+                await self._drain()
+                await asyncio.sleep(0.2)
+
+        self.holder = asyncio.create_task(loop())
+        await asyncio.sleep(0.5)
+
+    async def fill(self, n: int) -> list[str]:
+        """n executions through ExecutePipeline, 32 calls at a time."""
+        ids: list[str] = []
+        todo = list(range(n))
+        clients = [c.client_id for c in self.mesh.clients]
+
+        async def one() -> None:
+            while todo:
+                i = todo.pop()
+                done = await self.mesh.orchestrator.ExecutePipeline(
+                    orchestrator_pb2.ExecutePipelineRequest(
+                        template_name="course_standard",
+                        spec=spec(),
+                        priority=common_pb2.PRIORITY_NORMAL,
+                        client_id=clients[i % len(clients)],
+                        client_concurrency_limit=self.cap,
+                    ),
+                    metadata=self.mesh.admin,
+                    timeout=60,
+                )
+                ids.append(done.execution.execution_id)
+
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(32))), 1200)
+        return ids
+
+    async def left(self) -> int:
+        q = await self.mesh.orchestrator.GetQueue(
+            orchestrator_pb2.GetQueueRequest(), metadata=self.mesh.admin, timeout=30
+        )
+        return q.total_depth + q.running + q.retry_waiting
+
+    async def release(self) -> None:
+        """A fresh granulator: the held one is killed, the Supervisor restarts it."""
+        self.holding.set()
+        if self.holder is not None:
+            await self.holder
+        gran = next(c for c in self.mesh.supervisor.children if c.name == GRANULATOR)
+        assert gran.process is not None
+        gran.process.kill()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = await self.registry.ListWorkers(
+                registry_pb2.ListWorkersRequest(), metadata=self.mesh.admin, timeout=10
+            )
+            if any(
+                w.worker_id == GRANULATOR and w.state == registry_pb2.WORKER_STATE_HEALTHY
+                for w in workers.workers
+            ):
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError("the granulator did not come back within 120 s")
+
+    async def wait_ended(self, queued: int, until: int, limit: float) -> None:
+        """Until `until` of the `queued` executions have ended (at most `limit` seconds)."""
+        deadline = time.monotonic() + limit
+        for _ in range(int(limit / 0.5) + 1):  # GetQueue counts the queue: not too often
+            if queued - await self.left() >= until or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.5)
+
+    def rates(self, ids: list[str], windows: list[tuple[int, int]]) -> dict[str, float]:
+        """Executions per second between the i-th and the j-th of `ids` to end, from their
+        `ended_at` in the orchestrator's database (no polling error, no start-up transient)."""
+        wanted = set(ids)
+        with connect(self.url) as tx:
+            rows = tx.all("SELECT id, ended_at FROM executions WHERE ended_at IS NOT NULL")
+            tx._connection.rollback()
+            ended = sorted(
+                when
+                for id_, when in ((r[0], tx.when(r[1])) for r in rows)
+                if id_ in wanted and when
+            )
+        return {
+            f"{i}–{j}": (j - i) / (ended[j - 1] - ended[i - 1]).total_seconds()
+            for i, j in windows
+            if i < j <= len(ended)
+        }
+
+    async def streams_rss(self, ids: list[str], n: int) -> dict[str, float]:
+        """RSS of the orchestrator before and with n WatchExecution streams open (each has
+        received its execution's history)."""
+        before = rss_mb(self.orchestrator_pid)
+        channels = [grpc.aio.insecure_channel(self.mesh.orchestrator_address) for _ in range(8)]
+        stubs = [orchestrator_pb2_grpc.OrchestratorServiceStub(c) for c in channels]
+        calls = []
+        got = 0
+
+        async def first(call: Any) -> None:
+            nonlocal got
+            async for _ in call:
+                got += 1
+                return
+
+        try:
+            for i, execution_id in enumerate(ids[:n]):
+                calls.append(
+                    stubs[i % len(stubs)].WatchExecution(
+                        orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
+                        metadata=self.mesh.admin,
+                        timeout=600,
+                    )
+                )
+            await asyncio.wait_for(asyncio.gather(*(first(c) for c in calls)), 300)
+            await asyncio.sleep(2)
+            with_streams = rss_mb(self.orchestrator_pid)
+        finally:
+            for call in calls:
+                call.cancel()
+            for c in channels:
+                await c.close()
+        return {"streams": got, "rss_before_mb": before, "rss_streams_mb": with_streams}
+
+
+def windows(drained: int, width: int = 80) -> list[tuple[int, int]]:
+    """(10, 90), (110, 190), …: the same window of `width` executions along a drain."""
+    return [(i + 10, i + 10 + width) for i in range(0, drained - width - 9, 100)]
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    options = MeshOptions(postgres=a.postgres, clients=a.clients)
+    async with Mesh(options) as mesh:
+        d = Depth(mesh, a.cap)
+        shallow: dict[str, Any] = {"rates": []}
+        deep: dict[str, Any] = {}
+        # the shallow queue, filled and drained --reps times
+        for rep in range(a.reps):
+            await d.hold()
+            ids = await d.fill(a.shallow)
+            shallow["queued"] = await d.left()
+            if rep == 0:
+                if a.postgres:  # no copy of a live PostgreSQL database: measured now
+                    [shallow["claims"]] = await asyncio.to_thread(claim_times, [d.url], a.claims)
+                else:
+                    shallow_url = snapshot(d.url, mesh.data_dir / "shallow.db")
+            await d.release()
+            await d.wait_ended(a.shallow, a.shallow, a.limit)
+            shallow["rates"] += d.rates(ids, windows(a.shallow)).values()
+            log(f"depth {a.shallow} rep {rep + 1}: drain {shallow['rates'][-1]:.1f}/s")
+        # the deep queue
+        await d.hold()
+        t0 = time.perf_counter()
+        ids = await d.fill(a.deep)
+        deep["fill_s"] = time.perf_counter() - t0
+        deep["queued"] = await d.left()
+        log(f"depth {a.deep}: queued in {deep['fill_s']:.0f}s; left {deep['queued']}")
+        if a.postgres:
+            [deep["claims"]] = await asyncio.to_thread(claim_times, [d.url], a.claims)
+        else:
+            deep_url = snapshot(d.url, mesh.data_dir / "deep.db")
+            shallow["claims"], deep["claims"] = await asyncio.to_thread(
+                claim_times, [shallow_url, deep_url], a.claims
+            )
+        plans_of = await asyncio.to_thread(plans, d.url)
+        if a.streams:
+            deep |= await d.streams_rss(ids, a.streams)
+            log(f"  RSS {deep['rss_before_mb']:.0f} → {deep['rss_streams_mb']:.0f} MB")
+        drained = min(a.deep, a.drained)
+        await d.release()
+        await d.wait_ended(deep["queued"], drained, a.limit)
+        deep["rates"] = list(d.rates(ids, windows(drained)).values())
+        deep["overall"] = d.rates(ids, [(100, drained)])
+        return {"shallow": shallow, "deep": deep, "plans": plans_of}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shallow", type=int, default=100, help="the shallow queue's depth")
+    ap.add_argument("--deep", type=int, default=10000, help="the deep queue's depth")
+    ap.add_argument("--reps", type=int, default=5, help="times the shallow queue is drained")
+    ap.add_argument("--clients", type=int, default=25)
+    ap.add_argument("--cap", type=int, default=50, help="running executions per client (0: none)")
+    ap.add_argument("--claims", type=int, default=300, help="claims timed at each depth")
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument(
+        "--drained", type=int, default=1000, help="executions of the deep queue drained"
+    )
+    ap.add_argument("--limit", type=float, default=600, help="seconds a drain may take at most")
+    ap.add_argument("--postgres", action="store_true")
+    a = ap.parse_args()
+    load0 = loadavg()
+    out = asyncio.run(run(a))
+    lo, hi = out["shallow"], out["deep"]
+
+    def rate(r: dict[str, Any]) -> str:
+        return f"{med(r['rates']):.1f}/s ({min(r['rates']):.1f}–{max(r['rates']):.1f}; {len(r['rates'])} windows)"
+
+    rows = [
+        [
+            depth,
+            r["queued"],
+            f"{r['claims']['p50_ms']:.2f}",
+            f"{r['claims']['p95_ms']:.2f}",
+            r["claims"]["claimed"],
+            rate(r),
+        ]
+        for depth, r in ((a.shallow, lo), (a.deep, hi))
+    ]
+    rows.append(
+        [
+            "ratio",
+            "",
+            f"{hi['claims']['p50_ms'] / lo['claims']['p50_ms']:.2f}",
+            f"{hi['claims']['p95_ms'] / lo['claims']['p95_ms']:.2f}",
+            "",
+            f"{med(hi['rates']) / med(lo['rates']):.2f}",
+        ]
+    )
+    db = "PostgreSQL" if a.postgres else "SQLite (claims alternating between copies of both queues)"
+    print(f"\n{db}; {a.clients} clients, cap {a.cap}; load avg at start {load0}, end {loadavg()}")
+    print(
+        table(
+            [
+                "depth",
+                "queued",
+                "claim p50 ms",
+                "claim p95 ms",
+                "stages/claim",
+                "drain, 80-execution windows",
+            ],
+            rows,
+        )
+    )
+    overall = " ".join(f"{k}: {v:.1f}/s" for k, v in hi["overall"].items())
+    print(f"deep queue, executions {overall}")
+    if "streams" in hi:
+        print(
+            f"orchestrator RSS: {hi['rss_before_mb']:.0f} MB with the deep queue, "
+            f"{hi['rss_streams_mb']:.0f} MB with {hi['streams']} WatchExecution streams open"
+        )
+    print("\nplans of the claim's and the housekeeping's reads at the deep queue:")
+    print("\n".join(out["plans"]))
+    path = save("depth", {"args": vars(a), "load": load0, **out})
+    print(f"results: {path}")
+    summary = (
+        f"claim p50 ×{hi['claims']['p50_ms'] / lo['claims']['p50_ms']:.2f}, "
+        f"p95 ×{hi['claims']['p95_ms'] / lo['claims']['p95_ms']:.2f}; "
+        f"drain ×{med(hi['rates']) / med(lo['rates']):.2f}"
+    )
+    if "streams" in hi:
+        summary += f"; RSS with {hi['streams']} streams {hi['rss_streams_mb']:.0f} MB"
+    print(
+        f"SUMMARY depth ({'PostgreSQL' if a.postgres else 'SQLite'}, {a.deep} vs {a.shallow}): {summary}"
+    )
+
+
+if __name__ == "__main__":
+    main()
