@@ -3,7 +3,7 @@ granulator → model call.
 
 Off unless the `[otel]` extra is installed and `OTEL_TRACES_EXPORTER` names an exporter (`otlp`:
 OTLP over gRPC, configured by the standard `OTEL_EXPORTER_OTLP_*` variables; `console`: spans
-printed on stdout). `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+printed on stderr). `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
 `OTEL_BSP_*` and `OTEL_PROPAGATORS` apply as usual; `OTEL_SDK_DISABLED=true` turns it off. When
 off, `opentelemetry` is never imported: `span()` is a `nullcontext` and `headers()` is empty.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -61,10 +62,11 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> bool:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         span_exporter = OTLPSpanExporter()
-    else:
-        span_exporter = ConsoleSpanExporter()
-    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over this default name.
-    resource = Resource.create({"service.name": f"bitware-{service}"})
+    else:  # stderr: stdout carries the ready lines `bitware up` reads
+        span_exporter = ConsoleSpanExporter(out=sys.stderr)
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": f"bitware-{service}"}))
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(span_exporter))  # flushed at exit
     # Not made the global provider: FastAPI (≥ 0.16x) would then add HTTP spans of its own

@@ -6,12 +6,15 @@ one in-memory exporter; the model is the local fake OpenAI server."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,11 +22,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware_core import tracing
 from bitware_core.config import Settings, SettingsError
 from bitware_core.mesh import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
-from tests.cli.conftest import clean_env
+from tests.cli.conftest import clean_env, serve
 from tests.conftest import eventually, make_client
 from tests.gateway.conftest import create_and_execute, gateway_client, gateway_settings
 from tests.granulator.fake_openai import FakeOpenAI, reply
@@ -189,3 +193,31 @@ def test_a_server_with_an_unknown_exporter_stops_with_one_line(tmp_path: Path) -
     assert result.stderr.strip() == (
         "kam: OTEL_TRACES_EXPORTER='jaeger' is not accepted: use otlp, console, none"
     )
+
+
+def test_a_server_process_exports_its_spans_by_the_otel_variables(tmp_path: Path) -> None:
+    kam = serve(
+        "kam",
+        tmp_path,
+        BITWARE_DATA_DIR=str(tmp_path),
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="kam-under-test",
+    )
+    try:
+        with (
+            grpc.insecure_channel(kam.address) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            auth_pb2_grpc.AuthServiceStub(channel).Login(
+                auth_pb2.LoginRequest(email="nobody@example.com", password="wrong-password"),
+                timeout=10,
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        assert kam.stop() == 0  # the batch of spans is flushed as the process exits
+    log = kam.log.read_text()
+    spans = [json.loads(text) for text in re.findall(r"^\{\n.*?^\}$", log, re.M | re.S)]
+    (login,) = [s for s in spans if s["name"] == "bitware.kam.v1.AuthService/Login"]
+    assert login["kind"] == "SpanKind.SERVER"
+    assert login["attributes"]["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert login["resource"]["attributes"]["service.name"] == "kam-under-test"
