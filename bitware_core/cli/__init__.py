@@ -2,8 +2,11 @@
 
 `up` runs the mesh and `demo` the main job (`cli.mesh`); `serve` runs one server, the unit of
 deployment (`cli.serve`); `credentials` mints, rotates and revokes worker and service credentials
-(`cli.credentials`); `run` submits and watches one request (`cli.run`); `status`, `workers` and
-`queue` are what a person checks first when something is stuck (`cli.checks`). Errors are one
+(`cli.credentials`); `run` submits and watches one request (`cli.run`); `requests` and
+`executions` read and act on work already submitted (`cli.records`); `keys` and `templates`
+manage API keys and master templates (`cli.admin`); `status`, `workers` and `queue` are what a
+person checks first when something is stuck (`cli.checks`); `version` and `completion` are
+`cli.meta`. The commands that use the mesh's API go through `bitware_client`. Errors are one
 clear line on stderr and a non-zero exit, never a traceback (set BITWARE_DEBUG=1 to see one for
 an unexpected failure).
 
@@ -22,11 +25,15 @@ from typing import Any, cast
 
 import grpc
 
+from bitware_client import BitwareError
+from bitware_core.cli.admin import add_admin
 from bitware_core.cli.checks import add_checks
 from bitware_core.cli.common import CliError
 from bitware_core.cli.credentials import add_credentials
 from bitware_core.cli.deploy import add_deploy
 from bitware_core.cli.mesh import add_demo, add_up
+from bitware_core.cli.meta import add_meta, version_text
+from bitware_core.cli.records import add_records
 from bitware_core.cli.run import add_run
 from bitware_core.cli.serve import add_serve
 from bitware_core.config import SettingsError
@@ -45,14 +52,18 @@ _HINTS = {
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="bitware", description="Run and use Bitware Mesh.")
+    root.add_argument("--version", action="version", version=version_text())
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_up(commands)
     add_demo(commands)
     add_serve(commands)
     add_credentials(commands)
     add_run(commands)
+    add_records(commands)
+    add_admin(commands)
     add_checks(commands)
     add_deploy(commands)
+    add_meta(commands, root)
     return root
 
 
@@ -60,6 +71,18 @@ def _rpc_line(error: grpc.aio.AioRpcError) -> str:
     details = (error.details() or "").splitlines()[0] if error.details() else ""
     hint = _HINTS.get(error.code())
     return f"{error.code().name}: {details}" + (f" — {hint}" if hint else "")
+
+
+def _error_line(error: BitwareError) -> str:
+    """One line: the status, the server's words, its reason and what to try."""
+    details = error.message.splitlines()[0] if error.message else ""
+    line = f"{error.code.name}: {details}"
+    if error.reason and error.reason != error.code.name:
+        line += f" [{error.reason}]"
+    if error.retry_after is not None:
+        line += f" (try again in {error.retry_after:.0f}s)"
+    hint = _HINTS.get(error.code)
+    return line + (f" — {hint}" if hint else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bitware: {error}", file=sys.stderr)
         return 2
+    except BitwareError as error:
+        print(f"bitware: {_error_line(error)}", file=sys.stderr)
     except grpc.aio.AioRpcError as error:
         print(f"bitware: {_rpc_line(error)}", file=sys.stderr)
     except BrokenPipeError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -28,14 +29,17 @@ from bitware_core.cli.common import (
     CALL_TIMEOUT,
     CliError,
     MeshAddresses,
-    add_mesh_arguments,
+    add_client_arguments,
     as_json,
     bar,
     connected,
     find_mesh,
+    grpc_channel,
+    open_client,
     print_json,
     words,
 )
+from bitware_core.cli.output import print_table
 
 #: How long one health check may take, in seconds.
 HEALTH_TIMEOUT = 3.0
@@ -48,9 +52,7 @@ def add_checks(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("queue", queue_command, "queue depth per priority and the oldest wait"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--json", action="store_true", help="print JSON for scripts")
-        command.add_argument("--api-key", help="a client's API key (default: $BITWARE_API_KEY)")
-        add_mesh_arguments(command)
+        add_client_arguments(command)
         command.set_defaults(handler=handler)
 
 
@@ -70,9 +72,9 @@ class Health:
         return self.state == "serving"
 
 
-async def grpc_health(name: str, address: str) -> Health:
+async def grpc_health(args: argparse.Namespace, name: str, address: str) -> Health:
     started = time.perf_counter()
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc_channel(args, address) as channel:
         try:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT
@@ -85,18 +87,21 @@ async def grpc_health(name: str, address: str) -> Health:
     return Health(name, address, words(status, ""), ms=elapsed)
 
 
-def _get_healthz(address: str) -> tuple[int, dict[str, Any]]:
+def _get_healthz(address: str, ca: str | None) -> tuple[int, dict[str, Any]]:
+    """GET /healthz; over HTTPS, verified with `ca`, when the command was given --tls-ca."""
+    url = f"{'https' if ca else 'http'}://{address}/healthz"
+    context = ssl.create_default_context(cafile=ca) if ca else None
     try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=HEALTH_TIMEOUT) as answer:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT, context=context) as answer:
             return answer.status, json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as error:  # 503 still carries the body saying what fails
         return error.code, json.loads(error.read() or b"{}")
 
 
-async def gateway_health(address: str) -> Health:
+async def gateway_health(args: argparse.Namespace, address: str) -> Health:
     started = time.perf_counter()
     try:
-        status, body = await asyncio.to_thread(_get_healthz, address)
+        status, body = await asyncio.to_thread(_get_healthz, address, args.tls_ca)
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         return Health("gateway", address, "unreachable", str(reason))
@@ -107,13 +112,13 @@ async def gateway_health(address: str) -> Health:
     return Health("gateway", address, "degraded", f"its upstreams failing: {failing}", elapsed)
 
 
-async def check_all(mesh: MeshAddresses) -> list[Health]:
-    checks = [grpc_health("kam", mesh.kam)] if mesh.kam else []
+async def check_all(args: argparse.Namespace, mesh: MeshAddresses) -> list[Health]:
+    checks = [grpc_health(args, "kam", mesh.kam)] if mesh.kam else []
     if mesh.orchestrator:
-        checks.append(grpc_health("orchestrator", mesh.orchestrator))
-    checks += [grpc_health(name, address) for name, address in mesh.granulators.items()]
+        checks.append(grpc_health(args, "orchestrator", mesh.orchestrator))
+    checks += [grpc_health(args, name, address) for name, address in mesh.granulators.items()]
     if mesh.gateway:
-        checks.append(gateway_health(mesh.gateway))
+        checks.append(gateway_health(args, mesh.gateway))
     if not checks:
         raise CliError("no server to check: give --kam, --orchestrator, --granulator or --gateway")
     return list(await asyncio.gather(*checks))
@@ -150,7 +155,7 @@ async def _summary(args: argparse.Namespace, mesh: MeshAddresses) -> list[str]:
 
 async def status_command(args: argparse.Namespace) -> int:
     mesh = find_mesh(args)
-    results = await check_all(mesh)
+    results = await check_all(args, mesh)
     failing = [h for h in results if not h.ok]
     if args.json:
         print_json({"source": mesh.source, "servers": [h.__dict__ for h in results]})
@@ -181,36 +186,27 @@ def _age(stamp: datetime) -> str:
 
 
 async def workers_command(args: argparse.Namespace) -> int:
-    async with connected(args, find_mesh(args), prefer_admin=True) as (_, channel, metadata, _):
-        registry = registry_pb2_grpc.WorkerRegistryServiceStub(channel)
-        workers: list[registry_pb2.Worker] = []
-        token = ""
-        while True:
-            page = await registry.ListWorkers(
-                registry_pb2.ListWorkersRequest(page_size=200, page_token=token),
-                metadata=metadata,
-                timeout=CALL_TIMEOUT,
-            )
-            workers.extend(page.workers)
-            token = page.next_page_token
-            if not token:
-                break
+    async with open_client(args, prefer_admin=True) as (client, _, _):
+        workers = await client.workers()
     if args.json:
         print_json({"workers": [as_json(w) for w in workers]})
         return 0
     if not workers:
         print("no workers registered: no stage can run until a granulator starts")
         return 0
-    print(f"{'WORKER':<16} {'STATE':<10} {'LOAD':<22} {'LAST HEARTBEAT':<15} CAPABILITIES")
+    rows = []
     for worker in workers:
-        state = words(registry_pb2.WorkerState.Name(worker.state), "WORKER_STATE_")
         fraction = worker.active_stages / worker.max_concurrency if worker.max_concurrency else 0
-        load = f"{bar(fraction, 8)[:10]} {worker.active_stages}/{worker.max_concurrency}"
-        heartbeat = _age(worker.last_heartbeat_time.ToDatetime())
-        print(
-            f"{worker.worker_id:<16} {state:<10} {load:<22} {heartbeat:<15} "
-            f"{', '.join(worker.capabilities)}"
+        rows.append(
+            (
+                worker.worker_id,
+                words(registry_pb2.WorkerState.Name(worker.state), "WORKER_STATE_"),
+                f"{bar(fraction, 8)[:10]} {worker.active_stages}/{worker.max_concurrency}",
+                _age(worker.last_heartbeat_time.ToDatetime()),
+                ", ".join(worker.capabilities),
+            )
         )
+    print_table(("WORKER", "STATE", "LOAD", "LAST HEARTBEAT", "CAPABILITIES"), rows)
     return 0
 
 
@@ -218,18 +214,22 @@ async def workers_command(args: argparse.Namespace) -> int:
 
 
 async def queue_command(args: argparse.Namespace) -> int:
-    async with connected(args, find_mesh(args), prefer_admin=False) as (_, channel, metadata, _):
-        queue = await orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetQueue(
-            orchestrator_pb2.GetQueueRequest(), metadata=metadata, timeout=CALL_TIMEOUT
-        )
+    async with open_client(args) as (client, _, _):
+        queue = await client.queue()
     if args.json:
         print_json(as_json(queue))
         return 0
-    print(f"{'PRIORITY':<10} {'WAITING':>7}  OLDEST WAIT")
+    rows = []
     for level in queue.levels:
-        priority = words(common_pb2.Priority.Name(level.priority), "PRIORITY_")
         wait = level.oldest_wait.ToTimedelta().total_seconds()
-        print(f"{priority:<10} {level.depth:>7}  {f'{wait:.1f}s' if level.depth else '—'}")
+        rows.append(
+            (
+                words(common_pb2.Priority.Name(level.priority), "PRIORITY_"),
+                level.depth,
+                f"{wait:.1f}s" if level.depth else "—",
+            )
+        )
+    print_table(("PRIORITY", "WAITING", "OLDEST WAIT"), rows)
     print(
         f"total {queue.total_depth} waiting · {queue.running} running · "
         f"{queue.retry_waiting} waiting to retry"

@@ -3,7 +3,9 @@
 A mesh is found from the `mesh.json` that `bitware up` writes into its data folder, or from
 addresses given on the command line (which win). The credential is a client's API key
 (`--api-key` or BITWARE_API_KEY) or an admin session opened with BITWARE_ADMIN_EMAIL and
-BITWARE_ADMIN_PASSWORD (and closed again when the command ends).
+BITWARE_ADMIN_PASSWORD (and closed again when the command ends). `--tls-ca` (and, for mutual
+TLS, `--tls-cert`/`--tls-key`) switch every channel to TLS. The commands that read and change
+the mesh's objects go through `bitware_client` (`open_client`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from google.protobuf.message import Message
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
+from bitware_client import TLS, AsyncClient, BitwareError, Unauthenticated
 
 #: Deadline of one unary call from the CLI, in seconds.
 CALL_TIMEOUT = 10.0
@@ -62,6 +65,59 @@ def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--orchestrator", help="the orchestrator's host:port")
     where.add_argument("--granulator", help="a granulator's host:port")
     where.add_argument("--gateway", help="the gateway's host:port")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("TLS (default: plaintext)")
+    tls.add_argument("--tls-ca", metavar="PEM", help="verify the servers with this CA bundle")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    tls.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every command that reads or changes the mesh's objects takes."""
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--api-key", help="a client's API key (default: $BITWARE_API_KEY)")
+    add_mesh_arguments(parser)
+
+
+def api_command(
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    text: str,
+    handler: object,
+) -> argparse.ArgumentParser:
+    """A subcommand (`requests list`) that takes what every API command takes."""
+    command = group.add_parser(name, help=text, description=text)
+    add_client_arguments(command)
+    command.set_defaults(handler=handler)
+    return command
+
+
+def tls_of(args: argparse.Namespace) -> TLS | None:
+    """The TLS material of --tls-ca/--tls-cert/--tls-key, or None for plaintext."""
+    ca, cert, key = (getattr(args, name, None) for name in ("tls_ca", "tls_cert", "tls_key"))
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise CliError("--tls-cert and --tls-key go together")
+    try:
+        return TLS(
+            ca=Path(ca).read_bytes() if ca else None,
+            cert=Path(cert).read_bytes() if cert else None,
+            key=Path(key).read_bytes() if key else None,
+        )
+    except OSError as error:
+        raise CliError(f"cannot read {error.filename}: {error.strerror}") from None
+
+
+def grpc_channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
+    """A channel to `address`, over TLS when the command was given --tls-*."""
+    tls = tls_of(args)
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, tls.credentials())
 
 
 def _alive(pid: int) -> bool:
@@ -192,11 +248,48 @@ async def connected(
     require(mesh.kam, "--kam")
     require(mesh.orchestrator, "--orchestrator")
     async with (
-        grpc.aio.insecure_channel(mesh.kam) as kam,
-        grpc.aio.insecure_channel(mesh.orchestrator) as orchestrator,
+        grpc_channel(args, mesh.kam) as kam,
+        grpc_channel(args, mesh.orchestrator) as orchestrator,
         signed_in(kam, args, mesh, prefer_admin) as (metadata, kind),
     ):
         yield kam, orchestrator, metadata, kind
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    args: argparse.Namespace, prefer_admin: bool = False
+) -> AsyncIterator[tuple[AsyncClient, str, MeshAddresses]]:
+    """A `bitware_client.AsyncClient` on the mesh, signed in as `signed_in` would: (client,
+    credential kind, addresses)."""
+    mesh = find_mesh(args)
+    require(mesh.kam, "--kam")
+    key = api_key_of(args)
+    email, password = admin_login(mesh)
+    admin = bool(password) and (prefer_admin or not key)
+    if not key and not password:
+        raise CliError(NO_CREDENTIAL.format(email=email))
+    client = AsyncClient(
+        mesh.kam,
+        orchestrator=mesh.orchestrator or None,
+        granulator=mesh.granulators or None,
+        api_key=None if admin else key,
+        tls=tls_of(args) or False,
+        timeout=CALL_TIMEOUT,
+    )
+    try:
+        if admin:
+            try:
+                await client.login(email, password)
+            except Unauthenticated as error:
+                raise CliError(f"sign-in as {email} refused: {error.message}") from None
+        try:
+            yield client, "admin" if admin else "api key", mesh
+        finally:
+            if admin:  # a CLI run is one short session; do not leave it lying around
+                with contextlib.suppress(BitwareError):
+                    await client.logout()
+    finally:
+        await client.close()
 
 
 # ---------------------------------------------------------------- printing

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bitware_core.cli.checks import gateway_health, grpc_health
-from bitware_core.cli.common import CliError
+from bitware_core.cli.common import CliError, add_tls_arguments
 from bitware_core.config import Settings
 from bitware_core.db import Database
 
@@ -54,6 +54,7 @@ def add_deploy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     health.add_argument(
         "--http", action="store_true", help="the gateway: GET /healthz instead of grpc.health"
     )
+    add_tls_arguments(health)
     health.set_defaults(handler=health_command)
 
 
@@ -87,7 +88,9 @@ async def health_command(args: argparse.Namespace) -> int:
         if not port or port == "0":
             raise CliError("give host:port, or set BITWARE_PORT to the server's fixed port")
         address = f"127.0.0.1:{port}"
-    health = await (gateway_health(address) if args.http else grpc_health("server", address))
+    health = await (
+        gateway_health(args, address) if args.http else grpc_health(args, "server", address)
+    )
     if not health.ok:
         print(f"bitware: {address} {health.state}: {health.detail}", file=sys.stderr)
         return 1

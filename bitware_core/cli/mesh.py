@@ -32,6 +32,7 @@ from bitware_core.cli.common import (
     running_supervisor,
     usage_line,
 )
+from bitware_core.config import Settings
 from bitware_core.supervisor import ChildFailed, MeshPlan, Supervisor
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
@@ -105,7 +106,9 @@ async def up_command(args: argparse.Namespace) -> int:
         pid = child.process.pid if child.process else 0
         metrics = f"  metrics http://{child.metrics_address}/metrics" if args.metrics else ""
         print(f"{child.name:<14} {child.address:<22} pid {pid}{metrics}")
-    print(f"dashboard      http://{mesh.address('gateway')}/")
+    # The servers (the gateway too) read BITWARE_TLS_CERT/KEY from the environment they inherit.
+    scheme = "https" if Settings.from_env().tls_enabled else "http"
+    print(f"dashboard      {scheme}://{mesh.address('gateway')}/")
     print(f"logs           {data / 'logs'}/<server>.log")
     if mesh.admin_password:
         print(f"admin          {mesh.admin_email} / {mesh.admin_password}  (shown once; keep it)")
