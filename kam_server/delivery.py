@@ -1,12 +1,12 @@
 """Posts queued webhook deliveries: a background task of every KAM process.
 
-Each round claims the oldest pending delivery of each endpoint that is due (so an endpoint's
-events go out in order: a later one waits while an earlier one is retried), posts them at once,
-and writes each outcome. A claim is a lease (`claimed_until`) taken in a transaction of its
-own, with `FOR UPDATE SKIP LOCKED` on PostgreSQL: KAM replicas sharing a database never post one
-delivery at the same time, and a delivery claimed by a process that died is taken up again when
-its lease runs out. The database is the queue, so a restart loses nothing. Finished deliveries
-stay in the log for KEEP_DAYS.
+The loop claims the oldest pending delivery of each endpoint that is due (so an endpoint's events
+go out in order: a later one waits while an earlier one is retried) and posts each in a task of
+its own, which writes the outcome; up to BATCH posts run at once. A claim is a lease
+(`claimed_until`) taken in a transaction of its own, with `FOR UPDATE SKIP LOCKED` on
+PostgreSQL: KAM replicas sharing a database never post one delivery at the same time, and a
+delivery claimed by a process that died is taken up again when its lease runs out. The database
+is the queue, so a restart loses nothing. Finished deliveries stay in the log for KEEP_DAYS.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ POST_TIMEOUT = 10.0
 LEASE_SECONDS = 60.0
 #: Seconds between looks at the queue when nothing was queued by this process meanwhile.
 POLL_SECONDS = 1.0
-#: Deliveries (one per endpoint) claimed per round.
+#: Posts under way at once (each to a different endpoint).
 BATCH = 20
 #: Days a finished delivery stays in the log.
 KEEP_DAYS = 30
@@ -132,6 +132,7 @@ class Deliverer:
         self.retry_base = retry_base
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._posting: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         db.on_commit(self._committed)
@@ -151,30 +152,46 @@ class Deliverer:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stops claiming and abandons posts under way: their leases run out and whichever KAM
+        process is running then posts them again (delivery is at least once)."""
+        tasks = [self._task] if self._task is not None else []
+        for task in [*tasks, *self._posting]:
+            task.cancel()
+        for task in [*tasks, *self._posting]:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._http is not None:
             await self._http.aclose()
 
     async def _run(self) -> None:
+        # Each claimed delivery is posted by a task of its own, and the loop claims again at
+        # once: a slow endpoint holds back only its own later events, never another endpoint's.
         pruned_at = 0.0
         while True:
             self._wake.clear()
+            room = BATCH - len(self._posting)
+            claimed: list[Claimed] = []
             try:
                 if time.monotonic() - pruned_at > PRUNE_SECONDS:
                     await self.db.run_tx(lambda tx: prune(tx, utcnow()))
                     pruned_at = time.monotonic()
-                claimed = await self.db.run_tx(lambda tx: claim(tx, utcnow()))
+                if room > 0:
+                    claimed = await self.db.run_tx(lambda tx, n=room: claim(tx, utcnow(), n))
             except Exception:  # a database hiccup must not end deliveries for good
                 log.exception("cannot read the webhook deliveries")
-                claimed = []
+            for one in claimed:
+                task = asyncio.create_task(self._deliver(one))
+                self._posting.add(task)
+                task.add_done_callback(self._posted)
             if claimed:
-                await asyncio.gather(*(self._deliver(c) for c in claimed))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    def _posted(self, task: asyncio.Task[None]) -> None:
+        # The endpoint's next event may be due now.
+        self._posting.discard(task)
+        self._wake.set()
 
     async def _deliver(self, claimed: Claimed) -> None:
         http_status, error = await self._post(claimed)
