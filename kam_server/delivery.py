@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -176,7 +177,9 @@ class Deliverer:
                     await self.db.run_tx(lambda tx: prune(tx, utcnow()))
                     pruned_at = time.monotonic()
                 if room > 0:
-                    claimed = await self.db.run_tx(lambda tx, n=room: claim(tx, utcnow(), n))
+                    claimed = await self.db.run_tx(
+                        functools.partial(claim, now=utcnow(), limit=room)
+                    )
             except Exception:  # a database hiccup must not end deliveries for good
                 log.exception("cannot read the webhook deliveries")
             for one in claimed:
