@@ -311,6 +311,7 @@ class MeshOptions:
     postgres: bool = False
     granulator_slots: int = 0  # 0 = the product default (BITWARE_MAX_CONCURRENT_JOBS)
     extra_orchestrators: int = 0  # more orchestrator processes on the same database
+    granulators: int = 1  # granulator processes (`bitware up --granulators N`)
     clients: int = 4
     env: dict[str, str] = field(default_factory=dict)
 
@@ -376,6 +377,7 @@ class Mesh:
             orchestrator_port=0,
             granulator_port=0,
             gateway_port=0,
+            granulators=o.granulators,
             postgres_url=url,
         )
         self.supervisor = Supervisor(plan, say=lambda _line: None)
