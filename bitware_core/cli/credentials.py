@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
-
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware_core.auth import hash_secret, new_secret
@@ -23,6 +21,7 @@ from bitware_core.cli.common import (
     admin_login,
     as_json,
     find_mesh,
+    grpc_channel,
     print_json,
     require,
     signed_in,
@@ -99,7 +98,7 @@ async def credentials_command(args: argparse.Namespace) -> int:
         )
     args.api_key = None  # an admin session only, even if BITWARE_API_KEY is set
     async with (
-        grpc.aio.insecure_channel(kam_address) as kam,
+        grpc_channel(args, kam_address) as kam,
         signed_in(kam, args, mesh, prefer_admin=True) as (admin, _kind),
     ):
         stub = accounts_pb2_grpc.WorkerCredentialServiceStub(kam)

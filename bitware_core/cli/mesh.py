@@ -10,8 +10,6 @@ import signal
 import tempfile
 from pathlib import Path
 
-import grpc
-
 from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import (
@@ -27,7 +25,9 @@ from bitware_core import local_model
 from bitware_core.cli.common import (
     OFFLINE_NOTE,
     CliError,
+    add_tls_arguments,
     bar,
+    grpc_channel,
     print_tree,
     running_supervisor,
     usage_line,
@@ -134,6 +134,7 @@ def add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--orchestrator", default="127.0.0.1:50052")
     demo.add_argument("--granulator", default="127.0.0.1:50053")
     demo.add_argument("--admin-email", default="admin@bitware.local")
+    add_tls_arguments(demo)  # for a running mesh over TLS (--kam)
     demo.set_defaults(handler=demo_command)
 
 
@@ -146,11 +147,12 @@ async def run_demo(
     topic: str,
     structure_type: str,
     granularity: int,
+    args: argparse.Namespace,
 ) -> int:
     async with (
-        grpc.aio.insecure_channel(kam) as kam_channel,
-        grpc.aio.insecure_channel(orchestrator) as orchestrator_channel,
-        grpc.aio.insecure_channel(granulator) as granulator_channel,
+        grpc_channel(args, kam) as kam_channel,
+        grpc_channel(args, orchestrator) as orchestrator_channel,
+        grpc_channel(args, granulator) as granulator_channel,
     ):
         login = await auth_pb2_grpc.AuthServiceStub(kam_channel).Login(
             auth_pb2.LoginRequest(email=admin_email, password=admin_password), timeout=10
@@ -259,6 +261,7 @@ async def demo_command(args: argparse.Namespace) -> int:
             args.topic,
             args.type,
             args.granularity,
+            args,
         )
     with contextlib.ExitStack() as stack:
         data = args.data or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitware-"))
@@ -280,6 +283,7 @@ async def demo_command(args: argparse.Namespace) -> int:
                 args.topic,
                 args.type,
                 args.granularity,
+                args,
             )
         finally:
             await supervisor.stop()

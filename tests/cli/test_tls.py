@@ -36,6 +36,20 @@ def test_commands_reach_a_tls_mesh_with_the_tls_flags(tmp_path: Path) -> None:
         assert "course_standard" in listed.stdout
         workers = bitware("workers", *data, *tls, "--json", **admin)
         assert workers.returncode == 0, workers.stderr
+        credentials = bitware("credentials", "list", *data, *tls, "--json", **admin)
+        assert credentials.returncode == 0, credentials.stderr
+        demo = bitware(
+            "demo",
+            "--kam",
+            up.address("kam"),
+            "--orchestrator",
+            up.address("orchestrator"),
+            "--granulator",
+            up.address("granulator-1"),
+            *tls,
+            **admin,
+        )
+        assert demo.returncode == 0, demo.stderr
         gateway = up.address("gateway")
         assert bitware("health", gateway, "--http", "--tls-ca", str(pki.ca)).returncode == 0
 
