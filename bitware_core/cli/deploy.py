@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bitware_core.cli.checks import gateway_health, grpc_health
-from bitware_core.cli.common import CliError, add_tls_arguments
+from bitware_core.cli.common import CliError, add_tls_arguments, print_json
 from bitware_core.config import Settings
 from bitware_core.db import Database
 
@@ -42,6 +42,7 @@ def add_deploy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SERVICE",
         help=f"which of {', '.join(SCHEMAS)} (default: all three)",
     )
+    migrate.add_argument("--json", action="store_true", help="print JSON for scripts")
     migrate.set_defaults(handler=migrate_command)
 
     text = "is the server on this host serving? (exit code 0 if so; for health checks)"
@@ -54,6 +55,7 @@ def add_deploy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     health.add_argument(
         "--http", action="store_true", help="the gateway: GET /healthz instead of grpc.health"
     )
+    health.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_tls_arguments(health)
     health.set_defaults(handler=health_command)
 
@@ -75,9 +77,14 @@ async def migrate_command(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"no service {', '.join(unknown)}: choose from {', '.join(SCHEMAS)}")
     settings = Settings.from_env()
+    done = []
     for service in args.services or list(SCHEMAS):
         await asyncio.to_thread(migrate_service, settings, service)
-        print(f"{service}: schema up to date")
+        done.append(service)
+        if not args.json:
+            print(f"{service}: schema up to date")
+    if args.json:
+        print_json({"up_to_date": done})
     return 0
 
 
@@ -91,6 +98,8 @@ async def health_command(args: argparse.Namespace) -> int:
     health = await (
         gateway_health(args, address) if args.http else grpc_health(args, "server", address)
     )
+    if args.json:
+        print_json(health.__dict__)
     if not health.ok:
         print(f"bitware: {address} {health.state}: {health.detail}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ servers, and a token read from a mounted secret file."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import psycopg
@@ -39,6 +40,8 @@ def test_migrate_brings_every_service_schema_to_its_head() -> None:
         assert {"users", "stages", "jobs"} <= tables
         again = bitware("migrate", "kam", BITWARE_DATABASE_URL=postgres_url(url))
         assert again.returncode == 0 and again.stdout == "kam: schema up to date\n"
+        scripted = bitware("migrate", "kam", "--json", BITWARE_DATABASE_URL=postgres_url(url))
+        assert json.loads(scripted.stdout) == {"up_to_date": ["kam"]}
 
 
 def test_migrate_refuses_an_unknown_service() -> None:
@@ -56,6 +59,8 @@ async def test_health_says_whether_a_server_serves(mesh: InProcessMesh) -> None:
     down = await asyncio.to_thread(bitware, "health", mesh.granulators[0].address)
     assert down.returncode == 1
     assert "unreachable" in down.stderr and "Traceback" not in down.stderr
+    scripted = await asyncio.to_thread(bitware, "health", mesh.kam.address, "--json")
+    assert json.loads(scripted.stdout)["state"] == "serving"
 
 
 def test_health_needs_an_address() -> None:
