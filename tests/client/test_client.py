@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
+from bitware.kam.v1 import requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware_client import (
     AsyncClient,
@@ -22,10 +24,11 @@ from bitware_client import (
     Unauthenticated,
     Unavailable,
 )
-from bitware_core.mesh import InProcessMesh
+from bitware_core.config import Settings
+from bitware_core.mesh import InProcessMesh, start_mesh
 from tests.client.proxy import Proxy
+from tests.conftest import PARKED_CAPABILITY, free_port, make_client
 from tests.conftest import Client as MeshClient
-from tests.conftest import free_port
 from tests.kam.helpers import parked_template
 
 
@@ -169,3 +172,29 @@ async def test_the_blocking_client_runs_and_watches(client: MeshClient) -> None:
     assert [e.sequence for e in replay] == [e.sequence for e in seen[2:]]
     assert replay[-1].raw.type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED
     assert listed == 1
+
+
+async def test_a_failed_request_is_retried_and_watched_again(tmp_path: Path) -> None:
+    # A stage no worker can take fails after a 1 s queue wait: a failure on demand.
+    settings = Settings(
+        heartbeat_interval=0.5, extra_capabilities=PARKED_CAPABILITY, queue_wait_timeout=1.0
+    )
+    mesh = await start_mesh(tmp_path, settings)
+    try:
+        client = await make_client(mesh)
+        async with connect(mesh, "", session_token=client.admin_session) as admin:
+            await admin.templates.create(parked_template("parked_retry"))
+        async with connect(mesh, client.api_key) as bitware:
+            first = await bitware.run("Retry", template="parked_retry", timeout=60)
+            assert not first.succeeded and first.structure is None
+            assert first.request.status == requests_pb2.REQUEST_STATUS_FAILED
+            last = first.execution.last_sequence
+
+            execution_id = await bitware.requests.retry(first.request.request_id)
+            assert execution_id == first.execution.execution_id
+            again = [e async for e in bitware.watch(execution_id, after_sequence=last, timeout=60)]
+            assert again[0].sequence == last + 1 and again[-1].type == "execution_failed"
+            retried = await bitware.requests.get(first.request.request_id)
+            assert retried.retries == 1
+    finally:
+        await mesh.stop()
