@@ -217,3 +217,33 @@ def test_tables_are_drawn_on_a_terminal_and_plain_with_no_color(
     assert "\x1b[" in drawn and "PRIORITY" in drawn  # rich's bold header
     plain = on_a_terminal(NO_COLOR="1")
     assert "\x1b[" not in plain and plain.split()[:3] == ["PRIORITY", "WAITING", "OLDEST"]
+
+
+def test_run_draws_progress_on_the_terminal_and_keeps_stdout_for_the_answer(
+    up: Up, client_key: ClientKey
+) -> None:
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bitware_core.cli", "run", "--data", str(up.data), "--topic", "Pty"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        env=clean_env(BITWARE_API_KEY=client_key.api_key, COLUMNS="100"),
+    )
+    os.close(follower)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    out, _ = process.communicate(timeout=120)
+    os.close(leader)
+    assert process.returncode == 0, terminal
+    drawn = terminal.decode()
+    assert "\x1b[" in drawn and "100%" in drawn  # rich's bar, redrawn in place
+    assert "[####" not in drawn  # not the one-line-per-event form
+    assert "course: Pty" in out and "%" not in out.split("\n", 1)[0]
