@@ -206,18 +206,28 @@ def list_requests(
     return rows[:limit], next_page_token(offset, limit, len(rows))
 
 
+def _locked(
+    tx: Tx, principal: Principal, request_id: str
+) -> tuple[models.ClientRequest, models.Client]:
+    """The caller's request and its client, the client's row locked first (every budget
+    decision locks it, in that order); the request is read again once the lock is held, as it
+    is now that no other execution of this client decides."""
+    row = _request(tx, request_id)
+    if row is None or not principal.visible_client(row.client_id):
+        raise RequestNotFound(f"request {request_id!r} not found")
+    client = _client(tx, principal, row.client_id, lock=True)
+    row = _request(tx, request_id)
+    assert row is not None  # requests are never deleted
+    return row, client
+
+
 def begin_execution(
     tx: Tx, principal: Principal, request_id: str
 ) -> tuple[models.ClientRequest, models.Client]:
     """Checks client, template, tier and budget and reserves the template's cost estimate. A
     request that was executed already is returned as it is (so executing twice starts nothing
     new); the caller starts the execution only when `execution_id` is empty."""
-    row = _request(tx, request_id)
-    if row is None or not principal.visible_client(row.client_id):
-        raise RequestNotFound(f"request {request_id!r} not found")
-    client = _client(tx, principal, row.client_id, lock=True)
-    row = _request(tx, request_id)  # as it is now that no other execution of this client decides
-    assert row is not None  # requests are never deleted
+    row, client = _locked(tx, principal, request_id)
     if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
         return row, client
     if row.status != "pending":
@@ -239,12 +249,7 @@ def begin_retry(tx: Tx, principal: Principal, request_id: str) -> models.ClientR
     """Checks client, template, tier and budget again for another run of a failed request's
     execution and reserves the cost estimate again; the request is running once more. What the
     earlier runs cost stays charged. The caller then asks the orchestrator to retry."""
-    row = _request(tx, request_id)
-    if row is None or not principal.visible_client(row.client_id):
-        raise RequestNotFound(f"request {request_id!r} not found")
-    client = _client(tx, principal, row.client_id, lock=True)
-    row = _request(tx, request_id)  # as it is now that no other execution of this client decides
-    assert row is not None  # requests are never deleted
+    row, client = _locked(tx, principal, request_id)
     if row.status != "failed" or not row.execution_id:
         raise RequestFinished(
             f"request {row.id} is {row.status}: only a failed request that ran an execution "
