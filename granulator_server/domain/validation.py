@@ -58,6 +58,16 @@ INTEGRITY_RULES = frozenset({"dangling_reference", "cycle", "single_correct", "c
 HARD_COUNT_FACTOR = 2
 
 
+def schema_errors(schema: dict[str, Any], value: Any) -> list[tuple[str, str]]:
+    """Every way `value` breaks `schema`, as (JSON pointer, message) in document order; the
+    pointer of the document itself is empty."""
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(value),
+        key=lambda e: [str(part) for part in e.absolute_path],
+    )
+    return [("".join(f"/{part}" for part in e.absolute_path), e.message) for e in errors]
+
+
 @dataclass(frozen=True)
 class Violation:
     """One broken rule; ``path`` is a JSON pointer into the structure ("" is the root)."""
@@ -144,13 +154,9 @@ class _Checker:
         self.violations.append(Violation(path, rule, message))
 
     def _schema(self, schema: dict[str, Any]) -> int:
-        errors = sorted(
-            Draft202012Validator(schema).iter_errors(self._structure),
-            key=lambda e: [str(part) for part in e.absolute_path],
-        )
-        for error in errors:
-            path = "".join(f"/{part}" for part in error.absolute_path)
-            self._add(path, "schema", error.message)
+        errors = schema_errors(schema, self._structure)
+        for path, message in errors:
+            self._add(path, "schema", message)
         return len(errors)
 
     def _completeness(self) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from granulator_server.domain.validation import schema_errors
 
 _FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 # Keys that title an element in the six structures (see domain.elements); counting them in the
@@ -57,14 +57,7 @@ def parse_object(text: str) -> dict[str, Any]:
 
 def schema_problems(schema: dict[str, Any], value: Any) -> list[str]:
     """Every way `value` breaks `schema`, as `/json/pointer: message`, in document order."""
-    errors = sorted(
-        Draft202012Validator(schema).iter_errors(value),
-        key=lambda e: [str(part) for part in e.absolute_path],
-    )
-    return [
-        f"{''.join(f'/{part}' for part in error.absolute_path) or '/'}: {error.message}"
-        for error in errors
-    ]
+    return [f"{path or '/'}: {message}" for path, message in schema_errors(schema, value)]
 
 
 def estimate_tokens(text: str) -> int:
