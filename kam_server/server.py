@@ -27,7 +27,7 @@ from bitware_core.auth import (
     Credentials,
     Principal,
 )
-from bitware_core.config import Settings
+from bitware_core.config import Settings, SettingsError
 from bitware_core.db import Database
 from bitware_core.server import MeshServer, Service, run_process
 from kam_server import catalog, identity, models, webhooks
@@ -71,9 +71,15 @@ class KamServer(MeshServer):
             self.orchestrator.connect(settings.orchestrator_address)
         db = self.db
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        key = webhooks.WebhookKey.load(
-            Path(settings.webhook_key_file or settings.data_dir / "webhook.key")
-        )
+        key_file = Path(settings.webhook_key_file or settings.data_dir / "webhook.key")
+        try:  # a wrong key file stops the server in one line, like any other bad setting
+            key = webhooks.WebhookKey.load(key_file)
+        except ValueError as error:
+            raise SettingsError(f"BITWARE_WEBHOOK_KEY_FILE: {error}") from None
+        except OSError as error:
+            raise SettingsError(
+                f"BITWARE_WEBHOOK_KEY_FILE={key_file}: cannot read or create it: {error.strerror}"
+            ) from None
         self.deliverer = Deliverer(db, key, settings.webhook_retry_base)
 
         def svc(

@@ -5,6 +5,9 @@ and survive a restart; KAM replicas on PostgreSQL never post one delivery twice.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -443,3 +446,34 @@ async def test_finished_deliveries_leave_the_log_after_30_days(tmp_path: Path) -
     left = await db.run(lambda s: list(s.scalars(select(models.WebhookDelivery.status))))
     db.close()
     assert left == ["pending"]
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("short.key", "kam: BITWARE_WEBHOOK_KEY_FILE: {path} must hold at least 32 bytes as hex"),
+        (
+            "no-such-folder/webhook.key",
+            "kam: BITWARE_WEBHOOK_KEY_FILE={path}: cannot read or create it: "
+            "No such file or directory",
+        ),
+    ],
+)
+def test_a_webhook_key_file_kam_cannot_use_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, line: str
+) -> None:
+    path = tmp_path / name
+    if name == "short.key":
+        path.write_text("too short\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BITWARE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "kam_server"],
+        env={**environ, "BITWARE_DATA_DIR": str(tmp_path), "BITWARE_WEBHOOK_KEY_FILE": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith(line.format(path=path)), result.stderr
+    assert "Traceback" not in result.stderr
