@@ -20,30 +20,19 @@ from tests.kam.helpers import kam, parked_template
 async def test_concurrent_executions_cannot_overspend_the_budget(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    mesh = await start_mesh(tmp_path, replace(Settings(), database_url=postgres_url))
+    settings = Settings(database_url=postgres_url, extra_capabilities=PARKED_CAPABILITY)
+    mesh = await start_mesh(tmp_path, settings)
     try:
-        # course_standard reserves $0.05: a $0.12 budget covers two executions, not five.
+        # Each execution reserves $0.05 and waits in the queue (no worker has its capability), so
+        # none settles during the test: a $0.12 budget covers two executions, not five.
         client = await make_client(mesh, tier=common_pb2.TIER_ENTERPRISE, budget=0.12)
-        async with grpc.aio.insecure_channel(mesh.kam.address) as channel:
-            stub = requests_pb2_grpc.RequestServiceStub(channel)
-            ids = []
-            for index in range(5):
-                created = await stub.CreateRequest(
-                    requests_pb2.CreateRequestRequest(
-                        spec=common_pb2.ContentSpec(
-                            topic=f"Budget {index}",
-                            granularity=1,
-                            structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
-                        )
-                    ),
-                    metadata=client.key,
-                    timeout=10,
-                )
-                ids.append(created.request.request_id)
+        async with kam(mesh) as k:
+            await k.create_template(client.admin, parked_template("held", cost=0.05))
+            ids = [(await k.create_request(client.key, "held")).request_id for _ in range(5)]
 
             async def execute(request_id: str) -> grpc.StatusCode:
                 try:
-                    await stub.ExecuteRequest(
+                    await k.requests.ExecuteRequest(
                         requests_pb2.ExecuteRequestRequest(request_id=request_id),
                         metadata=client.key,
                         timeout=20,
