@@ -26,7 +26,6 @@ from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import Database, utcnow
-from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
 from granulator_server.domain import (
@@ -49,7 +48,6 @@ from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
 log = logging.getLogger("bitware.granulator.stages")
 JUDGE_WEIGHT = 0.3
-ACTIONS = BUILT_IN_CAPABILITIES
 
 
 @dataclass(frozen=True)

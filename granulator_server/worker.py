@@ -28,6 +28,7 @@ from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.db import Database
 from bitware_core.errors import NotFound
+from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from granulator_server import jobs, progress, stages, template_store
 from granulator_server.errors import NoReservation, StageCancelled
 from granulator_server.providers import Provider
@@ -35,7 +36,7 @@ from granulator_server.providers import Provider
 log = logging.getLogger("bitware.granulator.worker")
 Context = grpc.aio.ServicerContext[Any, Any]
 Key = tuple[str, str, int]
-CAPABILITIES = tuple(stages.ACTIONS)
+CAPABILITIES = tuple(BUILT_IN_CAPABILITIES)
 RESERVATION_SECONDS = 30.0
 LOG_RETENTION_SECONDS = 300.0
 BUSY_RETRY_SECONDS = 1.0
@@ -113,7 +114,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
     ) -> worker_pb2.HandshakeResponse:
         if self.draining:
             return self._decline(worker_pb2.DECLINE_REASON_DRAINING, "the worker is stopping")
-        if request.action not in stages.ACTIONS.get(request.capability, ()):
+        if request.action not in BUILT_IN_CAPABILITIES.get(request.capability, ()):
             return self._decline(
                 worker_pb2.DECLINE_REASON_UNSUPPORTED,
                 f"capability {request.capability!r} with action {request.action!r} is not "
