@@ -562,31 +562,38 @@ async def watch(
     execution_id: str,
     keep: bool = False,
     timeout: float = 120.0,
+    batched: bool = False,
 ) -> tuple[bool, list[tuple[orchestrator_pb2.ExecutionEvent, float, float]]]:
+    """Follows an execution's events until its terminal one; `batched` asks for several events
+    per message."""
     events = []
     call = stub.WatchExecution(
-        orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id),
+        orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id, batched=batched),
         metadata=client.key,
         timeout=timeout,
     )
     try:
         async for message in call:
-            if keep:
-                events.append((message.event, time.perf_counter(), time.time()))
-            if message.event.type in TERMINAL:
-                return message.event.type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED, events
+            for event in message.events if batched else [message.event]:
+                if keep:
+                    events.append((event, time.perf_counter(), time.time()))
+                if event.type in TERMINAL:
+                    return event.type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED, events
     finally:
         call.cancel()
     return False, events
 
 
-async def run_one(mesh: Mesh, client: Client, keep: bool = False, template: str = "") -> Result:
+async def run_one(
+    mesh: Mesh, client: Client, keep: bool = False, template: str = "", batched: bool = False
+) -> Result:
     """One single-stage execution through the full mesh (of `template`, else the mesh's), timed
-    from CreateRequest to the terminal event arriving on this client's WatchExecution stream."""
+    from CreateRequest to the terminal event arriving on this client's WatchExecution stream
+    (several events per message when `batched`)."""
     t0 = time.perf_counter()
     try:
         execution_id = await submit(mesh, client, template or mesh.template)
-        ok, events = await watch(mesh.orchestrator, client, execution_id, keep)
+        ok, events = await watch(mesh.orchestrator, client, execution_id, keep, batched=batched)
     except grpc.aio.AioRpcError as error:
         return Result(
             False, time.perf_counter() - t0, error=f"{error.code().name}: {error.details()}"

@@ -14,20 +14,23 @@ path against bench/fake_llm.py, a local OpenAI-compatible server that answers at
 valid course document, streamed).
 
     .venv/bin/python bench/e2e_throughput.py [--quick] [--reps 3] [--dur 5]
-        [--windows 1,16,64] [--providers offline,openai] [--slots N] [--postgres]
+        [--windows 1,16,64] [--providers offline,openai] [--slots N] [--postgres] [--batched]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
+from collections.abc import Awaitable
 from typing import Any
 
 from common import (
     CpuMeter,
     Mesh,
     MeshOptions,
+    Result,
     client_for,
     load,
     loadavg,
@@ -41,24 +44,34 @@ from common import (
 
 
 async def measure(
-    options: MeshOptions, windows: list[int], reps: int, dur: float, max_count: int
-) -> dict[int, list[dict[str, Any]]]:
-    runs: dict[int, list[dict[str, Any]]] = {w: [] for w in windows}
+    options: MeshOptions,
+    windows: list[int],
+    reps: int,
+    dur: float,
+    max_count: int,
+    modes: tuple[bool, ...] = (False,),
+) -> dict[bool, dict[int, list[dict[str, Any]]]]:
+    """Runs per watch mode (False: one event per WatchExecution message; True: several, the
+    request's `batched`), the modes taking turns within each rep and window on one mesh."""
+    runs: dict[bool, dict[int, list[dict[str, Any]]]] = {m: {w: [] for w in windows} for m in modes}
     async with Mesh(options) as mesh:
         await load(8, 1.0, 40, lambda i: run_one(mesh, client_for(mesh, i)))  # warm-up
         pids = list(mesh.pids().values())
-        for rep in range(reps):
-            for w in windows:
-                with CpuMeter(pids) as cpu:
-                    r = await load(w, dur, max_count, lambda i: run_one(mesh, client_for(mesh, i)))
-                r["cpu_ms_per_exec"] = cpu.own_s / max(1, r["n"]) * 1e3
-                r["foreign_cores"] = cpu.foreign_cores
-                runs[w].append(r)
-                log(
-                    f"  {options.provider} W={w} rep {rep + 1}: {r['per_s']:.1f}/s "
-                    f"p50 {r['p50_ms']:.1f}ms p99 {r['p99_ms']:.1f}ms errors {r['errors']}"
-                    + (f" ({r['first_error']})" if r["errors"] else "")
-                )
+        for rep, w, batched in itertools.product(range(reps), windows, modes):
+
+            def one(i: int, batched: bool = batched) -> Awaitable[Result]:
+                return run_one(mesh, client_for(mesh, i), batched=batched)
+
+            with CpuMeter(pids) as cpu:
+                r = await load(w, dur, max_count, one)
+            r["cpu_ms_per_exec"] = cpu.own_s / max(1, r["n"]) * 1e3
+            r["foreign_cores"] = cpu.foreign_cores
+            runs[batched][w].append(r)
+            log(
+                f"  {options.provider}{'/batched' if batched else ''} W={w} rep {rep + 1}:"
+                f" {r['per_s']:.1f}/s p50 {r['p50_ms']:.1f}ms p99 {r['p99_ms']:.1f}ms"
+                f" errors {r['errors']}" + (f" ({r['first_error']})" if r["errors"] else "")
+            )
     return runs
 
 
@@ -124,6 +137,11 @@ def main() -> None:
     ap.add_argument("--providers", default="offline,openai")
     ap.add_argument("--slots", type=int, default=0, help="granulator slots (0 = product default)")
     ap.add_argument("--postgres", action="store_true", help="every service on PostgreSQL")
+    ap.add_argument(
+        "--batched",
+        action="store_true",
+        help="also watch with WatchExecution's batched=true, interleaved with one event per message",
+    )
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     if a.quick:
@@ -139,7 +157,10 @@ def main() -> None:
             + (f"/slots={a.slots}" if a.slots else "")
         )
         log(f"{label}: starting the mesh")
-        rows += rows_of(label, asyncio.run(measure(options, windows, a.reps, a.dur, a.max)))
+        modes = (False, True) if a.batched else (False,)
+        runs = asyncio.run(measure(options, windows, a.reps, a.dur, a.max, modes))
+        for batched in modes:
+            rows += rows_of(label + ("/batched" if batched else ""), runs[batched])
     print(f"\nreps={a.reps} dur={a.dur}s; median (min–max) over reps; load avg at start {load0}")
     print_rows(rows)
     path = save("e2e_throughput", {"reps": a.reps, "dur": a.dur, "rows": rows, "load": load0})

@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     for label, options in configs:
         log(f"{label}: starting the mesh")
-        rows += rows_of(label, asyncio.run(measure(options, windows, a.reps, a.dur, a.max)))
+        rows += rows_of(label, asyncio.run(measure(options, windows, a.reps, a.dur, a.max))[False])
     print(
         f"\nreps={a.reps} dur={a.dur}s; offline provider; median (min–max) over reps; load avg {load0}"
     )

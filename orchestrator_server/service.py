@@ -266,9 +266,15 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 )
             )
             while True:
-                for row in log.events:
-                    after = row.sequence
-                    yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
+                if not request.batched:
+                    for row in log.events:
+                        after = row.sequence
+                        yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
+                elif log.events:  # what this look at the log found, in one message
+                    after = log.events[-1].sequence
+                    yield orchestrator_pb2.WatchExecutionResponse(
+                        events=[event_to_proto(row) for row in log.events]
+                    )
                 # The stream ends once a finished execution's log is fully sent. (A retried
                 # execution is not finished, so its watchers go on past the failure.)
                 if log.finished and after >= log.last_sequence:

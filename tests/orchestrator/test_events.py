@@ -100,3 +100,34 @@ async def test_resuming_after_the_last_event_of_a_finished_execution_ends_at_onc
     started = asyncio.get_running_loop().time()
     assert await runner.events(execution.execution_id, after=execution.last_sequence) == []
     assert asyncio.get_running_loop().time() - started < 0.5
+
+
+async def test_a_batched_watch_gets_the_same_events_in_fewer_messages(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    """With `batched`, a message carries what one look at the log found: a live watcher gets
+    every event in order, in `events` only; a late one gets the whole history in one message.
+    Without it every message carries one event, as older clients expect."""
+    await add_template(client.mesh, "two_stages", [stage(1), stage(2)])
+    await workers("steady", default=Step(delay=0.2))
+    execution_id = await runner.start("two_stages")
+
+    async def watch(batched: bool) -> list[orchestrator_pb2.WatchExecutionResponse]:
+        call = runner.stub.WatchExecution(
+            orchestrator_pb2.WatchExecutionRequest(execution_id=execution_id, batched=batched),
+            metadata=client.admin,
+            timeout=30,
+        )
+        return [message async for message in call]
+
+    live, one_by_one = await asyncio.gather(watch(True), watch(False))
+    everything = [event for message in live for event in message.events]
+    assert [e.sequence for e in everything] == list(range(1, len(everything) + 1))
+    assert everything[-1].type == orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED
+    assert all(not m.HasField("event") and m.events for m in live)
+    assert all(m.HasField("event") and not m.events for m in one_by_one)
+    assert [m.event for m in one_by_one] == everything
+    assert len(live) < len(one_by_one)
+
+    [late] = await watch(True)
+    assert list(late.events) == everything

@@ -907,19 +907,27 @@ class WatchExecutionRequest(_message.Message):
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCHED_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution's id."""
     after_sequence: _builtins.int
     """Send only events after this sequence number; 0 sends the whole log."""
+    batched: _builtins.bool
+    """When true, one message may carry several events, in `events`: the events the log holds
+    when the stream looks (the history, or what one transaction wrote) go together, in fewer
+    messages. When false (the default, and what older clients send) every message carries
+    exactly one event, in `event`.
+    """
     def __init__(
         self,
         *,
         execution_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        batched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "execution_id", b"execution_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batched", b"batched", "execution_id", b"execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -932,18 +940,26 @@ class WatchExecutionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___ExecutionEvent:
-        """The next event of the log."""
+        """The next event of the log (unset when the request asked for batches)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionEvent]:
+        """The next events of the log, in order, one or more (set only when the request asked for
+        batches).
+        """
 
     def __init__(
         self,
         *,
         event: Global___ExecutionEvent | None = ...,
+        events: _abc.Iterable[Global___ExecutionEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -128,7 +128,8 @@ class OrchestratorServiceServicer:
 
     def WatchExecution(self, request, context):
         """Streams the execution's ordered event log after a sequence number: history first, then live
-        events; the stream ends after the terminal event.
+        events; the stream ends after the terminal event. One event per message, or several when
+        the request sets `batched`.
         Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

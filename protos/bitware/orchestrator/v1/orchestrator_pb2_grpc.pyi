@@ -65,7 +65,8 @@ class OrchestratorServiceStub:
     """
     WatchExecution: _grpc.UnaryStreamMultiCallable[_orchestrator_pb2.WatchExecutionRequest, _orchestrator_pb2.WatchExecutionResponse]
     """Streams the execution's ordered event log after a sequence number: history first, then live
-    events; the stream ends after the terminal event.
+    events; the stream ends after the terminal event. One event per message, or several when
+    the request sets `batched`.
     Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetQueueRequest, _orchestrator_pb2.GetQueueResponse]
@@ -109,7 +110,8 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     WatchExecution: _aio.UnaryStreamMultiCallable[_orchestrator_pb2.WatchExecutionRequest, _orchestrator_pb2.WatchExecutionResponse]  # type: ignore[assignment]
     """Streams the execution's ordered event log after a sequence number: history first, then live
-    events; the stream ends after the terminal event.
+    events; the stream ends after the terminal event. One event per message, or several when
+    the request sets `batched`.
     Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetQueueRequest, _orchestrator_pb2.GetQueueResponse]  # type: ignore[assignment]
@@ -186,7 +188,8 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.WatchExecutionResponse], _abc.AsyncIterator[_orchestrator_pb2.WatchExecutionResponse]]:
         """Streams the execution's ordered event log after a sequence number: history first, then live
-        events; the stream ends after the terminal event.
+        events; the stream ends after the terminal event. One event per message, or several when
+        the request sets `batched`.
         Errors: NOT_FOUND, INVALID_ARGUMENT (negative sequence).
         """
 
