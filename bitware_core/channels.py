@@ -8,7 +8,6 @@ configured timeout).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +21,7 @@ from bitware_core.context import (
     execution_id_var,
     request_id_var,
 )
-from bitware_core.server import KEEPALIVE_OPTIONS
+from bitware_core.server import KEEPALIVE_OPTIONS, read_pem
 
 
 def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
@@ -45,9 +44,11 @@ def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
     if not settings.tls_ca:
         return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(settings.tls_ca).read_bytes(),
-        private_key=Path(settings.tls_key).read_bytes() if settings.tls_key else None,
-        certificate_chain=Path(settings.tls_cert).read_bytes() if settings.tls_cert else None,
+        root_certificates=read_pem("BITWARE_TLS_CA", settings.tls_ca),
+        private_key=read_pem("BITWARE_TLS_KEY", settings.tls_key) if settings.tls_key else None,
+        certificate_chain=(
+            read_pem("BITWARE_TLS_CERT", settings.tls_cert) if settings.tls_cert else None
+        ),
     )
     return grpc.aio.secure_channel(target, credentials, options=options)
 

@@ -273,13 +273,27 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         return behaviour
 
 
+def read_pem(variable: str, path: str) -> bytes:
+    """The PEM file a TLS setting names; SettingsError naming the setting when it cannot be
+    read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise SettingsError(f"{variable}={path}: cannot read it: {error.strerror}") from None
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials when a certificate is configured; mutual TLS when a CA is configured too."""
     if not settings.tls_enabled:
         return None
-    ca = Path(settings.tls_ca).read_bytes() if settings.tls_ca else None
+    ca = read_pem("BITWARE_TLS_CA", settings.tls_ca) if settings.tls_ca else None
     return grpc.ssl_server_credentials(
-        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        [
+            (
+                read_pem("BITWARE_TLS_KEY", settings.tls_key),
+                read_pem("BITWARE_TLS_CERT", settings.tls_cert),
+            )
+        ],
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
@@ -476,7 +490,7 @@ def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
             if settings.stdin_settings:  # `bitware up` hands the address on before start-up ends
                 print(f"BITWARE_BOUND {service} {server.address}", flush=True)
             await server.start()
-        except ListenError as error:
+        except (ListenError, SettingsError) as error:
             print(f"{service}: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         await run_until_signal(server, service)

@@ -83,6 +83,34 @@ def test_each_server_process_stops_with_one_line_and_exit_2(server: str, tmp_pat
     assert not (tmp_path / f"{service}.db").exists()  # stopped before any work
 
 
+@pytest.mark.parametrize("server", ["kam_server", "orchestrator_server", "granulator_server"])
+def test_a_tls_file_a_server_cannot_read_is_one_line_and_exit_2(
+    server: str, tmp_path: Path
+) -> None:
+    cert = tmp_path / "server.pem"
+    cert.write_text("not read: the key is missing first\n")
+    result = subprocess.run(
+        [sys.executable, "-m", server],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(
+            BITWARE_DATA_DIR=str(tmp_path),
+            BITWARE_TLS_CERT=str(cert),
+            BITWARE_TLS_KEY=str(tmp_path / "missing.key"),
+        ),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    service = server.removesuffix("_server")
+    expected = (
+        f"{service}: BITWARE_TLS_KEY={tmp_path / 'missing.key'}: cannot read it: "
+        "No such file or directory"
+    )
+    assert result.stderr.strip().splitlines()[-1] == expected, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_gateway_and_the_cli_stop_the_same_way() -> None:
     gateway = subprocess.run(
         [sys.executable, "-m", "gateway"],
