@@ -8,7 +8,7 @@ BUF ?= npx buf
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-MYPY_PACKAGES := bitware_core kam_server orchestrator_server granulator_server gateway client/bitware_client
+MYPY_PACKAGES := bitware_core bitware_mesh kam_server orchestrator_server granulator_server gateway client/bitware_client
 
 .DEFAULT_GOAL := help
 .PHONY: help setup local-model protos check-protos lint breaking test demo up

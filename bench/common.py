@@ -48,7 +48,7 @@ from bitware.orchestrator.v1 import (
     registry_pb2_grpc,
 )
 from bitware.worker.v1 import worker_pb2_grpc
-from bitware_core.supervisor import MeshPlan, Supervisor
+from bitware_mesh.supervisor import MeshPlan, Supervisor
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

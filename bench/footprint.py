@@ -45,7 +45,7 @@ from common import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bitware_core.supervisor import MeshPlan, Supervisor
+from bitware_mesh.supervisor import MeshPlan, Supervisor
 
 SERVERS = ("kam", "orchestrator", "granulator-1", "gateway")
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import common
 
-from bitware_core import local_model
 from bitware_core.config import Settings
+from bitware_mesh import local_model
 from granulator_server.domain import SEED_TEMPLATES, score_quality
 from granulator_server.errors import StageFailure
 from granulator_server.pricing import PriceTable
@@ -50,10 +50,10 @@ class Tally:
 
 
 def start_server() -> tuple[subprocess.Popen[str], str]:
-    """`python -m bitware_core.local_model` on a free port; (process, host:port)."""
+    """`python -m bitware_mesh.local_model` on a free port; (process, host:port)."""
     env = {**os.environ, "BITWARE_HOST": "127.0.0.1", "BITWARE_PORT": "0"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bitware_core.local_model"],
+        [sys.executable, "-m", "bitware_mesh.local_model"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

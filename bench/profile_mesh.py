@@ -23,7 +23,14 @@ from pathlib import Path
 
 from common import RESULTS, CpuMeter, Mesh, MeshOptions, client_for, load, run_one
 
-OURS = ("bitware_core", "kam_server", "orchestrator_server", "granulator_server", "gateway")
+OURS = (
+    "bitware_core",
+    "bitware_mesh",
+    "kam_server",
+    "orchestrator_server",
+    "granulator_server",
+    "gateway",
+)
 
 
 def pyspy() -> str:

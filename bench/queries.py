@@ -1,7 +1,7 @@
 """Database work per execution: every SQL statement and transaction each service runs for one
 single-stage execution, counted by SQLite itself (a trace callback on every connection, so the
 hand-written SQL of the hot path counts as much as SQLAlchemy's) on an in-process mesh
-(`bitware_core.mesh.start_mesh`, SQLite files), executions run one at a time, offline provider.
+(`bitware_mesh.inprocess.start_mesh`, SQLite files), executions run one at a time, offline provider.
 Also counts the Authenticate round trips KAM serves and the WatchExecution re-reads.
 
     .venv/bin/python bench/queries.py [--quick] [--n 20] [--top 15]
@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
+from bitware_mesh.inprocess import start_mesh
 
 STATS: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 COMMITS: collections.Counter[str] = collections.Counter()

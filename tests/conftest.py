@@ -26,7 +26,7 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.granulator.fake_openai import FakeOpenAI
 from tests.postgres import PostgresFinder
 

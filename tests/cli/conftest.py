@@ -34,9 +34,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def bitware(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    """Runs `python -m bitware_core.cli ARGS` to the end."""
+    """Runs `python -m bitware_mesh.cli ARGS` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "bitware_core.cli", *args],
+        [sys.executable, "-m", "bitware_mesh.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -117,7 +117,7 @@ class Up:
 def start_up(data: Path, *extra: str, env: dict[str, str] | None = None) -> Up:
     """`bitware up` on free ports with the arguments `extra` and the settings `env`."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bitware_core.cli", "up", "--data", str(data), *FREE_PORTS, *extra],
+        [sys.executable, "-m", "bitware_mesh.cli", "up", "--data", str(data), *FREE_PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -240,7 +240,7 @@ class Served:
 def serve(name: str, folder: Path, **settings: str) -> Served:
     log = folder / f"{name}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "bitware_core.cli", "serve", name],
+        [sys.executable, "-m", "bitware_mesh.cli", "serve", name],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,

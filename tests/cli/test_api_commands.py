@@ -194,7 +194,7 @@ def test_tables_are_drawn_on_a_terminal_and_plain_with_no_color(
     def on_a_terminal(**env: str) -> str:
         leader, follower = pty.openpty()
         process = subprocess.Popen(
-            [sys.executable, "-m", "bitware_core.cli", "queue", "--data", str(up.data)],
+            [sys.executable, "-m", "bitware_mesh.cli", "queue", "--data", str(up.data)],
             stdout=follower,
             stderr=follower,
             env=clean_env(BITWARE_API_KEY=client_key.api_key, COLUMNS="120", **env),
@@ -224,7 +224,7 @@ def test_run_draws_progress_on_the_terminal_and_keeps_stdout_for_the_answer(
 ) -> None:
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bitware_core.cli", "run", "--data", str(up.data), "--topic", "Pty"],
+        [sys.executable, "-m", "bitware_mesh.cli", "run", "--data", str(up.data), "--topic", "Pty"],
         stdout=subprocess.PIPE,
         stderr=follower,
         text=True,

@@ -15,7 +15,7 @@ import httpx
 import jsonschema
 import pytest
 
-from bitware_core import local_model
+from bitware_mesh import local_model
 from granulator_server.domain import SEED_TEMPLATES
 from tests.cli.conftest import ClientKey, Up, kill_leftovers, make_client_key, start_up
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bitware_core.supervisor import ChildLog, adopt_old_granulator_store
+from bitware_mesh.supervisor import ChildLog, adopt_old_granulator_store
 from tests.cli.conftest import (
     FREE_PORTS,
     bitware,
@@ -34,7 +34,7 @@ def test_a_server_that_crashes_at_start_shows_its_last_log_lines(tmp_path: Path)
     # Only the granulator reads the price table: KAM and the orchestrator start, it exits.
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "bitware_core.cli", "up", "--data", str(tmp_path), *FREE_PORTS],
+        [sys.executable, "-m", "bitware_mesh.cli", "up", "--data", str(tmp_path), *FREE_PORTS],
         capture_output=True,
         text=True,
         timeout=120,
@@ -68,7 +68,7 @@ def test_a_server_that_crashes_at_start_shows_its_last_log_lines(tmp_path: Path)
 
 def test_demo_shows_a_crashing_servers_last_log_lines_too(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bitware_core.cli", "demo", "--data", str(tmp_path / "demo")],
+        [sys.executable, "-m", "bitware_mesh.cli", "demo", "--data", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=120,

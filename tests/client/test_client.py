@@ -25,7 +25,7 @@ from bitware_client import (
     Unavailable,
 )
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.client.proxy import Proxy
 from tests.conftest import PARKED_CAPABILITY, free_port, make_client
 from tests.conftest import Client as MeshClient

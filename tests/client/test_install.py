@@ -40,7 +40,7 @@ async def test_the_client_installs_alone_and_runs_the_readme_example(
         "-c",
         "import importlib.util as u, bitware_client, bitware.kam.v1.requests_pb2; "
         "print(sorted(m for m in ('sqlalchemy', 'fastapi', 'openai', 'uvicorn', 'bitware_core',"
-        " 'kam_server', 'gateway') if u.find_spec(m)))",
+        " 'bitware_mesh', 'kam_server', 'gateway') if u.find_spec(m)))",
         cwd=tmp_path,
     )
     assert absent.strip() == "[]", absent

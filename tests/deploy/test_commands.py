@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from bitware_core.config import Settings, SettingsError
-from bitware_core.mesh import InProcessMesh
-from bitware_core.supervisor import postgres_url
+from bitware_mesh.inprocess import InProcessMesh
+from bitware_mesh.supervisor import postgres_url
 from tests.cli.conftest import bitware, one_line_error
 from tests.conftest import scratch_database
 

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from bitware_core.auth import hash_secret
-from bitware_core.cli import parser
 from bitware_core.config import Settings
+from bitware_mesh.cli import parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -433,7 +433,7 @@ def test_the_build_stage_files_make_a_complete_package(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "bitware = bitware_core.cli:main" in archive.read(entry_points).decode()
+        assert "bitware = bitware_mesh.cli:main" in archive.read(entry_points).decode()
     for service in ("kam", "orchestrator", "granulator"):
         versions = [n for n in names if n.startswith(f"{service}_server/migrations/versions/")]
         on_disk = list((ROOT / f"{service}_server/migrations/versions").glob("*.py"))

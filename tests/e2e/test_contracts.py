@@ -33,8 +33,8 @@ from bitware.kam.v1 import (
 from bitware_core.auth import PUBLIC, Credentials, Principal
 from bitware_core.config import Settings
 from bitware_core.errors import Unauthenticated
-from bitware_core.mesh import InProcessMesh
 from bitware_core.server import MeshServer, Service
+from bitware_mesh.inprocess import InProcessMesh
 from tests.conftest import Client, make_client
 
 Metadata = tuple[tuple[str, str], ...]

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bitware_core.supervisor import postgres_url
+from bitware_mesh.supervisor import postgres_url
 from tests.cli.conftest import Served, bitware, minted, random_loopback, serve
 from tests.conftest import scratch_database
 from tests.dns_server import DnsServer

@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware_core import tracing
 from bitware_core.config import Settings, SettingsError
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.cli.conftest import clean_env, serve
 from tests.conftest import eventually, make_client

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh, MeshCredentials
+from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator

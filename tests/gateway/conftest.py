@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh
+from bitware_mesh.inprocess import InProcessMesh
 from gateway.app import GatewayServer, bind, create_app
 from tests.conftest import Client
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
+from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
 from tests.conftest import Client, make_client
 from tests.gateway.conftest import (

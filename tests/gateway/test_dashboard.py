@@ -19,7 +19,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
 from bitware.worker.v1 import worker_pb2
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
+from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
 from tests.conftest import Client, make_client
 from tests.gateway.conftest import gateway_settings, served_gateway

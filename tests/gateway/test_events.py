@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.conftest import Client, make_client
 from tests.gateway.conftest import (
     closed_address,

@@ -20,7 +20,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import ADMIN, Principal
 from bitware_core.config import Settings
 from bitware_core.db import Database
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server import calls, jobs, models
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.providers.base import CallRecord

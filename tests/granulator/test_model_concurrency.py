@@ -14,7 +14,7 @@ import pytest
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
+from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.providers import OfflineProvider, OpenAIProvider
 from granulator_server.worker import capacity

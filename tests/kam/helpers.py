@@ -26,7 +26,7 @@ from bitware.kam.v1 import (
     templates_pb2,
     templates_pb2_grpc,
 )
-from bitware_core.mesh import InProcessMesh
+from bitware_mesh.inprocess import InProcessMesh
 from tests.conftest import PARKED_CAPABILITY, Client
 
 Metadata = tuple[tuple[str, str], ...]

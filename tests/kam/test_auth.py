@@ -12,7 +12,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import auth_pb2
 from bitware_core.auth import hash_secret
 from bitware_core.db import utcnow
-from bitware_core.mesh import InProcessMesh
+from bitware_mesh.inprocess import InProcessMesh
 from kam_server import models
 from tests.conftest import Client
 from tests.kam.helpers import details, fails, kam, reason, violated_fields

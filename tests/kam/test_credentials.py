@@ -17,7 +17,7 @@ from bitware.kam.v1 import accounts_pb2, auth_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import hash_secret
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
+from bitware_mesh.inprocess import start_mesh
 from kam_server import identity, models
 from tests.conftest import Client, make_client
 from tests.kam.helpers import PASSWORD, client_user, fails, kam, violated_fields

@@ -13,8 +13,8 @@ from google.rpc import error_details_pb2
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.mesh import start_mesh
 from bitware_core.tiers import TIER_LIMITS
+from bitware_mesh.inprocess import start_mesh
 from kam_server.server import serve as serve_kam
 from tests.conftest import Client, make_client
 from tests.kam.helpers import details, reason

@@ -26,7 +26,7 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.mesh import MeshCredentials
+from bitware_mesh.inprocess import MeshCredentials
 from kam_server.identity import CREDENTIAL_CACHE_SECONDS
 from tests.cli.conftest import Served, random_loopback, serve
 from tests.conftest import scratch_database

@@ -20,7 +20,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, webhooks_pb2, webhooks_pb2_grpc
 from bitware_core.config import Settings
 from bitware_core.db import Database, utcnow
-from bitware_core.mesh import InProcessMesh, start_mesh
+from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from kam_server import models, webhooks
 from kam_server.delivery import Deliverer, prune
 from tests.conftest import PARKED_CAPABILITY, Client, make_client, scratch_database

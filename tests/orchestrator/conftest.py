@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.mesh import InProcessMesh
+from bitware_mesh.inprocess import InProcessMesh
 from kam_server import models as kam_models
 from tests.conftest import Client
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step

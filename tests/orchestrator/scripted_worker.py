@@ -18,7 +18,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
-from bitware_core.mesh import InProcessMesh
+from bitware_mesh.inprocess import InProcessMesh
 
 #: What an attempt stopped midway reports to have consumed.
 PARTIAL_USAGE = common_pb2.Usage(

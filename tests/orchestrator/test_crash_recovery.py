@@ -10,7 +10,7 @@ import grpc
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh, MeshCredentials
+from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from kam_server.server import serve as serve_kam
 from tests.conftest import eventually, free_port, make_client, start_server_process
 from tests.orchestrator.conftest import add_template, stage

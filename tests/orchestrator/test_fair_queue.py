@@ -20,8 +20,8 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
-from bitware_core.mesh import InProcessMesh, MeshCredentials
 from bitware_core.tiers import TIER_LIMITS
+from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
 from tests.conftest import Client, make_client

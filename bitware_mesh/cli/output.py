@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from bitware_client import ProgressEvent
-from bitware_core.cli.common import bar
+from bitware_mesh.cli.common import bar
 
 
 def fancy(stream: TextIO) -> bool:

@@ -25,7 +25,7 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from bitware_core.cli.common import (
+from bitware_mesh.cli.common import (
     CALL_TIMEOUT,
     CliError,
     MeshAddresses,
@@ -39,7 +39,7 @@ from bitware_core.cli.common import (
     print_json,
     words,
 )
-from bitware_core.cli.output import print_table
+from bitware_mesh.cli.output import print_table
 
 #: How long one health check may take, in seconds.
 HEALTH_TIMEOUT = 3.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware_client import STRUCTURE_TYPES, URGENCIES, RunResult
-from bitware_core.cli.common import (
+from bitware_mesh.cli.common import (
     OFFLINE_NOTE,
     CliError,
     add_client_arguments,
@@ -20,7 +20,7 @@ from bitware_core.cli.common import (
     usage_line,
     words,
 )
-from bitware_core.cli.output import ProgressView
+from bitware_mesh.cli.output import ProgressView
 
 
 def add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,8 +21,9 @@ from bitware.kam.v1 import (
     requests_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core import local_model
-from bitware_core.cli.common import (
+from bitware_core.config import Settings
+from bitware_mesh import local_model
+from bitware_mesh.cli.common import (
     OFFLINE_NOTE,
     CliError,
     add_tls_arguments,
@@ -32,8 +33,7 @@ from bitware_core.cli.common import (
     running_supervisor,
     usage_line,
 )
-from bitware_core.config import Settings
-from bitware_core.supervisor import ChildFailed, MeshPlan, Supervisor
+from bitware_mesh.supervisor import ChildFailed, MeshPlan, Supervisor
 
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
 

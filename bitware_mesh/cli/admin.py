@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, templates_pb2
-from bitware_core.cli.common import (
+from bitware_mesh.cli.common import (
     CliError,
     api_command,
     as_json,
@@ -20,7 +20,7 @@ from bitware_core.cli.common import (
     print_json,
     words,
 )
-from bitware_core.cli.output import print_table
+from bitware_mesh.cli.output import print_table
 
 
 def add_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
