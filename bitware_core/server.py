@@ -148,6 +148,12 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             buckets=BUCKETS,
             registry=metrics,
         )
+        self._stream_messages = Counter(
+            "bitware_rpc_stream_messages",
+            "Messages sent on server streams, by method.",
+            ("method",),
+            registry=metrics,
+        )
 
     def _record(self, method: str, code: str, started: float) -> None:
         seconds = time.monotonic() - started
@@ -259,7 +265,9 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             with tracing.rpc_span(method, context):
                 try:
                     await self._enter(method, allowed, context)
+                    sent = self._stream_messages.labels(method)
                     async for item in inner(request, context):
+                        sent.inc()
                         yield item
                 except asyncio.CancelledError:
                     self._record(method, "CANCELLED", started)
