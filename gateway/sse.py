@@ -1,6 +1,10 @@
 """Server-Sent Events from a gRPC server stream: the execution's event log as
 `id: <sequence>` / `event: <type>` / `data: <json>` frames, for `EventSource` in a browser.
 
+The stream is asked for batches (`WatchExecutionRequest.batched`): the frames of the events one
+message carries go to the HTTP stream in one write, each still a frame with its own `id:`, so a
+browser resumes with Last-Event-ID exactly as with one event per write.
+
 The upstream call is made inside the generator and cancelled in its `finally`, so a browser that
 goes away (the response task is cancelled) ends the gRPC stream too.
 """
@@ -41,6 +45,14 @@ def event_frame(event: orchestrator_pb2.ExecutionEvent) -> str:
     return frame(message_json(event), name, event.sequence)
 
 
+def message_frames(message: orchestrator_pb2.WatchExecutionResponse) -> str:
+    """The frames of every event a stream message carries, in order: its `events` (a batched
+    stream), or its one `event` (an orchestrator that predates batches sends that)."""
+    if message.events:
+        return "".join(event_frame(event) for event in message.events)
+    return event_frame(message.event)
+
+
 def _settle(read: asyncio.Future[Any] | None) -> None:
     if read is None:
         return
@@ -67,7 +79,7 @@ async def execution_events(
             message = read.result()
             if message is grpc.aio.EOF:
                 return
-            yield event_frame(message.event)
+            yield message_frames(message)
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             metrics.upstream_error(error.code().name)

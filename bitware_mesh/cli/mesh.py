@@ -204,16 +204,21 @@ async def run_demo(
         print(f"request {created.request_id} → execution {executed.execution_id}")
         orchestrator_stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
         watch = orchestrator_stub.WatchExecution(
-            orchestrator_pb2.WatchExecutionRequest(execution_id=executed.execution_id),
+            orchestrator_pb2.WatchExecutionRequest(
+                execution_id=executed.execution_id, batched=True
+            ),
             metadata=as_client,
             timeout=300,
         )
         last: orchestrator_pb2.ExecutionEvent | None = None
         try:
             async for message in watch:
-                last = message.event
-                kind = orchestrator_pb2.EventType.Name(last.type).removeprefix("EVENT_TYPE_")
-                print(f"{bar(last.progress)} #{last.sequence:<3} {kind.lower():<22} {last.message}")
+                for last in message.events or [message.event]:  # batched, or an older server
+                    kind = orchestrator_pb2.EventType.Name(last.type).removeprefix("EVENT_TYPE_")
+                    print(
+                        f"{bar(last.progress)} #{last.sequence:<3} {kind.lower():<22} "
+                        f"{last.message}"
+                    )
         finally:
             watch.cancel()
         if last is None or last.type != orchestrator_pb2.EVENT_TYPE_EXECUTION_SUCCEEDED:

@@ -227,7 +227,9 @@ class AsyncClient:
     ) -> AsyncIterator[ProgressEvent]:
         """The execution's events in order, from `after_sequence` on: its history first, then
         live, ending with the terminal event. A stream that breaks is reopened after the last
-        event received, so none is lost or repeated; `timeout` bounds the whole watch."""
+        event received, so none is lost or repeated; `timeout` bounds the whole watch. The
+        stream is asked for batches (several events a message); they are still yielded one by
+        one."""
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.orchestrator())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -236,7 +238,7 @@ class AsyncClient:
         while True:
             stream = stub.WatchExecution(
                 orchestrator_pb2.WatchExecutionRequest(
-                    execution_id=execution_id, after_sequence=last
+                    execution_id=execution_id, after_sequence=last, batched=True
                 ),
                 metadata=self.metadata,
                 timeout=max(0.0, deadline - loop.time()),
@@ -244,14 +246,16 @@ class AsyncClient:
             broken: BitwareError | None = None
             try:
                 async for message in stream:
-                    event = ProgressEvent.from_proto(message.event)
-                    if event.sequence <= last:
-                        continue
-                    last = event.sequence
-                    delays = iter(self.retry.delays())  # progress: the retries start afresh
-                    yield event
-                    if event.terminal:
-                        return
+                    # An orchestrator that predates batches sends one `event` a message.
+                    for raw in message.events or [message.event]:
+                        event = ProgressEvent.from_proto(raw)
+                        if event.sequence <= last:
+                            continue
+                        last = event.sequence
+                        delays = iter(self.retry.delays())  # progress: the retries start afresh
+                        yield event
+                        if event.terminal:
+                            return
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise from_rpc_error(error) from None

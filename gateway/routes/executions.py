@@ -155,7 +155,7 @@ async def execution_event_stream(
 
     def open_stream() -> WatchCall:
         watch = orchestrator_pb2.WatchExecutionRequest(
-            execution_id=execution_id, after_sequence=start
+            execution_id=execution_id, after_sequence=start, batched=True
         )
         return call.stream(call.up.orchestrator.WatchExecution, watch, WATCH_TIMEOUT)
 

@@ -4,6 +4,7 @@ google.rpc details, retries of UNAVAILABLE, and the blocking Client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.client.proxy import Proxy
 from tests.conftest import PARKED_CAPABILITY, free_port, make_client
 from tests.conftest import Client as MeshClient
 from tests.kam.helpers import parked_template
+from tests.metrics import stream_messages
 
 
 def connect(mesh: InProcessMesh, api_key: str, **options: object) -> AsyncClient:
@@ -58,6 +60,48 @@ async def test_run_returns_the_structure_and_every_event_in_order(client: MeshCl
     assert result.structure.job_id == result.execution.job_id
     contiguous(seen)
     assert seen[-1].type == "execution_succeeded" and seen[-1].progress == 1.0
+
+
+async def test_watch_asks_for_batches_and_still_yields_every_event_one_by_one(
+    client: MeshClient,
+) -> None:
+    mesh = client.mesh
+    async with connect(mesh, client.api_key) as bitware:
+        seen: list[ProgressEvent] = []
+        before = stream_messages(mesh.orchestrator.metrics)
+        result = await bitware.run("Batches", type="course", on_event=seen.append)
+        live = stream_messages(mesh.orchestrator.metrics) - before
+        contiguous(seen)
+        # The events one transaction writes (a claim's, the history so far) share a message.
+        assert 1 <= live < len(seen), f"{live} messages for {len(seen)} events: not batched"
+        execution_id = result.execution.execution_id
+
+        # A finished execution's history is one message, handed out one event at a time.
+        before = stream_messages(mesh.orchestrator.metrics)
+        replay = [e async for e in bitware.watch(execution_id, timeout=30)]
+        assert stream_messages(mesh.orchestrator.metrics) - before == 1
+        assert [e.sequence for e in replay] == [e.sequence for e in seen]
+        assert [e.raw for e in replay] == [e.raw for e in seen]
+
+        assert [e.sequence for e in replay[2:5]] == [3, 4, 5]
+
+    # Leaving a live stream in the middle of its first batch ends it at the orchestrator.
+    async with connect(mesh, "", session_token=client.admin_session) as admin:
+        await admin.templates.create(parked_template("parked_batches"))
+    async with connect(mesh, client.api_key) as bitware:
+        request = await bitware.requests.create("Leave", template="parked_batches")
+        parked = await bitware.requests.execute(request.request_id)
+        async with contextlib.aclosing(bitware.watch(parked, timeout=30)) as events:
+            async for event in events:
+                assert event.sequence == 1
+                assert mesh.orchestrator.hub.subscribers(parked) == 1
+                break
+        for _ in range(100):
+            if mesh.orchestrator.hub.subscribers(parked) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert mesh.orchestrator.hub.subscribers(parked) == 0
+        await bitware.requests.cancel(request.request_id)
 
 
 async def test_watch_resumes_after_the_stream_breaks_and_loses_nothing(

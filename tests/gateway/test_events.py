@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
+from gateway.app import create_app
 from tests.conftest import Client, make_client
 from tests.gateway.conftest import (
     closed_address,
@@ -20,7 +23,7 @@ from tests.gateway.conftest import (
     parse_events,
     served_gateway,
 )
-from tests.metrics import value
+from tests.metrics import stream_messages, value
 
 
 async def test_events_stream_in_order_until_the_execution_succeeds(
@@ -39,6 +42,71 @@ async def test_events_stream_in_order_until_the_execution_succeeds(
     assert events[-1]["event"] == "EXECUTION_SUCCEEDED"
     assert events[-1]["data"]["type"] == "EVENT_TYPE_EXECUTION_SUCCEEDED"
     assert events[-1]["data"]["progress"] == 1.0
+
+
+class Writes:
+    """The gateway app, recording what each write of an event stream's body carries."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.bodies: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def record(message: Any) -> None:
+            if message["type"] == "http.response.body" and scope["path"].endswith("/events"):
+                self.bodies.append(message.get("body", b"").decode())
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+    def event_writes(self) -> list[str]:
+        """The writes that carry events (not the `retry:` line, keep-alives or the end)."""
+        found = [body for body in self.bodies if body.startswith("id: ")]
+        self.bodies.clear()
+        return found
+
+
+@asynccontextmanager
+async def recorded_gateway(client: Client) -> AsyncIterator[tuple[httpx.AsyncClient, Writes]]:
+    app = create_app(gateway_settings(client.mesh))
+    writes = Writes(app)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=writes)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+            yield http, writes
+
+
+async def test_events_come_in_batches_and_each_batch_is_one_write(client: Client) -> None:
+    orchestrator = client.mesh.orchestrator.metrics
+    async with recorded_gateway(client) as (http, writes):
+        _, execution_id = await create_and_execute(http, client)
+        url = f"/api/executions/{execution_id}/events"
+        writes.event_writes()
+        before = stream_messages(orchestrator)
+        answer = await http.get(url, headers=key(client))
+        messages = stream_messages(orchestrator) - before
+        events = parse_events(answer.text)
+        assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+        assert events[-1]["event"] == "EXECUTION_SUCCEEDED"
+        # The gateway asks for batches, and writes each message it gets as one piece of whole
+        # frames: nothing split, nothing lost.
+        live = writes.event_writes()
+        assert 1 <= messages < len(events), f"{messages} messages for {len(events)} events"
+        assert len(live) == messages
+        assert all(body.endswith("\n\n") for body in live)
+        assert [e for body in live for e in parse_events(body)] == events
+
+        # A finished execution's history: one message, one write, every frame with its id.
+        before = stream_messages(orchestrator)
+        replay = await http.get(url, headers=key(client))
+        assert stream_messages(orchestrator) - before == 1
+        assert [parse_events(body) for body in writes.event_writes()] == [events]
+        assert parse_events(replay.text) == events
+
+        # Resuming inside what was one batch starts right after Last-Event-ID, as before.
+        resumed = await http.get(url, headers={**key(client), "Last-Event-ID": "3"})
+        assert parse_events(resumed.text) == events[3:]
+        assert len(writes.event_writes()) == 1
 
 
 async def test_events_resume_after_last_event_id(http: httpx.AsyncClient, client: Client) -> None:
