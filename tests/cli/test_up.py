@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cli.conftest import Up, bitware, kill_leftovers, make_client_key, start_up
-from tests.conftest import scratch_database
+from tests.common import scratch_database
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ from bitware_client import (
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.client.proxy import Proxy
-from tests.conftest import PARKED_CAPABILITY, free_port, make_client
-from tests.conftest import Client as MeshClient
+from tests.common import PARKED_CAPABILITY, free_port, make_client
+from tests.common import Client as MeshClient
 from tests.kam.helpers import parked_template
 from tests.metrics import stream_messages
 

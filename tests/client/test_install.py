@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.conftest import Client
+from tests.common import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 

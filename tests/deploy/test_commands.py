@@ -15,7 +15,7 @@ from bitware_core.config import Settings, SettingsError
 from bitware_mesh.inprocess import InProcessMesh
 from bitware_mesh.supervisor import postgres_url
 from tests.cli.conftest import bitware, one_line_error
-from tests.conftest import scratch_database
+from tests.common import scratch_database
 
 
 def test_migrate_brings_every_service_schema_to_its_head() -> None:

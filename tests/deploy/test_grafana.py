@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import gateway_client, gateway_settings
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "bitware.json"

@@ -35,7 +35,7 @@ from bitware_core.config import Settings
 from bitware_core.errors import Unauthenticated
 from bitware_core.server import MeshServer, Service
 from bitware_mesh.inprocess import InProcessMesh
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 
 Metadata = tuple[tuple[str, str], ...]
 

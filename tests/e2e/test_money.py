@@ -30,7 +30,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.granulator.fake_openai import FakeOpenAI, failure, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.name == "course_standard")

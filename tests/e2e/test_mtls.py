@@ -13,7 +13,7 @@ from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import start_mesh
-from tests.conftest import make_client, submit
+from tests.common import make_client, submit
 from tests.tls_certs import Pki, make_pki
 
 

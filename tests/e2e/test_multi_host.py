@@ -26,7 +26,7 @@ import pytest
 
 from bitware_mesh.supervisor import postgres_url
 from tests.cli.conftest import Served, bitware, minted, random_loopback, serve
-from tests.conftest import scratch_database
+from tests.common import scratch_database
 from tests.dns_server import DnsServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy"))

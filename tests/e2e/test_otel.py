@@ -28,7 +28,7 @@ from bitware_core.config import Settings, SettingsError
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.cli.conftest import clean_env, serve
-from tests.conftest import eventually, make_client
+from tests.common import eventually, make_client
 from tests.gateway.conftest import create_and_execute, gateway_client, gateway_settings
 from tests.granulator.fake_openai import FakeOpenAI, reply
 

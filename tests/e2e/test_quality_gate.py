@@ -24,7 +24,7 @@ from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.service import template_to_proto
-from tests.conftest import Client, make_client, submit
+from tests.common import Client, make_client, submit
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.name == "course_standard")

@@ -20,7 +20,7 @@ from bitware.kam.v1 import accounts_pb2, requests_pb2, webhooks_pb2, webhooks_pb
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import CLIENT
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
-from tests.conftest import Client, make_client, submit
+from tests.common import Client, make_client, submit
 from tests.e2e.test_contracts import Rpc, call, describe
 from tests.kam.helpers import client_user, kam
 

@@ -15,7 +15,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core import logs
-from tests.conftest import Client
+from tests.common import Client
 
 
 async def test_request_and_execution_ids_follow_the_request_through_every_server(

@@ -8,7 +8,7 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from tests.conftest import Client, submit
+from tests.common import Client, submit
 
 
 async def test_course_request_runs_end_to_end_with_live_progress(client: Client) -> None:

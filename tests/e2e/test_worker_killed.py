@@ -17,7 +17,7 @@ from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
-from tests.conftest import make_client, start_server_process, submit
+from tests.common import make_client, start_server_process, submit
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")

@@ -17,7 +17,7 @@ import pytest
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh
 from gateway.app import GatewayServer, bind, create_app
-from tests.conftest import Client
+from tests.common import Client
 
 
 def gateway_settings(mesh: InProcessMesh, **overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ import re
 import httpx
 from playwright.async_api import Browser, Route, expect
 
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import gateway_settings, served_gateway
 from tests.gateway.test_dashboard import ARTIFACTS, browser, open_page
 

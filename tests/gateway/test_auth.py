@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import key
 
 

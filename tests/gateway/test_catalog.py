@@ -11,7 +11,7 @@ import httpx
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.gateway.conftest import (
     admin,
     closed_address,

@@ -21,7 +21,7 @@ from bitware.worker.v1 import worker_pb2
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.gateway.conftest import gateway_settings, served_gateway
 from tests.granulator.fake_openai import FakeOpenAI, failure, reply
 from tests.granulator.test_model_calls import QUIZ, run_quiz

@@ -13,7 +13,7 @@ import pytest
 
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from gateway.app import create_app
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.gateway.conftest import (
     closed_address,
     create_and_execute,

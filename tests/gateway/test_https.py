@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import gateway_settings, key, served_gateway
 from tests.tls_certs import make_pki
 

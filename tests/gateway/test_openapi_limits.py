@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import key
 
 VALID = {"topic": "Limits", "structure_type": "course", "granularity": 2}

@@ -8,7 +8,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway.errors import rpc_error
-from tests.conftest import Client
+from tests.common import Client
 from tests.gateway.conftest import admin, closed_address, gateway_client, gateway_settings, key
 from tests.metrics import names, value
 

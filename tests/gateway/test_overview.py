@@ -12,7 +12,7 @@ from playwright.async_api import Browser, expect
 
 from bitware.common.v1 import common_pb2
 from bitware_mesh.inprocess import InProcessMesh
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.gateway import test_dashboard, test_webhooks
 from tests.gateway.conftest import (
     admin,

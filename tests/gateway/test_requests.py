@@ -9,7 +9,7 @@ import httpx
 from bitware.common.v1 import common_pb2
 from bitware.worker.v1 import worker_pb2
 from bitware_core.tiers import TIER_LIMITS
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.gateway.conftest import admin, create_and_execute, key
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step

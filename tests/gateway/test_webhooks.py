@@ -13,7 +13,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
-from tests.conftest import PARKED_CAPABILITY, make_client
+from tests.common import PARKED_CAPABILITY, make_client
 from tests.gateway.conftest import admin, gateway_client, gateway_settings, key
 from tests.kam.helpers import kam, parked_template
 from tests.webhook_receiver import receiver

@@ -17,7 +17,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
-from tests.conftest import make_client
+from tests.common import make_client
 from tests.granulator.fake_openai import (
     LLAMA_CPP_REJECTION,
     FakeOpenAI,

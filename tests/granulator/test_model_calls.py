@@ -24,7 +24,7 @@ from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server import calls, jobs, models
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.providers.base import CallRecord
-from tests.conftest import Client, make_client, submit
+from tests.common import Client, make_client, submit
 from tests.granulator.fake_openai import FakeOpenAI, failure, reply
 from tests.granulator.test_service import field_violations
 from tests.granulator.test_template_store import MIGRATIONS

@@ -18,7 +18,7 @@ from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.providers import OfflineProvider, OpenAIProvider
 from granulator_server.worker import capacity
-from tests.conftest import make_client, submit
+from tests.common import make_client, submit
 from tests.granulator.fake_openai import FakeOpenAI, reply
 
 COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")

@@ -21,7 +21,7 @@ from granulator_server import jobs
 from granulator_server.domain import SEED_TEMPLATES
 from granulator_server.server import GranulatorServer
 from granulator_server.service import template_to_proto
-from tests.conftest import Client, eventually, make_client
+from tests.common import Client, eventually, make_client
 
 TYPES = {
     "course": ("module", "lesson", "objective"),

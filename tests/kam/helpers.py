@@ -27,7 +27,7 @@ from bitware.kam.v1 import (
     templates_pb2_grpc,
 )
 from bitware_mesh.inprocess import InProcessMesh
-from tests.conftest import PARKED_CAPABILITY, Client
+from tests.common import PARKED_CAPABILITY, Client
 
 Metadata = tuple[tuple[str, str], ...]
 DetailT = TypeVar("DetailT", bound=Message)

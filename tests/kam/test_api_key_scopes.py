@@ -20,7 +20,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import CLIENT, READ, WRITE, required_scope
 from bitware_core.db import utcnow
 from kam_server import models
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import Kam, Metadata, details, fails, kam, parked_template, reason
 
 #: Every RPC a client's API key may reach, and the scope it needs. A new client RPC fails

@@ -14,7 +14,7 @@ from bitware_core.auth import hash_secret
 from bitware_core.db import utcnow
 from bitware_mesh.inprocess import InProcessMesh
 from kam_server import models
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import details, fails, kam, reason, violated_fields
 
 

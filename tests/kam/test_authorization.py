@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, auth_pb2, requests_pb2, templates_pb2, webhooks_pb2
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import Kam, Metadata, client_user, fails, kam
 
 KINDS = ("admin", "support", "client_user", "api_key", "worker", "service", "none")

@@ -12,7 +12,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from kam_server import ledger, models
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
 
 

@@ -7,7 +7,7 @@ from google.protobuf import field_mask_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import client_user, fails, kam, reason, violated_fields
 
 

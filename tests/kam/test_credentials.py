@@ -19,7 +19,7 @@ from bitware_core.auth import hash_secret
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import start_mesh
 from kam_server import identity, models
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import PASSWORD, client_user, fails, kam, violated_fields
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2
 from kam_server import models
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import PASSWORD, Kam, fails, kam
 
 #: OWASP's first Argon2id setting: 19 MiB, 2 passes, 1 lane.

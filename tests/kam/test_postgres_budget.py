@@ -13,7 +13,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, requests_pb2_grpc
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import start_mesh
-from tests.conftest import PARKED_CAPABILITY, make_client
+from tests.common import PARKED_CAPABILITY, make_client
 from tests.kam.helpers import kam, parked_template
 
 

@@ -16,7 +16,7 @@ from bitware_core.config import Settings
 from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import start_mesh
 from kam_server.server import serve as serve_kam
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import details, reason
 
 BASIC = TIER_LIMITS["basic"]

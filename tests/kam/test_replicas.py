@@ -29,7 +29,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_mesh.inprocess import MeshCredentials
 from kam_server.identity import CREDENTIAL_CACHE_SECONDS
 from tests.cli.conftest import Served, random_loopback, serve
-from tests.conftest import scratch_database
+from tests.common import scratch_database
 from tests.dns_server import DnsServer
 from tests.metrics import value
 

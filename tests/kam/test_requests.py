@@ -10,7 +10,7 @@ import pytest
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
 
 

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import templates_pb2
-from tests.conftest import PARKED_CAPABILITY, Client
+from tests.common import PARKED_CAPABILITY, Client
 from tests.kam.helpers import fails, kam, reason, seconds, stage, template, violated_fields
 
 

@@ -7,7 +7,7 @@ import grpc
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import fails, kam, parked_template, reason
 
 

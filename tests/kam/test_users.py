@@ -7,7 +7,7 @@ from google.protobuf import field_mask_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import PASSWORD, fails, kam, reason, violated_fields
 
 

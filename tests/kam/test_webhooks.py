@@ -23,7 +23,7 @@ from bitware_core.db import Database, utcnow
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from kam_server import models, webhooks
 from kam_server.delivery import Deliverer, prune
-from tests.conftest import PARKED_CAPABILITY, Client, make_client, scratch_database
+from tests.common import PARKED_CAPABILITY, Client, make_client, scratch_database
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
 from tests.webhook_receiver import receiver
 

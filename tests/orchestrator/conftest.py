@@ -14,7 +14,7 @@ from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_mesh.inprocess import InProcessMesh
 from kam_server import models as kam_models
-from tests.conftest import Client
+from tests.common import Client
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 
 

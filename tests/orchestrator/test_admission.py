@@ -22,7 +22,7 @@ from bitware.kam.v1 import (
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware.worker.v1 import worker_pb2
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.e2e.test_contracts import GRPCURL
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import Step

@@ -12,7 +12,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import Settings
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from kam_server.server import serve as serve_kam
-from tests.conftest import eventually, free_port, make_client, start_server_process
+from tests.common import eventually, free_port, make_client, start_server_process
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 

@@ -14,7 +14,7 @@ import pytest
 
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2
-from tests.conftest import Client, eventually
+from tests.common import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import PARTIAL_USAGE, Step
 

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from bitware.orchestrator.v1 import orchestrator_pb2
-from tests.conftest import Client, eventually
+from tests.common import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step
 
@@ -71,7 +71,7 @@ async def test_a_cancelled_watch_releases_its_subscription(
 async def test_watching_an_unknown_or_foreign_execution_is_not_found(
     client: Client, runner: Runner, workers: Workers
 ) -> None:
-    from tests.conftest import make_client
+    from tests.common import make_client
 
     await add_template(client.mesh, "one_stage", [stage()])
     await workers("quick")

@@ -24,7 +24,7 @@ from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.orchestrator.conftest import add_template, stage
 from tests.orchestrator.scripted_worker import ScriptedWorker, Step
 

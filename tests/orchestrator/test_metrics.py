@@ -17,7 +17,7 @@ from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2
 from bitware_core.config import Settings
 from kam_server.server import serve as serve_kam
-from tests.conftest import Client
+from tests.common import Client
 from tests.metrics import names, value
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step

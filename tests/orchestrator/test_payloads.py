@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from bitware.orchestrator.v1 import orchestrator_pb2
 from orchestrator_server import models, payloads
-from tests.conftest import Client, eventually
+from tests.common import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step
 

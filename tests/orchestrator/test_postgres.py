@@ -18,7 +18,7 @@ from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from granulator_server.server import serve as serve_granulator
 from kam_server.server import serve as serve_kam
 from orchestrator_server.server import serve as serve_orchestrator
-from tests.conftest import make_client
+from tests.common import make_client
 
 EXECUTIONS = 200
 

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
-from tests.conftest import Client, eventually
+from tests.common import Client, eventually
 from tests.orchestrator.conftest import Runner, add_template, stage
 from tests.orchestrator.scripted_worker import Step
 

@@ -11,7 +11,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from bitware.orchestrator.v1 import orchestrator_pb2
-from tests.conftest import Client
+from tests.common import Client
 from tests.kam.helpers import details, fails, kam, reason
 from tests.orchestrator.conftest import Runner, add_template, stage
 
