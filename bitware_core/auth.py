@@ -17,7 +17,12 @@ from typing import Protocol
 
 import argon2
 
-from bitware_core.errors import NotFound, PermissionDenied, Unauthenticated
+from bitware_core.errors import (
+    ApiKeyScopeMissing,
+    ClientNotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 API_KEY_HEADER = "x-api-key"
 SESSION_HEADER = "x-bitware-session-token"
@@ -72,7 +77,7 @@ class Principal:
         if self.sees_all_clients:
             return client_id
         if client_id and client_id != self.client_id:
-            raise NotFound(f"client {client_id!r} not found", reason="CLIENT_NOT_FOUND")
+            raise ClientNotFound(client_id)
         return self.client_id
 
 
@@ -193,12 +198,7 @@ def authorise(principal: Principal, allowed: frozenset[str], method: str) -> Non
     if principal.tag not in allowed:
         raise PermissionDenied(f"{principal.tag} callers may not call {method}")
     if principal.kind == "api_key" and (scope := required_scope(method)) not in principal.scopes:
-        raise PermissionDenied(
-            f"this API key's scopes ({', '.join(principal.scopes) or 'none'}) do not include "
-            f"{scope!r}, which {method} needs",
-            reason="API_KEY_SCOPE",
-            metadata={"required_scope": scope, "method": method},
-        )
+        raise ApiKeyScopeMissing(scope, method, tuple(principal.scopes))
 
 
 class KamAuthenticator:

@@ -91,7 +91,7 @@ class Service:
             )
 
 
-def _status_for(error: MeshError, domain: str) -> grpc.Status:
+def status_for(error: MeshError, domain: str) -> grpc.Status:
     details = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
     ]
@@ -231,7 +231,7 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         elif error.code == "INTERNAL":
             log.error("internal error", extra={"method": method, "reason": error.reason})
         self._record(method, error.code, started)
-        await context.abort_with_status(_status_for(error, self._domain))
+        await context.abort_with_status(status_for(error, self._domain))
 
     def _wrap_unary(
         self,

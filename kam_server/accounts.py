@@ -19,7 +19,7 @@ from bitware_core.db import new_id, next_page_token, page_window
 from bitware_core.errors import AlreadyExists, Violations
 from bitware_core.tiers import TIER_LIMITS, TIERS
 from kam_server import audit, identity, models
-from kam_server.errors import ClientNotFound, LastAdmin, TierLimitExceeded, UserNotFound
+from kam_server.errors import ClientNotFound, LastAdmin, UserLimitReached, UserNotFound
 
 ROLES = ("admin", "client", "support")
 CLIENT_STATUSES = ("active", "suspended")
@@ -62,7 +62,7 @@ def _check_role_and_client(
         return None
     client = session.get(models.Client, client_id)
     if client is None:
-        raise ClientNotFound(f"client {client_id!r} not found")
+        raise ClientNotFound(client_id)
     return client
 
 
@@ -72,11 +72,7 @@ def _check_user_limit(session: Session, client: models.Client, excluding: str = 
         select(func.count()).where(models.User.client_id == client.id, models.User.id != excluding)
     )
     if (count or 0) >= limits.max_users:
-        raise TierLimitExceeded(
-            f"tier {client.tier} allows {limits.max_users} users per client",
-            reason="TIER_LIMIT_USERS",
-            metadata={"client_id": client.id, "limit": str(limits.max_users)},
-        )
+        raise UserLimitReached(client.id, client.tier, limits.max_users)
 
 
 def _other_active_admins(session: Session, user_id: str) -> int:
@@ -137,7 +133,7 @@ def get_user(session: Session, actor: Principal, user_id: str) -> models.User:
     user = session.get(models.User, user_id) if user_id else None
     may_see = actor.tag in (ADMIN, SUPPORT) or (actor.kind == "user" and actor.user_id == user_id)
     if user is None or not may_see:
-        raise UserNotFound(f"user {user_id!r} not found")
+        raise UserNotFound(user_id)
     return user
 
 
@@ -185,7 +181,7 @@ def update_user(
     client = _check_role_and_client(session, problems, role, client_id, "user.")
     demoted = user.role == ADMIN and user.active and (role != ADMIN or not active)
     if demoted and not _other_active_admins(session, user.id):
-        raise LastAdmin("this is the last active admin; make another admin first")
+        raise LastAdmin(user.id)
     if client is not None and client.id != user.client_id:
         _check_user_limit(session, client, excluding=user.id)
     changed: dict[str, str] = {}
@@ -212,7 +208,7 @@ def update_user(
 def delete_user(session: Session, actor: Principal, user_id: str) -> None:
     user = get_user(session, actor, user_id)
     if user.role == ADMIN and user.active and not _other_active_admins(session, user.id):
-        raise LastAdmin("this is the last active admin; make another admin first")
+        raise LastAdmin(user.id)
     identity.auth_changed(session)
     session.execute(delete(models.Session).where(models.Session.user_id == user.id))
     session.delete(user)
@@ -290,7 +286,7 @@ def visible_client(
     """The client found for `client_id`, or ClientNotFound when there is none or the caller may
     not see it (the same answer, so that ids cannot be probed)."""
     if client is None or not principal.visible_client(client.id):
-        raise ClientNotFound(f"client {client_id!r} not found")
+        raise ClientNotFound(client_id)
     return client
 
 

@@ -261,8 +261,7 @@ def get(tx: Tx, name: str, version: int = 0) -> models.MasterTemplate:
         {"name": name, "version": version},
     )
     if not rows:
-        suffix = f" version {version}" if version else ""
-        raise TemplateNotFound(f"master template {name!r}{suffix} not found")
+        raise TemplateNotFound(name, version or None)
     return rows[0]
 
 

@@ -116,7 +116,7 @@ def revoke_api_key(session: Session, actor: Principal, api_key_id: str) -> model
     _key_manager(actor)
     key = session.get(models.ApiKey, api_key_id) if api_key_id else None
     if key is None or not actor.visible_client(key.client_id):
-        raise ApiKeyNotFound(f"API key {api_key_id!r} not found")
+        raise ApiKeyNotFound(api_key_id)
     if not key.revoked:
         key.revoked = True
         identity.auth_changed(session)
@@ -156,7 +156,7 @@ def _credential(session: Session, worker_id: str) -> models.WorkerCredential:
     problems.raise_if_any()
     cred = session.get(models.WorkerCredential, worker_id)
     if cred is None:
-        raise WorkerCredentialNotFound(f"worker credential {worker_id!r} not found")
+        raise WorkerCredentialNotFound(worker_id)
     return cred
 
 

@@ -57,7 +57,7 @@ def authenticate(session: Session, credentials: Credentials) -> Principal:
             raise BadCredential("unknown or revoked API key")
         if key.expires_at is not None and key.expires_at <= now:
             # Only the key's holder can get this far, so saying why costs nothing.
-            raise ApiKeyExpired(f"this API key expired at {key.expires_at.isoformat()}Z")
+            raise ApiKeyExpired(key.id, key.expires_at)
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             key.last_used_at = now
         return Principal(
@@ -213,10 +213,7 @@ def login(session: Session, email: str, password: str, peer: str = "") -> LoginR
     in_window = failures is not None and now - failures.window_start <= LOGIN_WINDOW
     if failures is not None and in_window and failures.failures >= MAX_LOGIN_FAILURES:
         wait = (failures.window_start + LOGIN_WINDOW - now).total_seconds()
-        raise LoginThrottled(
-            "too many failed sign-ins for this email; try again later",
-            retry_after=max(1.0, wait),
-        )
+        raise LoginThrottled(retry_after=max(1.0, wait))
     user = session.scalar(select(models.User).where(models.User.email == email))
     matches = password_matches(password, user.password_hash if user else _DUMMY_HASH)
     if user is None or not user.active or not matches:

@@ -54,15 +54,7 @@ def reserve(
     client's spend plus reservations, read with the client row locked."""
     left = client.monthly_budget_usd - committed
     if amount > left + 1e-9:
-        raise BudgetExceeded(
-            f"executing needs ${amount:.2f} but only ${max(0.0, left):.2f} of the monthly "
-            "budget is left",
-            metadata={
-                "client_id": client.id,
-                "needed_usd": f"{amount:.4f}",
-                "remaining_usd": f"{max(0.0, left):.4f}",
-            },
-        )
+        raise BudgetExceeded(client.id, needed_usd=amount, remaining_usd=max(0.0, left))
     row.reserved_usd = amount
 
 

@@ -11,9 +11,10 @@ from bitware_core import convert
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
-from bitware_core.errors import FailedPrecondition, Unavailable
+from bitware_core.errors import Unavailable
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import models
+from kam_server.errors import OrchestratorRefused
 from kam_server.requests import URGENCY_PRIORITY
 
 
@@ -97,11 +98,9 @@ class OrchestratorClient:
             await self._channel.close()
 
 
-def _refused(what: str, error: grpc.aio.AioRpcError) -> Unavailable | FailedPrecondition:
+def _refused(what: str, error: grpc.aio.AioRpcError) -> Unavailable | OrchestratorRefused:
     if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"orchestrator unreachable: {error.details()}")
-    return FailedPrecondition(
-        f"the orchestrator refused the {what}: {error.details()}",
-        reason="ORCHESTRATOR_REFUSED",
-        metadata={"code": error.code().name},
+    return OrchestratorRefused(
+        error.code().name, f"the orchestrator refused the {what}: {error.details()}"
     )

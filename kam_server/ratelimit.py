@@ -36,14 +36,7 @@ def take(tx: Tx, client_id: str, tier: str, now: datetime | None = None) -> None
     if tokens < 1.0:
         wait = (1.0 - tokens) / limits.requests_per_second
         raise RateLimited(
-            f"tier {tier} allows {limits.requests_per_second:g} requests a second "
-            f"(bursts of {limits.request_burst}); try again in {wait:.1f} s",
-            retry_after=wait,
-            metadata={
-                "tier": tier,
-                "requests_per_second": f"{limits.requests_per_second:g}",
-                "burst": str(limits.request_burst),
-            },
+            client_id, tier, limits.requests_per_second, limits.request_burst, retry_after=wait
         )
     tx.execute(
         "UPDATE rate_buckets SET tokens = :tokens, updated_at = :at WHERE client_id = :id",

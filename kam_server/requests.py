@@ -24,11 +24,13 @@ from kam_server.accounts import visible_client
 from kam_server.errors import (
     ClientSuspended,
     ExecutionMismatch,
+    PriorityNotInTier,
     RequestFinished,
+    RequestLimitReached,
+    RequestNotFailed,
     RequestNotFound,
     TemplateDeprecated,
-    TierLimitExceeded,
-    TierNotAllowed,
+    TemplateNotInTier,
 )
 
 #: How urgent a request is → the execution's priority.
@@ -52,34 +54,20 @@ class NewRequest:
 
 def _check_active(client: models.Client) -> None:
     if client.status != "active":
-        raise ClientSuspended(
-            f"client {client.id} is suspended: no new requests or executions",
-            metadata={"client_id": client.id},
-        )
+        raise ClientSuspended(client.id)
 
 
 def _check_template(client: models.Client, template: models.MasterTemplate) -> None:
     if template.deprecated:
-        raise TemplateDeprecated(
-            f"master template {template.name!r} is deprecated",
-            metadata={"template": template.name},
-        )
+        raise TemplateDeprecated(template.name)
     if template.allowed_tiers and client.tier not in template.allowed_tiers:
-        raise TierNotAllowed(
-            f"tier {client.tier} may not use template {template.name!r}",
-            reason="TIER_TEMPLATE",
-            metadata={"tier": client.tier, "template": template.name},
-        )
+        raise TemplateNotInTier(client.tier, template.name)
 
 
 def _check_priority(client: models.Client, urgency: str) -> None:
     limits = TIER_LIMITS[client.tier]
     if not limits.allows_priority(URGENCY_PRIORITY[urgency]):
-        raise TierNotAllowed(
-            f"tier {client.tier} allows priority up to {limits.max_priority}",
-            reason="TIER_PRIORITY",
-            metadata={"tier": client.tier, "max_priority": limits.max_priority},
-        )
+        raise PriorityNotInTier(client.tier, URGENCY_PRIORITY[urgency], limits.max_priority)
 
 
 def _check_rate(tx: Tx, principal: Principal, client: models.Client) -> None:
@@ -145,11 +133,7 @@ def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientReques
         {"id": client.id, "start": tx.ts(ledger.month_start())},
     )
     if this_month >= limits.max_requests_per_month:
-        raise TierLimitExceeded(
-            f"tier {client.tier} allows {limits.max_requests_per_month} requests a month",
-            reason="TIER_LIMIT_REQUESTS",
-            metadata={"tier": client.tier, "limit": str(limits.max_requests_per_month)},
-        )
+        raise RequestLimitReached(client.id, client.tier, limits.max_requests_per_month)
     spec: dict[str, Any] = {
         "topic": new.topic.strip(),
         "structure_type": template.structure_type,
@@ -176,7 +160,7 @@ def create(tx: Tx, principal: Principal, new: NewRequest) -> models.ClientReques
 def get(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
     row = session.get(models.ClientRequest, request_id) if request_id else None
     if row is None or not principal.visible_client(row.client_id):
-        raise RequestNotFound(f"request {request_id!r} not found")
+        raise RequestNotFound(request_id)
     return row
 
 
@@ -214,7 +198,7 @@ def _locked(
     is now that no other execution of this client decides."""
     row = _request(tx, request_id)
     if row is None or not principal.visible_client(row.client_id):
-        raise RequestNotFound(f"request {request_id!r} not found")
+        raise RequestNotFound(request_id)
     client = _client(tx, principal, row.client_id, lock=True)
     row = _request(tx, request_id)
     assert row is not None  # requests are never deleted
@@ -231,7 +215,7 @@ def begin_execution(
     if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
         return row, client
     if row.status != "pending":
-        raise RequestFinished(f"request {row.id} is {row.status}")
+        raise RequestFinished(row.id, row.status)
     _check_active(client)
     _check_rate(tx, principal, client)
     template = catalog.get(tx, row.master_template, row.template_version)
@@ -251,12 +235,7 @@ def begin_retry(tx: Tx, principal: Principal, request_id: str) -> models.ClientR
     earlier runs cost stays charged. The caller then asks the orchestrator to retry."""
     row, client = _locked(tx, principal, request_id)
     if row.status != "failed" or not row.execution_id:
-        raise RequestFinished(
-            f"request {row.id} is {row.status}: only a failed request that ran an execution "
-            "can be retried",
-            reason="NOT_FAILED",
-            metadata={"status": row.status},
-        )
+        raise RequestNotFailed(row.id, row.status)
     _check_active(client)
     _check_rate(tx, principal, client)
     template = catalog.get(tx, row.master_template, row.template_version)
@@ -286,7 +265,7 @@ def attach_execution(tx: Tx, request_id: str, execution_id: str) -> models.Clien
     """Remembers the execution the orchestrator started (its outcome may have arrived first)."""
     row = _request(tx, request_id, lock=True)
     if row is None:
-        raise RequestNotFound(f"request {request_id!r} not found")
+        raise RequestNotFound(request_id)
     if not row.execution_id:
         row.execution_id = execution_id
         update_row(tx, row, "execution_id")
@@ -327,7 +306,7 @@ def record_outcome(
     problems.raise_if_any()
     found = _request(tx, request_id)
     if found is None:
-        raise RequestNotFound(f"request {request_id!r} not found")
+        raise RequestNotFound(request_id)
     # The client's row first, as every budget decision locks it (and in that order): a
     # client's charges settle one at a time, so each sees the month's spend before it and
     # its budget alerts are exact.
@@ -335,9 +314,7 @@ def record_outcome(
     row = _request(tx, request_id, lock=True)
     assert row is not None  # requests are never deleted
     if row.execution_id and row.execution_id != execution_id:
-        raise ExecutionMismatch(
-            f"request {row.id} runs execution {row.execution_id}, not {execution_id}"
-        )
+        raise ExecutionMismatch(row.id, execution_id, row.execution_id)
     newer = retries > row.retries
     settled = row.charged_at is not None and row.settled_retries == row.retries
     if row.status == "pending" or retries < row.retries:
@@ -384,7 +361,7 @@ def cancellable(session: Session, principal: Principal, request_id: str) -> mode
     """The request, if the caller may see it and it has not finished."""
     row = get(session, principal, request_id)
     if row.status in TERMINAL:
-        raise RequestFinished(f"request {row.id} is already {row.status}")
+        raise RequestFinished(row.id, row.status, f"request {row.id} is already {row.status}")
     return row
 
 

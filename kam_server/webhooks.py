@@ -151,10 +151,7 @@ def create_endpoint(
         )
     ).all()
     if len(live) >= MAX_ENDPOINTS:
-        raise WebhookLimit(
-            f"client {client.id} has {MAX_ENDPOINTS} webhook endpoints; delete one first",
-            metadata={"client_id": client.id, "limit": str(MAX_ENDPOINTS)},
-        )
+        raise WebhookLimit(client.id, MAX_ENDPOINTS)
     endpoint = models.WebhookEndpoint(
         id=new_id("whe"),
         client_id=client.id,
@@ -189,7 +186,7 @@ def list_endpoints(
 def _endpoint(session: Session, actor: Principal, endpoint_id: str) -> models.WebhookEndpoint:
     row = session.get(models.WebhookEndpoint, endpoint_id) if endpoint_id else None
     if row is None or row.deleted or not actor.visible_client(row.client_id):
-        raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id!r} not found")
+        raise WebhookEndpointNotFound(endpoint_id)
     return row
 
 
