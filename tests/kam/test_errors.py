@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2
 
-from tests.conftest import Client, make_client
+from tests.common import Client, make_client
 from tests.kam.helpers import details, fails, kam, parked_template
 
 
