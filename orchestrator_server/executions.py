@@ -16,7 +16,12 @@ from bitware_core.errors import FieldViolation, Violations
 from bitware_core.pipelines import stage_order_problems
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from orchestrator_server import models
-from orchestrator_server.errors import ExecutionFinished, ExecutionNotFound, TemplateInvalid
+from orchestrator_server.errors import (
+    ExecutionFinished,
+    ExecutionNotFailed,
+    ExecutionNotFound,
+    TemplateInvalid,
+)
 
 #: Seconds of waiting that lift a stage by one priority level (so low priority never starves).
 AGING_SECONDS = 30.0
@@ -56,7 +61,9 @@ NON_RETRYABLE_CLASSES = {"INVALID_INPUT", "REFUSED", "TOO_LARGE", "CANCELLED", "
 
 def _move(kind: str, row: Any, to: str, table: dict[str, set[str]]) -> None:
     if to not in table[row.status]:
-        raise ExecutionFinished(f"{kind} {row.id} cannot go from {row.status} to {to}")
+        execution_id = row.id if kind == "execution" else row.execution_id
+        message = f"{kind} {row.id} cannot go from {row.status} to {to}"
+        raise ExecutionFinished(execution_id, row.status, message)
     row.status = to
 
 
@@ -136,7 +143,7 @@ def log_after(tx: Tx, execution_id: str, after: int, principal: Principal | None
         {"id": execution_id},
     )
     if row is None or (principal is not None and not principal.visible_client(row[0])):
-        raise ExecutionNotFound(f"execution {execution_id!r} not found")
+        raise ExecutionNotFound(execution_id)
     events = [
         LoggedEvent(execution_id, sequence, type_, tx.loads(data), tx.when(at) or utcnow())
         for sequence, type_, data, at in tx.all(
@@ -268,12 +275,9 @@ def _check_stages(template: dict[str, Any]) -> None:
     if stages and not problems:
         return
     raise TemplateInvalid(
-        f"master template {template['name']!r} version {template['version']} cannot run: "
-        + ("it has no stages" if not stages else "its stages are not numbered 1..N"),
-        violations=[
-            FieldViolation(f"template.stages[{index}].order", problem)
-            for index, problem in problems
-        ],
+        template["name"],
+        template["version"],
+        [FieldViolation(f"template.stages[{index}].order", problem) for index, problem in problems],
     )
 
 
@@ -358,7 +362,7 @@ def get(
         else None
     )
     if row is None or not principal.visible_client(row.client_id):
-        raise ExecutionNotFound(f"execution {execution_id!r} not found")
+        raise ExecutionNotFound(execution_id)
     return row
 
 
@@ -411,7 +415,7 @@ def cancel(
     """Cancels the execution; returns the stages that were running (their workers must be told)."""
     execution = get(session, principal, execution_id, for_update=True)
     if execution.status in TERMINAL_EXECUTION:
-        raise ExecutionFinished(f"execution {execution.id} is already {execution.status}")
+        raise ExecutionFinished(execution.id, execution.status)
     running = []
     stages = stages_of(session, execution.id)
     if execution.status == "queued" and _frees_a_turn(execution, stages):
@@ -460,13 +464,14 @@ def retry(
     if retry_number and execution.retries >= retry_number:
         return execution
     if execution.status != "failed":
-        raise ExecutionFinished(
-            f"execution {execution.id} is {execution.status}; only failed executions are retried",
-            reason="NOT_FAILED",
-        )
+        raise ExecutionNotFailed(execution.id, execution.status)
     failed = [s for s in stages_of(session, execution.id) if s.status == "failed"]
     if not failed:
-        raise ExecutionFinished(f"execution {execution.id} has no failed stage to retry")
+        raise ExecutionFinished(
+            execution.id,
+            execution.status,
+            f"execution {execution.id} has no failed stage to retry",
+        )
     first, now = failed[0], utcnow()
     enqueue(first, execution.priority, now)
     if execution.deadline_at is not None:

@@ -18,9 +18,10 @@ from bitware_core import convert
 from bitware_core.channels import service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
-from bitware_core.errors import NotFound, Unavailable
+from bitware_core.errors import Unavailable
 from bitware_core.kam import KamConnection
 from orchestrator_server import models
+from orchestrator_server.errors import TemplateNotFound
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
@@ -79,9 +80,7 @@ class KamClient(KamConnection):
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    error.details() or "template not found", reason="TEMPLATE_NOT_FOUND"
-                ) from error
+                raise TemplateNotFound(name, version or None, error.details() or "") from error
             if cached is not None:
                 return cached
             raise Unavailable(f"KAM is unreachable and template {name!r} is not cached") from error

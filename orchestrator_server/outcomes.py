@@ -67,7 +67,7 @@ def _current(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Ex
     )
     [stage] = select_rows(tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock())
     if stage.epoch != epoch or stage.status != "running":
-        raise StaleAttempt(f"stage {stage_id} attempt epoch {epoch} is no longer current")
+        raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
     return stage, execution
 
 

@@ -37,9 +37,9 @@ def load(tx: Tx, reference: str) -> dict[str, Any]:
     digest = reference.removeprefix("sha256:")
     row = tx.one("SELECT content FROM blobs WHERE sha256 = :digest", {"digest": digest})
     if row is None:
-        raise CorruptPayload(f"stage output {reference} is missing")
+        raise CorruptPayload(reference, missing=True)
     content = bytes(row[0])
     if hashlib.sha256(content).hexdigest() != digest:
-        raise CorruptPayload(f"stage output {reference} does not match its checksum")
+        raise CorruptPayload(reference, missing=False)
     loaded: dict[str, Any] = json.loads(content)
     return loaded

@@ -56,7 +56,7 @@ def heartbeat(session: Session, principal: Principal, worker_id: str, active: in
     a worker the registry does not know at all gets NOT_FOUND and should register again."""
     row = session.get(models.Worker, worker_id or principal.worker_id)
     if row is None:
-        raise WorkerNotFound(f"worker {worker_id!r} is not registered; register again")
+        raise WorkerNotFound(worker_id, f"worker {worker_id!r} is not registered; register again")
     if row.id != principal.worker_id:
         raise PermissionDenied("a worker sends heartbeats for itself only")
     if row.state == "deregistered":
@@ -118,7 +118,7 @@ def deregister(
 ) -> models.Worker:
     row = session.get(models.Worker, worker_id)
     if row is None:
-        raise WorkerNotFound(f"worker {worker_id!r} not found")
+        raise WorkerNotFound(worker_id)
     if principal.tag != "admin" and principal.worker_id != worker_id:
         raise PermissionDenied("a worker deregisters itself only")
     row.state = "draining" if drain else "deregistered"

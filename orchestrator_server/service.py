@@ -22,9 +22,10 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from bitware_core.errors import FieldViolation, InvalidArgument
 from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
+from orchestrator_server.errors import TemplateDeprecated
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
 
@@ -166,9 +167,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         )
         template = await self.kam.template(request.template_name, request.template_version)
         if template["deprecated"]:
-            raise FailedPrecondition(
-                f"template {template['name']!r} is deprecated", reason="TEMPLATE_DEPRECATED"
-            )
+            raise TemplateDeprecated(template["name"], template["version"])
         new = executions.NewExecution(
             template=template,
             spec=convert.spec_from_proto(request.spec),
