@@ -72,25 +72,20 @@ class MeshError(Exception):
         *,
         violations: list[FieldViolation] | None = None,
         retry_after: float | None = None,
-        reason: str | None = None,  # going: the servers move to one class per reason
-        metadata: dict[str, str] | None = None,  # going: fields become the metadata
     ) -> None:
         super().__init__(message)
         self.message = message
         self.violations = list(violations or [])
         self.retry_after = retry_after
-        if reason is not None:
-            self.reason = reason  # type: ignore[misc]
-        self._extra = dict(metadata or {})
 
     @property
     def metadata(self) -> dict[str, str]:
         """`ErrorInfo.metadata`: the error's dataclass fields as text (see the module doc). A
         field's `metadata` may name a `format` for its value and a `key` other than its name
         (for a name the class cannot use, such as `code`)."""
-        found: dict[str, str] = dict(getattr(self, "_extra", {}))
         if not dataclasses.is_dataclass(self):
-            return found
+            return {}
+        found: dict[str, str] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name not in NOT_METADATA and value is not None:

@@ -109,7 +109,7 @@ def list_calls(
     if job_id:
         job = session.get(models.Job, job_id)
         if job is None or not principal.visible_client(job.client_id):
-            raise JobNotFound(f"job {job_id!r} not found")
+            raise JobNotFound(job_id)
         query = query.where(models.ModelCall.job_id == job_id)
     else:
         query = query.where(models.Job.execution_id == execution_id)

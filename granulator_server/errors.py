@@ -4,18 +4,23 @@ Two families. `MeshError` subclasses cross the wire as a gRPC status (mapped onc
 `bitware_core.server`); `StageFailure` subclasses are *work* failures that `Process` reports
 inside its response as a typed `StageError` (with the usage spent so far), never as a status::
 
-    MeshError (bitware_core.errors)
+    MeshError (bitware_core.errors)    one class per ErrorInfo reason; its fields are metadata
     ├── InvalidArgument
-    │   └── InvalidTemplate        (field violations of a structure template)
+    │   └── InvalidTemplate        INVALID_TEMPLATE (field violations of a structure template)
     ├── NotFound
-    │   ├── JobNotFound
-    │   └── TemplateNotFound
+    │   ├── JobNotFound            JOB_NOT_FOUND: job_id
+    │   └── TemplateNotFound       TEMPLATE_NOT_FOUND: template (a name or a query)
     ├── AlreadyExists
-    │   └── TemplateExists
+    │   └── TemplateExists         TEMPLATE_EXISTS: template
     ├── FailedPrecondition
-    │   └── NoReservation          (Process without an accepted offer, or an older epoch)
+    │   ├── NoReservation          NO_RESERVATION: stage_id, attempt, epoch (Process without an
+    │   │                            accepted offer, or from an older epoch)
+    │   └── NoStructure            NO_STRUCTURE: job_id, status, structure_job_id (a job that
+    │                                stored none: failed, or a validation pointing at the job
+    │                                that did)
     └── Cancelled
-        └── StageCancelled         (Process of a stage that Cancel stopped)
+        └── StageCancelled         STAGE_CANCELLED: stage_id, attempt (Process of a stage that
+                                     Cancel stopped)
 
     StageFailure                   (error class decides whether the orchestrator retries)
     ├── ProviderTransient          TRANSIENT: 429, 5xx, timeouts, connection errors
@@ -30,6 +35,7 @@ inside its response as a typed `StageError` (with the usage spent so far), never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bitware_core.errors import (
@@ -41,28 +47,76 @@ from bitware_core.errors import (
 )
 
 
+@dataclass(eq=False)
 class JobNotFound(NotFound):
     reason = "JOB_NOT_FOUND"
+    job_id: str
+
+    def __post_init__(self) -> None:
+        super().__init__(f"job {self.job_id!r} not found")
 
 
+@dataclass(eq=False)
 class TemplateNotFound(NotFound):
     reason = "TEMPLATE_NOT_FOUND"
+    template: str  # the name, or what the caller searched for
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message or f"structure template {self.template!r} not found")
 
 
+@dataclass(eq=False)
 class TemplateExists(AlreadyExists):
     reason = "TEMPLATE_EXISTS"
+    template: str
+
+    def __post_init__(self) -> None:
+        super().__init__(f"structure template {self.template!r} already exists")
 
 
 class InvalidTemplate(InvalidArgument):
     reason = "INVALID_TEMPLATE"
 
 
+@dataclass(eq=False)
 class NoReservation(FailedPrecondition):
     reason = "NO_RESERVATION"
+    stage_id: str
+    attempt: int
+    epoch: int
+
+    def __post_init__(self) -> None:
+        super().__init__(f"no accepted offer for stage {self.stage_id} attempt {self.attempt}")
 
 
+@dataclass(eq=False)
+class NoStructure(FailedPrecondition):
+    """GetStructure of a job without a structure; a validation job names the job that has it."""
+
+    reason = "NO_STRUCTURE"
+    job_id: str
+    status: str
+    structure_job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.structure_job_id is not None:
+            super().__init__(
+                f"job {self.job_id} validated job {self.structure_job_id}; "
+                "the structure is stored there"
+            )
+        else:
+            super().__init__(f"job {self.job_id} is {self.status}; it has no structure")
+
+
+@dataclass(eq=False)
 class StageCancelled(Cancelled):
     reason = "STAGE_CANCELLED"
+    stage_id: str
+    attempt: int
+
+    def __post_init__(self) -> None:
+        super().__init__(f"stage {self.stage_id} attempt {self.attempt} was cancelled")
 
 
 class StageFailure(Exception):

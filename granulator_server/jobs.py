@@ -213,7 +213,7 @@ def end_stale(tx: Tx, before: datetime, outcome: dict[str, Any]) -> int:
 def get(session: Session, principal: Principal, job_id: str) -> models.Job:
     job = session.get(models.Job, job_id) if job_id else None
     if job is None or not principal.visible_client(job.client_id):
-        raise JobNotFound(f"job {job_id!r} not found")
+        raise JobNotFound(job_id)
     return job
 
 

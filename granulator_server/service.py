@@ -13,9 +13,10 @@ from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
-from bitware_core.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from bitware_core.errors import FieldViolation, InvalidArgument
 from granulator_server import calls, jobs, models, template_store
 from granulator_server.domain import StructureTemplate
+from granulator_server.errors import NoStructure
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -169,15 +170,9 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
         job, elements = await self.db.run(load)
         if job.action == "validate":
             target = job.result.get("job_id", "")
-            raise FailedPrecondition(
-                f"job {job.id} validated job {target}; the structure is stored there",
-                reason="NO_STRUCTURE",
-                metadata={"structure_job_id": target},
-            )
+            raise NoStructure(job.id, job.status, structure_job_id=target)
         if not job.document:  # a failed job keeps a structure it made (below quality)
-            raise FailedPrecondition(
-                f"job {job.id} is {job.status}; it has no structure", reason="NO_STRUCTURE"
-            )
+            raise NoStructure(job.id, job.status)
         ids = {e.position: f"{job.id}.{e.position}" for e in elements}
         return granulator_pb2.GetStructureResponse(
             job_id=job.id,

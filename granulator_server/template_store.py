@@ -210,7 +210,7 @@ def _match(templates: list[StructureTemplate], query: str) -> tuple[StructureTem
 def find(session: Session, query: str) -> tuple[StructureTemplate, datetime, str]:
     found = resolve(session, query)
     if found is None:
-        raise TemplateNotFound(f"no structure template matches {query!r}")
+        raise TemplateNotFound(query, f"no structure template matches {query!r}")
     template, match = found
     return template, session.get_one(models.Template, template.name).updated_at, match
 
@@ -241,7 +241,7 @@ def create(session: Session, template: StructureTemplate) -> tuple[StructureTemp
             template = replace(template, rules=rules)
     check(template, prefix="template")
     if session.get(models.Template, template.name) is not None:
-        raise TemplateExists(f"structure template {template.name!r} already exists")
+        raise TemplateExists(template.name)
     row = _row(replace(template, version=1))
     session.add(row)
     _changed(session)
@@ -258,7 +258,7 @@ def update(
     problems.raise_if_any()
     row = session.get(models.Template, changes.name) if changes.name else None
     if row is None:
-        raise TemplateNotFound(f"structure template {changes.name!r} not found")
+        raise TemplateNotFound(changes.name)
     current = to_domain(row)
     # Without a mask, the fields the request sets (AIP-134); empty rules count as unset.
     paths = mask or [p for p in UPDATABLE if getattr(changes, p) not in ("", {}, EMPTY_RULES)]

@@ -249,13 +249,11 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
             stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
             if stored is not None and stored.result:
                 if stored.result.get("cancelled"):
-                    raise StageCancelled(
-                        f"stage {ref.stage_id} attempt {ref.attempt} was cancelled"
-                    )
+                    raise StageCancelled(ref.stage_id, ref.attempt)
                 return outcome_to_proto(stored.result)
             offer = self.offers.get(key)
         if offer is None or ref.epoch < offer.epoch:
-            raise NoReservation(f"no accepted offer for stage {ref.stage_id} attempt {ref.attempt}")
+            raise NoReservation(ref.stage_id, ref.attempt, ref.epoch)
         if offer.task is None:
             if offer.expiry is not None:
                 offer.expiry.cancel()
@@ -266,9 +264,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
             outcome = await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.cancelled():
-                raise StageCancelled(
-                    f"stage {ref.stage_id} attempt {ref.attempt} was cancelled"
-                ) from None
+                raise StageCancelled(ref.stage_id, ref.attempt) from None
             raise
         return outcome_to_proto(outcome)
 
