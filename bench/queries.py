@@ -1,10 +1,10 @@
 """Database work per execution: every SQL statement and transaction each service runs for one
 single-stage execution, counted by SQLite itself (a trace callback on every connection, so the
 hand-written SQL of the hot path counts as much as SQLAlchemy's) on an in-process mesh
-(`bitware_mesh.inprocess.start_mesh`, SQLite files), executions run one at a time, offline provider.
-Also counts the Authenticate round trips KAM serves and the WatchExecution re-reads.
+(`bitware_mesh.inprocess.start_mesh`, SQLite files), executions run one at a time (`--window`: that
+many at once, to see what batching under load saves), offline provider.
 
-    .venv/bin/python bench/queries.py [--quick] [--n 20] [--top 15]
+    .venv/bin/python bench/queries.py [--quick] [--n 20] [--top 15] [--window 1]
 """
 
 from __future__ import annotations
@@ -71,13 +71,14 @@ def _trace(conn: Any) -> None:
 class InProc:
     """Just enough of common.Mesh for common.run_one, on an in-process mesh."""
 
-    async def start(self, data: Path) -> InProc:
+    async def start(self, data: Path, clients: int = 1) -> InProc:
         import grpc
 
         from bitware.kam.v1 import auth_pb2, auth_pb2_grpc, requests_pb2_grpc
         from bitware.orchestrator.v1 import orchestrator_pb2_grpc
 
         self.mesh = await start_mesh(data, base=Settings(heartbeat_interval=0.5))
+        self.template = ""  # the client's default template (common.submit)
         self.kam_channel = grpc.aio.insecure_channel(self.mesh.kam.address)
         login = await auth_pb2_grpc.AuthServiceStub(self.kam_channel).Login(
             auth_pb2.LoginRequest(
@@ -87,7 +88,11 @@ class InProc:
             timeout=10,
         )
         self.admin = (("x-bitware-session-token", login.session_token),)
-        self.clients = [await common.Mesh.new_client(self, "Bench")]  # type: ignore[arg-type]
+        # One client per execution in flight (a client's rate limit would refuse the rest).
+        self.clients = [
+            await common.Mesh.new_client(self, f"Bench {i}")  # type: ignore[arg-type]
+            for i in range(clients)
+        ]
         self.orc_channel = grpc.aio.insecure_channel(self.mesh.orchestrator.address)
         self.requests = requests_pb2_grpc.RequestServiceStub(self.kam_channel)
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(self.orc_channel)
@@ -99,9 +104,9 @@ class InProc:
         await self.mesh.stop()
 
 
-async def run(n: int) -> tuple[int, float]:
+async def run(n: int, window: int = 1) -> tuple[int, float]:
     data = Path(tempfile.mkdtemp(prefix="bitware-bench-q-"))
-    m = await InProc().start(data)
+    m = await InProc().start(data, window)
     try:
         for _ in range(50):  # until the granulator has registered
             if (await common.run_one(m, m.clients[0])).ok:  # type: ignore[arg-type]
@@ -111,8 +116,21 @@ async def run(n: int) -> tuple[int, float]:
         ON["on"] = True
         t0 = time.perf_counter()
         ok = 0
-        for _ in range(n):
-            ok += (await common.run_one(m, m.clients[0])).ok  # type: ignore[arg-type]
+        left = n
+        failures: list[str] = []
+
+        async def one_after_another(client: common.Client) -> None:
+            nonlocal ok, left
+            while left > 0:
+                left -= 1
+                result = await common.run_one(m, client)  # type: ignore[arg-type]
+                ok += result.ok
+                if not result.ok and not failures:
+                    failures.append(result.error)
+
+        await asyncio.gather(*(one_after_another(client) for client in m.clients))
+        if failures:
+            print(f"first failure: {failures[0]}")
         await asyncio.sleep(0.3)  # the outcome report lands
         ON["on"] = False
         return ok, time.perf_counter() - t0
@@ -126,12 +144,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--window", type=int, default=1, help="executions in flight at once (1: one at a time)"
+    )
     a = ap.parse_args()
     if a.quick:
         a.n = 5
-    ok, el = asyncio.run(run(a.n))
+    ok, el = asyncio.run(run(a.n, a.window))
     print(
-        f"\n{ok}/{a.n} executions succeeded in {el:.1f}s (one at a time; includes ~{el / a.n * 1e3:.0f} ms each)"
+        f"\n{ok}/{a.n} executions succeeded in {el:.1f}s ({a.window} at a time; "
+        f"~{el / a.n * 1e3:.0f} ms each)"
     )
     rows = []
     totals = {}

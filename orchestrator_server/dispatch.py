@@ -30,6 +30,7 @@ from bitware_core.metrics import BUCKETS, CallbackGauge
 from bitware_core.money import micros_of
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
+from orchestrator_server.batching import TxBatcher
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
@@ -66,6 +67,8 @@ class Dispatcher:
         self.hub = hub
         self.kam = kam
         self.owner = f"orc-{uuid.uuid4().hex[:12]}"
+        #: Acceptances, outcomes and reported marks that arrive together share a transaction.
+        self.batcher = TxBatcher(db, writers=1 if db.is_sqlite else 4)
         self.wake = asyncio.Event()
         self.running: dict[str, tuple[asyncio.Task[None], queue.Claim, str]] = {}
         #: stage id → worker id → loop time until which that worker's decline is remembered
@@ -144,6 +147,7 @@ class Dispatcher:
                 log.error(
                     "task did not stop", extra={"task": task.get_name(), "stack": where.getvalue()}
                 )
+        await self.batcher.stop()
         for channel in self._channels.values():
             await channel.close()
 
@@ -289,13 +293,14 @@ class Dispatcher:
                     extra={"execution": execution.id, "code": error.code().name},
                 )
                 return
-            await self.db.run_tx(
+            await self.batcher.run(
+                execution.id,
                 functools.partial(
                     outcomes.mark_reported,
                     execution_id=execution.id,
                     retries=execution.retries,
                     cost_micros=micros_of(execution.usage),
-                )
+                ),
             )
         finally:
             self._reporting.discard(execution.id)
@@ -375,7 +380,7 @@ class Dispatcher:
         or ran out of time meanwhile) is refused, but what it cost was spent: that is still
         counted before StaleAttempt goes on."""
         try:
-            finished = await self._db(work)
+            finished = await self.batcher.run(claim.execution_id, work)
         except StaleAttempt:
             if usage:
                 await self._db(lambda tx: outcomes.record_stopped(tx, claim, "abandoned", usage))
@@ -430,7 +435,9 @@ class Dispatcher:
         if claimed_at is not None:
             self._dispatch_seconds.observe(asyncio.get_running_loop().time() - claimed_at)
         self.running[claim.stage_id] = (self.running[claim.stage_id][0], claim, address)
-        await self._db(lambda tx: outcomes.record_accept(tx, claim, worker_id))
+        await self.batcher.run(
+            claim.execution_id, lambda tx: outcomes.record_accept(tx, claim, worker_id)
+        )
         await self._process(claim, worker_id, stub)
 
     async def _requeue(

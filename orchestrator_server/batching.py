@@ -1,0 +1,112 @@
+"""Group commit for the dispatcher's per-stage writes: acceptances, outcomes and "reported to
+KAM" marks that arrive while an earlier write is under way go into the database together, in one
+transaction, instead of one transaction each.
+
+Nothing waits to be batched: a write that finds the writer idle starts at once, so an idle mesh
+sees the same latency as before; under load the writes that queued up behind a transaction share
+the next one (the claim already takes up to `queue.CLAIM_BATCH` stages, whose handshakes and
+results tend to come back together).
+
+Each piece of work behaves as if it ran alone. Its result (or exception) is its own, and the
+pieces of a batch run in the order of their keys (execution ids; in arrival order for one key),
+so that two batches never lock two executions in opposite orders (PostgreSQL). When any piece of
+a batch raises, the whole transaction is rolled back and each piece runs again in a transaction
+of its own, so one piece's StaleAttempt (or bug) never undoes or changes another's write."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bitware_core.db import Database
+from bitware_core.sql import Tx
+
+T = TypeVar("T")
+#: The most pieces of work one transaction takes.
+BATCH_MOST = 64
+
+
+@dataclass
+class _Work:
+    key: str
+    work: Callable[[Tx], Any]
+    done: asyncio.Future[Any]
+
+
+def _all(works: list[Callable[[Tx], Any]], tx: Tx) -> list[Any]:
+    return [work(tx) for work in works]
+
+
+class TxBatcher:
+    """Runs transaction work (`run`) alone when the database is free, together with whatever else
+    arrived meanwhile when it is not. `writers` transactions may be under way at once (one on
+    SQLite, which has one writer anyway)."""
+
+    def __init__(self, db: Database, writers: int = 1) -> None:
+        self.db = db
+        self.writers = writers
+        self._pending: list[_Work] = []
+        self._running: set[asyncio.Task[None]] = set()
+        #: Transactions run and pieces of work they carried (for tests and benches).
+        self.transactions = 0
+        self.pieces = 0
+
+    async def run(self, key: str, work: Callable[[Tx], T]) -> T:
+        """Runs `work(tx)` in a transaction, perhaps shared with other work; `key` names what
+        it locks first (the execution id)."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Work(key, work, done))
+        if len(self._running) < self.writers:
+            task = asyncio.create_task(self._write())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await done
+
+    async def _write(self) -> None:
+        while self._pending:
+            taken, self._pending = self._pending[:BATCH_MOST], self._pending[BATCH_MOST:]
+            batch = [item for item in taken if not item.done.done()]  # skip cancelled callers
+            try:
+                await self._commit(batch)
+            finally:
+                for item in batch:  # only when this writer itself was cancelled (stopping)
+                    if not item.done.done():
+                        item.done.cancel()
+
+    async def _commit(self, batch: list[_Work]) -> None:
+        if not batch:
+            return
+        if len(batch) > 1:
+            batch.sort(key=lambda item: item.key)  # stable: one key's work keeps its order
+            try:
+                results = await self.db.run_tx(
+                    functools.partial(_all, [item.work for item in batch])
+                )
+            except Exception:  # each piece runs alone below and gets its own answer
+                pass
+            else:
+                self.transactions += 1
+                self.pieces += len(batch)
+                for item, result in zip(batch, results, strict=True):
+                    if not item.done.done():
+                        item.done.set_result(result)
+                return
+        for item in batch:
+            try:
+                result = await self.db.run_tx(item.work)
+            except Exception as error:
+                if not item.done.done():
+                    item.done.set_exception(error)
+            else:
+                if not item.done.done():
+                    item.done.set_result(result)
+            self.transactions += 1
+            self.pieces += 1
+
+    async def stop(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
