@@ -9,7 +9,8 @@ then emits `--events` progress events `--gap` seconds apart and answers Process.
 message carries the wall-clock time at which the worker yielded it (`time.time()`); the
 orchestrator copies the message into the execution's STAGE_PROGRESS event. The bench process
 watches the same execution on two streams at once — gRPC WatchExecution on the orchestrator and
-`GET /api/executions/{id}/events` (SSE) on the gateway — and takes, for every STAGE_PROGRESS
+`GET /api/executions/{id}/events` (SSE) on the gateway, both asking for batches as every
+watcher of ours does (`WatchExecutionRequest.batched`) — and takes, for every STAGE_PROGRESS
 event, receive time − emit time. One machine, one clock (CLOCK_REALTIME), so no skew. The
 orchestrator's own record time (the event's `time`) splits the WatchExecution path into worker →
 recorded and recorded → client. Executions run one at a time (idle mesh).
@@ -143,7 +144,9 @@ async def run_bench(a: argparse.Namespace) -> dict[str, Any]:
                         sse: list[tuple[float, str]] = []
                         (_ok, events), _ = await asyncio.wait_for(
                             asyncio.gather(
-                                watch(mesh.orchestrator, client, execution_id, keep=True),
+                                watch(
+                                    mesh.orchestrator, client, execution_id, keep=True, batched=True
+                                ),
                                 sse_events(http, mesh.gateway_address, key, execution_id, sse),
                             ),
                             60,
