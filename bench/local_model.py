@@ -146,7 +146,7 @@ async def main() -> None:
         assert isinstance(provider, OpenAIProvider)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
-            f"{local_model.MODEL_ALIAS} at {address}, mode {settings.openai_structured}, granularity {args.granularity}, {args.n} per type; {os.cpu_count()} cores, load {load}"
+            f"{local_model.MODEL_ALIAS} at {address}, mode {settings.openai.structured}, granularity {args.granularity}, {args.n} per type; {os.cpu_count()} cores, load {load}"
         )
         rows = []
         for structure_type in args.types:

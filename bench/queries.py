@@ -23,7 +23,7 @@ import common
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from bitware_core.config import Settings
+from bitware_core.config import QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 
 STATS: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -77,7 +77,9 @@ class InProc:
         from bitware.kam.v1 import auth_pb2, auth_pb2_grpc, requests_pb2_grpc
         from bitware.orchestrator.v1 import orchestrator_pb2_grpc
 
-        self.mesh = await start_mesh(data, base=Settings(heartbeat_interval=0.5))
+        self.mesh = await start_mesh(
+            data, base=Settings(queue=QueueSettings(heartbeat_interval=0.5))
+        )
         self.template = ""  # the client's default template (common.submit)
         self.kam_channel = grpc.aio.insecure_channel(self.mesh.kam.address)
         login = await auth_pb2_grpc.AuthServiceStub(self.kam_channel).Login(

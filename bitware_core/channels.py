@@ -41,13 +41,13 @@ def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
-    if not settings.tls_ca:
+    if not settings.tls.ca:
         return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=read_pem("BITWARE_TLS_CA", settings.tls_ca),
-        private_key=read_pem("BITWARE_TLS_KEY", settings.tls_key) if settings.tls_key else None,
+        root_certificates=read_pem("BITWARE_TLS_CA", settings.tls.ca),
+        private_key=read_pem("BITWARE_TLS_KEY", settings.tls.key) if settings.tls.key else None,
         certificate_chain=(
-            read_pem("BITWARE_TLS_CERT", settings.tls_cert) if settings.tls_cert else None
+            read_pem("BITWARE_TLS_CERT", settings.tls.cert) if settings.tls.cert else None
         ),
     )
     return grpc.aio.secure_channel(target, credentials, options=options)
@@ -56,8 +56,8 @@ def open_channel(target: str, settings: Settings) -> grpc.aio.Channel:
 def service_metadata(settings: Settings) -> tuple[tuple[str, str], ...]:
     """This process's own credential plus the ids of the request being served."""
     metadata = [
-        (AUTHORIZATION_HEADER, f"Bearer {settings.worker_token}"),
-        (WORKER_ID_HEADER, settings.worker_id),
+        (AUTHORIZATION_HEADER, f"Bearer {settings.auth.worker_token}"),
+        (WORKER_ID_HEADER, settings.auth.worker_id),
     ]
     if request_id := request_id_var.get():
         metadata.append((REQUEST_ID_HEADER, request_id))

@@ -16,7 +16,7 @@ from bitware_core.errors import Unauthenticated, Unavailable
 class KamConnection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.channel = open_channel(settings.kam_address, settings)
+        self.channel = open_channel(settings.peers.kam_address, settings)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
 
     async def authenticate(self, credentials: Credentials) -> Principal:
@@ -32,7 +32,7 @@ class KamConnection:
         try:
             response = await self.auth.Authenticate(
                 request,
-                timeout=timeout(self.settings.rpc_timeout),
+                timeout=timeout(self.settings.peers.rpc_timeout),
                 metadata=service_metadata(self.settings),
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )

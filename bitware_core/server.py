@@ -292,14 +292,14 @@ def read_pem(variable: str, path: str) -> bytes:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials when a certificate is configured; mutual TLS when a CA is configured too."""
-    if not settings.tls_enabled:
+    if not settings.tls.enabled:
         return None
-    ca = read_pem("BITWARE_TLS_CA", settings.tls_ca) if settings.tls_ca else None
+    ca = read_pem("BITWARE_TLS_CA", settings.tls.ca) if settings.tls.ca else None
     return grpc.ssl_server_credentials(
         [
             (
-                read_pem("BITWARE_TLS_KEY", settings.tls_key),
-                read_pem("BITWARE_TLS_CERT", settings.tls_cert),
+                read_pem("BITWARE_TLS_KEY", settings.tls.key),
+                read_pem("BITWARE_TLS_CERT", settings.tls.cert),
             )
         ],
         root_certificates=ca,
@@ -314,7 +314,7 @@ class ListenError(OSError):
 def ready_line(service: str, address: str, metrics_address: str = "") -> str:
     """`BITWARE_READY <service> <host:port> [metrics=<host:port>]`, printed once a server
     listens: the bound addresses (port 0 becomes the port chosen), which `bitware up` reads.
-    Under `bitware up` (`Settings.stdin_settings`) a gRPC server first prints
+    Under `bitware up` (`ServerSettings.stdin_settings`) a gRPC server first prints
     `BITWARE_BOUND <service> <host:port>` as soon as its port is bound, before its start-up work,
     so that the servers started after it need not wait for that work."""
     line = f"BITWARE_READY {service} {address}"
@@ -353,7 +353,7 @@ class MeshServer:
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.port}"
+        return f"{self.settings.server.host}:{self.port}"
 
     def bind(self) -> int:
         """Binds the server's address (once; `start` does it if not done yet) and returns the
@@ -361,7 +361,7 @@ class MeshServer:
         Calls that arrive before `start` wait for it."""
         if self.port:
             return self.port
-        bind = f"{self.settings.host}:{self.settings.port}"
+        bind = f"{self.settings.server.host}:{self.settings.server.port}"
         credentials = server_credentials(self.settings)
         try:
             if credentials is None:
@@ -390,14 +390,12 @@ class MeshServer:
         )
         self.bind()
         await self.server.start()
-        if self.settings.metrics_address:
+        if metrics_address := self.settings.observability.metrics_address:
             try:
-                self._metrics_server = await serve_metrics(
-                    self.metrics, self.settings.metrics_address
-                )
+                self._metrics_server = await serve_metrics(self.metrics, metrics_address)
             except OSError as error:
                 raise ListenError(
-                    f"cannot serve metrics on {self.settings.metrics_address}: {error.strerror}"
+                    f"cannot serve metrics on {metrics_address}: {error.strerror}"
                 ) from None
             host, port = self._metrics_server.server_address[:2]
             self.metrics_address = f"{host!s}:{port}"
@@ -407,14 +405,14 @@ class MeshServer:
 
     def reconfigure(self, name: str, value: str) -> bool:
         """Applies setting `name` (`BITWARE_…`) while running, if this server can; see
-        `Settings.stdin_settings`. None can by default."""
+        `ServerSettings.stdin_settings`. None can by default."""
         return False
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         if self._metrics_server is not None:
             await stop_metrics(self._metrics_server)
-        grace = self.settings.shutdown_grace if grace is None else grace
+        grace = self.settings.server.shutdown_grace if grace is None else grace
         try:
             # grpc.aio's stop can, rarely, wait past its grace for a call it already cancelled.
             await asyncio.wait_for(self.server.stop(grace), grace + 5.0)
@@ -433,7 +431,7 @@ async def run_until_signal(server: MeshServer, service: str) -> None:
     log.info(
         "serving", extra={"address": server.address, "metrics": server.metrics_address or None}
     )
-    if server.settings.stdin_settings:
+    if server.settings.server.stdin_settings:
         threading.Thread(target=_follow_stdin, args=(server, loop), daemon=True).start()
     await stop.wait()
     log.info("shutting down")
@@ -465,7 +463,7 @@ def process_settings(service: str) -> Settings:
     try:
         tracing.configure(service)
         settings = Settings.from_env()
-        if settings.stdin_settings:
+        if settings.server.stdin_settings:
             environ = dict(os.environ)
             for line in iter(sys.stdin.readline, ""):
                 name, _, value = line.strip().partition("=")
@@ -485,7 +483,9 @@ def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
     SIGINT, stop gracefully. A bad setting or an address it cannot bind is one line on stderr
     and exit code 2."""
     settings = process_settings(service)
-    logs.configure(service, as_json=settings.log_json, level=settings.log_level)
+    logs.configure(
+        service, as_json=settings.observability.log_json, level=settings.observability.log_level
+    )
 
     async def run() -> None:
         try:
@@ -495,7 +495,7 @@ def run_process(service: str, build: Callable[[Settings], MeshServer]) -> None:
             raise SystemExit(2) from None
         try:
             server.bind()
-            if settings.stdin_settings:  # `bitware up` hands the address on before start-up ends
+            if settings.server.stdin_settings:  # `bitware up` hands the address on early
                 print(f"BITWARE_BOUND {service} {server.address}", flush=True)
             await server.start()
         except (ListenError, SettingsError) as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bitware_core.auth import hash_secret, new_secret
-from bitware_core.config import Settings
+from bitware_core.config import QueueSettings, Settings
 
 if TYPE_CHECKING:
     from granulator_server.server import GranulatorServer
@@ -45,18 +45,20 @@ class MeshCredentials:
         )
 
     def settings_for(self, base: Settings, worker_id: str) -> Settings:
-        return replace(base, worker_id=worker_id, worker_token=self.tokens[worker_id])
+        auth = replace(base.auth, worker_id=worker_id, worker_token=self.tokens[worker_id])
+        return replace(base, auth=auth)
 
     def kam_settings(self, base: Settings, data_dir: Path) -> Settings:
         """KAM's settings: its own credential, and the others' hashes and the first admin to
         create on a new database."""
-        return replace(
-            self.settings_for(base, "kam"),
-            data_dir=data_dir,
+        kam = replace(
+            base.kam,
             bootstrap_credentials=self.bootstrap_list(),
             bootstrap_admin_email=self.admin_email,
             bootstrap_admin_password=self.admin_password,
         )
+        settings = self.settings_for(base, "kam")
+        return replace(settings, storage=replace(base.storage, data_dir=data_dir), kam=kam)
 
 
 @dataclass
@@ -83,14 +85,14 @@ async def start_mesh(
     from kam_server.server import serve as serve_kam
     from orchestrator_server.server import serve as serve_orchestrator
 
-    base = base or Settings(heartbeat_interval=0.5)
+    base = base or Settings(queue=QueueSettings(heartbeat_interval=0.5))
     credentials = MeshCredentials.generate(granulators)
     kam = await serve_kam(credentials.kam_settings(base, data_dir))
     orchestrator = await serve_orchestrator(
         replace(
             credentials.settings_for(base, "orchestrator"),
-            data_dir=data_dir,
-            kam_address=kam.address,
+            storage=replace(base.storage, data_dir=data_dir),
+            peers=replace(base.peers, kam_address=kam.address),
         )
     )
     kam.orchestrator.connect(orchestrator.address)
@@ -101,9 +103,12 @@ async def start_mesh(
             await serve_granulator(
                 replace(
                     credentials.settings_for(base, worker_id),
-                    data_dir=data_dir / worker_id,
-                    kam_address=kam.address,
-                    orchestrator_address=orchestrator.address,
+                    storage=replace(base.storage, data_dir=data_dir / worker_id),
+                    peers=replace(
+                        base.peers,
+                        kam_address=kam.address,
+                        orchestrator_address=orchestrator.address,
+                    ),
                 )
             )
         )

@@ -126,7 +126,11 @@ def _plain(record: logging.LogRecord) -> bool:
 
 def main() -> None:
     settings = process_settings("local-model")
-    logs.configure("local-model", as_json=settings.log_json, level=settings.log_level)
+    logs.configure(
+        "local-model",
+        as_json=settings.observability.log_json,
+        level=settings.observability.log_level,
+    )
     logging.getLogger("uvicorn.error").addFilter(_plain)
     problem = missing()
     if problem:
@@ -135,17 +139,18 @@ def main() -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((settings.server.host, settings.server.port))
     except OSError as error:
+        where = f"{settings.server.host}:{settings.server.port}"
         print(
-            f"local-model: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
+            f"local-model: cannot listen on {where}: {error.strerror}",
             file=sys.stderr,
             flush=True,
         )
         raise SystemExit(2) from None
     sock.listen(128)
-    address = f"{settings.host}:{sock.getsockname()[1]}"
-    if settings.stdin_settings:
+    address = f"{settings.server.host}:{sock.getsockname()[1]}"
+    if settings.server.stdin_settings:
         print(f"BITWARE_BOUND local-model {address}", flush=True)
     asyncio.run(serve(create_app(model_path()), sock, address))
 

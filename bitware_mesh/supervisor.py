@@ -3,7 +3,7 @@
 Every server binds its own port (the one asked for, or any free one for 0) and reports the bound
 address on its ready line; the supervisor never reserves a port for a child, so no other process
 can take it in between. All children start at once (their imports overlap) and wait for their
-peers' addresses on stdin (`Settings.stdin_settings`): KAM first, then the orchestrator with
+peers' addresses on stdin (`ServerSettings.stdin_settings`): KAM first, then the orchestrator with
 KAM's address (KAM is then told the orchestrator's), then the granulators, then the gateway. A
 restarted server binds the port it had, so its peers' addresses stay right. With `--local-model`
 one more child serves a real model (`bitware_mesh.local_model`), and the granulators are
@@ -339,7 +339,7 @@ class Supervisor:
         child.env["BITWARE_PORT"] = child.address.rsplit(":", 1)[1]
 
     async def _tell(self, child: Child, name: str, value: str) -> None:
-        """Changes a setting of a running child (see `Settings.stdin_settings`)."""
+        """Changes a setting of a running child (see `ServerSettings.stdin_settings`)."""
         child.env[name] = value
         await self._send(child, f"{name}={value}\n")
         await self._until(child, child.configured)

@@ -86,15 +86,15 @@ def create_app(settings: Settings) -> FastAPI:
 
 def bind(settings: Settings) -> socket.socket:
     """The listening socket, bound here so that port 0 gives a port we can print."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    family = socket.AF_INET6 if ":" in settings.server.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((settings.server.host, settings.server.port))
     except OSError as error:
         sock.close()
         raise ListenError(
-            f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
+            f"cannot listen on {settings.server.host}:{settings.server.port}: {error.strerror}"
         ) from None
     sock.listen(2048)
     sock.setblocking(False)
@@ -110,16 +110,16 @@ class GatewayServer(uvicorn.Server):
                 app,
                 log_config=None,  # our handler, from bitware_core.logs, formats every line
                 access_log=False,  # the middleware logs each request with its request id
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+                timeout_graceful_shutdown=max(1, int(settings.server.shutdown_grace)),
                 proxy_headers=False,
                 # HTTPS with the servers' certificate (BITWARE_TLS_CERT/KEY); no client
                 # certificate is asked for, as browsers have none.
-                ssl_certfile=settings.tls_cert if settings.tls_enabled else None,
-                ssl_keyfile=settings.tls_key if settings.tls_enabled else None,
+                ssl_certfile=settings.tls.cert if settings.tls.enabled else None,
+                ssl_keyfile=settings.tls.key if settings.tls.enabled else None,
             )
         )
         self.sock = sock
-        self.address = f"{settings.host}:{sock.getsockname()[1]}"
+        self.address = f"{settings.server.host}:{sock.getsockname()[1]}"
         self.ready = asyncio.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -177,7 +177,9 @@ class _PlainUvicornRecords(logging.Filter):
 
 def main() -> None:
     settings = process_settings("gateway")
-    logs.configure("gateway", as_json=settings.log_json, level=settings.log_level)
+    logs.configure(
+        "gateway", as_json=settings.observability.log_json, level=settings.observability.log_level
+    )
     logging.getLogger("uvicorn.error").addFilter(_PlainUvicornRecords())
     try:
         asyncio.run(serve(settings))

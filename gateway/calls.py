@@ -143,7 +143,7 @@ def _call(
     request: Request,
     metadata: Annotated[tuple[tuple[str, str], ...], Depends(credential_metadata)],
 ) -> Call:
-    return Call(upstream_of(request), metadata, request.app.state.settings.rpc_timeout)
+    return Call(upstream_of(request), metadata, request.app.state.settings.peers.rpc_timeout)
 
 
 #: The dependency every upstream-calling route takes.

@@ -84,10 +84,10 @@ def addresses(settings: Settings) -> dict[str, str]:
     """Upstream name → address (the granulators' comma-separated); refuses to start without all
     three (a half-configured gateway would fail on some routes only, which is harder to notice
     than failing at once)."""
-    granulators = [a.strip() for a in settings.granulator_address.split(",") if a.strip()]
+    granulators = [a.strip() for a in settings.peers.granulator_address.split(",") if a.strip()]
     found = {
-        "kam": settings.kam_address,
-        "orchestrator": settings.orchestrator_address,
+        "kam": settings.peers.kam_address,
+        "orchestrator": settings.peers.orchestrator_address,
         "granulator": ",".join(granulators),
     }
     missing = [f"BITWARE_{name.upper()}_ADDRESS" for name, address in found.items() if not address]

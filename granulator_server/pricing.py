@@ -46,7 +46,7 @@ class PriceTable:
 
     @classmethod
     def with_overrides(cls, raw: str) -> PriceTable:
-        """The default table with `raw` (Settings.price_table, JSON) merged over it.
+        """The default table with `raw` (`ProviderSettings.price_table`, JSON) merged over it.
 
         Raises ValueError when `raw` is not a JSON object of
         ``{"model": {"input": number, "output": number}}``.

@@ -39,23 +39,27 @@ class GranulatorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
         metrics = new_registry()
         try:  # settings first: a wrong one stops the server before anything starts
-            prices = PriceTable.with_overrides(settings.price_table)
+            prices = PriceTable.with_overrides(settings.providers.price_table)
             self.provider = choose_provider(settings, prices, ModelMetrics(metrics))
             self.capacity = capacity(
-                settings.max_concurrent_jobs, settings.max_model_calls, self.provider
+                settings.granulator.max_concurrent_jobs,
+                settings.granulator.max_model_calls,
+                self.provider,
             )
-            if settings.cpu_jobs < 0:
-                raise ValueError(f"BITWARE_CPU_JOBS must be 0 or more, got {settings.cpu_jobs}")
+            if settings.granulator.cpu_jobs < 0:
+                raise ValueError(
+                    f"BITWARE_CPU_JOBS must be 0 or more, got {settings.granulator.cpu_jobs}"
+                )
         except ValueError as error:  # each names the variable that is wrong
             raise SettingsError(str(error)) from None
-        self.db = Database(settings.database_url_for("granulator"))
+        self.db = Database(settings.storage.database_url_for("granulator"))
         self.kam = KamConnection(settings)
         self.worker = WorkerHandlers(
             self.db,
             self.provider,
             self.capacity,
-            settings.worker_id,
-            settings.cpu_jobs or os.cpu_count() or 1,
+            settings.auth.worker_id,
+            settings.granulator.cpu_jobs or os.cpu_count() or 1,
         )
         handlers = GranulatorHandlers(self.db)
         services = [
@@ -88,7 +92,7 @@ class GranulatorServer(MeshServer):
                 },
             ),
         ]
-        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
+        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth.cache_seconds)
         super().__init__(settings, services, authenticator, "granulator.bitware", metrics)
         self._registration: asyncio.Task[None] | None = None
         self._tending: asyncio.Task[None] | None = None
@@ -118,8 +122,10 @@ class GranulatorServer(MeshServer):
         )
         port = await super().start()
         self._tending = asyncio.create_task(self._tend_jobs())
-        if self.settings.orchestrator_address:
-            self._orchestrator = open_channel(self.settings.orchestrator_address, self.settings)
+        if self.settings.peers.orchestrator_address:
+            self._orchestrator = open_channel(
+                self.settings.peers.orchestrator_address, self.settings
+            )
             self._registration = asyncio.create_task(self._stay_registered())
         return port
 
@@ -129,21 +135,21 @@ class GranulatorServer(MeshServer):
         assert self._orchestrator is not None
         stub = registry_pb2_grpc.WorkerRegistryServiceStub(self._orchestrator)
         metadata = service_metadata(self.settings)
-        address = self.settings.advertise_address or self.address
+        address = self.settings.server.advertise_address or self.address
         registered, interval = False, 1.0
         while True:
             try:
                 if not registered:
                     response = await stub.RegisterWorker(
                         registry_pb2.RegisterWorkerRequest(
-                            worker_id=self.settings.worker_id,
-                            name=self.settings.worker_id,
+                            worker_id=self.settings.auth.worker_id,
+                            name=self.settings.auth.worker_id,
                             address=address,
                             capabilities=list(CAPABILITIES),
                             max_concurrency=self.capacity,
                             version=VERSION,
                         ),
-                        timeout=self.settings.rpc_timeout,
+                        timeout=self.settings.peers.rpc_timeout,
                         metadata=metadata,
                         wait_for_ready=True,
                     )
@@ -153,10 +159,10 @@ class GranulatorServer(MeshServer):
                 else:
                     beat = await stub.Heartbeat(
                         registry_pb2.HeartbeatRequest(
-                            worker_id=self.settings.worker_id,
+                            worker_id=self.settings.auth.worker_id,
                             active_stages=self.worker.active,
                         ),
-                        timeout=self.settings.rpc_timeout,
+                        timeout=self.settings.peers.rpc_timeout,
                         metadata=metadata,
                         wait_for_ready=True,
                     )
@@ -194,7 +200,9 @@ class GranulatorServer(MeshServer):
         stub = registry_pb2_grpc.WorkerRegistryServiceStub(self._orchestrator)
         try:
             await stub.DeregisterWorker(
-                registry_pb2.DeregisterWorkerRequest(worker_id=self.settings.worker_id, drain=True),
+                registry_pb2.DeregisterWorkerRequest(
+                    worker_id=self.settings.auth.worker_id, drain=True
+                ),
                 timeout=2.0,
                 metadata=service_metadata(self.settings),
             )

@@ -52,7 +52,7 @@ class OrchestratorClient:
         try:
             response = await self._require().ExecutePipeline(
                 request,
-                timeout=timeout(self.settings.rpc_timeout),
+                timeout=timeout(self.settings.peers.rpc_timeout),
                 metadata=service_metadata(self.settings),
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
@@ -68,7 +68,7 @@ class OrchestratorClient:
                 orchestrator_pb2.RetryExecutionRequest(
                     execution_id=execution_id, retry_number=retry_number
                 ),
-                timeout=timeout(self.settings.rpc_timeout),
+                timeout=timeout(self.settings.peers.rpc_timeout),
                 metadata=service_metadata(self.settings),
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
@@ -81,7 +81,7 @@ class OrchestratorClient:
                 orchestrator_pb2.CancelExecutionRequest(
                     execution_id=execution_id, reason="request cancelled"
                 ),
-                timeout=timeout(self.settings.rpc_timeout),
+                timeout=timeout(self.settings.peers.rpc_timeout),
                 metadata=service_metadata(self.settings),
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )

@@ -65,13 +65,13 @@ class _LocalAuthenticator:
 
 class KamServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
-        self.db = Database(settings.database_url_for("kam"))
+        self.db = Database(settings.storage.database_url_for("kam"))
         self.orchestrator = OrchestratorClient(settings)
-        if settings.orchestrator_address:
-            self.orchestrator.connect(settings.orchestrator_address)
+        if settings.peers.orchestrator_address:
+            self.orchestrator.connect(settings.peers.orchestrator_address)
         db = self.db
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        key_file = Path(settings.webhook_key_file or settings.data_dir / "webhook.key")
+        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = Path(settings.webhooks.key_file or settings.storage.data_dir / "webhook.key")
         try:  # a wrong key file stops the server in one line, like any other bad setting
             key = webhooks.WebhookKey.load(key_file)
         except ValueError as error:
@@ -80,7 +80,7 @@ class KamServer(MeshServer):
             raise SettingsError(
                 f"BITWARE_WEBHOOK_KEY_FILE={key_file}: cannot read or create it: {error.strerror}"
             ) from None
-        self.deliverer = Deliverer(db, key, settings.webhook_retry_base)
+        self.deliverer = Deliverer(db, key, settings.webhooks.retry_base)
 
         def svc(
             module: object, name: str, handlers: object, access: dict[str, frozenset[str]]
@@ -166,7 +166,7 @@ class KamServer(MeshServer):
             svc(
                 templates_pb2_grpc,
                 "TemplateService",
-                TemplateHandlers(db, settings.extra_capability_set),
+                TemplateHandlers(db, settings.kam.extra_capability_set),
                 {
                     "CreateMasterTemplate": ADMINS,
                     "GetMasterTemplate": ANYONE,
@@ -191,7 +191,7 @@ class KamServer(MeshServer):
             svc(
                 webhooks_pb2_grpc,
                 "WebhookService",
-                WebhookHandlers(db, key, settings.webhook_allow_insecure),
+                WebhookHandlers(db, key, settings.webhooks.allow_insecure),
                 {
                     "CreateWebhookEndpoint": ACTORS,
                     "ListWebhookEndpoints": READERS,
@@ -212,9 +212,9 @@ class KamServer(MeshServer):
             catalog.seed(session)
             identity.bootstrap(
                 session,
-                settings.bootstrap_admin_email,
-                settings.bootstrap_admin_password,
-                settings.bootstrap_credentials,
+                settings.kam.bootstrap_admin_email,
+                settings.kam.bootstrap_admin_password,
+                settings.kam.bootstrap_credentials,
             )
 
         with self.db.exclusive("kam start-up"):
@@ -241,7 +241,8 @@ class KamServer(MeshServer):
 
 
 async def serve(settings: Settings) -> KamServer:
-    """Starts KAM on settings.host:settings.port (0 = any free port); returns the started server."""
+    """Starts KAM on settings.server's host:port (0 = any free port); returns the started
+    server."""
     server = KamServer(settings)
     await server.start()
     return server

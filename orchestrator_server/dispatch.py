@@ -194,7 +194,9 @@ class Dispatcher:
             for stage_id, declined in self.declined.items()
         }
         claims = await self.db.run_tx(
-            lambda tx: queue.claim(tx, self.owner, workers, avoid, self.settings.lease_seconds)
+            lambda tx: queue.claim(
+                tx, self.owner, workers, avoid, self.settings.queue.lease_seconds
+            )
         )
         if len(claims) >= queue.CLAIM_BATCH:
             self.wake.set()  # there may be more: claim again once these are on their way
@@ -231,10 +233,10 @@ class Dispatcher:
         of dead holders, mark silent workers unhealthy, fail what ran out of time, and take the
         figures the metrics report."""
         settings = self.settings
-        queue.renew_leases(tx, self.owner, list(self.running), settings.lease_seconds)
+        queue.renew_leases(tx, self.owner, list(self.running), settings.queue.lease_seconds)
         reclaimed = queue.reclaim_expired(tx)
-        registry.mark_silent_unhealthy(tx, settings.heartbeat_timeout)
-        expired = executions.expire(tx, settings.queue_wait_timeout)
+        registry.mark_silent_unhealthy(tx, settings.queue.heartbeat_timeout)
+        expired = executions.expire(tx, settings.queue.wait_timeout)
         self._workers = registry.available(tx)
         stats = queue.queue_stats(tx)
         self._snapshot = {
@@ -469,7 +471,7 @@ class Dispatcher:
         try:
             answer = await stub.Handshake(
                 self._offer(claim),
-                timeout=self.settings.rpc_timeout,
+                timeout=self.settings.peers.rpc_timeout,
                 metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:
@@ -626,7 +628,7 @@ class Dispatcher:
         try:
             answer = await stub.Cancel(
                 worker_pb2.CancelRequest(stage=self._ref(claim), reason=reason),
-                timeout=self.settings.rpc_timeout,
+                timeout=self.settings.peers.rpc_timeout,
                 metadata=service_metadata(self.settings),
             )
         except grpc.aio.AioRpcError as error:

@@ -74,7 +74,7 @@ class KamClient(KamConnection):
         try:
             response = await self.templates.GetMasterTemplate(
                 templates_pb2.GetMasterTemplateRequest(name=name, version=version),
-                timeout=timeout(self.settings.rpc_timeout),
+                timeout=timeout(self.settings.peers.rpc_timeout),
                 metadata=service_metadata(self.settings),
                 wait_for_ready=True,  # a peer still starting is waited for, within the deadline
             )
@@ -102,7 +102,7 @@ class KamClient(KamConnection):
                 error_message=str(execution.error.get("message", "")),
                 retries=execution.retries,
             ),
-            timeout=timeout(self.settings.rpc_timeout),
+            timeout=timeout(self.settings.peers.rpc_timeout),
             metadata=service_metadata(self.settings),
             wait_for_ready=True,  # a peer still starting is waited for, within the deadline
         )

@@ -33,14 +33,17 @@ STAFF = frozenset({ADMIN, SUPPORT, SERVICE})
 
 class OrchestratorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
-        self.db = Database(settings.database_url_for("orchestrator"))
+        self.db = Database(settings.storage.database_url_for("orchestrator"))
         self.kam = KamClient(settings)
         self.hub = EventHub()
         metrics = new_registry()
         self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam, metrics)
         handlers = OrchestratorHandlers(self.db, self.hub, self.kam, self.dispatcher)
         registry_handlers = RegistryHandlers(
-            self.db, self.dispatcher, settings.heartbeat_interval, settings.heartbeat_timeout
+            self.db,
+            self.dispatcher,
+            settings.queue.heartbeat_interval,
+            settings.queue.heartbeat_timeout,
         )
         services = [
             Service(
@@ -71,7 +74,7 @@ class OrchestratorServer(MeshServer):
                 },
             ),
         ]
-        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth_cache_seconds)
+        authenticator = KamAuthenticator(self.kam.authenticate, settings.auth.cache_seconds)
         super().__init__(settings, services, authenticator, "orchestrator.bitware", metrics)
 
     async def start(self) -> int:

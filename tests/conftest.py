@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bitware_core.config import Settings
+from bitware_core.config import KamSettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.common import PARKED_CAPABILITY, POSTGRES, Client, make_client, scratch_database
 from tests.granulator.fake_openai import FakeOpenAI
@@ -27,7 +27,11 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
     running = await start_mesh(
-        tmp_path, Settings(heartbeat_interval=0.5, extra_capabilities=PARKED_CAPABILITY)
+        tmp_path,
+        Settings(
+            queue=QueueSettings(heartbeat_interval=0.5),
+            kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
+        ),
     )
     try:
         yield running

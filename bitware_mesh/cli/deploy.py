@@ -64,7 +64,7 @@ def migrate_service(settings: Settings, service: str) -> None:
     models = importlib.import_module(f"{service}_server.models")
     assert models.__file__ is not None
     metadata = getattr(models, SCHEMAS[service]).metadata
-    db = Database(settings.database_url_for(service))
+    db = Database(settings.storage.database_url_for(service))
     try:
         with db.exclusive(f"{service} start-up"):
             db.migrate(service, str(Path(models.__file__).parent / "migrations"), metadata)

@@ -107,7 +107,7 @@ async def up_command(args: argparse.Namespace) -> int:
         metrics = f"  metrics http://{child.metrics_address}/metrics" if args.metrics else ""
         print(f"{child.name:<14} {child.address:<22} pid {pid}{metrics}")
     # The servers (the gateway too) read BITWARE_TLS_CERT/KEY from the environment they inherit.
-    scheme = "https" if Settings.from_env().tls_enabled else "http"
+    scheme = "https" if Settings.from_env().tls.enabled else "http"
     print(f"dashboard      {scheme}://{mesh.address('gateway')}/")
     print(f"logs           {data / 'logs'}/<server>.log")
     if mesh.admin_password:

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 def _anonymous(request: Request) -> Call:
     # Login carries no credential (only the request id), whatever the browser sends along.
-    return Call(upstream_of(request), (), request.app.state.settings.rpc_timeout)
+    return Call(upstream_of(request), (), request.app.state.settings.peers.rpc_timeout)
 
 
 @router.post(

@@ -36,7 +36,7 @@ def choose_provider(
 ) -> Provider:
     """The `openai` provider when endpoints, a key or a base URL are configured, else the
     offline one (which calls no model). Raises ValueError for settings that do not make sense."""
-    if settings.providers or settings.openai_api_key or settings.openai_base_url:
+    if settings.providers.endpoints or settings.openai.api_key or settings.openai.base_url:
         from granulator_server.providers.openai_chat import OpenAIProvider
 
         return OpenAIProvider.from_settings(settings, prices, metrics=metrics)

@@ -210,27 +210,29 @@ class OpenAIProvider:
         """Raises ValueError for settings that do not make sense (named in the message)."""
         default = EndpointConfig(
             name=cls.name,
-            base_url=settings.openai_base_url,
-            model=settings.openai_model,
-            api_key=settings.openai_api_key,
-            structured=_checked("BITWARE_OPENAI_STRUCTURED", settings.openai_structured),
-            max_output_tokens=settings.openai_max_output_tokens,
-            frequency_penalty=settings.openai_frequency_penalty,
-            extra_body=settings.openai_extra_body_json(),
+            base_url=settings.openai.base_url,
+            model=settings.openai.model,
+            api_key=settings.openai.api_key,
+            structured=_checked("BITWARE_OPENAI_STRUCTURED", settings.openai.structured),
+            max_output_tokens=settings.openai.max_output_tokens,
+            frequency_penalty=settings.openai.frequency_penalty,
+            extra_body=settings.openai.extra_body_json(),
         )
         endpoints = (
-            parse_providers(settings.providers, os.environ if environ is None else environ, default)
-            if settings.providers.strip()
+            parse_providers(
+                settings.providers.endpoints, os.environ if environ is None else environ, default
+            )
+            if settings.providers.endpoints.strip()
             else [default]
         )
         return cls(
             endpoints=endpoints,
-            timeout=settings.openai_timeout,
-            max_retries=settings.openai_max_retries,
+            timeout=settings.openai.timeout,
+            max_retries=settings.openai.max_retries,
             prices=prices,
-            failures_before_cooldown=settings.provider_failures,
-            cooldown=settings.provider_cooldown,
-            max_calls=settings.max_model_calls,
+            failures_before_cooldown=settings.providers.failures,
+            cooldown=settings.providers.cooldown,
+            max_calls=settings.granulator.max_model_calls,
             metrics=metrics,
         )
 

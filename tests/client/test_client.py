@@ -25,7 +25,7 @@ from bitware_client import (
     Unauthenticated,
     Unavailable,
 )
-from bitware_core.config import Settings
+from bitware_core.config import KamSettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.client.proxy import Proxy
 from tests.common import PARKED_CAPABILITY, free_port, make_client
@@ -221,7 +221,8 @@ async def test_the_blocking_client_runs_and_watches(client: MeshClient) -> None:
 async def test_a_failed_request_is_retried_and_watched_again(tmp_path: Path) -> None:
     # A stage no worker can take fails after a 1 s queue wait: a failure on demand.
     settings = Settings(
-        heartbeat_interval=0.5, extra_capabilities=PARKED_CAPABILITY, queue_wait_timeout=1.0
+        queue=QueueSettings(heartbeat_interval=0.5, wait_timeout=1.0),
+        kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
     )
     mesh = await start_mesh(tmp_path, settings)
     try:

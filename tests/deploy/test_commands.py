@@ -71,9 +71,9 @@ def test_a_worker_token_can_come_from_a_mounted_file(tmp_path: Path) -> None:
     secret = tmp_path / "granulator-0"
     secret.write_text("bwt_from_a_file\n")
     settings = Settings.from_env({"BITWARE_WORKER_TOKEN_FILE": str(secret)})
-    assert settings.worker_token == "bwt_from_a_file"
+    assert settings.auth.worker_token == "bwt_from_a_file"
     # An explicit token wins over the file.
     both = {"BITWARE_WORKER_TOKEN_FILE": str(secret), "BITWARE_WORKER_TOKEN": "bwt_env"}
-    assert Settings.from_env(both).worker_token == "bwt_env"
+    assert Settings.from_env(both).auth.worker_token == "bwt_env"
     with pytest.raises(SettingsError, match=r"BITWARE_WORKER_TOKEN_FILE=.*cannot read it"):
         Settings.from_env({"BITWARE_WORKER_TOKEN_FILE": str(tmp_path / "missing")})

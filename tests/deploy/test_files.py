@@ -1,9 +1,10 @@
 """The deployment files stay true to the code: there is no container engine or cluster here, so
-these tests check the files themselves. YAML parses; every BITWARE_* name they set is a field
-of `Settings`; every command is a real `bitware` command; probes, Services and addresses point
-at the ports the servers are told to serve on; every secret they read is one that
-deploy/make_env.py writes (or kustomize generates from it); the Dockerfile passes hadolint and
-copies every package the project ships."""
+these tests check the files themselves. YAML parses; every BITWARE_* name they set is the
+variable of a field of a `Settings` group, and its value is one that field accepts; every
+command is a real `bitware` command; probes, Services and addresses point at the ports the
+servers are told to serve on; every secret they read is one that deploy/make_env.py writes (or
+kustomize generates from it); the Dockerfile passes hadolint and copies every package the
+project ships."""
 
 from __future__ import annotations
 
@@ -33,7 +34,18 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 sys.path.insert(0, str(DEPLOY))
 import make_env  # noqa: E402
 
-SETTINGS = {f"BITWARE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+
+def settings_fields() -> dict[str, tuple[str, str]]:
+    """Each variable a field of a `Settings` group names → (group, field), from the groups."""
+    defaults = Settings()
+    return {
+        f.metadata["env"]: (group.name, f.name)
+        for group in dataclasses.fields(Settings)
+        for f in dataclasses.fields(getattr(defaults, group.name))
+    }
+
+
+SETTINGS = settings_fields()
 #: The port each server is reached on, as the shared addresses name it.
 SERVER_PORTS = {"kam": 50051, "orchestrator": 50052, "granulator": 50053, "gateway": 8080}
 
@@ -134,14 +146,15 @@ def test_kustomization_lists_every_manifest() -> None:
 # ---------------------------------------------------------------- names and commands
 
 
-def every_env_name() -> dict[str, set[str]]:
-    """Each BITWARE_* name set anywhere → where."""
-    found: dict[str, set[str]] = {}
+def every_env_setting() -> list[tuple[str, str | None, str]]:
+    """(name, value, where) of each BITWARE_* variable set anywhere; value None when it comes
+    from the downward API."""
+    found: list[tuple[str, str | None, str]] = []
 
-    def note(names: Any, where: str) -> None:
-        for name in names:
+    def note(values: dict[str, Any], where: str) -> None:
+        for name, value in values.items():
             if name.startswith("BITWARE_"):
-                found.setdefault(name, set()).add(where)
+                found.append((name, None if value is None else str(value), where))
 
     note(dockerfile_env(), "Dockerfile")
     for name, service in compose()["services"].items():
@@ -149,9 +162,18 @@ def every_env_name() -> dict[str, set[str]]:
     note(config_map(), "ConfigMap")
     for item, spec in pod_specs():
         for container in spec["containers"]:
-            note([e["name"] for e in container.get("env", [])], item["metadata"]["name"])
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            note(env, item["metadata"]["name"])
     for name, content in make_env.make_files(3, "").items():
-        note(re.findall(r"^(\w+)=", content, re.MULTILINE), name)
+        note(dict(re.findall(r"^(\w+)=(.*)$", content, re.MULTILINE)), name)
+    return found
+
+
+def every_env_name() -> dict[str, set[str]]:
+    """Each BITWARE_* name set anywhere → where."""
+    found: dict[str, set[str]] = {}
+    for name, _, where in every_env_setting():
+        found.setdefault(name, set()).add(where)
     return found
 
 
@@ -159,7 +181,23 @@ def test_every_env_name_is_a_setting() -> None:
     found = every_env_name()
     assert "BITWARE_WORKER_TOKEN_FILE" in found and "BITWARE_BOOTSTRAP_CREDENTIALS" in found
     unknown = {name: sorted(where) for name, where in found.items() if name not in SETTINGS}
-    assert not unknown, f"not fields of bitware_core.config.Settings: {unknown}"
+    assert not unknown, f"not fields of a bitware_core.config.Settings group: {unknown}"
+    listed = {name: tuple(path.split(".")) for name, path in Settings.variables().items()}
+    assert listed == SETTINGS
+
+
+def test_every_env_value_is_one_its_field_accepts() -> None:
+    """Read as the servers read them: a value of the wrong type or outside a field's choices
+    would stop the server (exit 2) in the deployment only."""
+    for name, value, where in every_env_setting():
+        if value is None or name not in SETTINGS:
+            continue  # the downward API's; unknown names fail the test above
+        environ = {name: value}
+        if name == "BITWARE_WORKER_TOKEN_FILE":  # the file exists in the pod only
+            environ["BITWARE_WORKER_TOKEN"] = "bwt_mounted"
+        group, field = SETTINGS[name]
+        read = getattr(getattr(Settings.from_env(environ), group), field)
+        assert str(read).lower() == value.lower(), (name, where)
 
 
 def test_every_command_is_a_real_bitware_command() -> None:

@@ -27,7 +27,7 @@ from bitware.kam.v1 import (
     templates_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.common import Client, make_client
@@ -45,12 +45,14 @@ TERMINAL = (
 @pytest.fixture
 async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_model="gpt-4o-mini",
-        openai_timeout=60.0,
-        openai_max_retries=0,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key="sk-test",
+            model="gpt-4o-mini",
+            timeout=60.0,
+            max_retries=0,
+        ),
     )
     running = await start_mesh(tmp_path, base=settings)
     try:

@@ -11,7 +11,7 @@ import pytest
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import QueueSettings, Settings, TLSSettings
 from bitware_mesh.inprocess import start_mesh
 from tests.common import make_client, submit
 from tests.tls_certs import Pki, make_pki
@@ -28,7 +28,8 @@ def _credentials(pki: Pki, with_client_cert: bool = True) -> grpc.ChannelCredent
 async def test_mesh_runs_end_to_end_over_mutual_tls(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
     settings = Settings(
-        tls_cert=str(pki.cert), tls_key=str(pki.key), tls_ca=str(pki.ca), heartbeat_interval=0.5
+        tls=TLSSettings(cert=str(pki.cert), key=str(pki.key), ca=str(pki.ca)),
+        queue=QueueSettings(heartbeat_interval=0.5),
     )
     mesh = await start_mesh(tmp_path / "data", settings)
     try:

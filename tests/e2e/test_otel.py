@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware_core import tracing
-from bitware_core.config import Settings, SettingsError
+from bitware_core.config import OpenAISettings, QueueSettings, Settings, SettingsError
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.cli.conftest import clean_env, serve
@@ -51,11 +51,13 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test-0123456789",
-        openai_model="gpt-4o-mini",
-        openai_timeout=10.0,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key="sk-test-0123456789",
+            model="gpt-4o-mini",
+            timeout=10.0,
+        ),
     )
     running = await start_mesh(tmp_path, base=settings)
     try:

@@ -20,7 +20,7 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc, templates_pb2, templates_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.service import template_to_proto
@@ -38,12 +38,14 @@ ATTEMPT_MICROS = (PROMPT_TOKENS * 15 + COMPLETION_TOKENS * 60) // 100
 @pytest.fixture
 async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_model="gpt-4o-mini",
-        openai_timeout=10.0,
-        openai_max_retries=0,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key="sk-test",
+            model="gpt-4o-mini",
+            timeout=10.0,
+            max_retries=0,
+        ),
     )
     running = await start_mesh(tmp_path, base=settings)
     try:

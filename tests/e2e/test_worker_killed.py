@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import PeerSettings, QueueSettings, Settings, StorageSettings
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from kam_server.server import serve as serve_kam
@@ -30,9 +30,11 @@ async def test_killed_granulator_stage_completes_once_on_the_other(
     kam = await serve_kam(credentials.kam_settings(Settings(), tmp_path))
     orchestrator = await serve_orchestrator(
         replace(
-            credentials.settings_for(Settings(heartbeat_interval=0.5), "orchestrator"),
-            data_dir=tmp_path,
-            kam_address=kam.address,
+            credentials.settings_for(
+                Settings(queue=QueueSettings(heartbeat_interval=0.5)), "orchestrator"
+            ),
+            storage=StorageSettings(data_dir=tmp_path),
+            peers=PeerSettings(kam_address=kam.address),
         )
     )
     kam.orchestrator.connect(orchestrator.address)

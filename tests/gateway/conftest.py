@@ -14,19 +14,20 @@ from typing import Any
 import httpx
 import pytest
 
-from bitware_core.config import Settings
+from bitware_core.config import PeerSettings, Settings, TLSSettings
 from bitware_mesh.inprocess import InProcessMesh
 from gateway.app import GatewayServer, bind, create_app
 from tests.common import Client
 
 
-def gateway_settings(mesh: InProcessMesh, **overrides: Any) -> Settings:
-    settings = Settings(
+def gateway_settings(mesh: InProcessMesh, tls: TLSSettings | None = None, **peers: Any) -> Settings:
+    """Settings of a gateway in front of `mesh`; `peers` overrides the mesh's addresses."""
+    addresses = PeerSettings(
         kam_address=mesh.kam.address,
         orchestrator_address=mesh.orchestrator.address,
         granulator_address=mesh.granulators[0].address if mesh.granulators else "",
     )
-    return replace(settings, **overrides)
+    return Settings(peers=replace(addresses, **peers), tls=tls or TLSSettings())
 
 
 def closed_address() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
 from tests.common import Client, make_client
@@ -223,10 +223,8 @@ async def test_model_calls_are_listed_per_job_and_execution_for_their_client_onl
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_timeout=5.0,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(base_url=fake_openai.base_url, api_key="sk-test", timeout=5.0),
     )
     fake_openai.add(reply(generate_offline(QUIZ, "Rust", "", 2, {}), prompt_tokens=700))
     mesh = await start_mesh(tmp_path, base=settings)

@@ -18,7 +18,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
 from bitware.worker.v1 import worker_pb2
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import generate_offline
 from tests.common import Client, make_client
@@ -314,11 +314,10 @@ async def test_the_execution_view_shows_every_model_call(
 ) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_timeout=5.0,
-        openai_max_retries=1,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url, api_key="sk-test", timeout=5.0, max_retries=1
+        ),
     )
     fake_openai.add(
         failure(503, "the model is loading"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bitware_core.config import TLSSettings
 from tests.common import Client
 from tests.gateway.conftest import gateway_settings, key, served_gateway
 from tests.tls_certs import make_pki
@@ -15,7 +16,7 @@ from tests.tls_certs import make_pki
 
 async def test_the_gateway_serves_https_by_config(client: Client, tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")
-    settings = gateway_settings(client.mesh, tls_cert=str(pki.cert), tls_key=str(pki.key))
+    settings = gateway_settings(client.mesh, TLSSettings(cert=str(pki.cert), key=str(pki.key)))
     async with served_gateway(settings) as base:
         secure = base.replace("http://", "https://", 1)
         verify = ssl.create_default_context(cafile=str(pki.ca))

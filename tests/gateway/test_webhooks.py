@@ -11,7 +11,7 @@ import pytest
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2
-from bitware_core.config import Settings
+from bitware_core.config import KamSettings, QueueSettings, Settings, WebhookSettings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from tests.common import PARKED_CAPABILITY, make_client
 from tests.gateway.conftest import admin, gateway_client, gateway_settings, key
@@ -24,9 +24,9 @@ async def hooked(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
     running = await start_mesh(
         tmp_path,
         Settings(
-            heartbeat_interval=0.5,
-            extra_capabilities=PARKED_CAPABILITY,
-            webhook_allow_insecure=True,
+            queue=QueueSettings(heartbeat_interval=0.5),
+            kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
+            webhooks=WebhookSettings(allow_insecure=True),
         ),
     )
     try:

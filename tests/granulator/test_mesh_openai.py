@@ -14,7 +14,7 @@ import pytest
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, ProviderSettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from tests.common import make_client
@@ -32,12 +32,14 @@ COURSE = next(t for t in SEED_TEMPLATES if t.structure_type == "course")
 @pytest.fixture
 async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_model="gpt-4o-mini",
-        openai_timeout=5.0,
-        openai_max_retries=1,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key="sk-test",
+            model="gpt-4o-mini",
+            timeout=5.0,
+            max_retries=1,
+        ),
     )
     running = await start_mesh(tmp_path, base=settings)
     try:
@@ -134,11 +136,9 @@ async def test_failover_reaches_the_execution_usage_per_provider(
         },
     ]
     settings = Settings(
-        heartbeat_interval=0.5,
-        providers=json.dumps(endpoints),
-        provider_failures=1,
-        openai_timeout=5.0,
-        openai_max_retries=1,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        providers=ProviderSettings(endpoints=json.dumps(endpoints), failures=1),
+        openai=OpenAISettings(timeout=5.0, max_retries=1),
     )
     fake_openai.add(failure(503, "overloaded"))
     document = generate_offline(COURSE, "Compilers", "students", 3, {})

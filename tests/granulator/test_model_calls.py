@@ -18,7 +18,7 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import ADMIN, Principal
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_core.db import Database
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server import calls, jobs, models
@@ -36,12 +36,14 @@ API_KEY = "sk-test-never-stored-0123456789"
 @pytest.fixture
 async def openai_mesh(tmp_path: Path, fake_openai: FakeOpenAI) -> AsyncIterator[InProcessMesh]:
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key=API_KEY,
-        openai_model="gpt-4o-mini",
-        openai_timeout=5.0,
-        openai_max_retries=1,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key=API_KEY,
+            model="gpt-4o-mini",
+            timeout=5.0,
+            max_retries=1,
+        ),
     )
     running = await start_mesh(tmp_path, base=settings)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
 from granulator_server.providers import OfflineProvider, OpenAIProvider
@@ -33,12 +33,14 @@ async def test_one_granulator_has_many_model_calls_in_flight(
     fake_openai.hold_until = waiting
     fake_openai.add(*(reply(DOCUMENT) for _ in range(executions)))
     settings = Settings(
-        heartbeat_interval=0.5,
-        openai_base_url=fake_openai.base_url,
-        openai_api_key="sk-test",
-        openai_model="gpt-4o-mini",
-        openai_timeout=120.0,
-        openai_max_retries=0,
+        queue=QueueSettings(heartbeat_interval=0.5),
+        openai=OpenAISettings(
+            base_url=fake_openai.base_url,
+            api_key="sk-test",
+            model="gpt-4o-mini",
+            timeout=120.0,
+            max_retries=0,
+        ),
     )
     mesh = await start_mesh(tmp_path, base=settings)
     try:

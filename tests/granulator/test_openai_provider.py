@@ -309,7 +309,7 @@ def test_price_table_reads_overrides_and_prices_dated_models_by_prefix() -> None
     settings = Settings.from_env(
         {"BITWARE_PRICE_TABLE": '{"local-llama": {"input": 1.0, "output": 2.0}}'}
     )
-    table = PriceTable.with_overrides(settings.price_table)
+    table = PriceTable.with_overrides(settings.providers.price_table)
 
     assert table.cost("local-llama", 1_000_000, 500_000) == 2.0
     assert table.cost("gpt-4o-mini-2024-07-18", 1_000_000, 0) == 0.15

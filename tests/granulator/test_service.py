@@ -16,7 +16,7 @@ from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import AuthSettings, Settings, StorageSettings
 from granulator_server import jobs
 from granulator_server.domain import SEED_TEMPLATES
 from granulator_server.server import GranulatorServer
@@ -388,7 +388,11 @@ async def test_two_stage_pipeline_validates_the_generated_job(client: Client) ->
 
 
 async def test_a_serving_granulator_ends_the_running_jobs_of_a_lost_one(tmp_path: Path) -> None:
-    server = GranulatorServer(Settings(data_dir=tmp_path, worker_id="granulator-1"))
+    server = GranulatorServer(
+        Settings(
+            storage=StorageSettings(data_dir=tmp_path), auth=AuthSettings(worker_id="granulator-1")
+        )
+    )
     server.job_touch_seconds, server.job_stale_seconds = 0.1, 60.0
     await server.start()
     try:

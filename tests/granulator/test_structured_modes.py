@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, Settings
 from granulator_server.errors import ProviderRejected
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import choose_provider, formats
@@ -248,16 +248,16 @@ def test_standard_openai_variables_stand_in_for_unset_bitware_ones() -> None:
         {**standard, "BITWARE_OPENAI_API_KEY": "sk-own", "BITWARE_OPENAI_BASE_URL": ""}
     )
 
-    assert (fallback.openai_api_key, fallback.openai_base_url) == (
+    assert (fallback.openai.api_key, fallback.openai.base_url) == (
         "sk-standard",
         "http://127.0.0.1:9/v1",
     )
-    assert (preferred.openai_api_key, preferred.openai_base_url) == ("sk-own", "")
+    assert (preferred.openai.api_key, preferred.openai.base_url) == ("sk-own", "")
     assert isinstance(choose_provider(fallback, PriceTable()), OpenAIProvider)
 
 
 def test_bad_structured_setting_is_refused_with_the_choices() -> None:
-    settings = Settings(openai_api_key="sk-test", openai_structured="grammar")
+    settings = Settings(openai=OpenAISettings(api_key="sk-test", structured="grammar"))
 
     with pytest.raises(ValueError, match="auto, json_schema, json_object_schema"):
         choose_provider(settings, PriceTable())

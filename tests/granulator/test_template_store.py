@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from bitware_core.config import Settings
+from bitware_core.config import OpenAISettings, Settings
 from bitware_core.db import Database
 from granulator_server import models, template_store
 from granulator_server.domain import SEED_TEMPLATES
@@ -90,9 +90,13 @@ def test_malformed_rules_are_rejected() -> None:
 def test_provider_is_openai_when_a_key_or_base_url_is_configured() -> None:
     prices = PriceTable()
     assert isinstance(choose_provider(Settings(), prices), OfflineProvider)
-    chosen = choose_provider(Settings(openai_base_url="http://127.0.0.1:9/v1"), prices)
+    chosen = choose_provider(
+        Settings(openai=OpenAISettings(base_url="http://127.0.0.1:9/v1")), prices
+    )
     assert isinstance(chosen, OpenAIProvider) and chosen.model == "gpt-4o-mini"
-    assert isinstance(choose_provider(Settings(openai_api_key="sk-x"), prices), OpenAIProvider)
+    assert isinstance(
+        choose_provider(Settings(openai=OpenAISettings(api_key="sk-x")), prices), OpenAIProvider
+    )
 
 
 def test_a_template_change_through_another_engine_is_seen_at_once(tmp_path: Path) -> None:

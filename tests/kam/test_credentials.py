@@ -16,7 +16,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, auth_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.auth import hash_secret
-from bitware_core.config import Settings
+from bitware_core.config import AuthSettings, QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 from kam_server import identity, models
 from tests.common import Client, make_client
@@ -96,7 +96,10 @@ async def test_client_users_manage_their_own_keys_but_keys_cannot_mint_keys(
 async def test_a_revoked_key_stops_working_on_other_services_within_the_auth_cache(
     tmp_path: Path,
 ) -> None:
-    mesh = await start_mesh(tmp_path, Settings(heartbeat_interval=0.5, auth_cache_seconds=0.5))
+    mesh = await start_mesh(
+        tmp_path,
+        Settings(queue=QueueSettings(heartbeat_interval=0.5), auth=AuthSettings(cache_seconds=0.5)),
+    )
     try:
         client = await make_client(mesh)
         async with (

@@ -4,14 +4,13 @@ the same moment, only as many as the budget covers start."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, requests_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import KamSettings, Settings, StorageSettings
 from bitware_mesh.inprocess import start_mesh
 from tests.common import PARKED_CAPABILITY, make_client
 from tests.kam.helpers import kam, parked_template
@@ -20,7 +19,10 @@ from tests.kam.helpers import kam, parked_template
 async def test_concurrent_executions_cannot_overspend_the_budget(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    settings = Settings(database_url=postgres_url, extra_capabilities=PARKED_CAPABILITY)
+    settings = Settings(
+        storage=StorageSettings(database_url=postgres_url),
+        kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
+    )
     mesh = await start_mesh(tmp_path, settings)
     try:
         # Each execution reserves $0.05 and waits in the queue (no worker has its capability), so
@@ -50,7 +52,10 @@ async def test_concurrent_executions_cannot_overspend_the_budget(
 async def test_charges_settling_at_once_alert_each_budget_threshold_once(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    settings = Settings(database_url=postgres_url, extra_capabilities=PARKED_CAPABILITY)
+    settings = Settings(
+        storage=StorageSettings(database_url=postgres_url),
+        kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
+    )
     mesh = await start_mesh(tmp_path, settings)
     try:
         client = await make_client(mesh, tier=common_pb2.TIER_ENTERPRISE, budget=1.0)
@@ -87,7 +92,7 @@ async def test_one_clients_creates_and_executes_at_once_never_deadlock(
 ) -> None:
     """CreateRequest and ExecuteRequest of one client both lock its client row and its rate
     bucket; taken in different orders they deadlocked on PostgreSQL (INTERNAL)."""
-    mesh = await start_mesh(tmp_path, replace(Settings(), database_url=postgres_url))
+    mesh = await start_mesh(tmp_path, Settings(storage=StorageSettings(database_url=postgres_url)))
     try:
         client = await make_client(mesh, tier=common_pb2.TIER_ENTERPRISE, budget=100.0)
         async with grpc.aio.insecure_channel(mesh.kam.address) as channel:

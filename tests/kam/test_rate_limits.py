@@ -4,7 +4,6 @@ bucket shared by several KAM replicas on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -12,7 +11,7 @@ from google.rpc import error_details_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import Settings, StorageSettings
 from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import start_mesh
 from kam_server.server import serve as serve_kam
@@ -79,7 +78,7 @@ async def test_a_client_over_its_rate_is_refused_with_retry_info(client: Client)
 async def test_kam_replicas_on_postgresql_share_one_bucket(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    base = replace(Settings(), database_url=postgres_url)
+    base = Settings(storage=StorageSettings(database_url=postgres_url))
     mesh = await start_mesh(tmp_path, base)
     second = await serve_kam(mesh.credentials.kam_settings(base, tmp_path / "kam-2"))
     try:

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, webhooks_pb2, webhooks_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import KamSettings, QueueSettings, Settings, WebhookSettings
 from bitware_core.db import Database, utcnow
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from kam_server import models, webhooks
@@ -36,10 +36,9 @@ async def hooked(tmp_path: Path) -> AsyncIterator[InProcessMesh]:
     running = await start_mesh(
         tmp_path,
         Settings(
-            heartbeat_interval=0.5,
-            extra_capabilities=PARKED_CAPABILITY,
-            webhook_allow_insecure=True,
-            webhook_retry_base=RETRY_BASE,
+            queue=QueueSettings(heartbeat_interval=0.5),
+            kam=KamSettings(extra_capabilities=PARKED_CAPABILITY),
+            webhooks=WebhookSettings(allow_insecure=True, retry_base=RETRY_BASE),
         ),
     )
     try:

@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import PeerSettings, QueueSettings, Settings, StorageSettings
 from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from kam_server.server import serve as serve_kam
@@ -154,14 +154,17 @@ async def test_two_replicas_on_postgresql_keep_a_client_within_its_limit(
     tmp_path: Path, postgres_url: str
 ) -> None:
     credentials = MeshCredentials.generate(granulators=0)
-    base = Settings(database_url=postgres_url, heartbeat_interval=0.5)
+    base = Settings(
+        storage=StorageSettings(database_url=postgres_url),
+        queue=QueueSettings(heartbeat_interval=0.5),
+    )
     kam = await serve_kam(credentials.kam_settings(base, tmp_path))
     replicas = [
         await serve_orchestrator(
             replace(
                 credentials.settings_for(base, "orchestrator"),
-                data_dir=tmp_path,
-                kam_address=kam.address,
+                storage=replace(base.storage, data_dir=tmp_path),
+                peers=PeerSettings(kam_address=kam.address),
             )
         )
         for _ in range(2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from prometheus_client import generate_latest
 
 from bitware.orchestrator.v1 import orchestrator_pb2
 from bitware.worker.v1 import worker_pb2
-from bitware_core.config import Settings
+from bitware_core.config import ObservabilitySettings, Settings, StorageSettings
 from kam_server.server import serve as serve_kam
 from tests.common import Client
 from tests.metrics import names, value
@@ -57,7 +56,12 @@ async def test_orchestrator_metrics_show_dispatch_stages_retries_and_workers(
 
 
 async def test_a_server_serves_metrics_on_its_configured_address(tmp_path: Path) -> None:
-    kam = await serve_kam(replace(Settings(), data_dir=tmp_path, metrics_address="127.0.0.1:0"))
+    kam = await serve_kam(
+        Settings(
+            storage=StorageSettings(data_dir=tmp_path),
+            observability=ObservabilitySettings(metrics_address="127.0.0.1:0"),
+        )
+    )
     try:
         assert kam.metrics_address.startswith("127.0.0.1:")  # the port it bound, for port 0
         body = await scrape(kam.metrics_address)

@@ -13,7 +13,13 @@ from sqlalchemy import create_engine, text
 
 from bitware.common.v1 import common_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from bitware_core.config import Settings
+from bitware_core.config import (
+    GranulatorSettings,
+    PeerSettings,
+    QueueSettings,
+    Settings,
+    StorageSettings,
+)
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
 from granulator_server.server import serve as serve_granulator
 from kam_server.server import serve as serve_kam
@@ -27,14 +33,18 @@ async def test_two_replicas_and_two_granulators_share_the_queue(
     tmp_path: Path, postgres_url: str
 ) -> None:
     credentials = MeshCredentials.generate(granulators=2)
-    base = Settings(database_url=postgres_url, heartbeat_interval=0.5, max_concurrent_jobs=8)
+    base = Settings(
+        storage=StorageSettings(database_url=postgres_url),
+        queue=QueueSettings(heartbeat_interval=0.5),
+        granulator=GranulatorSettings(max_concurrent_jobs=8),
+    )
     kam = await serve_kam(credentials.kam_settings(base, tmp_path))
     replicas = [
         await serve_orchestrator(
             replace(
                 credentials.settings_for(base, "orchestrator"),
-                data_dir=tmp_path,
-                kam_address=kam.address,
+                storage=replace(base.storage, data_dir=tmp_path),
+                peers=PeerSettings(kam_address=kam.address),
             )
         )
         for _ in range(2)
@@ -44,9 +54,10 @@ async def test_two_replicas_and_two_granulators_share_the_queue(
         await serve_granulator(
             replace(
                 credentials.settings_for(base, f"granulator-{i + 1}"),
-                data_dir=tmp_path / str(i),
-                kam_address=kam.address,
-                orchestrator_address=replicas[i].address,
+                storage=replace(base.storage, data_dir=tmp_path / str(i)),
+                peers=PeerSettings(
+                    kam_address=kam.address, orchestrator_address=replicas[i].address
+                ),
             )
         )
         for i in range(2)
