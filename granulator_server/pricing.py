@@ -9,9 +9,10 @@ know costs 0 (and says so in the log once), and the offline provider always cost
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
+
+from bitware_core.config import json_setting
 
 log = logging.getLogger("bitware.granulator.pricing")
 
@@ -73,12 +74,7 @@ class PriceTable:
 
 
 def parse_prices(raw: str) -> dict[str, Price]:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{PRICE_TABLE_ENV} is not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{PRICE_TABLE_ENV} must be a JSON object of model → prices")
+    data = json_setting(PRICE_TABLE_ENV, raw, dict, "a JSON object of model → prices")
     prices = {}
     for model, entry in data.items():
         try:

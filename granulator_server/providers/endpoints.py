@@ -22,13 +22,13 @@ next endpoint; the rate-limit headers it sends (`retry-after`, `x-ratelimit-rema
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bitware_core.config import json_setting
 from granulator_server.pricing import Price
 from granulator_server.providers import formats
 from granulator_server.providers.replies import retry_after
@@ -71,12 +71,8 @@ def parse_providers(
 ) -> list[EndpointConfig]:
     """The endpoints `BITWARE_PROVIDERS` lists; fields it leaves out come from `defaults`.
     Raises ValueError naming the entry and field that is wrong."""
-    try:
-        entries = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{PROVIDERS_ENV} is not JSON: {error}") from None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{PROVIDERS_ENV} must be a non-empty JSON list of endpoints")
+    must_be = "a non-empty JSON list of endpoints"
+    entries = json_setting(PROVIDERS_ENV, raw, list, must_be, empty=False)
     endpoints: list[EndpointConfig] = []
     for index, entry in enumerate(entries):
         where = f"{PROVIDERS_ENV}[{index}]"
