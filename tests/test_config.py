@@ -3,6 +3,7 @@ the variable, the value and what it accepts (exit 2, no traceback)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import Field, fields
@@ -86,6 +87,16 @@ def test_every_field_is_read_from_its_own_bitware_variable() -> None:
         environ = {"BITWARE_WORKER_TOKEN": "given", variable: raw}  # no token file is read
         read = getattr(getattr(Settings.from_env(environ), group), f.name)
         assert read == value != f.default, variable
+
+
+def test_the_readme_table_lists_every_variable_with_its_field() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    listed = {}
+    for names, paths in re.findall(r"^\| (`BITWARE_[^|]*) \| ([^|]*) \|", section, re.MULTILINE):
+        pairs = zip(re.findall(r"`(\w+)`", names), re.findall(r"`([\w.]+)`", paths), strict=True)
+        listed.update(pairs)
+    assert listed == Settings.variables()
 
 
 def test_the_openai_standard_variables_stand_in_for_unset_bitware_ones() -> None:
