@@ -43,7 +43,8 @@ HTTP/JSON and Server-Sent Events in front of the Bitware Mesh gRPC servers.
 Send one credential: `X-API-Key` (client programs), `x-bitware-session-token` or the
 `bitware_session` cookie from `POST /api/auth/login` (people), or `Authorization: Bearer` with
 `X-Worker-ID` (workers and services). Every error answers `{"error": {"code", "message",
-"reason", "field_violations"}}`; `code` is the gRPC status name.
+"reason", "metadata", "field_violations"}}`; `code` is the gRPC status name, `reason` and
+`metadata` (the error's ids and limits) come from the server's `ErrorInfo`.
 """
 
 

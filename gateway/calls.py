@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from bitware_core import tracing
 from bitware_core.auth import API_KEY_HEADER, AUTHORIZATION_HEADER, SESSION_HEADER, WORKER_ID_HEADER
 from bitware_core.context import REQUEST_ID_HEADER, request_id_var
-from gateway.errors import GatewayError, invalid_argument
+from gateway.errors import InvalidInput, UpstreamsNotConnected
 from gateway.upstream import Upstream
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated type stubs
@@ -73,7 +73,7 @@ _PRINTABLE = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
 def _checked(header: str, value: str) -> str:
     # gRPC metadata values must be printable ASCII; refuse here rather than fail inside grpc.
     if not set(value) <= _PRINTABLE:
-        raise invalid_argument(f"header {header}", "must be printable ASCII")
+        raise InvalidInput(f"header {header}", "must be printable ASCII")
     return value.strip()
 
 
@@ -135,7 +135,7 @@ class Call:
 def upstream_of(request: Request) -> Upstream:
     upstream = getattr(request.app.state, "upstream", None)
     if upstream is None:
-        raise GatewayError(503, "UNAVAILABLE", "the gateway has not connected to its upstreams")
+        raise UpstreamsNotConnected()
     return cast(Upstream, upstream)
 
 

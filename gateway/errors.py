@@ -2,21 +2,30 @@
 one JSON body for every error the gateway answers, whoever raised it::
 
     {"error": {"code": "NOT_FOUND", "message": "...", "reason": "<ErrorInfo.reason>",
+               "metadata": {"request_id": "..."},
                "field_violations": [{"field": "...", "description": "..."}]}}
 
 `code` is the gRPC status name (`INVALID_ARGUMENT` for the gateway's own input checks, the HTTP
 status name for routing errors such as `METHOD_NOT_ALLOWED`); every key is always present.
 Details come from the `google.rpc.Status` the servers put in `grpc-status-details-bin`:
-`ErrorInfo` gives `reason`, `BadRequest` the field violations, `RetryInfo` the `Retry-After`.
+`ErrorInfo` gives `reason` and `metadata` (the error's fields: ids, limits), `BadRequest` the
+field violations, `RetryInfo` the `Retry-After`.
+
+The gateway's own errors (its reason and metadata are empty)::
+
+    GatewayError
+    ├── InvalidInput              400 INVALID_ARGUMENT: a header or resume position, as a
+    │                               field violation
+    └── UpstreamsNotConnected     503 UNAVAILABLE: the lifespan has not opened the channels
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import grpc
 from fastapi import FastAPI, Request
@@ -24,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("bitware.gateway")
@@ -61,6 +70,9 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     reason: str = ""
+    metadata: dict[str, str] = Field(
+        default={}, description="The error's fields (ids, limits), from `ErrorInfo.metadata`."
+    )
     field_violations: list[FieldViolationBody] = []
 
 
@@ -71,31 +83,50 @@ class ErrorBody(BaseModel):
 
 
 class GatewayError(Exception):
-    """An error the gateway itself answers (bad header, bad resume position, not yet started)."""
+    """An error the gateway itself answers; each subclass names its gRPC status code, which the
+    one table turns into the HTTP status."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        violations: Sequence[tuple[str, str]] = (),
-    ) -> None:
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, violations: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.violations = status, code, message, violations
+        self.message, self.violations = message, violations
+
+    @property
+    def status(self) -> int:
+        return http_status(self.code)
 
 
-def invalid_argument(field: str, description: str) -> GatewayError:
-    return GatewayError(400, "INVALID_ARGUMENT", f"{field}: {description}", [(field, description)])
+class InvalidInput(GatewayError):
+    """A header or query value the gateway checks itself, before any upstream sees it."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}", [(field, description)])
+        self.field, self.description = field, description
+
+
+class UpstreamsNotConnected(GatewayError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("the gateway has not connected to its upstreams")
 
 
 def error_body(
-    code: str, message: str, reason: str = "", violations: Iterable[tuple[str, str]] = ()
+    code: str,
+    message: str,
+    reason: str = "",
+    violations: Iterable[tuple[str, str]] = (),
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "error": {
             "code": code,
             "message": message,
             "reason": reason,
+            "metadata": dict(metadata or {}),
             "field_violations": [{"field": f, "description": d} for f, d in violations],
         }
     }
@@ -123,6 +154,7 @@ def rpc_error(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any], dict[st
     status = http_status(code)
     message = error.details() or code.name
     reason = ""
+    metadata: dict[str, str] = {}
     violations: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
     details = status_details(error)
@@ -130,7 +162,7 @@ def rpc_error(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any], dict[st
         if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             packed.Unpack(info)
-            reason = info.reason
+            reason, metadata = info.reason, dict(info.metadata)
         elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             packed.Unpack(bad)
@@ -142,7 +174,7 @@ def rpc_error(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any], dict[st
             headers["Retry-After"] = str(max(1, math.ceil(seconds)))
     if status == UNMAPPED_STATUS:
         message = f"upstream failed with {code.name}: {message}"
-    return status, error_body(code.name, message, reason, violations), headers
+    return status, error_body(code.name, message, reason, violations, metadata), headers
 
 
 async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
@@ -156,7 +188,7 @@ async def _on_rpc_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
     error = cast(GatewayError, exc)
-    body = error_body(error.code, error.message, violations=error.violations)
+    body = error_body(error.code.name, error.message, violations=error.violations)
     return JSONResponse(body, status_code=error.status)
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from bitware.granulator.v1 import granulator_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2
 from gateway.calls import CallDep, enum_value, reply
-from gateway.errors import ERROR_RESPONSES, invalid_argument
+from gateway.errors import ERROR_RESPONSES, InvalidInput
 from gateway.models import CancelExecutionBody, ExecutionStatus, Int32
 from gateway.schemas import returns, schema_of
 from gateway.sse import EventStreamResponse, WatchCall, execution_events
@@ -110,7 +110,7 @@ def _resume_after(last_event_id: str | None, after: int | None) -> int:
         return after or 0
     text = last_event_id.strip()
     if not text.isdigit():
-        raise invalid_argument("header Last-Event-ID", "must be a non-negative integer")
+        raise InvalidInput("header Last-Event-ID", "must be a non-negative integer")
     return int(text)
 
 

@@ -182,7 +182,7 @@ def test_the_status_table() -> None:
         status, body, _ = rpc_error(_failure(code))
         assert status == http_status, code
         assert body["error"]["code"] == code.name
-        assert set(body["error"]) == {"code", "message", "reason", "field_violations"}
+        assert set(body["error"]) == {"code", "message", "reason", "metadata", "field_violations"}
     _, body, _ = rpc_error(_failure(grpc.StatusCode.INTERNAL))
     assert body["error"]["message"] == "upstream failed with INTERNAL: went wrong"
 
