@@ -48,6 +48,7 @@ from bitware_core.metrics import BUCKETS, new_registry, serve_metrics, stop_metr
 
 log = logging.getLogger("bitware.server")
 
+#: What every handler of every server receives beside its request.
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 

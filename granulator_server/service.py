@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
@@ -14,11 +13,10 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import FieldViolation, InvalidArgument
+from bitware_core.server import Context
 from granulator_server import calls, jobs, models, template_store
 from granulator_server.domain import StructureTemplate
 from granulator_server.errors import NoStructure
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _type(name: str) -> Any:

@@ -7,7 +7,6 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from google.protobuf import duration_pb2
 from sqlalchemy.orm import Session
 
@@ -23,13 +22,12 @@ from bitware_core.auth import current_principal
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
 from bitware_core.errors import FieldViolation, InvalidArgument
+from bitware_core.server import Context
 from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
 from orchestrator_server.errors import TemplateDeprecated
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _enum(enum: Any, prefix: str, name: str) -> Any:

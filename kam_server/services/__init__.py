@@ -4,15 +4,13 @@ the logic modules, which run in one database transaction each (`Database.run`)."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import grpc
 from sqlalchemy.orm import Session
 
 from bitware_core.db import Database
 
 T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Handlers:

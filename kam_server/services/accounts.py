@@ -9,9 +9,10 @@ from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.errors import Violations
+from bitware_core.server import Context
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import accounts, audit, credentials, ledger, messages
-from kam_server.services import Context, Handlers
+from kam_server.services import Handlers
 
 
 class UserHandlers(Handlers, accounts_pb2_grpc.UserServiceServicer):

@@ -6,9 +6,10 @@ from bitware.kam.v1 import auth_pb2, auth_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import Credentials, current_principal
 from bitware_core.errors import FailedPrecondition, PermissionDenied, Violations
+from bitware_core.server import Context
 from kam_server import identity
 from kam_server.errors import BadCredential, LoginThrottled
-from kam_server.services import Context, Handlers
+from kam_server.services import Handlers
 
 
 class AuthHandlers(Handlers, auth_pb2_grpc.AuthServiceServicer):

@@ -8,9 +8,10 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import MeshError, Violations
+from bitware_core.server import Context
 from kam_server import messages, requests
 from kam_server.orchestrator_client import OrchestratorClient
-from kam_server.services import Context, Handlers
+from kam_server.services import Handlers
 
 
 class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):

@@ -6,8 +6,9 @@ from bitware.kam.v1 import templates_pb2, templates_pb2_grpc
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.errors import Violations
+from bitware_core.server import Context
 from kam_server import catalog, messages
-from kam_server.services import Context, Handlers
+from kam_server.services import Handlers
 
 
 class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):

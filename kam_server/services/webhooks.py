@@ -6,8 +6,9 @@ from bitware.kam.v1 import webhooks_pb2, webhooks_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
+from bitware_core.server import Context
 from kam_server import models, webhooks
-from kam_server.services import Context, Handlers
+from kam_server.services import Handlers
 
 _STATUS = {
     "pending": webhooks_pb2.DELIVERY_STATUS_PENDING,
