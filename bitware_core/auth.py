@@ -31,6 +31,8 @@ AUTHORIZATION_HEADER = "authorization"
 
 # Caller tags used by access tables. A user's tag is its role; an API key acts as a client.
 ADMIN, SUPPORT, CLIENT, WORKER, SERVICE = "admin", "support", "client", "worker", "service"
+#: The people who run the mesh (no client, no machine).
+STAFF = frozenset({ADMIN, SUPPORT})
 READERS = frozenset({ADMIN, SUPPORT, CLIENT, SERVICE})
 ANYONE = frozenset({ADMIN, SUPPORT, CLIENT, WORKER, SERVICE})
 PUBLIC: frozenset[str] = frozenset()

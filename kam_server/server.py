@@ -23,7 +23,7 @@ from bitware_core.auth import (
     PUBLIC,
     READERS,
     SERVICE,
-    SUPPORT,
+    STAFF,
     Credentials,
     Principal,
 )
@@ -49,8 +49,8 @@ from kam_server.services.webhooks import WebhookHandlers
 # client principal only ever sees its own client; API keys cannot manage API keys; a user may
 # read itself. tests/kam/test_authorization.py holds the full matrix.
 ADMINS = frozenset({ADMIN})
-STAFF = frozenset({ADMIN, SUPPORT})
-ACTORS = frozenset({ADMIN, CLIENT})
+#: A client acting on its own account, or an admin acting for one.
+CLIENT_OR_ADMIN = frozenset({ADMIN, CLIENT})
 
 
 class _LocalAuthenticator:
@@ -139,9 +139,9 @@ class KamServer(MeshServer):
                 "ApiKeyService",
                 ApiKeyHandlers(db),
                 {
-                    "CreateApiKey": ACTORS,
+                    "CreateApiKey": CLIENT_OR_ADMIN,
                     "ListApiKeys": READERS,
-                    "RevokeApiKey": ACTORS,
+                    "RevokeApiKey": CLIENT_OR_ADMIN,
                 },
             ),
             svc(
@@ -179,12 +179,12 @@ class KamServer(MeshServer):
                 "RequestService",
                 RequestHandlers(db, self.orchestrator),
                 {
-                    "CreateRequest": ACTORS,
+                    "CreateRequest": CLIENT_OR_ADMIN,
                     "GetRequest": READERS,
                     "ListRequests": READERS,
-                    "ExecuteRequest": ACTORS,
-                    "RetryRequest": ACTORS,
-                    "CancelRequest": ACTORS,
+                    "ExecuteRequest": CLIENT_OR_ADMIN,
+                    "RetryRequest": CLIENT_OR_ADMIN,
+                    "CancelRequest": CLIENT_OR_ADMIN,
                     "RecordExecutionOutcome": frozenset({SERVICE}),
                 },
             ),
@@ -193,9 +193,9 @@ class KamServer(MeshServer):
                 "WebhookService",
                 WebhookHandlers(db, key, settings.webhooks.allow_insecure),
                 {
-                    "CreateWebhookEndpoint": ACTORS,
+                    "CreateWebhookEndpoint": CLIENT_OR_ADMIN,
                     "ListWebhookEndpoints": READERS,
-                    "DeleteWebhookEndpoint": ACTORS,
+                    "DeleteWebhookEndpoint": CLIENT_OR_ADMIN,
                     "ListWebhookDeliveries": READERS,
                 },
             ),

@@ -12,7 +12,15 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from bitware_core.auth import ADMIN, CLIENT, READERS, SERVICE, SUPPORT, WORKER, KamAuthenticator
+from bitware_core.auth import (
+    ADMIN,
+    CLIENT,
+    READERS,
+    SERVICE,
+    STAFF,
+    WORKER,
+    KamAuthenticator,
+)
 from bitware_core.config import Settings
 from bitware_core.db import Database
 from bitware_core.metrics import new_registry
@@ -24,11 +32,13 @@ from orchestrator_server.executions import APPENDED, EVENTS_CHANNEL
 from orchestrator_server.kam_client import KamClient
 from orchestrator_server.service import OrchestratorHandlers, RegistryHandlers
 
-ACTORS = frozenset({ADMIN, CLIENT, SERVICE})
 #: Who may start or retry executions: KAM, which admits them (tier, budget, rate) and charges
 #: them, and admins. A client goes through KAM's RequestService.
 ADMITTERS = frozenset({ADMIN, SERVICE})
-STAFF = frozenset({ADMIN, SUPPORT, SERVICE})
+#: Who may cancel an execution: its client, an admin, or KAM (RequestService.CancelRequest).
+CANCELLERS = frozenset({ADMIN, CLIENT, SERVICE})
+#: Who may list the registered workers: the staff and the mesh's own services.
+STAFF_AND_SERVICES = STAFF | {SERVICE}
 
 
 class OrchestratorServer(MeshServer):
@@ -55,7 +65,7 @@ class OrchestratorServer(MeshServer):
                     "ExecutePipeline": ADMITTERS,
                     "GetExecution": READERS,
                     "ListExecutions": READERS,
-                    "CancelExecution": ACTORS,
+                    "CancelExecution": CANCELLERS,
                     "RetryExecution": ADMITTERS,
                     "WatchExecution": READERS,
                     "GetQueue": READERS,
@@ -69,7 +79,7 @@ class OrchestratorServer(MeshServer):
                 {
                     "RegisterWorker": frozenset({WORKER}),
                     "Heartbeat": frozenset({WORKER}),
-                    "ListWorkers": STAFF,
+                    "ListWorkers": STAFF_AND_SERVICES,
                     "DeregisterWorker": frozenset({ADMIN, WORKER}),
                 },
             ),
