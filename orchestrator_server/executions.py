@@ -1,5 +1,10 @@
-"""Executions, stages and attempts as explicit state machines, the durable priority queue and
-the ordered event log. Plain synchronous logic on a SQLAlchemy session; no grpc here."""
+"""Executions, stages and attempts as explicit state machines: creating an execution with its
+stages, the queue key and fair turns of what is enqueued, the ordered event log, reading,
+cancelling, retrying and expiring executions. The claim itself is in `queue`, what becomes of
+an attempt in `outcomes`.
+
+Plain synchronous logic, no grpc: the per-stage path on a `Tx` (hand-written SQL), reading,
+cancelling and retrying on a SQLAlchemy session (`Tx.of(session)` where both meet)."""
 
 from __future__ import annotations
 
