@@ -38,8 +38,10 @@ from granulator_server.domain import (
 from granulator_server.domain.offline import generate_offline
 from granulator_server.domain.validation import INTEGRITY_RULES
 from granulator_server.errors import (
-    InvalidStageInput,
+    NoPreviousJob,
+    PreviousJobNotReady,
     StageFailure,
+    WorkerError,
     WorkerLost,
     WorkerRestarted,
 )
@@ -177,7 +179,7 @@ class StageRunner:
         except Exception as error:  # a bug: reported as INTERNAL so the stage can be retried
             log.exception("stage failed", extra={"job": job_id})
             outcome = failure_outcome(
-                StageFailure("WORKER_ERROR", f"{type(error).__name__}", usage=usage_of(meters))
+                WorkerError(f"{type(error).__name__}", usage=usage_of(meters))
             )
         message = outcome["error"]["message"]
         await self.db.run_tx(
@@ -285,11 +287,9 @@ class StageRunner:
         target_id = work.previous_job_id
         target = await self.db.run(lambda s: jobs.find_by_id(s, target_id))
         if target is None or target.client_id != work.client_id:
-            raise InvalidStageInput("NO_PREVIOUS_JOB", f"job {target_id!r} not found")
+            raise NoPreviousJob(target_id)
         if target.status != "completed" or not target.document:
-            raise InvalidStageInput(
-                "PREVIOUS_JOB_NOT_READY", f"job {target_id} is {target.status}; nothing to validate"
-            )
+            raise PreviousJobNotReady(target_id, target.status)
         found = await self.db.run(lambda s: template_store.resolve(s, target.template_name))
         template = found[0] if found else work.template
         granularity = int(target.spec.get("granularity", work.spec["granularity"]))

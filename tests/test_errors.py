@@ -1,9 +1,11 @@
 """Every domain error has a reason of its own and maps to a status, with its fields as
-`ErrorInfo.metadata`: a walk over every `MeshError` class of the core and the three servers."""
+`ErrorInfo.metadata`: a walk over every `MeshError` class of the core and the three servers, and
+over the granulator's `StageFailure` classes (a reason each, a known error class)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from datetime import datetime
@@ -17,9 +19,11 @@ from google.rpc import error_details_pb2, status_pb2
 import granulator_server.errors
 import kam_server.errors
 import orchestrator_server.errors
+from bitware.worker.v1 import worker_pb2
 from bitware_core import errors
 from bitware_core.errors import NOT_METADATA, FieldViolation, MeshError
 from bitware_core.server import status_for
+from granulator_server.errors import StageFailure
 
 #: Each server's errors module and the ErrorInfo domain its server answers with.
 SERVERS: dict[str, tuple[types.ModuleType, str]] = {
@@ -126,3 +130,29 @@ def test_abstract_bases_are_raised_only_as_their_subclasses() -> None:
     for cls in ABSTRACT:
         assert cls.__subclasses__(), cls
         assert f"raise {cls.__name__}(" not in source
+
+
+def stage_failures() -> list[type[StageFailure]]:
+    found = [
+        value
+        for value in vars(granulator_server.errors).values()
+        if isinstance(value, type) and issubclass(value, StageFailure)
+    ]
+    return sorted(found, key=lambda cls: cls.__qualname__)
+
+
+def test_every_stage_failure_has_a_reason_of_its_own_and_a_known_error_class() -> None:
+    by_reason: dict[str, list[str]] = {}
+    for cls in stage_failures():
+        assert worker_pb2.ErrorClass.Value(f"ERROR_CLASS_{cls.error_class}"), cls
+        if not cls.reason:  # a family: raised only as one of its subclasses
+            assert cls.__subclasses__(), f"{cls.__qualname__} has no reason and no subclass"
+            continue
+        assert cls.reason == cls.reason.upper(), cls
+        by_reason.setdefault(cls.reason, []).append(cls.__qualname__)
+    assert not {reason: names for reason, names in by_reason.items() if len(names) > 1}
+    families = [cls.__name__ for cls in stage_failures() if not cls.reason]
+    package = Path(granulator_server.errors.__file__).parent
+    for path in set(package.rglob("*.py")) - {Path(granulator_server.errors.__file__)}:
+        text = path.read_text()
+        assert not [name for name in families if re.search(rf"\b{name}\(", text)], path

@@ -56,11 +56,21 @@ from bitware_core import tracing
 from bitware_core.config import Settings
 from granulator_server.domain import StructureTemplate, build_prompt
 from granulator_server.errors import (
+    ContentFiltered,
+    FormatRejected,
+    InvalidJson,
     InvalidOutput,
+    ProviderBadRequest,
     ProviderMisconfigured,
+    ProviderRateLimited,
     ProviderRefused,
     ProviderRejected,
-    ProviderTransient,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SchemaViolation,
+    StageFailure,
+    TruncatedOutput,
 )
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import formats, judging
@@ -103,10 +113,11 @@ class Reply:
 class _Failure:
     """What a failed call means: `kind` is `format` (the structured-output request was
     rejected), `extras` (an optional parameter was), `transient` (retry), or `misconfigured` /
-    `rejected` (fail the stage)."""
+    `rejected` (fail the stage); `error` is what the stage fails with (not for `format` and
+    `extras`, which are handled here)."""
 
     kind: str
-    reason: str = ""
+    error: type[StageFailure] = StageFailure
     message: str = ""
     wait: float | None = None
     #: For `format`: the body named the format, so the rejection is certain.
@@ -314,8 +325,7 @@ class OpenAIProvider:
             )
             if reply.finish_reason == "length":
                 if scale > 1:
-                    raise InvalidOutput(
-                        "TRUNCATED",
+                    raise TruncatedOutput(
                         f"the reply was cut off at {reply.max_tokens} tokens, even with "
                         f"{scale}× the budget",
                         usage=meter.as_dict(),
@@ -323,22 +333,22 @@ class OpenAIProvider:
                 # Never continue a cut-off reply: ask again from scratch with more room.
                 scale, why = self.truncation_factor, "TRUNCATED"
                 continue
+            failed: type[InvalidOutput]
             try:
                 document = parse_object(reply.content)
             except ReplyError as error:
-                reason, problems = "INVALID_JSON", [str(error)]
+                failed, problems = InvalidJson, [str(error)]
             else:
                 problems = problems_of(document)
                 if not problems:
                     return document
-                reason = "SCHEMA_VIOLATION"
+                failed = SchemaViolation
             if reasks >= self.max_reasks:
-                raise InvalidOutput(
-                    reason,
+                raise failed(
                     f"no valid structure after {reasks + 1} replies: " + "; ".join(problems[:5]),
                     usage=meter.as_dict(),
                 )
-            reasks, why = reasks + 1, reason
+            reasks, why = reasks + 1, failed.reason
             messages = [*messages, *_reask(reply.content, problems)]
 
     async def complete(
@@ -379,8 +389,7 @@ class OpenAIProvider:
             need = sum(estimate_tokens(m["content"]) for m in shaped) + request["max_tokens"]
             wait = endpoint.health.wait(need, now)
             if wait > self.max_retry_wait:
-                raise ProviderTransient(
-                    "RATE_LIMITED",
+                raise ProviderRateLimited(
                     f"{endpoint.name} has no room for {wait:.1f}s (its rate-limit headers)",
                     retry_after=wait,
                     usage=meter.as_dict(),
@@ -398,16 +407,14 @@ class OpenAIProvider:
                 if rejections:
                     endpoint.modes.worked(mode, rejections)
                 if reply.refusal or reply.finish_reason == "content_filter":
-                    raise ProviderRefused(
-                        "CONTENT_FILTERED" if not reply.refusal else "REFUSED",
+                    refused = ProviderRefused if reply.refusal else ContentFiltered
+                    raise refused(
                         reply.refusal or "the provider's content filter stopped the reply",
                         usage=meter.as_dict(),
                     )
                 return reply
-            if failure.kind == "misconfigured":
-                raise ProviderMisconfigured(failure.reason, failure.message, usage=meter.as_dict())
-            if failure.kind == "rejected":
-                raise ProviderRejected(failure.reason, failure.message, usage=meter.as_dict())
+            if failure.kind in ("misconfigured", "rejected"):
+                raise failure.error(failure.message, usage=meter.as_dict())
             if failure.kind == "extras":
                 rejected = sorted(name for name in endpoint.extras if name in failure.message)
                 log.warning(
@@ -425,8 +432,7 @@ class OpenAIProvider:
                     endpoint.modes.rejected(mode)
                 weaker = endpoint.modes.weaker(mode)
                 if weaker is None:  # a mode named by configuration
-                    raise ProviderRejected(
-                        "FORMAT_REJECTED",
+                    raise FormatRejected(
                         f"{endpoint.name} rejected structured-output mode {mode} "
                         f"({failure.message}); BITWARE_OPENAI_STRUCTURED=auto finds one it takes",
                         usage=meter.as_dict(),
@@ -434,7 +440,7 @@ class OpenAIProvider:
                 rejections.append(f"{mode}: {failure.message[:200]}")
                 mode, why = weaker, "FORMAT_REJECTED"
                 continue
-            failures, spent, why = failures + 1, spent + 1, failure.reason
+            failures, spent, why = failures + 1, spent + 1, failure.error.reason
             self._count_failure(endpoint, now)
             if spent < self._most_failures and self._pick(time.monotonic()) is not endpoint:
                 continue  # another endpoint takes over at once
@@ -444,13 +450,14 @@ class OpenAIProvider:
                 or delay > self.max_retry_wait
                 or spent >= self._most_failures
             ):
-                raise ProviderTransient(
-                    failure.reason,
+                raise failure.error(
                     f"{endpoint.name}: {failure.message} (after {failures} attempts)",
                     retry_after=delay,
                     usage=meter.as_dict(),
                 )
-            log.info("retrying the model call", extra={"reason": failure.reason, "delay_s": delay})
+            log.info(
+                "retrying the model call", extra={"reason": failure.error.reason, "delay_s": delay}
+            )
             if failure.wait is None:  # a wait the server asked for is kept by its Health
                 await asyncio.sleep(delay)
 
@@ -489,9 +496,9 @@ class OpenAIProvider:
     ) -> _Failure:
         """What a failed call means."""
         if isinstance(error, TimeoutError | openai.APITimeoutError):
-            return _Failure("transient", "PROVIDER_TIMEOUT", f"no reply in {self.timeout}s")
+            return _Failure("transient", ProviderTimeout, f"no reply in {self.timeout}s")
         if not isinstance(error, openai.APIStatusError):  # connection errors, broken streams
-            return _Failure("transient", "PROVIDER_UNREACHABLE", error.message)
+            return _Failure("transient", ProviderUnreachable, error.message)
         status, text = error.status_code, _describe(error)
         if status in (400, 422) and any(name in text for name in endpoint.extras):
             return _Failure("extras", message=text)
@@ -506,13 +513,12 @@ class OpenAIProvider:
             # only once it works (if every mode gets a 400, the request itself is wrong).
             return _Failure("format", message=text)
         if status in (401, 403, 404):
-            return _Failure("misconfigured", "PROVIDER_MISCONFIGURED", text)
+            return _Failure("misconfigured", ProviderMisconfigured, text)
         if status == 429 or status >= 500:
-            reason = "RATE_LIMITED" if status == 429 else "PROVIDER_UNAVAILABLE"
-            return _Failure("transient", reason, text, retry_after(error.response.headers))
+            busy = ProviderRateLimited if status == 429 else ProviderUnavailable
+            return _Failure("transient", busy, text, retry_after(error.response.headers))
         # Any other 4xx: the request itself is wrong.
-        reason = "PROVIDER_BAD_REQUEST" if status == 400 else "PROVIDER_REJECTED"
-        return _Failure("rejected", reason, text)
+        return _Failure("rejected", ProviderBadRequest if status == 400 else ProviderRejected, text)
 
     def _backoff(self, failures: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
