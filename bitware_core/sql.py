@@ -173,10 +173,18 @@ def _model_row(model: type[M], values: dict[str, Any]) -> M:
     return row
 
 
+_COLUMNS: dict[tuple[type, str], str] = {}
+
+
 def columns(model: type, alias: str = "") -> str:
     """The model's columns for a SELECT list (`alias."col"`), in the order `from_row` reads."""
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + _quoted(n) for n in _shape(model).columns)
+    listed = _COLUMNS.get((model, alias))
+    if listed is None:
+        prefix = f"{alias}." if alias else ""
+        listed = _COLUMNS[model, alias] = ", ".join(
+            prefix + _quoted(n) for n in _shape(model).columns
+        )
+    return listed
 
 
 def width(model: type) -> int:
@@ -193,13 +201,26 @@ def from_row(tx: Tx, model: type[M], values: Sequence[Any]) -> M:
 
 
 def select_rows(
-    tx: Tx, model: type[M], where: str, params: Mapping[str, Any] | None = None, lock: str = ""
+    tx: Tx,
+    model: type[M],
+    where: str,
+    params: Mapping[str, Any] | None = None,
+    lock: str = "",
+    only: tuple[str, ...] = (),
 ) -> list[M]:
     """Rows of `model` (as detached model objects) `WHERE <where>`, with SQL by hand; `lock` is
-    a `Tx.lock` clause."""
-    table = _shape(model).table
-    rows = tx.all(f"SELECT {columns(model)} FROM {table} WHERE {where}{lock}", params)
-    return [from_row(tx, model, row) for row in rows]
+    a `Tx.lock` clause. With `only`, just those columns are read (and converted): the objects
+    lack the others, so only code that reads nothing else may be given them."""
+    shape = _shape(model)
+    if not only:
+        rows = tx.all(f"SELECT {columns(model)} FROM {shape.table} WHERE {where}{lock}", params)
+        return [from_row(tx, model, row) for row in rows]
+    listed = ", ".join(map(_quoted, only))
+    rows = tx.all(f"SELECT {listed} FROM {shape.table} WHERE {where}{lock}", params)
+    return [
+        _model_row(model, {n: _out(tx, shape, n, v) for n, v in zip(only, row, strict=True)})
+        for row in rows
+    ]
 
 
 def update_row(tx: Tx, row: Any, *columns: str) -> None:

@@ -201,6 +201,15 @@ class NewExecution:
 def create(tx: Tx, new: NewExecution) -> str:
     """Stores a new execution with its stages, the first one queued; returns its id (that of
     the existing execution for a known idempotency key)."""
+    return start(tx, new)[0].id
+
+
+def start(
+    tx: Tx, new: NewExecution
+) -> tuple[models.Execution, list[models.Stage], list[models.Attempt]]:
+    """`create`, returning the execution with its stages and attempts (as `load_full` reads
+    them): those of the existing execution for a known idempotency key, read from the
+    database; a new one's as written, without reading them back."""
     problems = Violations()
     problems.check(bool(new.spec.get("topic", "").strip()), "spec.topic", "is required")
     problems.check(1 <= int(new.spec.get("granularity", 0)) <= 5, "spec.granularity", "must be 1-5")
@@ -213,7 +222,7 @@ def create(tx: Tx, new: NewExecution) -> str:
             {"client": new.client_id, "key": new.idempotency_key},
         )
         if existing is not None:
-            return str(existing[0])
+            return load_full(tx, str(existing[0]))
     now = utcnow()
     priority = PRIORITIES[new.priority or "normal"]
     timeout_s = float(new.template.get("execution_timeout_s") or 0)
@@ -268,7 +277,7 @@ def create(tx: Tx, new: NewExecution) -> str:
     )
     insert_rows(tx, models.Execution, [values_of(execution)])
     insert_rows(tx, models.Stage, [values_of(stage) for stage in stages])
-    return execution.id
+    return execution, stages, []
 
 
 def _check_stages(template: dict[str, Any]) -> None:

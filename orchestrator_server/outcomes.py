@@ -71,13 +71,37 @@ def _current(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Ex
     return stage, execution
 
 
+#: What accepting an attempt and logging its progress read of the execution and the stage:
+#: what `append_event`, `progress` and `stage_fields` use, not the wide JSON columns.
+_HEAD_EXECUTION = ("id", "status", "last_sequence", "stages_done", "stages_total")
+_HEAD_STAGE = ("id", "order", "attempts", "status", "epoch")
+
+
+def _current_head(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
+    """`_current`, reading only the columns of `_HEAD_STAGE` and `_HEAD_EXECUTION`."""
+    [execution] = select_rows(
+        tx,
+        models.Execution,
+        "id = (SELECT execution_id FROM stages WHERE id = :id)",
+        {"id": stage_id},
+        tx.lock(),
+        only=_HEAD_EXECUTION,
+    )
+    [stage] = select_rows(
+        tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock(), only=_HEAD_STAGE
+    )
+    if stage.epoch != epoch or stage.status != "running":
+        raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
+    return stage, execution
+
+
 def _save(tx: Tx, stage: models.Stage, execution: models.Execution) -> None:
     update_row(tx, stage, *_STAGE_CHANGES)
     update_row(tx, execution, *_EXECUTION_CHANGES)
 
 
 def record_accept(tx: Tx, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current_head(tx, claim_.stage_id, claim_.epoch)
     tx.execute(
         "UPDATE attempts SET status = 'running' WHERE stage_id = :id AND epoch = :epoch",
         {"id": stage.id, "epoch": claim_.epoch},
@@ -96,7 +120,7 @@ def record_accept(tx: Tx, claim_: Claim, worker_id: str) -> None:
 def record_progress(tx: Tx, claim_: Claim, events: list[tuple[str, str, float]]) -> None:
     """Appends the worker's progress events (phase, message, fraction), read together, in one
     transaction."""
-    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current_head(tx, claim_.stage_id, claim_.epoch)
     for phase, message, fraction in events:
         append_event(
             tx,

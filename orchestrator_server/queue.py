@@ -256,7 +256,12 @@ def _claim_one(
         execution.started_at = now
         changed += ["status", "started_at"]
         append_event(tx, execution, "EXECUTION_STARTED", message="started")
-    offers = tx.one("SELECT count(*) FROM attempts WHERE stage_id = :id", {"id": stage.id})[0]
+    # A stage claimed for the first time (its first epoch) has no attempt rows yet.
+    offers = (
+        tx.one("SELECT count(*) FROM attempts WHERE stage_id = :id", {"id": stage.id})[0]
+        if stage.epoch > 1
+        else 0
+    )
     insert_rows(
         tx,
         models.Attempt,

@@ -177,9 +177,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             idempotency_key=request.idempotency_key,
             client_concurrency=request.client_concurrency_limit,
         )
-        row, stages, attempts = await self.db.run_tx(
-            lambda tx: executions.load_full(tx, executions.create(tx, new))
-        )
+        row, stages, attempts = await self.db.run_tx(lambda tx: executions.start(tx, new))
         execution_id_var.set(row.id)  # this call's log line names the execution it started
         self.dispatcher.remember_trace(row.id)
         self.dispatcher.wake.set()
