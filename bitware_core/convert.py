@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
 from bitware.common.v1 import common_pb2
@@ -40,6 +40,18 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
     return stamp
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """`seconds` as a Duration, to the millisecond."""
+    value = duration_pb2.Duration()
+    value.FromMilliseconds(int(seconds * 1000))
+    return value
+
+
+def seconds(value: duration_pb2.Duration) -> float:
+    """A Duration in seconds (zero when it is not set)."""
+    return value.seconds + value.nanos / 1e9
 
 
 def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct:

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeAlias
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from bitware_core import logs, tracing
+from bitware_core import convert, logs, tracing
 from bitware_core.auth import PUBLIC, Authenticator, Credentials, authorise, principal_var
 from bitware_core.config import Settings, SettingsError
 from bitware_core.context import (
@@ -108,9 +108,7 @@ def status_for(error: MeshError, domain: str) -> grpc.Status:
             )
         )
     if error.retry_after is not None:
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after * 1000))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(error_details_pb2.RetryInfo(retry_delay=convert.duration(error.retry_after)))
     packed = []
     for detail in details:
         wrapper = any_pb2.Any()

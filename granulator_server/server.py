@@ -13,6 +13,7 @@ import grpc
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
+from bitware_core import convert
 from bitware_core.auth import ADMIN, READERS, SERVICE, KamAuthenticator
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings, SettingsError
@@ -153,7 +154,7 @@ class GranulatorServer(MeshServer):
                         metadata=metadata,
                         wait_for_ready=True,
                     )
-                    interval = response.heartbeat_interval.ToTimedelta().total_seconds()
+                    interval = convert.seconds(response.heartbeat_interval)
                     registered = True
                     log.info("registered with the orchestrator", extra={"address": address})
                 else:

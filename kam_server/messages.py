@@ -3,22 +3,12 @@ handlers (the logic never sees protobuf)."""
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from bitware_core import convert
 from kam_server import catalog, ledger, models
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromMilliseconds(int(seconds * 1000))
-    return value
-
-
-def seconds(value: duration_pb2.Duration) -> float:
-    return value.seconds + value.nanos / 1e9
 
 
 def mask_paths(mask: field_mask_pb2.FieldMask) -> list[str]:
@@ -146,11 +136,11 @@ def template_to_proto(row: models.MasterTemplate) -> templates_pb2.MasterTemplat
             action=stage["action"],
             structure_template=stage.get("structure_template", ""),
             params=stage.get("params", {}),
-            timeout=duration(stage.get("timeout_s", catalog.DEFAULT_TIMEOUT_S)),
+            timeout=convert.duration(stage.get("timeout_s", catalog.DEFAULT_TIMEOUT_S)),
             retry_policy=templates_pb2.RetryPolicy(
                 max_attempts=stage["retry_policy"]["max_attempts"],
-                initial_backoff=duration(stage["retry_policy"]["initial_backoff_s"]),
-                max_backoff=duration(stage["retry_policy"]["max_backoff_s"]),
+                initial_backoff=convert.duration(stage["retry_policy"]["initial_backoff_s"]),
+                max_backoff=convert.duration(stage["retry_policy"]["max_backoff_s"]),
                 backoff_multiplier=stage["retry_policy"]["backoff_multiplier"],
                 non_retryable_errors=stage["retry_policy"]["non_retryable_errors"],
             ),
@@ -171,7 +161,7 @@ def template_to_proto(row: models.MasterTemplate) -> templates_pb2.MasterTemplat
         cost_estimate_usd=row.cost_estimate_usd,
         deprecated=row.deprecated,
         create_time=convert.timestamp(row.created_at),
-        execution_timeout=duration(row.execution_timeout_s),
+        execution_timeout=convert.duration(row.execution_timeout_s),
     )
 
 
@@ -197,12 +187,12 @@ def template_from_proto(message: templates_pb2.MasterTemplate) -> catalog.Templa
             action=stage.action,
             structure_template=stage.structure_template,
             params=dict(stage.params),
-            timeout_s=seconds(stage.timeout),
+            timeout_s=convert.seconds(stage.timeout),
             retry_policy=(
                 catalog.RetryPolicy(
                     max_attempts=stage.retry_policy.max_attempts,
-                    initial_backoff_s=seconds(stage.retry_policy.initial_backoff),
-                    max_backoff_s=seconds(stage.retry_policy.max_backoff),
+                    initial_backoff_s=convert.seconds(stage.retry_policy.initial_backoff),
+                    max_backoff_s=convert.seconds(stage.retry_policy.max_backoff),
                     backoff_multiplier=stage.retry_policy.backoff_multiplier,
                     non_retryable_errors=list(stage.retry_policy.non_retryable_errors),
                 )
@@ -221,7 +211,7 @@ def template_from_proto(message: templates_pb2.MasterTemplate) -> catalog.Templa
         stages=stages,
         allowed_tiers=tiers,
         cost_estimate_usd=message.cost_estimate_usd,
-        execution_timeout_s=seconds(message.execution_timeout),
+        execution_timeout_s=convert.seconds(message.execution_timeout),
     )
 
 

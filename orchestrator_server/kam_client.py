@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 
 from bitware.kam.v1 import (
     requests_pb2,
@@ -24,16 +23,12 @@ from orchestrator_server import models
 from orchestrator_server.errors import TemplateNotFound
 
 
-def _seconds(duration: duration_pb2.Duration) -> float:
-    return duration.ToTimedelta().total_seconds()
-
-
 def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
     return {
         "name": template.name,
         "version": template.version,
         "deprecated": template.deprecated,
-        "execution_timeout_s": _seconds(template.execution_timeout),
+        "execution_timeout_s": convert.seconds(template.execution_timeout),
         "stages": [
             {
                 "order": s.order,
@@ -42,12 +37,12 @@ def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
                 "action": s.action,
                 "structure_template": s.structure_template,
                 "params": dict(s.params),
-                "timeout_s": _seconds(s.timeout) or 120.0,
+                "timeout_s": convert.seconds(s.timeout) or 120.0,
                 "min_quality_score": s.min_quality_score,
                 "retry_policy": {
                     "max_attempts": s.retry_policy.max_attempts or 1,
-                    "initial_backoff_s": _seconds(s.retry_policy.initial_backoff),
-                    "max_backoff_s": _seconds(s.retry_policy.max_backoff),
+                    "initial_backoff_s": convert.seconds(s.retry_policy.initial_backoff),
+                    "max_backoff_s": convert.seconds(s.retry_policy.max_backoff),
                     "backoff_multiplier": s.retry_policy.backoff_multiplier or 2.0,
                     "non_retryable_errors": list(s.retry_policy.non_retryable_errors),
                 },

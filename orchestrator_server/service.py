@@ -7,7 +7,6 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2
 from sqlalchemy.orm import Session
 
 from bitware.common.v1 import common_pb2
@@ -307,8 +306,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         stats = await self.db.run_tx(functools.partial(queue.queue_stats, client_id=client_id))
         levels = []
         for priority, (depth, oldest) in stats["levels"].items():
-            wait = duration_pb2.Duration()
-            wait.FromMilliseconds(int(oldest * 1000))
+            wait = convert.duration(oldest)
             levels.append(
                 orchestrator_pb2.QueueLevel(
                     priority=_enum(
@@ -365,11 +363,10 @@ class RegistryHandlers(registry_pb2_grpc.WorkerRegistryServiceServicer):
             )
         )
         self.dispatcher.workers_changed()
-        interval, timeout = duration_pb2.Duration(), duration_pb2.Duration()
-        interval.FromMilliseconds(int(self.interval * 1000))
-        timeout.FromMilliseconds(int(self.timeout * 1000))
         return registry_pb2.RegisterWorkerResponse(
-            worker=worker_to_proto(row), heartbeat_interval=interval, heartbeat_timeout=timeout
+            worker=worker_to_proto(row),
+            heartbeat_interval=convert.duration(self.interval),
+            heartbeat_timeout=convert.duration(self.timeout),
         )
 
     async def Heartbeat(

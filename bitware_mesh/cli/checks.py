@@ -25,6 +25,7 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from bitware_core import convert
 from bitware_mesh.cli.common import (
     CALL_TIMEOUT,
     CliError,
@@ -221,7 +222,7 @@ async def queue_command(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for level in queue.levels:
-        wait = level.oldest_wait.ToTimedelta().total_seconds()
+        wait = convert.seconds(level.oldest_wait)
         rows.append(
             (
                 words(common_pb2.Priority.Name(level.priority), "PRIORITY_"),

@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import (
@@ -27,6 +26,7 @@ from bitware.kam.v1 import (
     templates_pb2_grpc,
 )
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core import convert
 from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
@@ -168,7 +168,7 @@ class Session:
                             capability="granulate",
                             action="generate",
                             structure_template="course",
-                            timeout=_seconds(2.0),
+                            timeout=convert.duration(2.0),
                             retry_policy=templates_pb2.RetryPolicy(max_attempts=1),
                         )
                     ],
@@ -179,12 +179,6 @@ class Session:
             timeout=10,
         )
         return "course_hasty"
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromMilliseconds(int(value * 1000))
-    return duration
 
 
 async def test_the_client_is_charged_exactly_what_every_attempt_cost(

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -124,12 +123,6 @@ class Kam:
 async def kam(mesh: InProcessMesh) -> AsyncIterator[Kam]:
     async with grpc.aio.insecure_channel(mesh.kam.address) as channel:
         yield Kam(channel)
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromMilliseconds(int(value * 1000))
-    return duration
 
 
 def stage(order: int = 1, capability: str = "granulate", **fields: Any) -> Any:

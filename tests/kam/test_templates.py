@@ -12,8 +12,9 @@ from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import templates_pb2
+from bitware_core import convert
 from tests.common import PARKED_CAPABILITY, Client
-from tests.kam.helpers import fails, kam, reason, seconds, stage, template, violated_fields
+from tests.kam.helpers import fails, kam, reason, stage, template, violated_fields
 
 
 async def test_an_existing_name_gets_a_new_immutable_version(client: Client) -> None:
@@ -52,7 +53,9 @@ async def test_invalid_definitions_are_rejected_with_a_violation_per_problem(
         structure_type=common_pb2.STRUCTURE_TYPE_COURSE,
         allowed_tiers=[common_pb2.TIER_BASIC, 9],
         stages=[
-            stage(1, capability="Granulate-It", timeout=seconds(-1), min_quality_score=101),
+            stage(
+                1, capability="Granulate-It", timeout=convert.duration(-1), min_quality_score=101
+            ),
             stage(
                 1,
                 retry_policy=templates_pb2.RetryPolicy(max_attempts=11, backoff_multiplier=0.5),

@@ -18,6 +18,7 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware.orchestrator.v1 import registry_pb2, registry_pb2_grpc
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
+from bitware_core import convert
 from bitware_mesh.inprocess import InProcessMesh
 
 #: What an attempt stopped midway reports to have consumed.
@@ -75,7 +76,7 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
                 message="scripted decline",  # type: ignore[arg-type]
                 worker_id=self.worker_id,
             )
-            response.retry_after.FromMilliseconds(int(step.retry_after * 1000))
+            response.retry_after.CopyFrom(convert.duration(step.retry_after))
             return response
         self._accepted[(request.stage.stage_id, request.stage.attempt)] = step
         self._client_of[(request.stage.stage_id, request.stage.attempt)] = request.client_id
