@@ -8,7 +8,8 @@ sees them (a client user only its own executions and requests; staff every clien
   running total, against the monthly budget.
 
 The lists are read newest first and only as far back as needed, bounded by MAX_PAGES; `partial`
-says when the bound cut them short."""
+says when the bound cut them short. The budget line of staff (all active clients together) reads
+every page of clients."""
 
 from __future__ import annotations
 

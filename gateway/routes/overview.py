@@ -104,11 +104,20 @@ async def _budget(call: Call, client_id: str) -> float:
             call.up.clients.GetUsage, accounts_pb2.GetUsageRequest(client_id=client_id)
         )
         return usage.monthly_budget_usd
-    answer = await call(
-        call.up.clients.ListClients,
-        accounts_pb2.ListClientsRequest(page_size=200, status=accounts_pb2.CLIENT_STATUS_ACTIVE),
-    )
-    return sum(client.monthly_budget_usd for client in answer.clients)
+    total, token = 0.0, ""
+    while True:  # every page: the line is the sum of all active clients' budgets
+        page = await call(
+            call.up.clients.ListClients,
+            accounts_pb2.ListClientsRequest(
+                page_size=overview.PAGE_SIZE,
+                page_token=token,
+                status=accounts_pb2.CLIENT_STATUS_ACTIVE,
+            ),
+        )
+        total += sum(client.monthly_budget_usd for client in page.clients)
+        token = page.next_page_token
+        if not token:
+            return total
 
 
 @router.get("/overview", response_model=Overview)

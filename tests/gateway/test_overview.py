@@ -8,10 +8,12 @@ import asyncio
 import re
 
 import httpx
+import pytest
 from playwright.async_api import Browser, expect
 
 from bitware.common.v1 import common_pb2
 from bitware_mesh.inprocess import InProcessMesh
+from gateway import overview
 from tests.common import Client, make_client
 from tests.gateway import test_dashboard, test_webhooks
 from tests.gateway.conftest import (
@@ -96,6 +98,19 @@ async def test_the_overview_counts_only_what_the_caller_may_see(client: Client) 
         too_long = await http.get("/api/overview?minutes=5000", headers=admin(client))
         assert too_long.status_code == 422
         assert too_long.json()["error"]["field_violations"][0]["field"] == "query.minutes"
+
+
+async def test_the_staff_budget_line_adds_every_page_of_clients(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_client(client.mesh, budget=50.0)
+    await make_client(client.mesh, budget=25.0)
+    async with gateway_client(gateway_settings(client.mesh)) as http:
+        whole = (await http.get("/api/overview", headers=admin(client))).json()
+        monkeypatch.setattr(overview, "PAGE_SIZE", 1)  # one client per page
+        paged = (await http.get("/api/overview", headers=admin(client))).json()
+    assert whole["monthly_budget_usd"] >= 175.0
+    assert paged["monthly_budget_usd"] == whole["monthly_budget_usd"]
 
 
 async def test_the_overview_and_webhooks_in_chromium_for_an_admin_and_a_client_user(
