@@ -1,8 +1,9 @@
 """A worker that does nothing: a second implementation of `bitware.worker.v1.WorkerService` that
 accepts every offer and answers `Process` at once with a tiny result (no model, no validation, no
-storage, no progress events). With it an execution costs only the mesh's own orchestration —
-KAM's admission and settlement, the orchestrator's queue, leases, event log and streams — which
-is what Celery's chain of two no-op tasks measures, so the two compare like for like.
+storage, no progress: its Handshake says `no_progress`, so the orchestrator opens no
+WatchProgress stream). With it an execution costs only the mesh's own orchestration — KAM's
+admission and settlement, the orchestrator's queue, leases, event log and streams — which is
+what Celery's chain of two no-op tasks measures, so the two compare like for like.
 
 It runs as its own process, as a third-party worker would: KAM issues its credential, it
 registers with the orchestrator under capability `noop` (which KAM must know:
@@ -37,7 +38,10 @@ class NoopWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def Handshake(
         self, request: worker_pb2.HandshakeRequest, context: Any
     ) -> worker_pb2.HandshakeResponse:
-        return worker_pb2.HandshakeResponse(accepted=True, worker_id=self.worker_id)
+        # It reports no progress: the orchestrator need not open a WatchProgress stream.
+        return worker_pb2.HandshakeResponse(
+            accepted=True, worker_id=self.worker_id, no_progress=True
+        )
 
     async def Process(
         self, request: worker_pb2.ProcessRequest, context: Any
@@ -51,7 +55,7 @@ class NoopWorker(worker_pb2_grpc.WorkerServiceServicer):
         )
 
     async def WatchProgress(self, request: worker_pb2.WatchProgressRequest, context: Any) -> Any:
-        return  # no progress to report
+        return  # no progress to report (only an orchestrator that predates no_progress asks)
         yield  # a generator: the stream ends at once
 
     async def Cancel(

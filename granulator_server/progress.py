@@ -58,17 +58,25 @@ class StageLog:
 
     async def follow(self, after: int) -> AsyncIterator[ProgressEvent]:
         """Events after sequence `after`, history first then live, ending with the terminal one."""
+        async for batch in self.batches(after):
+            for event in batch:
+                yield event
+
+    async def batches(self, after: int) -> AsyncIterator[list[ProgressEvent]]:
+        """The events of `follow`, grouped: each batch is everything the log holds that was
+        not yet handed out (the history at once, then what was added while the caller was busy
+        with the previous batch, for example sending it), ending with the terminal event."""
         sent = max(0, after)
         while True:
             while len(self.events) <= sent:
                 if self.finished:
                     return
                 await self._changed.wait()
-            for event in self.events[sent:]:
-                sent = event.sequence
-                yield event
-                if event.phase in TERMINAL:
-                    return
+            batch = self.events[sent:]
+            sent = batch[-1].sequence
+            yield batch
+            if batch[-1].phase in TERMINAL:
+                return
 
 
 class ProgressBook:

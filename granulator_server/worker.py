@@ -1,6 +1,7 @@
 """The granulator's side of the worker protocol (`bitware.worker.v1.WorkerService`): checks
 offers and reserves slots, runs accepted attempts once per (execution, stage, attempt), streams
-their progress and cancels them. Thin: the work itself is in `stages`, the logs in `progress`.
+their progress (several events per message for a caller that asks for batches) and cancels
+them. Thin: the work itself is in `stages`, the logs in `progress`.
 
 Slots (`max_jobs`) bound the attempts held at once, not the work done at once: an attempt spends
 most of its time waiting on the model, so a granulator holds as many as its provider takes calls
@@ -285,16 +286,13 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
             raise NotFound(
                 f"no progress for stage {request.stage.stage_id} attempt {request.stage.attempt}"
             )
-        async for event in stage_log.follow(request.after_sequence):
-            message = worker_pb2.ProgressEvent(
-                sequence=event.sequence,
-                phase=worker_pb2.Phase.Value(f"PHASE_{event.phase}"),
-                message=event.message,
-                fraction=event.fraction,
-                elements_so_far=event.elements_so_far,
-            )
-            message.time.FromMilliseconds(int(event.time * 1000))
-            yield worker_pb2.WatchProgressResponse(event=message)
+        if request.batched:
+            # Whatever accumulated while the previous message was being sent goes in one.
+            async for batch in stage_log.batches(request.after_sequence):
+                yield worker_pb2.WatchProgressResponse(events=[_event_to_proto(e) for e in batch])
+        else:
+            async for event in stage_log.follow(request.after_sequence):
+                yield worker_pb2.WatchProgressResponse(event=_event_to_proto(event))
 
     async def Cancel(
         self, request: worker_pb2.CancelRequest, context: Context
@@ -318,6 +316,18 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         return worker_pb2.CancelResponse(
             cancelled=offer is not None, usage=convert.usage_to_proto(usage)
         )
+
+
+def _event_to_proto(event: progress.ProgressEvent) -> worker_pb2.ProgressEvent:
+    message = worker_pb2.ProgressEvent(
+        sequence=event.sequence,
+        phase=worker_pb2.Phase.Value(f"PHASE_{event.phase}"),
+        message=event.message,
+        fraction=event.fraction,
+        elements_so_far=event.elements_so_far,
+    )
+    message.time.FromMilliseconds(int(event.time * 1000))
+    return message
 
 
 def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:

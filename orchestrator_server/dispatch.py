@@ -1,7 +1,8 @@
 """The dispatcher: claims ready stages from the durable queue, offers each to a worker
-(`Handshake`), runs it (`Process`) while following the worker's `WatchProgress` stream, and
-records the outcome. Also renews its leases, re-queues stages of dead holders, watches worker
-heartbeats and reports finished executions to KAM."""
+(`Handshake`), runs it (`Process`) while following the worker's `WatchProgress` stream (in
+batches; none when the worker said it reports no progress), and records the outcome. Also
+renews its leases, re-queues stages of dead holders, watches worker heartbeats and reports
+finished executions to KAM."""
 
 from __future__ import annotations
 
@@ -426,13 +427,16 @@ class Dispatcher:
         self, claim: queue.Claim, address: str, has_alternative: bool
     ) -> None:
         """Runs the claimed attempt on the worker it was offered to: Handshake (unless the
-        attempt is being re-attached there), then Process."""
+        attempt is being re-attached there), then Process, following the attempt's progress
+        unless the worker said it reports none."""
         worker_id = claim.worker_id
         stub = self.stub(address)
-        if claim.reattach_worker != worker_id and not await self._handshake(
-            claim, worker_id, stub, has_alternative
-        ):
-            return
+        follow = True  # a re-attached attempt's worker has not said: follow it
+        if claim.reattach_worker != worker_id:
+            answer = await self._handshake(claim, worker_id, stub, has_alternative)
+            if answer is None:
+                return
+            follow = not answer.no_progress
         claimed_at = self._claimed_at.pop(claim.stage_id, None)
         if claimed_at is not None:
             self._dispatch_seconds.observe(asyncio.get_running_loop().time() - claimed_at)
@@ -440,7 +444,7 @@ class Dispatcher:
         await self.batcher.run(
             claim.execution_id, lambda tx: outcomes.record_accept(tx, claim, worker_id)
         )
-        await self._process(claim, worker_id, stub)
+        await self._process(claim, worker_id, stub, follow=follow)
 
     async def _requeue(
         self,
@@ -465,9 +469,10 @@ class Dispatcher:
         worker_id: str,
         stub: worker_pb2_grpc.WorkerServiceAsyncStub,
         has_alternative: bool,
-    ) -> bool:
-        """Offers the stage; on a decline, uses the reason: another worker now, a back-off from
-        the retry hint, or failing the stage when its input is invalid."""
+    ) -> worker_pb2.HandshakeResponse | None:
+        """Offers the stage; returns the acceptance, or None after a decline or a failed call.
+        On a decline, uses the reason: another worker now, a back-off from the retry hint, or
+        failing the stage when its input is invalid."""
         try:
             answer = await stub.Handshake(
                 self._offer(claim),
@@ -481,9 +486,9 @@ class Dispatcher:
             await self._requeue(
                 claim, worker_id, "UNREACHABLE", f"handshake failed: {error.code().name}", 0.0
             )
-            return False
+            return None
         if answer.accepted:
-            return True
+            return answer
         reason = worker_pb2.DeclineReason.Name(answer.decline_reason).removeprefix(
             "DECLINE_REASON_"
         )
@@ -498,12 +503,17 @@ class Dispatcher:
             0.0 if has_alternative else wait,
             final=reason in FINAL_DECLINES,
         )
-        return False
+        return None
 
     async def _process(
-        self, claim: queue.Claim, worker_id: str, stub: worker_pb2_grpc.WorkerServiceAsyncStub
+        self,
+        claim: queue.Claim,
+        worker_id: str,
+        stub: worker_pb2_grpc.WorkerServiceAsyncStub,
+        *,
+        follow: bool = True,
     ) -> None:
-        follower = asyncio.create_task(self._follow(stub, claim))
+        follower = asyncio.create_task(self._follow(stub, claim)) if follow else None
         started = asyncio.get_running_loop().time()
         outcome = "error"
         try:
@@ -531,12 +541,13 @@ class Dispatcher:
             self._stage_seconds.labels(claim.capability, outcome).observe(
                 asyncio.get_running_loop().time() - started
             )
-            # The worker's stream ends after its terminal event; let it deliver what is left
-            # (a fast stage finishes before its progress is read), but never wait long.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(follower), FOLLOW_GRACE_SECONDS)
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            if follower is not None:
+                # The worker's stream ends after its terminal event; let it deliver what is
+                # left (a fast stage finishes before its progress is read), but never wait long.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(follower), FOLLOW_GRACE_SECONDS)
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
         self.declined.pop(claim.stage_id, None)
         usage = convert.usage_from_proto(response.usage)
         if response.WhichOneof("outcome") == "result":
@@ -579,11 +590,12 @@ class Dispatcher:
     async def _follow(
         self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim
     ) -> None:
-        """Re-publishes the worker's progress events on the execution's log. Events that arrive
-        while the previous ones are being written go into the log together, in one transaction,
-        so a chatty worker costs few writes."""
+        """Re-publishes the worker's progress events on the execution's log. The stream is asked
+        for batches (several events per message; an older worker sends one per message, which
+        reads the same). Events that arrive while the previous ones are being written go into
+        the log together, in one transaction, so a chatty worker costs few writes."""
         call = stub.WatchProgress(
-            worker_pb2.WatchProgressRequest(stage=self._ref(claim)),
+            worker_pb2.WatchProgressRequest(stage=self._ref(claim), batched=True),
             metadata=service_metadata(self.settings),
         )
         pending: list[tuple[str, str, float]] = []
@@ -603,9 +615,13 @@ class Dispatcher:
         writer = asyncio.create_task(write())
         try:
             async for message in call:
-                event = message.event
-                phase = worker_pb2.Phase.Name(event.phase).removeprefix("PHASE_").lower()
-                pending.append((phase, event.message, event.fraction))
+                if message.events:
+                    events = list(message.events)
+                else:  # one event per message: a worker that does not batch
+                    events = [message.event] if message.HasField("event") else []
+                for event in events:
+                    phase = worker_pb2.Phase.Name(event.phase).removeprefix("PHASE_").lower()
+                    pending.append((phase, event.message, event.fraction))
                 arrived.set()
         except grpc.aio.AioRpcError:
             pass  # progress is best effort; the outcome comes from Process

@@ -11,11 +11,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf import struct_pb2
 
 from bitware.common.v1 import common_pb2
-from bitware.worker.v1 import worker_pb2
+from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core.db import Database
 from granulator_server import jobs, models, template_store
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
@@ -347,6 +348,72 @@ async def test_watch_progress_follows_a_running_stage_live(
     events = await asyncio.wait_for(watcher, 5)
 
     assert events[-1].phase == worker_pb2.PHASE_COMPLETED
+
+
+async def serve(handlers: WorkerHandlers) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    """The handlers behind a real gRPC server on a free port, and a channel to it."""
+    server = grpc.aio.server()
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(handlers, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+async def messages_of(
+    channel: grpc.aio.Channel, ref: worker_pb2.StageRef, batched: bool, after: int = 0
+) -> list[worker_pb2.WatchProgressResponse]:
+    call = worker_pb2_grpc.WorkerServiceStub(channel).WatchProgress(
+        worker_pb2.WatchProgressRequest(stage=ref, after_sequence=after, batched=batched),
+        timeout=10,
+    )
+    return [message async for message in call]
+
+
+async def test_batched_progress_sends_the_history_in_one_message(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, pieces=12, chunk_delay=0.01))
+    handlers = workers(db, openai_provider(fake_openai, stream=True))
+    server, channel = await serve(handlers)
+    try:
+        await run_stage(handlers, offer())
+        one_by_one = await messages_of(channel, stage(), batched=False)
+        batched = await messages_of(channel, stage(), batched=True)
+        resumed = await messages_of(channel, stage(), batched=True, after=3)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+    events = [m.event for m in one_by_one]
+    assert len(events) > 5 and not any(m.events for m in one_by_one)
+    assert len(batched) == 1 and not batched[0].HasField("event")
+    assert list(batched[0].events) == events
+    assert len(resumed) == 1 and list(resumed[0].events) == events[3:]
+
+
+async def test_batched_progress_follows_a_live_stage_in_fewer_messages(
+    db: Database, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.add(reply(VALID, pieces=12, chunk_delay=0.01))
+    handlers = workers(db, openai_provider(fake_openai, stream=True))
+    server, channel = await serve(handlers)
+    try:
+        assert (await handlers.Handshake(offer(), NO_CONTEXT)).accepted
+        watcher = asyncio.create_task(messages_of(channel, stage(), batched=True))
+        await asyncio.sleep(0.05)
+        await handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
+        live = await asyncio.wait_for(watcher, 10)
+        afterwards = await events_of(handlers, stage())
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+    received = [event for message in live for event in message.events]
+    assert received == afterwards and received[-1].phase == worker_pb2.PHASE_COMPLETED
+    assert all(message.events for message in live)
+    # The prompt-built and first generating events are added together, so always travel
+    # together; whatever else accumulates while a message is being sent joins it.
+    assert len(live) < len(received)
 
 
 async def test_cancel_stops_a_running_generation_promptly(

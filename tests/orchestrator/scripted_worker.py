@@ -40,6 +40,10 @@ class Step:
     error_class: int = 0  # a worker_pb2.ErrorClass; 0 returns a result
     reason: str = "SCRIPTED"
     output_bytes: int = 0  # the size of a filler field in the output
+    #: The fractions of the GENERATING progress events its WatchProgress stream reports.
+    progress: tuple[float, ...] = (0.5,)
+    #: Says in the Handshake that it reports no progress for the attempt.
+    no_progress: bool = False
 
 
 @dataclass
@@ -51,6 +55,12 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     offers: list[worker_pb2.HandshakeRequest] = field(default_factory=list)
     processed: list[worker_pb2.ProcessRequest] = field(default_factory=list)
     cancelled: list[worker_pb2.CancelRequest] = field(default_factory=list)
+    watches: list[worker_pb2.WatchProgressRequest] = field(default_factory=list)
+    #: WatchProgress messages sent.
+    progress_messages: int = 0
+    #: Answers one event per message whatever the request says, as a worker older than
+    #: `WatchProgressRequest.batched` does.
+    ignores_batched: bool = False
     server: grpc.aio.Server | None = None
     address: str = ""
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
@@ -80,7 +90,9 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             return response
         self._accepted[(request.stage.stage_id, request.stage.attempt)] = step
         self._client_of[(request.stage.stage_id, request.stage.attempt)] = request.client_id
-        return worker_pb2.HandshakeResponse(accepted=True, worker_id=self.worker_id)
+        return worker_pb2.HandshakeResponse(
+            accepted=True, worker_id=self.worker_id, no_progress=step.no_progress
+        )
 
     async def Process(
         self, request: worker_pb2.ProcessRequest, context: Any
@@ -132,11 +144,26 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
     async def WatchProgress(
         self, request: worker_pb2.WatchProgressRequest, context: Any
     ) -> AsyncIterator[worker_pb2.WatchProgressResponse]:
-        yield worker_pb2.WatchProgressResponse(
-            event=worker_pb2.ProgressEvent(
-                sequence=1, phase=worker_pb2.PHASE_GENERATING, message="working", fraction=0.5
+        """Reports the step's progress events at once: all in one message when asked for
+        batches, else one per message."""
+        self.watches.append(request)
+        step = self._accepted.get((request.stage.stage_id, request.stage.attempt), self.default)
+        events = [
+            worker_pb2.ProgressEvent(
+                sequence=number,
+                phase=worker_pb2.PHASE_GENERATING,
+                message="working",
+                fraction=fraction,
             )
-        )
+            for number, fraction in enumerate(step.progress, start=1)
+        ]
+        if request.batched and not self.ignores_batched:
+            self.progress_messages += 1
+            yield worker_pb2.WatchProgressResponse(events=events)
+            return
+        for event in events:
+            self.progress_messages += 1
+            yield worker_pb2.WatchProgressResponse(event=event)
 
     async def Cancel(
         self, request: worker_pb2.CancelRequest, context: Any

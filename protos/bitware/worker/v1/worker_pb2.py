@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/worker/v1/worker.proto\x12\x11\x62itware.worker.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x08StageRef\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08stage_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\"\xb2\x01\n\nStageInput\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x30\n\x0fprevious_output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fprevious_job_id\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\t\x12\x19\n\x11min_quality_score\x18\x05 \x01(\x01\"\xdb\x02\n\x10HandshakeRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x1a\n\x12structure_template\x18\x04 \x01(\t\x12?\n\x06params\x18\x05 \x03(\x0b\x32/.bitware.worker.v1.HandshakeRequest.ParamsEntry\x12,\n\x05input\x18\x06 \x01(\x0b\x32\x1d.bitware.worker.v1.StageInput\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tclient_id\x18\x08 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x10ResourceEstimate\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x11\n\tmemory_mb\x18\x04 \x01(\x05\"\xde\x02\n\x11HandshakeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x38\n\x0e\x64\x65\x63line_reason\x18\x02 \x01(\x0e\x32 .bitware.worker.v1.DeclineReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x65stimated_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x08\x65stimate\x18\x06 \x01(\x0b\x32#.bitware.worker.v1.ResourceEstimate\x12;\n\x17reservation_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\x08 \x01(\t\"<\n\x0eProcessRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\"\x91\x01\n\nStageError\x12\x32\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x1d.bitware.worker.v1.ErrorClass\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"y\n\x0bStageResult\x12\'\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x31\n\x07quality\x18\x03 \x01(\x0b\x32 .bitware.common.v1.QualityReport\"\x99\x02\n\x0fProcessResponse\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32\x1e.bitware.worker.v1.StageResultH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.bitware.worker.v1.StageErrorH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.bitware.worker.v1.ProcessResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\t\n\x07outcome\"Z\n\x14WatchProgressRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xb0\x01\n\rProgressEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\'\n\x05phase\x18\x02 \x01(\x0e\x32\x18.bitware.worker.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x17\n\x0f\x65lements_so_far\x18\x05 \x01(\x05\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x15WatchProgressResponse\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .bitware.worker.v1.ProgressEvent\"K\n\rCancelRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.bitware.common.v1.Usage*\xd3\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_AT_CAPACITY\x10\x01\x12 \n\x1c\x44\x45\x43LINE_REASON_INVALID_INPUT\x10\x02\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSUPPORTED\x10\x03\x12#\n\x1f\x44\x45\x43LINE_REASON_UNKNOWN_TEMPLATE\x10\x04\x12\x1b\n\x17\x44\x45\x43LINE_REASON_DRAINING\x10\x05*\xec\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CLASS_INVALID_INPUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x17\n\x13\x45RROR_CLASS_REFUSED\x10\x03\x12\x1e\n\x1a\x45RROR_CLASS_INVALID_OUTPUT\x10\x04\x12\x19\n\x15\x45RROR_CLASS_TOO_LARGE\x10\x05\x12\x18\n\x14\x45RROR_CLASS_INTERNAL\x10\x06\x12\x19\n\x15\x45RROR_CLASS_CANCELLED\x10\x07*\xc5\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_ACCEPTED\x10\x01\x12\x16\n\x12PHASE_PROMPT_BUILT\x10\x02\x12\x14\n\x10PHASE_GENERATING\x10\x03\x12\x14\n\x10PHASE_VALIDATING\x10\x04\x12\x11\n\rPHASE_STORING\x10\x05\x12\x13\n\x0fPHASE_COMPLETED\x10\x06\x12\x10\n\x0cPHASE_FAILED\x10\x07\x12\x13\n\x0fPHASE_CANCELLED\x10\x08\x32\xee\x02\n\rWorkerService\x12V\n\tHandshake\x12#.bitware.worker.v1.HandshakeRequest\x1a$.bitware.worker.v1.HandshakeResponse\x12P\n\x07Process\x12!.bitware.worker.v1.ProcessRequest\x1a\".bitware.worker.v1.ProcessResponse\x12\x64\n\rWatchProgress\x12\'.bitware.worker.v1.WatchProgressRequest\x1a(.bitware.worker.v1.WatchProgressResponse0\x01\x12M\n\x06\x43\x61ncel\x12 .bitware.worker.v1.CancelRequest\x1a!.bitware.worker.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62itware/worker/v1/worker.proto\x12\x11\x62itware.worker.v1\x1a\x1e\x62itware/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x08StageRef\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08stage_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\"\xb2\x01\n\nStageInput\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.bitware.common.v1.ContentSpec\x12\x30\n\x0fprevious_output\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fprevious_job_id\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x04 \x01(\t\x12\x19\n\x11min_quality_score\x18\x05 \x01(\x01\"\xdb\x02\n\x10HandshakeRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x1a\n\x12structure_template\x18\x04 \x01(\t\x12?\n\x06params\x18\x05 \x03(\x0b\x32/.bitware.worker.v1.HandshakeRequest.ParamsEntry\x12,\n\x05input\x18\x06 \x01(\x0b\x32\x1d.bitware.worker.v1.StageInput\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tclient_id\x18\x08 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x10ResourceEstimate\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x11\n\tmemory_mb\x18\x04 \x01(\x05\"\xf3\x02\n\x11HandshakeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x38\n\x0e\x64\x65\x63line_reason\x18\x02 \x01(\x0e\x32 .bitware.worker.v1.DeclineReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x65stimated_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x08\x65stimate\x18\x06 \x01(\x0b\x32#.bitware.worker.v1.ResourceEstimate\x12;\n\x17reservation_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12\x13\n\x0bno_progress\x18\t \x01(\x08\"<\n\x0eProcessRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\"\x91\x01\n\nStageError\x12\x32\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x1d.bitware.worker.v1.ErrorClass\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"y\n\x0bStageResult\x12\'\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x31\n\x07quality\x18\x03 \x01(\x0b\x32 .bitware.common.v1.QualityReport\"\x99\x02\n\x0fProcessResponse\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32\x1e.bitware.worker.v1.StageResultH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.bitware.worker.v1.StageErrorH\x00\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.bitware.common.v1.Usage\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.bitware.worker.v1.ProcessResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\t\n\x07outcome\"k\n\x14WatchProgressRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61tched\x18\x03 \x01(\x08\"\xb0\x01\n\rProgressEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\'\n\x05phase\x18\x02 \x01(\x0e\x32\x18.bitware.worker.v1.Phase\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x17\n\x0f\x65lements_so_far\x18\x05 \x01(\x05\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x15WatchProgressResponse\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .bitware.worker.v1.ProgressEvent\x12\x30\n\x06\x65vents\x18\x02 \x03(\x0b\x32 .bitware.worker.v1.ProgressEvent\"K\n\rCancelRequest\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x1b.bitware.worker.v1.StageRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.bitware.common.v1.Usage*\xd3\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_AT_CAPACITY\x10\x01\x12 \n\x1c\x44\x45\x43LINE_REASON_INVALID_INPUT\x10\x02\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSUPPORTED\x10\x03\x12#\n\x1f\x44\x45\x43LINE_REASON_UNKNOWN_TEMPLATE\x10\x04\x12\x1b\n\x17\x44\x45\x43LINE_REASON_DRAINING\x10\x05*\xec\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CLASS_INVALID_INPUT\x10\x01\x12\x19\n\x15\x45RROR_CLASS_TRANSIENT\x10\x02\x12\x17\n\x13\x45RROR_CLASS_REFUSED\x10\x03\x12\x1e\n\x1a\x45RROR_CLASS_INVALID_OUTPUT\x10\x04\x12\x19\n\x15\x45RROR_CLASS_TOO_LARGE\x10\x05\x12\x18\n\x14\x45RROR_CLASS_INTERNAL\x10\x06\x12\x19\n\x15\x45RROR_CLASS_CANCELLED\x10\x07*\xc5\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePHASE_ACCEPTED\x10\x01\x12\x16\n\x12PHASE_PROMPT_BUILT\x10\x02\x12\x14\n\x10PHASE_GENERATING\x10\x03\x12\x14\n\x10PHASE_VALIDATING\x10\x04\x12\x11\n\rPHASE_STORING\x10\x05\x12\x13\n\x0fPHASE_COMPLETED\x10\x06\x12\x10\n\x0cPHASE_FAILED\x10\x07\x12\x13\n\x0fPHASE_CANCELLED\x10\x08\x32\xee\x02\n\rWorkerService\x12V\n\tHandshake\x12#.bitware.worker.v1.HandshakeRequest\x1a$.bitware.worker.v1.HandshakeResponse\x12P\n\x07Process\x12!.bitware.worker.v1.ProcessRequest\x1a\".bitware.worker.v1.ProcessResponse\x12\x64\n\rWatchProgress\x12\'.bitware.worker.v1.WatchProgressRequest\x1a(.bitware.worker.v1.WatchProgressResponse0\x01\x12M\n\x06\x43\x61ncel\x12 .bitware.worker.v1.CancelRequest\x1a!.bitware.worker.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,12 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDSHAKEREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_PROCESSRESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_PROCESSRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_DECLINEREASON']._serialized_start=2373
-  _globals['_DECLINEREASON']._serialized_end=2584
-  _globals['_ERRORCLASS']._serialized_start=2587
-  _globals['_ERRORCLASS']._serialized_end=2823
-  _globals['_PHASE']._serialized_start=2826
-  _globals['_PHASE']._serialized_end=3023
+  _globals['_DECLINEREASON']._serialized_start=2461
+  _globals['_DECLINEREASON']._serialized_end=2672
+  _globals['_ERRORCLASS']._serialized_start=2675
+  _globals['_ERRORCLASS']._serialized_end=2911
+  _globals['_PHASE']._serialized_start=2914
+  _globals['_PHASE']._serialized_end=3111
   _globals['_STAGEREF']._serialized_start=180
   _globals['_STAGEREF']._serialized_end=262
   _globals['_STAGEINPUT']._serialized_start=265
@@ -56,27 +56,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCEESTIMATE']._serialized_start=795
   _globals['_RESOURCEESTIMATE']._serialized_end=900
   _globals['_HANDSHAKERESPONSE']._serialized_start=903
-  _globals['_HANDSHAKERESPONSE']._serialized_end=1253
-  _globals['_PROCESSREQUEST']._serialized_start=1255
-  _globals['_PROCESSREQUEST']._serialized_end=1315
-  _globals['_STAGEERROR']._serialized_start=1318
-  _globals['_STAGEERROR']._serialized_end=1463
-  _globals['_STAGERESULT']._serialized_start=1465
-  _globals['_STAGERESULT']._serialized_end=1586
-  _globals['_PROCESSRESPONSE']._serialized_start=1589
-  _globals['_PROCESSRESPONSE']._serialized_end=1870
-  _globals['_PROCESSRESPONSE_METRICSENTRY']._serialized_start=1813
-  _globals['_PROCESSRESPONSE_METRICSENTRY']._serialized_end=1859
-  _globals['_WATCHPROGRESSREQUEST']._serialized_start=1872
-  _globals['_WATCHPROGRESSREQUEST']._serialized_end=1962
-  _globals['_PROGRESSEVENT']._serialized_start=1965
-  _globals['_PROGRESSEVENT']._serialized_end=2141
-  _globals['_WATCHPROGRESSRESPONSE']._serialized_start=2143
-  _globals['_WATCHPROGRESSRESPONSE']._serialized_end=2215
-  _globals['_CANCELREQUEST']._serialized_start=2217
-  _globals['_CANCELREQUEST']._serialized_end=2292
-  _globals['_CANCELRESPONSE']._serialized_start=2294
-  _globals['_CANCELRESPONSE']._serialized_end=2370
-  _globals['_WORKERSERVICE']._serialized_start=3026
-  _globals['_WORKERSERVICE']._serialized_end=3392
+  _globals['_HANDSHAKERESPONSE']._serialized_end=1274
+  _globals['_PROCESSREQUEST']._serialized_start=1276
+  _globals['_PROCESSREQUEST']._serialized_end=1336
+  _globals['_STAGEERROR']._serialized_start=1339
+  _globals['_STAGEERROR']._serialized_end=1484
+  _globals['_STAGERESULT']._serialized_start=1486
+  _globals['_STAGERESULT']._serialized_end=1607
+  _globals['_PROCESSRESPONSE']._serialized_start=1610
+  _globals['_PROCESSRESPONSE']._serialized_end=1891
+  _globals['_PROCESSRESPONSE_METRICSENTRY']._serialized_start=1834
+  _globals['_PROCESSRESPONSE_METRICSENTRY']._serialized_end=1880
+  _globals['_WATCHPROGRESSREQUEST']._serialized_start=1893
+  _globals['_WATCHPROGRESSREQUEST']._serialized_end=2000
+  _globals['_PROGRESSEVENT']._serialized_start=2003
+  _globals['_PROGRESSEVENT']._serialized_end=2179
+  _globals['_WATCHPROGRESSRESPONSE']._serialized_start=2181
+  _globals['_WATCHPROGRESSRESPONSE']._serialized_end=2303
+  _globals['_CANCELREQUEST']._serialized_start=2305
+  _globals['_CANCELREQUEST']._serialized_end=2380
+  _globals['_CANCELRESPONSE']._serialized_start=2382
+  _globals['_CANCELRESPONSE']._serialized_end=2458
+  _globals['_WORKERSERVICE']._serialized_start=3114
+  _globals['_WORKERSERVICE']._serialized_end=3480
 # @@protoc_insertion_point(module_scope)

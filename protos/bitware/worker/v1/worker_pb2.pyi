@@ -358,6 +358,7 @@ class HandshakeResponse(_message.Message):
     ESTIMATE_FIELD_NUMBER: _builtins.int
     RESERVATION_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    NO_PROGRESS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     """True when the worker accepted and reserved a slot."""
     decline_reason: Global___DeclineReason.ValueType
@@ -366,6 +367,12 @@ class HandshakeResponse(_message.Message):
     """The decline, in words (for example which field is invalid)."""
     worker_id: _builtins.str
     """The worker's id."""
+    no_progress: _builtins.bool
+    """When accepted: true when the worker will report no progress for this attempt, so the
+    orchestrator opens no WatchProgress stream for it (one stream fewer per attempt; the
+    outcome still comes from Process). False (the default, and what older workers send) means
+    the worker may report progress and the orchestrator follows WatchProgress.
+    """
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
         """When declining for capacity: when to try again."""
@@ -393,10 +400,11 @@ class HandshakeResponse(_message.Message):
         estimate: Global___ResourceEstimate | None = ...,
         reservation_expire_time: _timestamp_pb2.Timestamp | None = ...,
         worker_id: _builtins.str = ...,
+        no_progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "estimated_duration", b"estimated_duration", "reservation_expire_time", b"reservation_expire_time", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "decline_reason", b"decline_reason", "estimate", b"estimate", "estimated_duration", b"estimated_duration", "message", b"message", "reservation_expire_time", b"reservation_expire_time", "retry_after", b"retry_after", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "decline_reason", b"decline_reason", "estimate", b"estimate", "estimated_duration", b"estimated_duration", "message", b"message", "no_progress", b"no_progress", "reservation_expire_time", b"reservation_expire_time", "retry_after", b"retry_after", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,8 +576,17 @@ class WatchProgressRequest(_message.Message):
 
     STAGE_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCHED_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """Send only events after this sequence number; 0 sends all."""
+    batched: _builtins.bool
+    """When true, one message may carry several events, in `events`: what the attempt's log
+    holds when the stream looks (the history, then whatever accumulated since the last
+    message) goes together, in fewer messages. When false (the default, and what older
+    orchestrators send) every message carries exactly one event, in `event`. A worker that
+    ignores this field (an older one) answers one event per message, which a caller that set
+    it must accept.
+    """
     @_builtins.property
     def stage(self) -> Global___StageRef:
         """The stage attempt."""
@@ -579,10 +596,11 @@ class WatchProgressRequest(_message.Message):
         *,
         stage: Global___StageRef | None = ...,
         after_sequence: _builtins.int = ...,
+        batched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "batched", b"batched", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -639,18 +657,24 @@ class WatchProgressResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___ProgressEvent:
-        """The next event."""
+        """The next event (unset when the request asked for batches)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProgressEvent]:
+        """The next events, in order, one or more (set only when the request asked for batches)."""
 
     def __init__(
         self,
         *,
         event: Global___ProgressEvent | None = ...,
+        events: _abc.Iterable[Global___ProgressEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

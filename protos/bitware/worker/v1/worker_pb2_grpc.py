@@ -84,6 +84,8 @@ class WorkerServiceServicer:
 
     def WatchProgress(self, request, context):
         """Streams a stage's progress events after a sequence number; ends after the terminal event.
+        One event per message, or several when the request sets `batched`. A worker that said in
+        its HandshakeResponse that it streams no progress for an attempt need not be asked.
         Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

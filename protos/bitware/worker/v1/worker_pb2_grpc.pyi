@@ -50,6 +50,8 @@ class WorkerServiceStub:
     """
     WatchProgress: _grpc.UnaryStreamMultiCallable[_worker_pb2.WatchProgressRequest, _worker_pb2.WatchProgressResponse]
     """Streams a stage's progress events after a sequence number; ends after the terminal event.
+    One event per message, or several when the request sets `batched`. A worker that said in
+    its HandshakeResponse that it streams no progress for an attempt need not be asked.
     Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelResponse]
@@ -79,6 +81,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """
     WatchProgress: _aio.UnaryStreamMultiCallable[_worker_pb2.WatchProgressRequest, _worker_pb2.WatchProgressResponse]  # type: ignore[assignment]
     """Streams a stage's progress events after a sequence number; ends after the terminal event.
+    One event per message, or several when the request sets `batched`. A worker that said in
+    its HandshakeResponse that it streams no progress for an attempt need not be asked.
     Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_worker_pb2.CancelRequest, _worker_pb2.CancelResponse]  # type: ignore[assignment]
@@ -123,6 +127,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_worker_pb2.WatchProgressResponse], _abc.AsyncIterator[_worker_pb2.WatchProgressResponse]]:
         """Streams a stage's progress events after a sequence number; ends after the terminal event.
+        One event per message, or several when the request sets `batched`. A worker that said in
+        its HandshakeResponse that it streams no progress for an attempt need not be asked.
         Errors: NOT_FOUND (no such stage attempt), PERMISSION_DENIED.
         """
 
