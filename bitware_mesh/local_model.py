@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from bitware_core import logs
-from bitware_core.server import process_settings, ready_line
+from bitware_core import asgi, logs
+from bitware_core.server import ListenError, process_settings
 
 #: The name the server answers to, and the model the granulators ask for.
 MODEL_ALIAS = "smollm2-135m-instruct"
@@ -94,36 +90,6 @@ def create_app(path: Path) -> Any:
     return llama_app(server_settings=ServerSettings(), model_settings=[model])
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server that says when it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.up = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if not self.should_exit:
-            self.up.set()
-
-
-async def serve(app: Any, sock: socket.socket, address: str) -> None:
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    up = asyncio.create_task(server.up.wait())
-    await asyncio.wait({serving, up}, return_when=asyncio.FIRST_COMPLETED)
-    up.cancel()
-    if server.up.is_set():
-        print(ready_line("local-model", address), flush=True)
-    await serving
-
-
-def _plain(record: logging.LogRecord) -> bool:
-    # uvicorn adds an ANSI-coloured copy of some messages; our lines carry extras as fields.
-    record.__dict__.pop("color_message", None)
-    return True
-
-
 def main() -> None:
     settings = process_settings("local-model")
     logs.configure(
@@ -131,28 +97,21 @@ def main() -> None:
         as_json=settings.observability.log_json,
         level=settings.observability.log_level,
     )
-    logging.getLogger("uvicorn.error").addFilter(_plain)
+    asgi.plain_uvicorn_logs()
     problem = missing()
     if problem:
         print(f"local-model: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.server.host, settings.server.port))
-    except OSError as error:
-        where = f"{settings.server.host}:{settings.server.port}"
-        print(
-            f"local-model: cannot listen on {where}: {error.strerror}",
-            file=sys.stderr,
-            flush=True,
-        )
+        sock = asgi.bind(settings.server.host, settings.server.port, backlog=128)
+    except ListenError as error:
+        print(f"local-model: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    sock.listen(128)
-    address = f"{settings.server.host}:{sock.getsockname()[1]}"
-    if settings.server.stdin_settings:
+    if settings.server.stdin_settings:  # bound: the supervisor need not wait for the model
+        address = f"{settings.server.host}:{sock.getsockname()[1]}"
         print(f"BITWARE_BOUND local-model {address}", flush=True)
-    asyncio.run(serve(create_app(model_path()), sock, address))
+    server = asgi.AsgiServer(create_app(model_path()), sock, settings.server.host)
+    asyncio.run(asgi.serve(server, "local-model"))
 
 
 if __name__ == "__main__":
