@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from pathlib import Path
 
 import grpc
@@ -223,10 +222,7 @@ class GranulatorServer(MeshServer):
         if self._orchestrator is not None:
             await self._orchestrator.close()
         await self.kam.close()
-        # Imported only if the openai provider was chosen (it is costly to import).
-        openai_chat = sys.modules.get("granulator_server.providers.openai_chat")
-        if openai_chat is not None and isinstance(self.provider, openai_chat.OpenAIProvider):
-            await self.provider.close()
+        await self.provider.close()
         self.db.close()
 
 

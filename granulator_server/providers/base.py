@@ -119,6 +119,11 @@ class Provider(Protocol):
     name: str
     model: str
 
+    @property
+    def prices(self) -> PriceTable | None:
+        """What its model's tokens cost, or None when it calls no priced model."""
+        ...
+
     async def generate(
         self,
         template: StructureTemplate,
@@ -135,6 +140,10 @@ class Provider(Protocol):
         level: int,
     ) -> Judgement | None:
         """A model's verdict, or None when this provider has no model to judge with."""
+        ...
+
+    async def close(self) -> None:
+        """Lets go of its connections (when the granulator stops)."""
         ...
 
 

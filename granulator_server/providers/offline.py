@@ -12,6 +12,8 @@ from granulator_server.providers.base import Generation, Judgement, ProgressCall
 class OfflineProvider:
     name = "offline"
     model = "offline"
+    #: It calls no model: its usage costs nothing.
+    prices = None
 
     async def generate(
         self,
@@ -38,3 +40,6 @@ class OfflineProvider:
         level: int,
     ) -> Judgement | None:
         return None  # no model, no judge: the rules alone score the structure
+
+    async def close(self) -> None:
+        pass  # nothing held open
