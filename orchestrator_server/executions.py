@@ -25,6 +25,7 @@ from orchestrator_server.errors import (
     ExecutionFinished,
     ExecutionNotFailed,
     ExecutionNotFound,
+    TemplateDeprecated,
     TemplateInvalid,
 )
 
@@ -189,7 +190,7 @@ def progress(execution: models.Execution, stage_fraction: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class NewExecution:
-    template: dict[str, Any]  # name, version, stages (dicts), execution_timeout_s
+    template: dict[str, Any]  # name, version, deprecated, stages (dicts), execution_timeout_s
     spec: dict[str, Any]
     priority: str
     request_id: str
@@ -209,7 +210,10 @@ def start(
 ) -> tuple[models.Execution, list[models.Stage], list[models.Attempt]]:
     """`create`, returning the execution with its stages and attempts (as `load_full` reads
     them): those of the existing execution for a known idempotency key, read from the
-    database; a new one's as written, without reading them back."""
+    database; a new one's as written, without reading them back. A deprecated template
+    starts nothing, not even a known idempotency key's execution."""
+    if new.template.get("deprecated"):
+        raise TemplateDeprecated(new.template["name"], new.template["version"])
     problems = Violations()
     problems.check(bool(new.spec.get("topic", "").strip()), "spec.topic", "is required")
     problems.check(1 <= int(new.spec.get("granularity", 0)) <= 5, "spec.granularity", "must be 1-5")

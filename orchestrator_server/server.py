@@ -45,7 +45,7 @@ class OrchestratorServer(MeshServer):
     def __init__(self, settings: Settings) -> None:
         self.db = Database(settings.storage.database_url_for("orchestrator"))
         self.kam = KamClient(settings)
-        self.hub = EventHub()
+        self.hub = EventHub(self.db)
         metrics = new_registry()
         self.dispatcher = Dispatcher(settings, self.db, self.hub, self.kam, metrics)
         handlers = OrchestratorHandlers(self.db, self.hub, self.kam, self.dispatcher)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -24,7 +24,6 @@ from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from orchestrator_server import executions, models, queue, registry
 from orchestrator_server.dispatch import Dispatcher
-from orchestrator_server.errors import TemplateDeprecated
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient
 
@@ -163,8 +162,6 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             common_pb2.Priority, request.priority, "PRIORITY_", "priority"
         )
         template = await self.kam.template(request.template_name, request.template_version)
-        if template["deprecated"]:
-            raise TemplateDeprecated(template["name"], template["version"])
         new = executions.NewExecution(
             template=template,
             spec=convert.spec_from_proto(request.spec),
@@ -246,56 +243,18 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def WatchExecution(
         self, request: orchestrator_pb2.WatchExecutionRequest, context: Context
     ) -> AsyncIterator[orchestrator_pb2.WatchExecutionResponse]:
-        principal = current_principal()
-        if request.after_sequence < 0:
-            raise InvalidArgument([FieldViolation("after_sequence", "must not be negative")])
-        after = request.after_sequence
-        with self.hub.subscribe(request.execution_id) as inbox:
-            log = await self.db.run_tx(
-                functools.partial(
-                    executions.log_after,
-                    execution_id=request.execution_id,
-                    after=after,
-                    principal=principal,
-                )
-            )
-            while True:
-                if not request.batched:
-                    for row in log.events:
-                        after = row.sequence
-                        yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(row))
-                elif log.events:  # what this look at the log found, in one message
-                    after = log.events[-1].sequence
+        follow = self.hub.follow(
+            request.execution_id, request.after_sequence, principal=current_principal()
+        )
+        async with aclosing(follow) as looks:
+            async for events in looks:
+                if request.batched:  # what one look at the log found, in one message
                     yield orchestrator_pb2.WatchExecutionResponse(
-                        events=[event_to_proto(row) for row in log.events]
+                        events=[event_to_proto(event) for event in events]
                     )
-                # The stream ends once a finished execution's log is fully sent. (A retried
-                # execution is not finished, so its watchers go on past the failure.)
-                if log.finished and after >= log.last_sequence:
-                    return
-                try:
-                    await asyncio.wait_for(inbox.changed.wait(), timeout=1.0)
-                    quiet = False
-                except TimeoutError:
-                    quiet = True
-                inbox.changed.clear()
-                fresh = [e for e in inbox.take() if e.sequence > after]
-                if fresh and [e.sequence for e in fresh] == list(
-                    range(after + 1, after + 1 + len(fresh))
-                ):
-                    last = fresh[-1]
-                    log = executions.LogPage(
-                        fresh, last.type in executions.TERMINAL_EVENTS, last.sequence
-                    )
-                elif not fresh and not quiet and inbox.notified <= after:
-                    # Told of events this stream has sent already (published to it first).
-                    log = executions.LogPage([], False, after)
-                else:  # history, a gap, another replica's events, or a quiet second
-                    log = await self.db.run_tx(
-                        functools.partial(
-                            executions.log_after, execution_id=request.execution_id, after=after
-                        )
-                    )
+                else:
+                    for event in events:
+                        yield orchestrator_pb2.WatchExecutionResponse(event=event_to_proto(event))
 
     async def GetQueue(
         self, request: orchestrator_pb2.GetQueueRequest, context: Context

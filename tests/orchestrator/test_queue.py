@@ -16,7 +16,7 @@ from bitware_core.auth import Principal
 from bitware_core.db import Database, utcnow
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
-from orchestrator_server.errors import StaleAttempt
+from orchestrator_server.errors import StaleAttempt, TemplateDeprecated
 from tests.orchestrator.conftest import stage
 
 MIGRATIONS = str(Path(executions.__file__).parent / "migrations")
@@ -242,3 +242,20 @@ def test_a_claim_takes_one_batch_however_many_slots_are_free(db: Database) -> No
 
     assert len(first) == queue.CLAIM_BATCH
     assert sorted(c.execution_id for c in first + second) == sorted(created)
+
+
+def test_a_deprecated_template_starts_nothing_not_even_a_known_idempotency_key(
+    db: Database,
+) -> None:
+    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
+    spec = {"topic": "Queues", "granularity": 2}
+    first = executions.NewExecution(template, spec, "normal", "", "cli_a", "key-1")
+    db.run_tx_sync(lambda tx: executions.create(tx, first))
+    deprecated = {**template, "deprecated": True}
+    again = executions.NewExecution(deprecated, spec, "normal", "", "cli_a", "key-1")
+    # Refused before the spec is checked, as ExecutePipeline always did.
+    bad_spec = executions.NewExecution(deprecated, {"topic": ""}, "normal", "", "cli_a", "")
+    for new in (again, bad_spec):
+        with pytest.raises(TemplateDeprecated) as refused:
+            db.run_tx_sync(lambda tx, new=new: executions.create(tx, new))
+        assert (refused.value.template, refused.value.version) == ("t", 1)
