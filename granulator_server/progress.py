@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 # Phases, as named in bitware.worker.v1.Phase without the prefix.
@@ -37,6 +38,8 @@ class StageLog:
 
     events: list[ProgressEvent] = field(default_factory=list)
     ended_at: float | None = None
+    #: Called once, when the terminal event is added.
+    on_end: Callable[[], None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -52,6 +55,8 @@ class StageLog:
         )
         if phase in TERMINAL:
             self.ended_at = time.monotonic()
+            if self.on_end is not None:
+                self.on_end()
         self._changed.set()
         self._changed = asyncio.Event()
         return True
@@ -81,16 +86,22 @@ class StageLog:
 
 class ProgressBook:
     """Every attempt's log, keyed by (execution, stage, attempt). Logs of ended attempts are
-    dropped `retention` seconds after they end (checked whenever a log is opened)."""
+    dropped `retention` seconds after they end (checked whenever a log is opened). Ended logs
+    are kept in the order they ended, so a check looks only at those due, not at every log."""
 
     def __init__(self, retention: float = 300.0) -> None:
         self.retention = retention
         self._logs: dict[Key, StageLog] = {}
+        self._ended: deque[tuple[Key, StageLog]] = deque()
 
     def open(self, key: Key) -> StageLog:
         """The attempt's log, created empty if it has none."""
         self.sweep()
-        return self._logs.setdefault(key, StageLog())
+        stage_log = self._logs.get(key)
+        if stage_log is None:
+            stage_log = self._logs[key] = StageLog()
+            stage_log.on_end = lambda: self._ended.append((key, stage_log))
+        return stage_log
 
     def get(self, key: Key) -> StageLog | None:
         self.sweep()
@@ -98,13 +109,13 @@ class ProgressBook:
 
     def sweep(self) -> None:
         cutoff = time.monotonic() - self.retention
-        expired = [
-            key
-            for key, log in self._logs.items()
-            if log.ended_at is not None and log.ended_at <= cutoff
-        ]
-        for key in expired:
-            del self._logs[key]
+        while self._ended:
+            key, stage_log = self._ended[0]
+            if stage_log.ended_at is not None and stage_log.ended_at > cutoff:
+                return
+            self._ended.popleft()
+            if self._logs.get(key) is stage_log:
+                del self._logs[key]
 
     def __len__(self) -> int:
         return len(self._logs)
