@@ -137,16 +137,17 @@ def validation_record(validator: str, quality: dict[str, Any]) -> dict[str, Any]
 
 
 def record_validations(
-    session: Session, job_id: str, records: list[dict[str, Any]], latest: dict[str, Any]
+    tx: Tx, job_id: str, records: list[dict[str, Any]], latest: dict[str, Any]
 ) -> None:
     """Appends validation records to a job's history; `latest` becomes its quality."""
-    job = session.get_one(models.Job, job_id)
+    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     job.validations = [*job.validations, *records]
     job.quality, job.updated_at = latest, utcnow()
+    update_row(tx, job, "validations", "quality", "updated_at")
 
 
 def finish_validation(
-    session: Session,
+    tx: Tx,
     job_id: str,
     *,
     quality: dict[str, Any],
@@ -154,9 +155,10 @@ def finish_validation(
     result: dict[str, Any],
 ) -> None:
     """Completes a `validate` job (it stores no structure of its own)."""
-    job = session.get_one(models.Job, job_id)
+    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     job.status, job.quality, job.usage, job.result = "completed", quality, usage, result
     job.updated_at = utcnow()
+    update_row(tx, job, "status", "quality", "usage", "result", "updated_at")
 
 
 def fail(
@@ -252,5 +254,6 @@ def list_jobs(
     return rows[:limit], next_page_token(offset, limit, len(rows))
 
 
-def find_by_id(session: Session, job_id: str) -> models.Job | None:
-    return session.get(models.Job, job_id) if job_id else None
+def by_id(tx: Tx, job_id: str) -> models.Job | None:
+    rows = select_rows(tx, models.Job, "id = :id", {"id": job_id}) if job_id else []
+    return rows[0] if rows else None

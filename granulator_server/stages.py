@@ -285,12 +285,14 @@ class StageRunner:
         self, work: Work, job_id: str, stage_log: progress.StageLog
     ) -> dict[str, Any]:
         target_id = work.previous_job_id
-        target = await self.db.run(lambda s: jobs.find_by_id(s, target_id))
+        target = await self.db.run_tx(lambda tx: jobs.by_id(tx, target_id))
         if target is None or target.client_id != work.client_id:
             raise NoPreviousJob(target_id)
         if target.status != "completed" or not target.document:
             raise PreviousJobNotReady(target_id, target.status)
-        found = await self.db.run(lambda s: template_store.resolve(s, target.template_name))
+        found = await self.db.run_tx(
+            lambda tx: template_store.resolve_tx(tx, self.db.engine, target.template_name)
+        )
         template = found[0] if found else work.template
         granularity = int(target.spec.get("granularity", work.spec["granularity"]))
         stage_log.add(progress.VALIDATING, f"validating job {target_id} by the rules", 0.2)
@@ -327,7 +329,7 @@ class StageRunner:
             "feedback": feedback,
         }
         stage_log.add(progress.STORING, "recording the validation", 0.9)
-        await self.db.run(lambda s: jobs.record_validations(s, target_id, records, quality))
+        await self.db.run_tx(lambda tx: jobs.record_validations(tx, target_id, records, quality))
         outcome = {
             "job_id": target_id,
             "output": {
@@ -341,9 +343,9 @@ class StageRunner:
             "usage": usage,
             "metrics": {"validations": float(len(records))},
         }
-        await self.db.run(
-            lambda s: jobs.finish_validation(
-                s, job_id, quality=quality, usage=usage, result=outcome
+        await self.db.run_tx(
+            lambda tx: jobs.finish_validation(
+                tx, job_id, quality=quality, usage=usage, result=outcome
             )
         )
         stage_log.add(progress.COMPLETED, "validated", 1.0)

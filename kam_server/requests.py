@@ -273,12 +273,13 @@ def attach_execution(tx: Tx, request_id: str, execution_id: str) -> models.Clien
     return row
 
 
-def abandon_execution(session: Session, request_id: str) -> None:
+def abandon_execution(tx: Tx, request_id: str) -> None:
     """The orchestrator did not start the execution: nothing runs, so nothing stays reserved."""
-    row = session.get(models.ClientRequest, request_id)
+    row = _request(tx, request_id, lock=True)
     if row is not None and row.status == "running" and not row.execution_id:
         row.status = "pending"
         ledger.release(row)
+        update_row(tx, row, "status", "reserved_usd")
 
 
 def record_outcome(

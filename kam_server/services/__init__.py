@@ -1,16 +1,11 @@
 """KAM's gRPC handlers, one module per service group: thin translations between protobuf and
-the logic modules, which run in one database transaction each (`Database.run`)."""
+the logic modules, which run in one database transaction each: `Database.run_tx` (hand-written
+SQL) for what every request passes through (templates read by the orchestrator, creating,
+executing, retrying and settling requests), `Database.run` (a SQLAlchemy session) for the rest."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-from sqlalchemy.orm import Session
-
 from bitware_core.db import Database
-
-T = TypeVar("T")
 
 
 class Handlers:
@@ -18,6 +13,3 @@ class Handlers:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def run(self, work: Callable[[Session], T]) -> T:
-        return await self.db.run(work)

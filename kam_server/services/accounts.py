@@ -32,20 +32,20 @@ class UserHandlers(Handlers, accounts_pb2_grpc.UserServiceServicer):
         actor = current_principal()
         # New users start active: a proto3 bool cannot tell "unset" from false.
         fields = replace(self._fields(request.user), active=True)
-        row = await self.run(lambda s: accounts.create_user(s, actor, fields, request.password))
+        row = await self.db.run(lambda s: accounts.create_user(s, actor, fields, request.password))
         return accounts_pb2.CreateUserResponse(user=messages.user_to_proto(row))
 
     async def GetUser(
         self, request: accounts_pb2.GetUserRequest, context: Context
     ) -> accounts_pb2.GetUserResponse:
         actor = current_principal()
-        row = await self.run(lambda s: accounts.get_user(s, actor, request.user_id))
+        row = await self.db.run(lambda s: accounts.get_user(s, actor, request.user_id))
         return accounts_pb2.GetUserResponse(user=messages.user_to_proto(row))
 
     async def ListUsers(
         self, request: accounts_pb2.ListUsersRequest, context: Context
     ) -> accounts_pb2.ListUsersResponse:
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: accounts.list_users(
                 s, request.page_size, request.page_token, request.client_id
             )
@@ -60,7 +60,7 @@ class UserHandlers(Handlers, accounts_pb2_grpc.UserServiceServicer):
         actor = current_principal()
         fields = self._fields(request.user)
         mask = messages.mask_paths(request.update_mask)
-        row = await self.run(
+        row = await self.db.run(
             lambda s: accounts.update_user(
                 s, actor, request.user.user_id, fields, mask, request.new_password
             )
@@ -71,7 +71,7 @@ class UserHandlers(Handlers, accounts_pb2_grpc.UserServiceServicer):
         self, request: accounts_pb2.DeleteUserRequest, context: Context
     ) -> accounts_pb2.DeleteUserResponse:
         actor = current_principal()
-        await self.run(lambda s: accounts.delete_user(s, actor, request.user_id))
+        await self.db.run(lambda s: accounts.delete_user(s, actor, request.user_id))
         return accounts_pb2.DeleteUserResponse()
 
 
@@ -93,14 +93,14 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
     ) -> accounts_pb2.CreateClientResponse:
         actor = current_principal()
         fields = self._fields(request.client)
-        row = await self.run(lambda s: accounts.create_client(s, actor, fields))
+        row = await self.db.run(lambda s: accounts.create_client(s, actor, fields))
         return accounts_pb2.CreateClientResponse(client=messages.client_to_proto(row))
 
     async def GetClient(
         self, request: accounts_pb2.GetClientRequest, context: Context
     ) -> accounts_pb2.GetClientResponse:
         actor = current_principal()
-        row = await self.run(lambda s: accounts.get_client(s, actor, request.client_id))
+        row = await self.db.run(lambda s: accounts.get_client(s, actor, request.client_id))
         return accounts_pb2.GetClientResponse(client=messages.client_to_proto(row))
 
     async def ListClients(
@@ -108,7 +108,7 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
     ) -> accounts_pb2.ListClientsResponse:
         status = messages.client_status(request.status, "status")
         tier = messages.tier(request.tier, "tier")
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: accounts.list_clients(s, request.page_size, request.page_token, status, tier)
         )
         return accounts_pb2.ListClientsResponse(
@@ -121,7 +121,7 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
         actor = current_principal()
         fields = self._fields(request.client)
         mask = messages.mask_paths(request.update_mask)
-        row = await self.run(
+        row = await self.db.run(
             lambda s: accounts.update_client(s, actor, request.client.client_id, fields, mask)
         )
         return accounts_pb2.UpdateClientResponse(client=messages.client_to_proto(row))
@@ -130,7 +130,7 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
         self, request: accounts_pb2.SuspendClientRequest, context: Context
     ) -> accounts_pb2.SuspendClientResponse:
         actor = current_principal()
-        row = await self.run(
+        row = await self.db.run(
             lambda s: accounts.suspend_client(s, actor, request.client_id, request.reason)
         )
         return accounts_pb2.SuspendClientResponse(client=messages.client_to_proto(row))
@@ -143,7 +143,7 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
         problems = Violations()
         problems.check(bool(client_id), "client_id", "is required for callers without a client")
         problems.raise_if_any()
-        usage = await self.run(
+        usage = await self.db.run(
             lambda s: ledger.month_usage(s, accounts.get_client(s, actor, client_id))
         )
         return messages.usage_to_proto(usage)
@@ -175,7 +175,7 @@ class ApiKeyHandlers(Handlers, accounts_pb2_grpc.ApiKeyServiceServicer):
     ) -> accounts_pb2.CreateApiKeyResponse:
         actor = current_principal()
         expires_at = request.expire_time.ToDatetime() if request.HasField("expire_time") else None
-        key, plaintext = await self.run(
+        key, plaintext = await self.db.run(
             lambda s: credentials.create_api_key(
                 s, actor, request.client_id, request.name, list(request.scopes), expires_at
             )
@@ -188,7 +188,7 @@ class ApiKeyHandlers(Handlers, accounts_pb2_grpc.ApiKeyServiceServicer):
         self, request: accounts_pb2.ListApiKeysRequest, context: Context
     ) -> accounts_pb2.ListApiKeysResponse:
         actor = current_principal()
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: credentials.list_api_keys(
                 s, actor, request.client_id, request.page_size, request.page_token
             )
@@ -201,7 +201,7 @@ class ApiKeyHandlers(Handlers, accounts_pb2_grpc.ApiKeyServiceServicer):
         self, request: accounts_pb2.RevokeApiKeyRequest, context: Context
     ) -> accounts_pb2.RevokeApiKeyResponse:
         actor = current_principal()
-        key = await self.run(lambda s: credentials.revoke_api_key(s, actor, request.api_key_id))
+        key = await self.db.run(lambda s: credentials.revoke_api_key(s, actor, request.api_key_id))
         return accounts_pb2.RevokeApiKeyResponse(api_key=messages.api_key_to_proto(key))
 
 
@@ -214,7 +214,7 @@ class WorkerCredentialHandlers(Handlers, accounts_pb2_grpc.WorkerCredentialServi
             convert.checked_enum(common_pb2.PrincipalKind, request.kind, "PRINCIPAL_KIND_", "kind")
             or "worker"
         )
-        cred, token = await self.run(
+        cred, token = await self.db.run(
             lambda s: credentials.create_worker_credential(s, actor, request.worker_id, kind)
         )
         return accounts_pb2.CreateWorkerCredentialResponse(
@@ -225,7 +225,7 @@ class WorkerCredentialHandlers(Handlers, accounts_pb2_grpc.WorkerCredentialServi
         self, request: accounts_pb2.RotateWorkerCredentialRequest, context: Context
     ) -> accounts_pb2.RotateWorkerCredentialResponse:
         actor = current_principal()
-        cred, token = await self.run(
+        cred, token = await self.db.run(
             lambda s: credentials.rotate_worker_credential(s, actor, request.worker_id)
         )
         return accounts_pb2.RotateWorkerCredentialResponse(
@@ -235,7 +235,7 @@ class WorkerCredentialHandlers(Handlers, accounts_pb2_grpc.WorkerCredentialServi
     async def ListWorkerCredentials(
         self, request: accounts_pb2.ListWorkerCredentialsRequest, context: Context
     ) -> accounts_pb2.ListWorkerCredentialsResponse:
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: credentials.list_worker_credentials(s, request.page_size, request.page_token)
         )
         return accounts_pb2.ListWorkerCredentialsResponse(
@@ -246,7 +246,7 @@ class WorkerCredentialHandlers(Handlers, accounts_pb2_grpc.WorkerCredentialServi
         self, request: accounts_pb2.RevokeWorkerCredentialRequest, context: Context
     ) -> accounts_pb2.RevokeWorkerCredentialResponse:
         actor = current_principal()
-        cred = await self.run(
+        cred = await self.db.run(
             lambda s: credentials.revoke_worker_credential(s, actor, request.worker_id)
         )
         return accounts_pb2.RevokeWorkerCredentialResponse(
@@ -258,7 +258,7 @@ class AuditHandlers(Handlers, accounts_pb2_grpc.AuditServiceServicer):
     async def ListAuditEvents(
         self, request: accounts_pb2.ListAuditEventsRequest, context: Context
     ) -> accounts_pb2.ListAuditEventsResponse:
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: audit.list_events(
                 s, request.page_size, request.page_token, request.action_prefix
             )

@@ -18,13 +18,13 @@ class AuthHandlers(Handlers, auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.LoginResponse:
         peer = context.peer() or ""
         try:
-            result = await self.run(
+            result = await self.db.run(
                 lambda s: identity.login(s, request.email, request.password, peer)
             )
         except (BadCredential, LoginThrottled) as error:
             # Recorded in a transaction of its own: the failed one rolled back.
             throttled = isinstance(error, LoginThrottled)
-            await self.run(
+            await self.db.run(
                 lambda s: identity.record_login_failure(s, request.email, peer, throttled)
             )
             raise
@@ -40,7 +40,7 @@ class AuthHandlers(Handlers, auth_pb2_grpc.AuthServiceServicer):
         token = Credentials.from_metadata(tuple(context.invocation_metadata() or ())).session_token
         if not token or current_principal().kind != "user":
             raise FailedPrecondition("sign out needs the session token you signed in with")
-        await self.run(lambda s: identity.logout(s, token))
+        await self.db.run(lambda s: identity.logout(s, token))
         return auth_pb2.LogoutResponse()
 
     async def Authenticate(

@@ -51,7 +51,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.GetRequestRequest, context: Context
     ) -> requests_pb2.GetRequestResponse:
         actor = current_principal()
-        row = await self.run(lambda s: requests.get(s, actor, request.request_id))
+        row = await self.db.run(lambda s: requests.get(s, actor, request.request_id))
         return requests_pb2.GetRequestResponse(request=messages.request_to_proto(row))
 
     async def ListRequests(
@@ -71,7 +71,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
             ),
             master_template=request.master_template,
         )
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: requests.list_requests(s, actor, request.page_size, request.page_token, where)
         )
         return requests_pb2.ListRequestsResponse(
@@ -91,7 +91,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
                 execution_id = await self.orchestrator.execute(row, client.tier)
             except MeshError:
                 # The orchestrator did not start it: release the reservation, then report.
-                await self.run(lambda s: requests.abandon_execution(s, row.id))
+                await self.db.run_tx(lambda tx: requests.abandon_execution(tx, row.id))
                 raise
             row = await self.db.run_tx(
                 lambda tx: requests.attach_execution(tx, row.id, execution_id)
@@ -122,10 +122,10 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         actor = current_principal()
         # The execution is cancelled first, so that when the orchestrator cannot be reached
         # nothing has changed and the caller can simply try again.
-        row = await self.run(lambda s: requests.cancellable(s, actor, request.request_id))
+        row = await self.db.run(lambda s: requests.cancellable(s, actor, request.request_id))
         if row.execution_id:
             await self.orchestrator.cancel(row.execution_id)
-        row = await self.run(lambda s: requests.cancel(s, actor, request.request_id))
+        row = await self.db.run(lambda s: requests.cancel(s, actor, request.request_id))
         return requests_pb2.CancelRequestResponse(request=messages.request_to_proto(row))
 
     async def RecordExecutionOutcome(

@@ -21,7 +21,7 @@ class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):
     ) -> templates_pb2.CreateMasterTemplateResponse:
         actor = current_principal()
         new = messages.template_from_proto(request.template)
-        row = await self.run(lambda s: catalog.create(s, actor, new, self.extra_capabilities))
+        row = await self.db.run(lambda s: catalog.create(s, actor, new, self.extra_capabilities))
         return templates_pb2.CreateMasterTemplateResponse(template=messages.template_to_proto(row))
 
     async def GetMasterTemplate(
@@ -37,7 +37,7 @@ class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):
     async def ListMasterTemplates(
         self, request: templates_pb2.ListMasterTemplatesRequest, context: Context
     ) -> templates_pb2.ListMasterTemplatesResponse:
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: catalog.list_latest(
                 s, request.page_size, request.page_token, request.include_deprecated
             )
@@ -50,7 +50,7 @@ class TemplateHandlers(Handlers, templates_pb2_grpc.TemplateServiceServicer):
         self, request: templates_pb2.DeprecateMasterTemplateRequest, context: Context
     ) -> templates_pb2.DeprecateMasterTemplateResponse:
         actor = current_principal()
-        row = await self.run(lambda s: catalog.deprecate(s, actor, request.name))
+        row = await self.db.run(lambda s: catalog.deprecate(s, actor, request.name))
         return templates_pb2.DeprecateMasterTemplateResponse(
             template=messages.template_to_proto(row)
         )

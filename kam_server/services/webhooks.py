@@ -57,7 +57,7 @@ class WebhookHandlers(Handlers, webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.CreateWebhookEndpointRequest, context: Context
     ) -> webhooks_pb2.CreateWebhookEndpointResponse:
         actor = current_principal()
-        row, secret = await self.run(
+        row, secret = await self.db.run(
             lambda s: webhooks.create_endpoint(
                 s,
                 actor,
@@ -77,7 +77,7 @@ class WebhookHandlers(Handlers, webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.ListWebhookEndpointsRequest, context: Context
     ) -> webhooks_pb2.ListWebhookEndpointsResponse:
         actor = current_principal()
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: webhooks.list_endpoints(
                 s, actor, request.client_id, request.page_size, request.page_token
             )
@@ -90,14 +90,14 @@ class WebhookHandlers(Handlers, webhooks_pb2_grpc.WebhookServiceServicer):
         self, request: webhooks_pb2.DeleteWebhookEndpointRequest, context: Context
     ) -> webhooks_pb2.DeleteWebhookEndpointResponse:
         actor = current_principal()
-        await self.run(lambda s: webhooks.delete_endpoint(s, actor, request.endpoint_id))
+        await self.db.run(lambda s: webhooks.delete_endpoint(s, actor, request.endpoint_id))
         return webhooks_pb2.DeleteWebhookEndpointResponse()
 
     async def ListWebhookDeliveries(
         self, request: webhooks_pb2.ListWebhookDeliveriesRequest, context: Context
     ) -> webhooks_pb2.ListWebhookDeliveriesResponse:
         actor = current_principal()
-        rows, token = await self.run(
+        rows, token = await self.db.run(
             lambda s: webhooks.list_deliveries(
                 s,
                 actor,

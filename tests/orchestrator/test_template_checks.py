@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 
+from bitware.kam.v1 import requests_pb2
 from bitware.orchestrator.v1 import orchestrator_pb2
 from tests.common import Client
 from tests.kam.helpers import details, fails, kam, reason
@@ -55,3 +56,6 @@ async def test_kam_cannot_start_a_gapped_template_stored_before_validation(
         )
         assert reason(error) == "ORCHESTRATOR_REFUSED"
         assert "not numbered 1..N" in (error.details() or "")
+        # Nothing started: the request is pending again and nothing stays reserved.
+        back = await k.get_request(client.key, request.request_id)
+        assert back.status == requests_pb2.REQUEST_STATUS_PENDING and back.reserved_usd == 0
