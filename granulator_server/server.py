@@ -24,7 +24,8 @@ from granulator_server import models, template_store
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import ModelMetrics, choose_provider
 from granulator_server.service import GranulatorHandlers
-from granulator_server.worker import CAPABILITIES, WorkerHandlers, capacity
+from granulator_server.stages import CAPABILITIES
+from granulator_server.worker import WorkerHandlers, capacity
 
 log = logging.getLogger("bitware.granulator")
 SERVICES_ONLY = frozenset({SERVICE})

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from bitware_core.db import Database, utcnow
+from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
 from granulator_server.domain import (
@@ -50,6 +53,8 @@ from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
 log = logging.getLogger("bitware.granulator.stages")
 JUDGE_WEIGHT = 0.3
+#: The capabilities a granulator offers (each with its actions in BUILT_IN_CAPABILITIES).
+CAPABILITIES = tuple(BUILT_IN_CAPABILITIES)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,114 @@ class Work:
     previous_job_id: str = ""
     feedback: str = ""
     min_quality: float = 0.0
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A stage attempt offered in a Handshake, as plain values (not yet checked)."""
+
+    execution_id: str
+    stage_id: str
+    attempt: int
+    epoch: int
+    client_id: str
+    capability: str
+    action: str
+    #: The template the stage names; "" to go by the spec's structure type.
+    structure_template: str
+    #: The content spec; its `structure_type` is "" when the offer names none.
+    spec: dict[str, Any]
+    params: dict[str, str] = field(default_factory=dict)
+    previous_job_id: str = ""
+    previous_output: dict[str, Any] = field(default_factory=dict)
+    feedback: str = ""
+    min_quality: float = 0.0
+    #: The number of a structure type this granulator does not know, when the offer named one.
+    unknown_structure_type: int = 0
+
+
+class DeclineReason(StrEnum):
+    """Why a worker declines an offer (`bitware.worker.v1.DeclineReason`, without its prefix)."""
+
+    AT_CAPACITY = "AT_CAPACITY"
+    INVALID_INPUT = "INVALID_INPUT"
+    UNSUPPORTED = "UNSUPPORTED"
+    UNKNOWN_TEMPLATE = "UNKNOWN_TEMPLATE"
+    DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True)
+class Decline:
+    """An offer not taken: an answer, not an error (the orchestrator tries another worker, or
+    this one after `retry_after` seconds)."""
+
+    reason: DeclineReason
+    message: str
+    retry_after: float = 0.0
+
+
+#: Finds the structure template a query names (a name or a structure type), or None.
+Resolve = Callable[[str], Awaitable[StructureTemplate | None]]
+
+
+async def check_offer(
+    offered: Offered, resolve: Resolve, *, draining: bool = False
+) -> Work | Decline:
+    """Whether this granulator can work on the offered attempt: the `Work` it would do, or why
+    not. In order: a stopping worker takes nothing; the capability and action must be offered
+    here; the template must be found (by name, else by the spec's structure type) and build
+    that type; the input must be usable (a topic, granularity 1-5, a previous job to
+    validate, a judge level 0-3), every problem named at once. Slots are not counted here."""
+    if draining:
+        return Decline(DeclineReason.DRAINING, "the worker is stopping")
+    if offered.action not in BUILT_IN_CAPABILITIES.get(offered.capability, ()):
+        return Decline(
+            DeclineReason.UNSUPPORTED,
+            f"capability {offered.capability!r} with action {offered.action!r} is not "
+            f"offered here; capabilities: {', '.join(CAPABILITIES)}",
+        )
+    if offered.unknown_structure_type:
+        return Decline(
+            DeclineReason.INVALID_INPUT,
+            f"unknown structure type {offered.unknown_structure_type}",
+        )
+    spec = offered.spec
+    structure_type = str(spec.get("structure_type", ""))
+    query = offered.structure_template or structure_type
+    template = await resolve(query) if query else None
+    if template is None:
+        return Decline(DeclineReason.UNKNOWN_TEMPLATE, f"no structure template matches {query!r}")
+    problems = []
+    if structure_type and template.structure_type != structure_type:
+        problems.append(f"template {template.name} builds {template.structure_type}")
+    if not str(spec.get("topic", "")).strip():
+        problems.append("spec.topic is empty")
+    granularity = int(spec.get("granularity", 0))
+    if not 1 <= granularity <= 5:
+        problems.append(f"spec.granularity {granularity} is not from 1 to 5")
+    previous = target_job(offered.previous_job_id, offered.previous_output)
+    if offered.action == "validate" and not previous:
+        problems.append("validate needs the previous stage's job")
+    try:
+        judge_level(offered.params)
+    except ValueError as error:
+        problems.append(f"params.{error}")
+    if problems:
+        return Decline(DeclineReason.INVALID_INPUT, "; ".join(problems))
+    return Work(
+        execution_id=offered.execution_id,
+        stage_id=offered.stage_id,
+        attempt=offered.attempt,
+        client_id=offered.client_id,
+        capability=offered.capability,
+        action=offered.action,
+        template=template,
+        spec=spec,
+        params=offered.params,
+        previous_job_id=previous,
+        feedback=offered.feedback,
+        min_quality=offered.min_quality,
+    )
 
 
 def target_job(previous_job_id: str, previous_output: dict[str, Any]) -> str:

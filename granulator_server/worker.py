@@ -1,7 +1,8 @@
 """The granulator's side of the worker protocol (`bitware.worker.v1.WorkerService`): checks
 offers and reserves slots, runs accepted attempts once per (execution, stage, attempt), streams
 their progress (several events per message for a caller that asks for batches) and cancels
-them. Thin: the work itself is in `stages`, the logs in `progress`.
+them. Thin: whether an offer can be served (`stages.check_offer`) and the work itself are in
+`stages`, the logs in `progress`.
 
 Slots (`max_jobs`) bound the attempts held at once, not the work done at once: an attempt spends
 most of its time waiting on the model, so a granulator holds as many as its provider takes calls
@@ -29,15 +30,14 @@ from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.db import Database
 from bitware_core.errors import NotFound
-from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from granulator_server import jobs, progress, stages, template_store
+from granulator_server.domain import StructureTemplate
 from granulator_server.errors import NoReservation, StageCancelled
 from granulator_server.providers import Provider
 
 log = logging.getLogger("bitware.granulator.worker")
 Context = grpc.aio.ServicerContext[Any, Any]
 Key = tuple[str, str, int]
-CAPABILITIES = tuple(BUILT_IN_CAPABILITIES)
 RESERVATION_SECONDS = 30.0
 LOG_RETENTION_SECONDS = 300.0
 BUSY_RETRY_SECONDS = 1.0
@@ -99,66 +99,14 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         """Slots in use: running attempts and live reservations."""
         return len(self.offers)
 
-    def _decline(
-        self, reason: int, message: str, retry_after: float = 0.0
-    ) -> worker_pb2.HandshakeResponse:
-        return worker_pb2.HandshakeResponse(
-            accepted=False,
-            decline_reason=reason,  # type: ignore[arg-type]
-            message=message,
-            retry_after=_duration(retry_after),
-            worker_id=self.worker_id,
-        )
-
     async def Handshake(
         self, request: worker_pb2.HandshakeRequest, context: Context
     ) -> worker_pb2.HandshakeResponse:
-        if self.draining:
-            return self._decline(worker_pb2.DECLINE_REASON_DRAINING, "the worker is stopping")
-        if request.action not in BUILT_IN_CAPABILITIES.get(request.capability, ()):
-            return self._decline(
-                worker_pb2.DECLINE_REASON_UNSUPPORTED,
-                f"capability {request.capability!r} with action {request.action!r} is not "
-                f"offered here; capabilities: {', '.join(CAPABILITIES)}",
-            )
-        spec = request.input.spec
-        try:
-            structure_type = convert.enum_name(
-                common_pb2.StructureType, spec.structure_type, "STRUCTURE_TYPE_"
-            )
-        except ValueError:
-            return self._decline(
-                worker_pb2.DECLINE_REASON_INVALID_INPUT,
-                f"unknown structure type {spec.structure_type}",
-            )
-        query = request.structure_template or structure_type
-        found = await self._resolve(query) if query else None
-        if found is None:
-            return self._decline(
-                worker_pb2.DECLINE_REASON_UNKNOWN_TEMPLATE,
-                f"no structure template matches {query!r}",
-            )
-        template = found[0]
-        problems = []
-        if structure_type and template.structure_type != structure_type:
-            problems.append(f"template {template.name} builds {template.structure_type}")
-        if not spec.topic.strip():
-            problems.append("spec.topic is empty")
-        if not 1 <= spec.granularity <= 5:
-            problems.append(f"spec.granularity {spec.granularity} is not from 1 to 5")
-        previous = stages.target_job(
-            request.input.previous_job_id, convert.from_struct(request.input.previous_output)
-        )
-        if request.action == "validate" and not previous:
-            problems.append("validate needs the previous stage's job")
-        try:
-            stages.judge_level(dict(request.params))
-        except ValueError as error:
-            problems.append(f"params.{error}")
-        if problems:
-            return self._decline(worker_pb2.DECLINE_REASON_INVALID_INPUT, "; ".join(problems))
+        offered = offered_from_proto(request)
+        work = await stages.check_offer(offered, self._resolve, draining=self.draining)
+        if isinstance(work, stages.Decline):
+            return self._decline(work)
         key = _key(request.stage)
-        content = convert.spec_from_proto(spec)
         offer = self.offers.get(key)
         finished: bool | None = False
         if offer is not None:
@@ -166,24 +114,12 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         elif not (finished := await self._finished(key, request.stage.epoch)):
             if self.active >= self.max_jobs:
                 return self._decline(
-                    worker_pb2.DECLINE_REASON_AT_CAPACITY,
-                    f"all {self.max_jobs} slots are busy",
-                    retry_after=BUSY_RETRY_SECONDS,
+                    stages.Decline(
+                        stages.DeclineReason.AT_CAPACITY,
+                        f"all {self.max_jobs} slots are busy",
+                        retry_after=BUSY_RETRY_SECONDS,
+                    )
                 )
-            work = stages.Work(
-                execution_id=key[0],
-                stage_id=key[1],
-                attempt=key[2],
-                client_id=request.client_id,
-                capability=request.capability,
-                action=request.action,
-                template=template,
-                spec=content,
-                params=dict(request.params),
-                previous_job_id=previous,
-                feedback=request.input.feedback,
-                min_quality=request.input.min_quality_score,
-            )
             offer = self.offers[key] = Offer(
                 work, request.stage.epoch, job_known_new=finished is None
             )
@@ -191,13 +127,23 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
                 self.reservation_seconds, self._expire, key, offer
             )
             self.progress.open(key).add(progress.ACCEPTED, "offer accepted", 0.0)
-        return self._accepted(template, content, request.action)
+        return self._accepted(work.template, work.spec, request.action)
 
-    async def _resolve(self, query: str) -> tuple[Any, str] | None:
+    def _decline(self, decline: stages.Decline) -> worker_pb2.HandshakeResponse:
+        return worker_pb2.HandshakeResponse(
+            accepted=False,
+            decline_reason=worker_pb2.DeclineReason.Value(f"DECLINE_REASON_{decline.reason}"),
+            message=decline.message,
+            retry_after=_duration(decline.retry_after),
+            worker_id=self.worker_id,
+        )
+
+    async def _resolve(self, query: str) -> StructureTemplate | None:
         """The template for `query`, current even when another granulator sharing the database
         has just changed it (one small query while this process's copy is current)."""
         engine = self.db.engine
-        return await self.db.run_tx(lambda tx: template_store.resolve_tx(tx, engine, query))
+        found = await self.db.run_tx(lambda tx: template_store.resolve_tx(tx, engine, query))
+        return found[0] if found else None
 
     async def _finished(self, key: Key, epoch: int) -> bool | None:
         """Whether the attempt's job has finished; None when there is no job for it at all.
@@ -328,6 +274,32 @@ def _event_to_proto(event: progress.ProgressEvent) -> worker_pb2.ProgressEvent:
     )
     message.time.FromMilliseconds(int(event.time * 1000))
     return message
+
+
+def offered_from_proto(request: worker_pb2.HandshakeRequest) -> stages.Offered:
+    spec, unknown = request.input.spec, 0
+    if spec.structure_type not in common_pb2.StructureType.values():
+        unknown = spec.structure_type
+        spec = common_pb2.ContentSpec()
+        spec.CopyFrom(request.input.spec)
+        spec.ClearField("structure_type")
+    return stages.Offered(
+        execution_id=request.stage.execution_id,
+        stage_id=request.stage.stage_id,
+        attempt=request.stage.attempt,
+        epoch=request.stage.epoch,
+        client_id=request.client_id,
+        capability=request.capability,
+        action=request.action,
+        structure_template=request.structure_template,
+        spec=convert.spec_from_proto(spec),
+        params=dict(request.params),
+        previous_job_id=request.input.previous_job_id,
+        previous_output=convert.from_struct(request.input.previous_output),
+        feedback=request.input.feedback,
+        min_quality=request.input.min_quality_score,
+        unknown_structure_type=unknown,
+    )
 
 
 def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:
