@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
+from bitware_core import convert
 from bitware_core.config import Settings, StorageSettings
 from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import start_mesh
@@ -58,7 +59,7 @@ async def test_a_client_over_its_rate_is_refused_with_retry_info(client: Client)
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert reason(refused) == "RATE_LIMITED"
         [retry] = details(refused, error_details_pb2.RetryInfo)
-        delay = retry.retry_delay.ToTimedelta().total_seconds()
+        delay = convert.seconds(retry.retry_delay)
         assert 0 < delay <= 1 / BASIC.requests_per_second
         # Staff acting for the client do not draw on its bucket; the client waits as told.
         await stub.CreateRequest(

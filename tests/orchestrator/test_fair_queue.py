@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from bitware_core import convert
 from bitware_core.config import PeerSettings, QueueSettings, Settings, StorageSettings
 from bitware_core.tiers import TIER_LIMITS
 from bitware_mesh.inprocess import InProcessMesh, MeshCredentials
@@ -48,7 +49,7 @@ async def admitted(call: Callable[[], Awaitable[T]]) -> T:
             assert delays, status
             info = error_details_pb2.RetryInfo()
             delays[0].Unpack(info)
-            await asyncio.sleep(info.retry_delay.ToTimedelta().total_seconds())
+            await asyncio.sleep(convert.seconds(info.retry_delay))
     raise AssertionError("still rate limited after 100 tries")
 
 
