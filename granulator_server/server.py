@@ -21,11 +21,12 @@ from bitware_core.kam import KamConnection
 from bitware_core.metrics import new_registry
 from bitware_core.server import MeshServer, Service, run_process
 from granulator_server import models, template_store
+from granulator_server.offers import capacity
 from granulator_server.pricing import PriceTable
 from granulator_server.providers import ModelMetrics, choose_provider
 from granulator_server.service import GranulatorHandlers
 from granulator_server.stages import CAPABILITIES
-from granulator_server.worker import WorkerHandlers, capacity
+from granulator_server.worker import WorkerHandlers
 
 log = logging.getLogger("bitware.granulator")
 SERVICES_ONLY = frozenset({SERVICE})
@@ -161,7 +162,7 @@ class GranulatorServer(MeshServer):
                     beat = await stub.Heartbeat(
                         registry_pb2.HeartbeatRequest(
                             worker_id=self.settings.auth.worker_id,
-                            active_stages=self.worker.active,
+                            active_stages=self.worker.slots.active,
                         ),
                         timeout=self.settings.peers.rpc_timeout,
                         metadata=metadata,
@@ -170,7 +171,7 @@ class GranulatorServer(MeshServer):
                     if beat.state == registry_pb2.WORKER_STATE_DEREGISTERED:
                         # An operator took this worker out: stay out (no re-registering).
                         log.info("deregistered by the orchestrator; taking no more work")
-                        self.worker.draining = True
+                        self.worker.slots.draining = True
                         return
             except grpc.aio.AioRpcError as error:
                 registered = registered and error.code() != grpc.StatusCode.NOT_FOUND
@@ -213,7 +214,7 @@ class GranulatorServer(MeshServer):
             )
 
     async def stop(self, grace: float | None = None) -> None:
-        self.worker.draining = True
+        self.worker.slots.draining = True
         await self._leave()
         for task in (self._registration, self._tending):
             if task is not None:

@@ -235,6 +235,30 @@ def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int
     }
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """What an accepted attempt is expected to need (the Handshake's answer)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    memory_mb: int = 64
+    seconds: float = 30.0
+
+
+def estimate_work(work: Work, provider: Provider) -> Estimate:
+    """A generation's tokens (see `estimate`) and their cost at the provider's prices; a
+    review's are not guessed. A tenth of a second offline, 30 s with a model."""
+    seconds = 0.1 if provider.name == "offline" else 30.0
+    if work.action != "generate":
+        return Estimate(seconds=seconds)
+    guess = estimate(work.template, work.spec)
+    prompt, completion = guess["prompt_tokens"], guess["completion_tokens"]
+    prices = provider.prices
+    cost = prices.cost(provider.model, prompt, completion) if prices is not None else 0.0
+    return Estimate(prompt, completion, cost, seconds=seconds)
+
+
 class StageRunner:
     def __init__(self, db: Database, provider: Provider, worker_id: str, cpu_jobs: int) -> None:
         self.db, self.provider, self.worker_id = db, provider, worker_id

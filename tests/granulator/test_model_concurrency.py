@@ -16,8 +16,8 @@ from bitware.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from bitware_core.config import OpenAISettings, QueueSettings, Settings
 from bitware_mesh.inprocess import start_mesh
 from granulator_server.domain import SEED_TEMPLATES, generate_offline
+from granulator_server.offers import capacity
 from granulator_server.providers import OfflineProvider, OpenAIProvider
-from granulator_server.worker import capacity
 from tests.common import make_client, submit
 from tests.granulator.fake_openai import FakeOpenAI, reply
 

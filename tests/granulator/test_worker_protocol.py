@@ -138,7 +138,7 @@ async def test_handshake_declines_offers_it_cannot_serve(
     assert not answer.accepted
     assert answer.decline_reason == reason
     assert words in answer.message
-    assert handlers.active == 0
+    assert handlers.slots.active == 0
 
 
 async def test_handshake_at_capacity_declines_with_a_retry_hint(db: Database) -> None:
@@ -156,7 +156,7 @@ async def test_handshake_at_capacity_declines_with_a_retry_hint(db: Database) ->
 
 async def test_draining_worker_declines_new_offers(db: Database) -> None:
     handlers = workers(db)
-    handlers.draining = True
+    handlers.slots.draining = True
 
     answer = await handlers.Handshake(offer(), NO_CONTEXT)
 
@@ -175,12 +175,12 @@ async def test_accepted_offer_carries_an_estimate_and_a_reservation_deadline(
 
 async def test_reservation_is_released_when_process_does_not_follow(db: Database) -> None:
     handlers = workers(db, max_jobs=1)
-    handlers.reservation_seconds = 0.2
+    handlers.slots.reservation_seconds = 0.2
     assert (await handlers.Handshake(offer(stage("a")), NO_CONTEXT)).accepted
 
     await asyncio.sleep(0.4)
 
-    assert handlers.active == 0
+    assert handlers.slots.active == 0
     assert (await handlers.Handshake(offer(stage("b")), NO_CONTEXT)).accepted
     with pytest.raises(NoReservation):
         await handlers.Process(worker_pb2.ProcessRequest(stage=stage("a")), NO_CONTEXT)
@@ -436,7 +436,7 @@ async def test_cancel_stops_a_running_generation_promptly(
     with pytest.raises(StageCancelled):
         await process
     assert asyncio.get_running_loop().time() - started < 1.0
-    assert handlers.active == 0
+    assert handlers.slots.active == 0
     assert (await events_of(handlers, stage()))[-1].phase == worker_pb2.PHASE_CANCELLED
     with pytest.raises(StageCancelled):  # a repeated Process does not start it again
         await handlers.Process(worker_pb2.ProcessRequest(stage=stage()), NO_CONTEXT)
@@ -497,7 +497,7 @@ async def test_cancel_of_a_reserved_offer_frees_its_slot(db: Database) -> None:
     second = await handlers.Cancel(worker_pb2.CancelRequest(stage=stage()), NO_CONTEXT)
 
     assert first.cancelled and not second.cancelled
-    assert handlers.active == 0
+    assert handlers.slots.active == 0
 
 
 async def test_progress_logs_of_finished_stages_are_dropped_after_a_while(

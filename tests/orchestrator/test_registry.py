@@ -90,6 +90,6 @@ async def test_a_granulator_an_admin_drained_stays_out(client: Client) -> None:
         )
         assert drained.worker.state == registry_pb2.WORKER_STATE_DRAINING
     granulator = client.mesh.granulators[0]
-    await eventually(lambda: granulator.worker.draining, within=10)
+    await eventually(lambda: granulator.worker.slots.draining, within=10)
     await asyncio.sleep(1.5)  # heartbeats would have brought it back by now
     assert await worker_state(client, "granulator-1") == registry_pb2.WORKER_STATE_DEREGISTERED
