@@ -15,7 +15,7 @@ from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
-from granulator_server.errors import JobNotFound
+from granulator_server.errors import JobNotFound, NoStructure
 
 
 def find(tx: Tx, execution_id: str, stage_id: str, attempt: int) -> models.Job | None:
@@ -227,6 +227,20 @@ def elements_of(session: Session, job_id: str) -> list[models.Element]:
             .order_by(models.Element.position)
         )
     )
+
+
+def structure(
+    session: Session, principal: Principal, job_id: str
+) -> tuple[models.Job, list[models.Element]]:
+    """A job with the elements of the structure it stored. NOT_FOUND as `get`; NO_STRUCTURE for
+    a review job (naming the job whose structure it reviewed) and for a job that stored none
+    (a failed job keeps one it made below the quality minimum)."""
+    job = get(session, principal, job_id)
+    if job.action == "validate":
+        raise NoStructure(job.id, job.status, structure_job_id=job.result.get("job_id", ""))
+    if not job.document:
+        raise NoStructure(job.id, job.status)
+    return job, elements_of(session, job.id)
 
 
 def list_jobs(

@@ -16,7 +16,6 @@ from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from granulator_server import calls, jobs, models, template_store
 from granulator_server.domain import StructureTemplate
-from granulator_server.errors import NoStructure
 
 
 def _type(name: str) -> Any:
@@ -160,17 +159,7 @@ class GranulatorHandlers(granulator_pb2_grpc.GranulatorServiceServicer):
         self, request: granulator_pb2.GetStructureRequest, context: Context
     ) -> granulator_pb2.GetStructureResponse:
         principal = current_principal()
-
-        def load(s: Any) -> tuple[models.Job, list[models.Element]]:
-            job = jobs.get(s, principal, request.job_id)
-            return job, jobs.elements_of(s, job.id)
-
-        job, elements = await self.db.run(load)
-        if job.action == "validate":
-            target = job.result.get("job_id", "")
-            raise NoStructure(job.id, job.status, structure_job_id=target)
-        if not job.document:  # a failed job keeps a structure it made (below quality)
-            raise NoStructure(job.id, job.status)
+        job, elements = await self.db.run(lambda s: jobs.structure(s, principal, request.job_id))
         ids = {e.position: f"{job.id}.{e.position}" for e in elements}
         return granulator_pb2.GetStructureResponse(
             job_id=job.id,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from bitware_core.auth import Principal
 from bitware_core.db import utcnow
 from bitware_core.sql import Tx, columns, from_row, insert_rows, update_row, width
 from orchestrator_server import models
@@ -374,3 +375,9 @@ def queue_stats(tx: Tx, client_id: str = "") -> dict[str, Any]:
         else:
             waiting += count
     return {"levels": levels, "running": running, "retry_waiting": waiting}
+
+
+def queue_seen_by(tx: Tx, principal: Principal) -> dict[str, Any]:
+    """`queue_stats` as `principal` may see them: a client only its own work, staff and
+    services every client's."""
+    return queue_stats(tx, "" if principal.sees_all_clients else principal.client_id)

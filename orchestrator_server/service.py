@@ -260,9 +260,7 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.GetQueueRequest, context: Context
     ) -> orchestrator_pb2.GetQueueResponse:
         principal = current_principal()
-        # A client sees only its own work; staff and services see every client's.
-        client_id = "" if principal.sees_all_clients else principal.client_id
-        stats = await self.db.run_tx(functools.partial(queue.queue_stats, client_id=client_id))
+        stats = await self.db.run_tx(lambda tx: queue.queue_seen_by(tx, principal))
         levels = []
         for priority, (depth, oldest) in stats["levels"].items():
             wait = convert.duration(oldest)

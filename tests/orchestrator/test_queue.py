@@ -259,3 +259,19 @@ def test_a_deprecated_template_starts_nothing_not_even_a_known_idempotency_key(
         with pytest.raises(TemplateDeprecated) as refused:
             db.run_tx_sync(lambda tx, new=new: executions.create(tx, new))
         assert (refused.value.template, refused.value.version) == ("t", 1)
+
+
+def test_a_client_sees_only_its_own_queue_and_staff_see_every_client_s(db: Database) -> None:
+    db.run_tx_sync(lambda tx: create(tx, "high", client="cli_a"))
+    db.run_tx_sync(lambda tx: create(tx, "high", client="cli_b"))
+    db.run_tx_sync(lambda tx: create(tx, "low", client="cli_b"))
+
+    def depths(principal: Principal) -> dict[int, int]:
+        stats = db.run_tx_sync(lambda tx: queue.queue_seen_by(tx, principal))
+        return {priority: depth for priority, (depth, _) in stats["levels"].items() if depth}
+
+    high, low = executions.PRIORITIES["high"], executions.PRIORITIES["low"]
+    assert depths(Principal(kind="api_key", client_id="cli_a")) == {high: 1}
+    assert depths(Principal(kind="api_key", client_id="cli_b")) == {high: 1, low: 1}
+    for staff in (Principal(kind="user", role="admin"), Principal(kind="service")):
+        assert depths(staff) == {high: 2, low: 1}
