@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.descriptor import FieldDescriptor
 
 from bitware.common.v1 import common_pb2
 from bitware_core.auth import Principal
@@ -91,54 +90,6 @@ def principal_from_proto(message: common_pb2.Principal) -> Principal:
         display_name=message.display_name,
         api_key_id=message.api_key_id,
     )
-
-
-def _scalar_fields(descriptor: Any) -> dict[str, type]:
-    return {
-        field.name: {
-            FieldDescriptor.CPPTYPE_DOUBLE: float,
-            FieldDescriptor.CPPTYPE_STRING: str,
-        }.get(field.cpp_type, int)
-        for field in descriptor.fields
-        if field.cpp_type != FieldDescriptor.CPPTYPE_MESSAGE
-    }
-
-
-#: Usage's scalar fields and the Python type of each, and ProviderUsage's. (Written out rather
-#: than `json_format`, which costs ~10× more; usage is converted several times per stage.)
-_USAGE_FIELDS = _scalar_fields(common_pb2.Usage.DESCRIPTOR)
-_PROVIDER_USAGE_FIELDS = _scalar_fields(common_pb2.ProviderUsage.DESCRIPTOR)
-
-
-def _scalars(values: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
-    return {
-        name: kind(value)
-        for name, kind in fields.items()
-        if (value := values.get(name)) not in (None, "")
-    }
-
-
-def usage_to_proto(usage: dict[str, Any]) -> common_pb2.Usage:
-    """Usage from its dict form; unknown keys are ignored, and numbers may be strings (as
-    protobuf's JSON form writes 64-bit integers)."""
-    if not usage:
-        return common_pb2.Usage()
-    by_provider = [
-        common_pb2.ProviderUsage(**_scalars(each, _PROVIDER_USAGE_FIELDS))
-        for each in usage.get("by_provider") or ()
-    ]
-    return common_pb2.Usage(**_scalars(usage, _USAGE_FIELDS), by_provider=by_provider)
-
-
-def usage_from_proto(usage: common_pb2.Usage) -> dict[str, Any]:
-    """The fields that are set (not zero or empty)."""
-    values = {name: value for name in _USAGE_FIELDS if (value := getattr(usage, name))}
-    if usage.by_provider:
-        values["by_provider"] = [
-            {name: value for name in _PROVIDER_USAGE_FIELDS if (value := getattr(each, name))}
-            for each in usage.by_provider
-        ]
-    return values
 
 
 def spec_from_proto(spec: common_pb2.ContentSpec) -> dict[str, Any]:

@@ -55,8 +55,9 @@ subclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from bitware_core.domain import Usage
 from bitware_core.errors import (
     AlreadyExists,
     Cancelled,
@@ -147,12 +148,12 @@ class StageFailure(Exception):
     reason: ClassVar[str] = ""
 
     def __init__(
-        self, message: str, *, retry_after: float = 0.0, usage: dict[str, Any] | None = None
+        self, message: str, *, retry_after: float = 0.0, usage: Usage | None = None
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
-        self.usage: dict[str, Any] = usage or {}
+        self.usage = usage or Usage()
 
 
 class WorkerError(StageFailure):

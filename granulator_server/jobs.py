@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.domain import Usage
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
@@ -82,7 +83,7 @@ def complete(
     *,
     document: dict[str, Any],
     report: QualityReport,
-    usage: dict[str, Any],
+    usage: Usage,
     result: dict[str, Any],
     unusable: str = "",
 ) -> models.Job:
@@ -111,7 +112,7 @@ def complete(
     quality = quality_dict(report)
     job.status = "failed" if unusable else "completed"
     job.error_message = unusable[:2000]
-    job.document, job.quality, job.usage = document, quality, usage
+    job.document, job.quality, job.usage = document, quality, usage.to_json()
     job.validations = [*job.validations, validation_record("rules", quality)]
     job.element_count = len(elements)
     job.result = {**result, "metrics": {**result.get("metrics", {}), "elements": len(elements)}}
@@ -151,12 +152,13 @@ def finish_validation(
     job_id: str,
     *,
     quality: dict[str, Any],
-    usage: dict[str, Any],
+    usage: Usage,
     result: dict[str, Any],
 ) -> None:
     """Completes a `validate` job (it stores no structure of its own)."""
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
-    job.status, job.quality, job.usage, job.result = "completed", quality, usage, result
+    job.status, job.quality, job.result = "completed", quality, result
+    job.usage = usage.to_json()
     job.updated_at = utcnow()
     update_row(tx, job, "status", "quality", "usage", "result", "updated_at")
 
@@ -167,12 +169,12 @@ def fail(
     status: str,
     message: str,
     result: dict[str, Any],
-    usage: dict[str, Any] | None = None,
+    usage: Usage | None = None,
 ) -> None:
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     job.status, job.error_message, job.result, job.updated_at = status, message, result, utcnow()
     if usage:
-        job.usage = usage
+        job.usage = usage.to_json()
     update_row(tx, job, "status", "error_message", "result", "updated_at", "usage")
 
 

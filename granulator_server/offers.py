@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitware_core.db import Database
+from bitware_core.domain import Usage
 from granulator_server import jobs, progress, stages, template_store
 from granulator_server.domain import StructureTemplate
 from granulator_server.errors import NoReservation, StageCancelled
@@ -60,10 +61,10 @@ class Offer:
 @dataclass(frozen=True)
 class Cancelled:
     """What a cancel did: whether the attempt was held here, and what it used (None when it
-    was only reserved, so it used nothing; else what its job recorded, {} without a job)."""
+    was only reserved, so it used nothing; else what its job recorded, empty without a job)."""
 
     held: bool
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
 
 
 class Slots:
@@ -193,4 +194,5 @@ class Slots:
         # The attempt's job holds what it consumed: up to the cancel, or in full when it had
         # finished already (the caller still owes it).
         stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
-        return Cancelled(held=offer is not None, usage=stored.usage if stored is not None else {})
+        usage = Usage.from_json(stored.usage if stored is not None else None)
+        return Cancelled(held=offer is not None, usage=usage)

@@ -12,6 +12,7 @@ from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
+from bitware_core.domain import Usage
 from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from granulator_server import calls, jobs, models, template_store
@@ -76,7 +77,7 @@ def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.J
         template_name=job.template_name,
         status=convert.enum_value(granulator_pb2.JobStatus, job.status, "JOB_STATUS_"),
         quality=_quality(job.quality),
-        usage=convert.usage_to_proto(job.usage),
+        usage=Usage.from_json(job.usage).to_proto(),
         element_count=job.element_count,
         error_message=job.error_message,
         create_time=convert.timestamp(job.created_at),

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from bitware_core.db import Database, utcnow
+from bitware_core.domain import Usage
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
@@ -48,7 +49,7 @@ from granulator_server.errors import (
     WorkerLost,
     WorkerRestarted,
 )
-from granulator_server.providers import Generation, Provider, add_usage
+from granulator_server.providers import Generation, Provider
 from granulator_server.providers.base import UsageMeter, track_meters, usage_of
 
 log = logging.getLogger("bitware.granulator.stages")
@@ -305,7 +306,7 @@ class StageRunner:
             # Stopped by a cancel or the stage's timeout: what the model calls consumed so far
             # is kept on the job, and `Cancel` answers with it.
             used = usage_of(meters)
-            cancelled = {**CANCELLED, "usage": used}
+            cancelled = {**CANCELLED, "usage": used.to_json()}
             await self.db.run_tx(
                 lambda tx: jobs.fail(tx, job_id, "cancelled", "cancelled", cancelled, used)
             )
@@ -319,9 +320,8 @@ class StageRunner:
                 WorkerError(f"{type(error).__name__}", usage=usage_of(meters))
             )
         message = outcome["error"]["message"]
-        await self.db.run_tx(
-            lambda tx: jobs.fail(tx, job_id, "failed", message, outcome, outcome["usage"])
-        )
+        used = Usage.from_json(outcome["usage"])
+        await self.db.run_tx(lambda tx: jobs.fail(tx, job_id, "failed", message, outcome, used))
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
 
@@ -401,7 +401,7 @@ class StageRunner:
                 "quality_score": report.score,
             },
             "quality": quality,
-            "usage": generation.usage,
+            "usage": generation.usage.to_json(),
             "metrics": {},
         }
         stored = await self.db.run_tx(
@@ -436,7 +436,7 @@ class StageRunner:
         report = score_quality(template, target.document, granularity)
         rules_quality = jobs.quality_dict(report)
         records = [jobs.validation_record("rules", rules_quality)]
-        usage = UsageMeter("offline", "offline").as_dict()
+        usage = UsageMeter("offline", "offline").usage()
         score, components = report.score, dict(report.components)
         feedback = report.feedback
         level = judge_level(work.params)
@@ -446,7 +446,7 @@ class StageRunner:
                 judgement = await self.provider.judge(template, target.spec, target.document, level)
             except StageFailure as failure:  # the judge is optional: the rules still score
                 log.warning("the LLM judge failed", extra={"reason": failure.reason})
-                usage = add_usage(usage, failure.usage) if failure.usage else usage
+                usage += failure.usage
                 judgement = None
             if judgement is not None:
                 usage = judgement.usage
@@ -477,7 +477,7 @@ class StageRunner:
                 "validators": [r["validator"] for r in records],
             },
             "quality": quality,
-            "usage": usage,
+            "usage": usage.to_json(),
             "metrics": {"validations": float(len(records))},
         }
         await self.db.run_tx(
@@ -527,5 +527,5 @@ def failure_outcome(failure: StageFailure) -> dict[str, Any]:
             "message": failure.message,
             "retry_after": failure.retry_after,
         },
-        "usage": failure.usage,
+        "usage": failure.usage.to_json(),
     }

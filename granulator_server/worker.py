@@ -18,6 +18,7 @@ from bitware.common.v1 import common_pb2
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.db import Database
+from bitware_core.domain import Usage
 from bitware_core.errors import NotFound
 from bitware_core.server import Context
 from granulator_server import offers, progress, stages
@@ -97,7 +98,7 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
         usage = cancelled.usage
         return worker_pb2.CancelResponse(
             cancelled=cancelled.held,
-            usage=convert.usage_to_proto(usage) if usage is not None else None,
+            usage=usage.to_proto() if usage is not None else None,
         )
 
 
@@ -141,7 +142,7 @@ def offered_from_proto(request: worker_pb2.HandshakeRequest) -> stages.Offered:
 
 def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:
     """A stored `stages` outcome as the Process response."""
-    response = worker_pb2.ProcessResponse(usage=convert.usage_to_proto(outcome.get("usage", {})))
+    response = worker_pb2.ProcessResponse(usage=Usage.from_json(outcome.get("usage")).to_proto())
     error = outcome.get("error")
     if error is not None:
         response.error.CopyFrom(

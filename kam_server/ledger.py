@@ -14,13 +14,13 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from bitware_core import money
 from bitware_core.db import utcnow
+from bitware_core.domain import Usage
 from bitware_core.sql import Tx
 from kam_server import models, webhooks
 from kam_server.errors import BudgetExceeded
@@ -62,29 +62,30 @@ def release(row: models.ClientRequest) -> None:
     row.reserved_usd = 0.0
 
 
-def charge(row: models.ClientRequest, cost_usd: float, usage: dict[str, Any]) -> None:
-    """Charges the actual cost and releases the reservation. `cost_usd` and `usage` are those
-    of every run of the request's execution so far (a retry adds to them), so they replace what
-    an earlier run charged; `requests.record_outcome` decides whether a report is charged. The
-    cost is whole micro-dollars (`usage.cost_micros`, else `cost_usd` rounded)."""
-    micros = max(0, money.micros_of({**usage, "cost_usd": cost_usd}))
+def charge(row: models.ClientRequest, usage: Usage) -> None:
+    """Charges the actual cost and releases the reservation. `usage` is that of every run of
+    the request's execution so far (a retry adds to it), so it replaces what an earlier run
+    charged; `requests.record_outcome` decides whether a report is charged. The cost is whole
+    micro-dollars (`usage.cost_micros`)."""
+    micros = max(0, usage.cost_micros)
     row.cost_usd = money.to_usd(micros)
-    row.usage = money.priced(usage, micros)
+    row.usage = usage.priced(micros).to_json()
     row.charged_at = utcnow()
     row.reserved_usd = 0.0
 
 
-def recharge(row: models.ClientRequest, cost_usd: float, usage: dict[str, Any]) -> bool:
+def recharge(row: models.ClientRequest, usage: Usage) -> bool:
     """A settled run reported again with more usage (attempts stopped by a cancel or a timeout
     report what they spent after the run ended): the charge rises to the new total, in the
     month it was first charged. Returns whether anything changed; a total never goes down."""
-    micros = money.micros_of({**usage, "cost_usd": cost_usd})
-    tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
-    charged = int(row.usage.get("prompt_tokens", 0)) + int(row.usage.get("completion_tokens", 0))
-    if micros <= money.to_micros(row.cost_usd) and tokens <= charged:
+    micros = usage.cost_micros
+    if (
+        micros <= money.to_micros(row.cost_usd)
+        and usage.tokens <= Usage.from_json(row.usage).tokens
+    ):
         return False
     row.cost_usd = money.to_usd(micros)
-    row.usage = money.priced(usage, micros)
+    row.usage = usage.to_json()
     return True
 
 
@@ -151,7 +152,7 @@ class Line:
     spent_micros: int = 0
     reserved_usd: float = 0.0
     executions: int = 0
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def spent_usd(self) -> float:
@@ -164,7 +165,7 @@ class Line:
             return
         charged = money.to_micros(row.cost_usd)
         self.spent_micros += charged
-        self.usage = money.add_usage(self.usage, money.priced(row.usage, charged))
+        self.usage += Usage.from_json(row.usage).priced(charged)
 
 
 @dataclass

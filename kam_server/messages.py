@@ -8,6 +8,7 @@ from google.protobuf import field_mask_pb2
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from bitware_core import convert
+from bitware_core.domain import Usage
 from kam_server import catalog, ledger, models
 
 
@@ -98,7 +99,7 @@ def usage_line(line: ledger.Line) -> accounts_pb2.UsageLine:
         spent_usd=line.spent_usd,
         reserved_usd=line.reserved_usd,
         executions=line.executions,
-        usage=convert.usage_to_proto(line.usage),
+        usage=line.usage.to_proto(),
     )
 
 
@@ -233,7 +234,7 @@ def request_to_proto(row: models.ClientRequest) -> requests_pb2.ClientRequest:
         reserved_usd=row.reserved_usd,
         job_id=row.job_id,
         error_message=row.error_message,
-        usage=convert.usage_to_proto(row.usage),
+        usage=Usage.from_json(row.usage).to_proto(),
         create_time=convert.timestamp(row.created_at),
         update_time=convert.timestamp(row.updated_at),
         retries=row.retries,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import CLIENT, Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.domain import Usage
 from bitware_core.errors import Violations
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from bitware_core.tiers import TIER_LIMITS
@@ -288,8 +289,7 @@ def record_outcome(
     execution_id: str,
     *,
     status: str,
-    usage: dict[str, Any],
-    cost_usd: float,
+    usage: Usage,
     job_id: str,
     error_message: str,
     retries: int = 0,
@@ -327,7 +327,7 @@ def record_outcome(
     if settled and not newer:
         # The same run again: only its usage may have grown (attempts stopped by a cancel or
         # a timeout report what they spent after the run ended).
-        if ledger.recharge(row, cost_usd, usage):
+        if ledger.recharge(row, usage):
             row.updated_at = utcnow()
             update_row(tx, row, "cost_usd", "usage", "updated_at")
             ledger.budget_alerts(tx, row.client_id)
@@ -335,7 +335,7 @@ def record_outcome(
     follows = row.status == "running" or (newer and row.status == "failed")
     row.execution_id = execution_id
     row.retries = row.settled_retries = retries
-    ledger.charge(row, cost_usd, usage)
+    ledger.charge(row, usage)
     if follows:
         row.status = status
         row.job_id = job_id if status == "completed" else ""

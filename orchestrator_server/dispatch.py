@@ -27,8 +27,8 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
+from bitware_core.domain import Usage
 from bitware_core.metrics import BUCKETS, CallbackGauge
-from bitware_core.money import micros_of
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
 from orchestrator_server.batching import TxBatcher
@@ -302,7 +302,7 @@ class Dispatcher:
                     outcomes.mark_reported,
                     execution_id=execution.id,
                     retries=execution.retries,
-                    cost_micros=micros_of(execution.usage),
+                    cost_micros=Usage.from_json(execution.usage).cost_micros,
                 ),
             )
         finally:
@@ -357,13 +357,13 @@ class Dispatcher:
         message: str,
         *,
         retry_after: float = 0.0,
-        usage: dict[str, Any] | None = None,
+        usage: Usage | None = None,
         status: str = "failed",
     ) -> None:
         """Records a failed attempt; the retry policy decides what follows."""
         await self._record(
             claim,
-            usage or {},
+            usage or Usage(),
             lambda tx: outcomes.record_failure(
                 tx,
                 claim,
@@ -371,14 +371,12 @@ class Dispatcher:
                 reason=reason,
                 message=message,
                 retry_after=retry_after,
-                usage=usage or {},
+                usage=usage or Usage(),
                 status=status,
             ),
         )
 
-    async def _record(
-        self, claim: queue.Claim, usage: dict[str, Any], work: Callable[[Tx], Any]
-    ) -> None:
+    async def _record(self, claim: queue.Claim, usage: Usage, work: Callable[[Tx], Any]) -> None:
         """Records an attempt's outcome. One that comes too late (the execution was cancelled
         or ran out of time meanwhile) is refused, but what it cost was spent: that is still
         counted before StaleAttempt goes on."""
@@ -457,7 +455,7 @@ class Dispatcher:
     ) -> None:
         await self._record(
             claim,
-            {},
+            Usage(),
             lambda tx: outcomes.record_decline(
                 tx, claim, worker_id, reason, message, wait, final=final
             ),
@@ -534,7 +532,7 @@ class Dispatcher:
             message = error.details() or error.code().name
             status = "timed_out" if timed_out else "failed"
             # Out of time: the worker is told to stop and says what the attempt used so far.
-            spent = await self._stop(stub, claim, "stage timeout") if timed_out else {}
+            spent = await self._stop(stub, claim, "stage timeout") if timed_out else Usage()
             await self._fail(claim, "TRANSIENT", reason, message, status=status, usage=spent)
             return
         finally:
@@ -549,7 +547,7 @@ class Dispatcher:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
         self.declined.pop(claim.stage_id, None)
-        usage = convert.usage_from_proto(response.usage)
+        usage = Usage.from_proto(response.usage)
         if response.WhichOneof("outcome") == "result":
             result = response.result
             quality = {
@@ -638,7 +636,7 @@ class Dispatcher:
 
     async def _stop(
         self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim, reason: str
-    ) -> dict[str, Any]:
+    ) -> Usage:
         """Tells the worker to stop the attempt; returns what the attempt consumed, as the
         worker reports it (empty when the worker cannot be reached)."""
         try:
@@ -651,8 +649,8 @@ class Dispatcher:
             log.warning(
                 "worker cancel failed", extra={"stage": claim.stage_id, "code": error.code().name}
             )
-            return {}
-        return convert.usage_from_proto(answer.usage)
+            return Usage()
+        return Usage.from_proto(answer.usage)
 
     async def cancel_running(self, stage_ids: list[str], reason: str = "cancelled") -> None:
         """Tells the workers of stopped stages (`reason`: cancelled or timed_out) to stop, records
@@ -662,7 +660,7 @@ class Dispatcher:
             if entry is None:
                 continue
             task, claim, address = entry
-            spent = {}
+            spent = Usage()
             if address:
                 why = "execution cancelled" if reason == "cancelled" else "execution timed out"
                 spent = await self._stop(self.stub(address), claim, why)

@@ -17,6 +17,7 @@ from bitware_core import convert
 from bitware_core.channels import service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
+from bitware_core.domain import Usage
 from bitware_core.errors import Unavailable
 from bitware_core.kam import KamConnection
 from orchestrator_server import models
@@ -92,7 +93,7 @@ class KamClient(KamConnection):
                 status=convert.enum_value(
                     requests_pb2.RequestStatus, status[execution.status], "REQUEST_STATUS_"
                 ),
-                usage=convert.usage_to_proto(execution.usage),
+                usage=Usage.from_json(execution.usage).to_proto(),
                 job_id=execution.job_id,
                 error_message=str(execution.error.get("message", "")),
                 retries=execution.retries,

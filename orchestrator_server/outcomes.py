@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import utcnow
-from bitware_core.money import add_usage, micros_of
+from bitware_core.domain import Usage
 from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
@@ -93,6 +93,12 @@ def _current_head(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, mode
     if stage.epoch != epoch or stage.status != "running":
         raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
     return stage, execution
+
+
+def _roll_up(stage: models.Stage, execution: models.Execution, usage: Usage) -> None:
+    """An attempt's usage rolled up to its stage and execution."""
+    stage.usage = (Usage.from_json(stage.usage) + usage).to_json()
+    execution.usage = (Usage.from_json(execution.usage) + usage).to_json()
 
 
 def _save(tx: Tx, stage: models.Stage, execution: models.Execution) -> None:
@@ -198,7 +204,7 @@ def record_result(
     output: dict[str, Any],
     job_id: str,
     quality: dict[str, Any],
-    usage: dict[str, Any],
+    usage: Usage,
 ) -> Finished:
     encoded = payloads.encode(output)
     if len(encoded) > payloads.HARD_LIMIT:
@@ -213,8 +219,7 @@ def record_result(
         )
     stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     score = float(quality.get("score", 0.0))
-    stage.usage = add_usage(stage.usage, usage)
-    execution.usage = add_usage(execution.usage, usage)
+    _roll_up(stage, execution, usage)
     broken = bool(quality.get("integrity_failed"))
     below = broken or (stage.min_quality > 0 and score < stage.min_quality)
     if not stage.best or _rank(quality) > _rank(stage.best.get("quality", {})):
@@ -227,7 +232,9 @@ def record_result(
         }
     max_attempts = int(stage.retry_policy.get("max_attempts", 1))
     if below and stage.attempts - stage.attempts_base < max_attempts:
-        end_attempt(tx, stage.id, claim_.epoch, "below_quality", usage=usage, quality_score=score)
+        end_attempt(
+            tx, stage.id, claim_.epoch, "below_quality", usage=usage.to_json(), quality_score=score
+        )
         stage.feedback = str(quality.get("feedback", ""))
         why = "breaks integrity rules" if broken else f"below {stage.min_quality:.0f}"
         append_event(
@@ -244,7 +251,7 @@ def record_result(
     best = stage.best
     if below and not _deliverable(best["quality"]):
         return _fail_below_minimum(tx, stage, execution, claim_.epoch, usage, score)
-    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage, quality_score=score)
+    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage.to_json(), quality_score=score)
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
@@ -312,7 +319,7 @@ def _fail_below_minimum(
     stage: models.Stage,
     execution: models.Execution,
     epoch: int,
-    usage: dict[str, Any],
+    usage: Usage,
     score: float,
 ) -> Finished:
     """No attempt is good enough: the stage fails with QUALITY_BELOW_MINIMUM. The best attempt
@@ -320,7 +327,7 @@ def _fail_below_minimum(
     deliverable."""
     best = stage.best
     quality = best["quality"]
-    end_attempt(tx, stage.id, epoch, "below_quality", usage=usage, quality_score=score)
+    end_attempt(tx, stage.id, epoch, "below_quality", usage=usage.to_json(), quality_score=score)
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
@@ -351,7 +358,7 @@ def record_failure(
     reason: str,
     message: str,
     retry_after: float,
-    usage: dict[str, Any],
+    usage: Usage,
     status: str = "failed",
 ) -> Finished:
     stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
@@ -360,9 +367,8 @@ def record_failure(
         "message": message,
         "retryable": error_class not in NON_RETRYABLE_CLASSES,
     }
-    stage.usage = add_usage(stage.usage, usage)
-    execution.usage = add_usage(execution.usage, usage)
-    end_attempt(tx, stage.id, claim_.epoch, status, usage=usage, error=error)
+    _roll_up(stage, execution, usage)
+    end_attempt(tx, stage.id, claim_.epoch, status, usage=usage.to_json(), error=error)
     policy = stage.retry_policy
     non_retryable = set(policy.get("non_retryable_errors", [])) | NON_RETRYABLE_CLASSES
     used = stage.attempts - stage.attempts_base
@@ -413,7 +419,7 @@ def _fail_stage(
     )
 
 
-def record_stopped(tx: Tx, claim_: Claim, status: str, usage: dict[str, Any]) -> bool:
+def record_stopped(tx: Tx, claim_: Claim, status: str, usage: Usage) -> bool:
     """An attempt the orchestrator stopped (its execution was cancelled or ran out of time) or
     whose result came too late (stale): it ends with the usage its worker reported, and that
     usage is added to its stage and execution all the same, since it was spent. Only the first
@@ -433,7 +439,7 @@ def record_stopped(tx: Tx, claim_: Claim, status: str, usage: dict[str, Any]) ->
         " WHERE stage_id = :id AND epoch = :epoch AND ended_at IS NULL",
         {
             "status": status,
-            "usage": tx.json(usage),
+            "usage": tx.json(usage.to_json()),
             "now": tx.ts(utcnow()),
             "id": stage.id,
             "epoch": claim_.epoch,
@@ -442,8 +448,7 @@ def record_stopped(tx: Tx, claim_: Claim, status: str, usage: dict[str, Any]) ->
     if ended.rowcount != 1:
         return False
     if usage:
-        stage.usage = add_usage(stage.usage, usage)
-        execution.usage = add_usage(execution.usage, usage)
+        _roll_up(stage, execution, usage)
         execution.outcome_reported = False  # KAM hears the new total (or its first report)
         update_row(tx, stage, "usage")
         update_row(tx, execution, "usage", "outcome_reported")
@@ -465,7 +470,11 @@ def mark_reported(tx: Tx, execution_id: str, retries: int, cost_micros: int) -> 
     new run's outcome is still to be reported) or its usage grew after the report was sent (a
     stopped attempt's usage arrived: KAM must hear the new total)."""
     rows = select_rows(tx, models.Execution, "id = :id", {"id": execution_id}, tx.lock())
-    if rows and rows[0].retries == retries and micros_of(rows[0].usage) == cost_micros:
+    if (
+        rows
+        and rows[0].retries == retries
+        and Usage.from_json(rows[0].usage).cost_micros == cost_micros
+    ):
         tx.execute(
             "UPDATE executions SET outcome_reported = :yes WHERE id = :id",
             {"yes": True, "id": execution_id},

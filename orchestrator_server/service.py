@@ -20,6 +20,7 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
+from bitware_core.domain import Usage
 from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from orchestrator_server import executions, models, queue, registry
@@ -89,13 +90,13 @@ def execution_to_proto(
                         status=_enum(orchestrator_pb2.AttemptStatus, "ATTEMPT_STATUS_", a.status),
                         start_time=convert.timestamp(a.started_at),
                         end_time=convert.timestamp(a.ended_at),
-                        usage=convert.usage_to_proto(a.usage),
+                        usage=Usage.from_json(a.usage).to_proto(),
                         quality_score=a.quality_score,
                         error=_error(a.error),
                     )
                     for a in by_stage.get(s.id, [])
                 ],
-                usage=convert.usage_to_proto(s.usage),
+                usage=Usage.from_json(s.usage).to_proto(),
                 quality=_quality(s.quality) if s.quality else None,
                 output=convert.to_struct(s.output) if s.output and outputs else None,
                 output_ref=s.output_ref,
@@ -106,7 +107,7 @@ def execution_to_proto(
             )
             for s in stages or []
         ],
-        usage=convert.usage_to_proto(row.usage),
+        usage=Usage.from_json(row.usage).to_proto(),
         job_id=row.job_id,
         error=_error(row.error),
         create_time=convert.timestamp(row.created_at),
@@ -139,7 +140,7 @@ def event_to_proto(row: executions.LoggedEvent) -> orchestrator_pb2.ExecutionEve
         ),
         phase=data.get("phase", ""),
         error=_error(data.get("error", {})),
-        usage=convert.usage_to_proto(data["usage"]) if data.get("usage") else None,
+        usage=Usage.from_json(data["usage"]).to_proto() if data.get("usage") else None,
     )
 
 

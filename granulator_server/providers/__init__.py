@@ -14,7 +14,6 @@ from granulator_server.providers.base import (
     ProgressCallback,
     Provider,
     UsageMeter,
-    add_usage,
 )
 from granulator_server.providers.offline import OfflineProvider
 
@@ -52,6 +51,5 @@ __all__ = [
     "ProgressCallback",
     "Provider",
     "UsageMeter",
-    "add_usage",
     "choose_provider",
 ]

@@ -7,12 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bitware_core import money
+from bitware_core.domain import ProviderUsage, Usage
 from granulator_server.domain import StructureTemplate
 from granulator_server.pricing import Price, PriceTable
 
@@ -95,7 +96,7 @@ class Generation:
     """A structure produced by a provider and what it cost."""
 
     document: dict[str, Any]
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
     #: Every model call made for it (none for the offline provider).
     calls: tuple[CallRecord, ...] = ()
     #: The provider checked `document` against the template's JSON Schema and found no problem.
@@ -110,7 +111,7 @@ class Judgement:
     score: float
     criteria: dict[str, float]
     feedback: str
-    usage: dict[str, Any]
+    usage: Usage
 
 
 class Provider(Protocol):
@@ -160,12 +161,9 @@ def track_meters() -> list[UsageMeter]:
     return meters
 
 
-def usage_of(meters: list[UsageMeter]) -> dict[str, Any]:
+def usage_of(meters: list[UsageMeter]) -> Usage:
     """What the tracked meters counted, together."""
-    total: dict[str, Any] = {}
-    for meter in meters:
-        total = add_usage(total, meter.as_dict())
-    return total
+    return sum((meter.usage() for meter in meters), Usage())
 
 
 @dataclass
@@ -179,20 +177,20 @@ class _Served:
     completion_tokens: int = 0
     llm_calls: int = 0
 
-    def as_dict(self, prices: PriceTable | None) -> dict[str, Any]:
+    def usage(self, prices: PriceTable | None) -> ProviderUsage:
         tokens = self.prompt_tokens, self.completion_tokens
         if self.price is not None:
             cost = self.price.cost(*tokens)
         else:
             cost = prices.cost(self.model, *tokens) if prices is not None else 0.0
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": money.to_usd(money.to_micros(cost)),
-            "llm_calls": self.llm_calls,
-        }
+        return ProviderUsage(
+            provider=self.provider,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            llm_calls=self.llm_calls,
+            cost_micros=money.to_micros(cost),
+        )
 
 
 @dataclass
@@ -242,32 +240,28 @@ class UsageMeter:
             return served.price.cost(*tokens)
         return self.prices.cost(call.model, *tokens) if self.prices is not None else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        usage: dict[str, Any] = {
-            "provider": self.provider,
-            "model": self.model,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "llm_calls": self.llm_calls,
-            "worker_time_ms": int((time.monotonic() - self.started) * 1000),
-        }
+    def usage(self) -> Usage:
+        """What the stage used so far, priced."""
+        usage = Usage(
+            provider=self.provider,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            llm_calls=self.llm_calls,
+            worker_time_ms=int((time.monotonic() - self.started) * 1000),
+        )
         if self._last is None:
             cost = (
                 self.prices.cost(self.model, self.prompt_tokens, self.completion_tokens)
                 if self.prices is not None
                 else 0.0
             )
-            return money.priced(usage, money.to_micros(cost))
-        served = [each.as_dict(self.prices) for each in self._served.values()]
-        usage["provider"], usage["model"] = self._last.provider, self._last.model
-        usage["by_provider"] = served
-        return money.priced(usage, sum(money.micros_of(each) for each in served))
-
-
-def add_usage(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Two usages of one stage added together (e.g. rules validation plus an LLM judge)."""
-    if not first:
-        return dict(second)
-    if not second:
-        return dict(first)
-    return money.add_usage(first, second)
+            return usage.priced(money.to_micros(cost))
+        served = tuple(each.usage(self.prices) for each in self._served.values())
+        return replace(
+            usage,
+            provider=self._last.provider,
+            model=self._last.model,
+            by_provider=served,
+            cost_micros=sum(each.cost_micros for each in served),
+        )

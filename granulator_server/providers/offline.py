@@ -30,7 +30,7 @@ class OfflineProvider:
             int(spec["granularity"]),
             dict(spec.get("options", {})),
         )
-        return Generation(document, meter.as_dict())
+        return Generation(document, meter.usage())
 
     async def judge(
         self,

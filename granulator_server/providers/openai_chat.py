@@ -282,7 +282,7 @@ class OpenAIProvider:
             on_progress,
         )
         # ask_json returns only a document without schema problems.
-        return Generation(document, meter.as_dict(), tuple(meter.calls), schema_checked=True)
+        return Generation(document, meter.usage(), tuple(meter.calls), schema_checked=True)
 
     async def judge(
         self,
@@ -303,7 +303,7 @@ class OpenAIProvider:
             max_tokens=_JUDGE_TOKENS,
         )
         score, criteria, feedback = judging.read(verdict, level)
-        return Judgement(score, criteria, feedback, meter.as_dict())
+        return Judgement(score, criteria, feedback, meter.usage())
 
     async def ask_json(
         self,
@@ -328,7 +328,7 @@ class OpenAIProvider:
                     raise TruncatedOutput(
                         f"the reply was cut off at {reply.max_tokens} tokens, even with "
                         f"{scale}× the budget",
-                        usage=meter.as_dict(),
+                        usage=meter.usage(),
                     )
                 # Never continue a cut-off reply: ask again from scratch with more room.
                 scale, why = self.truncation_factor, "TRUNCATED"
@@ -346,7 +346,7 @@ class OpenAIProvider:
             if reasks >= self.max_reasks:
                 raise failed(
                     f"no valid structure after {reasks + 1} replies: " + "; ".join(problems[:5]),
-                    usage=meter.as_dict(),
+                    usage=meter.usage(),
                 )
             reasks, why = reasks + 1, failed.reason
             messages = [*messages, *_reask(reply.content, problems)]
@@ -392,7 +392,7 @@ class OpenAIProvider:
                 raise ProviderRateLimited(
                     f"{endpoint.name} has no room for {wait:.1f}s (its rate-limit headers)",
                     retry_after=wait,
-                    usage=meter.as_dict(),
+                    usage=meter.usage(),
                 )
             if wait > 0:
                 log.info("pacing model calls", extra={"endpoint": endpoint.name, "delay_s": wait})
@@ -410,11 +410,11 @@ class OpenAIProvider:
                     refused = ProviderRefused if reply.refusal else ContentFiltered
                     raise refused(
                         reply.refusal or "the provider's content filter stopped the reply",
-                        usage=meter.as_dict(),
+                        usage=meter.usage(),
                     )
                 return reply
             if failure.kind in ("misconfigured", "rejected"):
-                raise failure.error(failure.message, usage=meter.as_dict())
+                raise failure.error(failure.message, usage=meter.usage())
             if failure.kind == "extras":
                 rejected = sorted(name for name in endpoint.extras if name in failure.message)
                 log.warning(
@@ -435,7 +435,7 @@ class OpenAIProvider:
                     raise FormatRejected(
                         f"{endpoint.name} rejected structured-output mode {mode} "
                         f"({failure.message}); BITWARE_OPENAI_STRUCTURED=auto finds one it takes",
-                        usage=meter.as_dict(),
+                        usage=meter.usage(),
                     )
                 rejections.append(f"{mode}: {failure.message[:200]}")
                 mode, why = weaker, "FORMAT_REJECTED"
@@ -453,7 +453,7 @@ class OpenAIProvider:
                 raise failure.error(
                     f"{endpoint.name}: {failure.message} (after {failures} attempts)",
                     retry_after=delay,
-                    usage=meter.as_dict(),
+                    usage=meter.usage(),
                 )
             log.info(
                 "retrying the model call", extra={"reason": failure.error.reason, "delay_s": delay}

@@ -62,13 +62,13 @@ async def test_valid_reply_uses_strict_structured_outputs_and_counts_tokens(
 
     assert generation.document == VALID
     usage = generation.usage
-    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["llm_calls"]) == (
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.llm_calls) == (
         1000,
         500,
         1,
     )
-    assert usage["provider"] == "openai" and usage["model"] == "gpt-4o-mini"
-    assert usage["cost_usd"] == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
+    assert usage.provider == "openai" and usage.model == "gpt-4o-mini"
+    assert usage.cost_usd == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
     request = fake_openai.requests[0]
     assert request["response_format"]["type"] == "json_schema"
     assert request["response_format"]["json_schema"]["strict"] is True
@@ -97,9 +97,9 @@ async def test_missing_fields_are_re_asked_with_the_validation_errors(
     generation = await provider(fake_openai).generate(COURSE, SPEC, "")
 
     assert generation.document == VALID
-    assert generation.usage["prompt_tokens"] == 400
-    assert generation.usage["completion_tokens"] == 100
-    assert generation.usage["llm_calls"] == 2
+    assert generation.usage.prompt_tokens == 400
+    assert generation.usage.completion_tokens == 100
+    assert generation.usage.llm_calls == 2
     re_ask = fake_openai.requests[1]["messages"]
     assert re_ask[-2] == {"role": "assistant", "content": json.dumps(broken)}
     assert "'summary' is a required property" in re_ask[-1]["content"]
@@ -117,9 +117,9 @@ async def test_wrong_types_fail_as_invalid_output_after_bounded_re_asks(
     assert raised.value.reason == "SCHEMA_VIOLATION"
     assert "is not of type 'array'" in raised.value.message
     assert len(fake_openai.requests) == 3
-    assert raised.value.usage["prompt_tokens"] == 30
-    assert raised.value.usage["completion_tokens"] == 15
-    assert raised.value.usage["llm_calls"] == 3
+    assert raised.value.usage.prompt_tokens == 30
+    assert raised.value.usage.completion_tokens == 15
+    assert raised.value.usage.llm_calls == 3
 
 
 async def test_malformed_json_is_re_asked(fake_openai: FakeOpenAI) -> None:
@@ -145,8 +145,8 @@ async def test_truncated_reply_is_asked_again_with_a_larger_budget_not_continued
     first, second = fake_openai.requests
     assert (first["max_tokens"], second["max_tokens"]) == (64, 128)
     assert second["messages"] == first["messages"]  # nothing appended to the cut-off reply
-    assert generation.usage["completion_tokens"] == 154
-    assert generation.usage["llm_calls"] == 2
+    assert generation.usage.completion_tokens == 154
+    assert generation.usage.llm_calls == 2
 
 
 async def test_truncated_twice_fails_as_truncated(fake_openai: FakeOpenAI) -> None:
@@ -160,7 +160,7 @@ async def test_truncated_twice_fails_as_truncated(fake_openai: FakeOpenAI) -> No
 
     assert raised.value.reason == "TRUNCATED"
     assert raised.value.error_class == "INVALID_OUTPUT"
-    assert raised.value.usage["completion_tokens"] == 192
+    assert raised.value.usage.completion_tokens == 192
     assert len(fake_openai.requests) == 2
 
 
@@ -176,7 +176,7 @@ async def test_refusal_fails_as_refused_without_retry(
     assert raised.value.error_class == "REFUSED"
     assert raised.value.reason == "REFUSED"
     assert "can't help" in raised.value.message
-    assert raised.value.usage["completion_tokens"] == 7
+    assert raised.value.usage.completion_tokens == 7
     assert len(fake_openai.requests) == 1
 
 
@@ -198,7 +198,7 @@ async def test_rate_limit_is_retried_after_the_retry_after_header(
     generation = await provider(fake_openai).generate(COURSE, SPEC, "")
 
     assert generation.document == VALID
-    assert generation.usage["llm_calls"] == 2
+    assert generation.usage.llm_calls == 2
     assert fake_openai.arrivals[1] - fake_openai.arrivals[0] >= 0.3
 
 
@@ -212,7 +212,7 @@ async def test_persistent_rate_limit_fails_as_transient_with_retry_after(
 
     assert raised.value.reason == "RATE_LIMITED"
     assert raised.value.retry_after == pytest.approx(0.05)
-    assert raised.value.usage["llm_calls"] == 3
+    assert raised.value.usage.llm_calls == 3
     assert len(fake_openai.requests) == 3
 
 
@@ -232,8 +232,8 @@ async def test_server_error_is_retried(fake_openai: FakeOpenAI) -> None:
     generation = await provider(fake_openai).generate(COURSE, SPEC, "")
 
     assert generation.document == VALID
-    assert generation.usage["llm_calls"] == 3
-    assert generation.usage["completion_tokens"] == 9
+    assert generation.usage.llm_calls == 3
+    assert generation.usage.completion_tokens == 9
 
 
 async def test_persistent_server_error_fails_as_transient(fake_openai: FakeOpenAI) -> None:
@@ -262,7 +262,7 @@ async def test_too_slow_reply_times_out_and_fails_as_transient(
         )
 
     assert raised.value.reason == "PROVIDER_TIMEOUT"
-    assert raised.value.usage["llm_calls"] == 2
+    assert raised.value.usage.llm_calls == 2
     assert time.monotonic() - started < 5.0
 
 
@@ -273,8 +273,8 @@ async def test_streamed_reply_reports_elements_and_usage(fake_openai: FakeOpenAI
     generation = await provider(fake_openai, stream=True).generate(COURSE, SPEC, "", counts.append)
 
     assert generation.document == VALID
-    assert generation.usage["prompt_tokens"] == 700
-    assert generation.usage["completion_tokens"] == 900
+    assert generation.usage.prompt_tokens == 700
+    assert generation.usage.completion_tokens == 900
     request = fake_openai.requests[0]
     assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
     assert len(counts) > 3 and counts == sorted(counts)
@@ -302,7 +302,7 @@ async def test_judge_scores_each_criterion(fake_openai: FakeOpenAI) -> None:
     assert judgement.score == 80.0
     assert judgement.criteria == {"accuracy": 0.8, "coherence": 0.6, "coverage": 1.0}
     assert judgement.feedback == "More examples."
-    assert judgement.usage["prompt_tokens"] == 50
+    assert judgement.usage.prompt_tokens == 50
 
 
 def test_price_table_reads_overrides_and_prices_dated_models_by_prefix() -> None:
@@ -323,9 +323,9 @@ async def test_stream_without_usage_is_estimated_not_free(fake_openai: FakeOpenA
 
     generation = await provider(fake_openai, stream=True).generate(COURSE, SPEC, "")
 
-    assert generation.usage["completion_tokens"] == estimate_tokens(json.dumps(VALID))
-    assert generation.usage["prompt_tokens"] > 100
-    assert generation.usage["cost_usd"] > 0
+    assert generation.usage.completion_tokens == estimate_tokens(json.dumps(VALID))
+    assert generation.usage.prompt_tokens > 100
+    assert generation.usage.cost_usd > 0
 
 
 def test_element_counter_counts_keys_split_across_pieces() -> None:

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from bitware_core.config import Settings
-from bitware_core.convert import usage_from_proto, usage_to_proto
-from bitware_core.money import add_usage
+from bitware_core.domain import ProviderUsage, Usage
 from granulator_server.errors import ProviderTransient
 from granulator_server.pricing import Price, PriceTable
 from granulator_server.providers import choose_provider
@@ -72,8 +71,8 @@ async def test_repeated_failures_move_calls_to_the_next_endpoint_and_usage_says_
     assert (len(fake_openai.requests), len(backup.requests)) == (2, 2)
     assert backup.requests[0]["model"] == "small-model"
     usage = first.usage
-    assert (usage["provider"], usage["model"], usage["llm_calls"]) == ("backup", "small-model", 3)
-    assert usage["by_provider"] == [
+    assert (usage.provider, usage.model, usage.llm_calls) == ("backup", "small-model", 3)
+    assert usage.to_json()["by_provider"] == [
         {
             "provider": "primary",
             "model": "big-model",
@@ -91,9 +90,9 @@ async def test_repeated_failures_move_calls_to_the_next_endpoint_and_usage_says_
             "llm_calls": 1,
         },
     ]
-    assert usage["cost_usd"] == pytest.approx((1000 * 0.5 + 400 * 1.0) / 1e6)
+    assert usage.cost_usd == pytest.approx((1000 * 0.5 + 400 * 1.0) / 1e6)
     assert [call.endpoint for call in first.calls] == ["primary", "primary", "backup"]
-    assert second.usage["provider"] == "backup" and second.usage["llm_calls"] == 1
+    assert second.usage.provider == "backup" and second.usage.llm_calls == 1
 
 
 async def test_the_first_endpoint_is_used_again_after_its_cool_down(
@@ -107,8 +106,8 @@ async def test_the_first_endpoint_is_used_again_after_its_cool_down(
     await asyncio.sleep(0.6)  # past the cool-down
     after = await generator.generate(COURSE, SPEC, "")
 
-    assert during.usage["provider"] == "backup"
-    assert after.usage["provider"] == "primary" and after.usage["llm_calls"] == 1
+    assert during.usage.provider == "backup"
+    assert after.usage.provider == "primary" and after.usage.llm_calls == 1
     assert (len(fake_openai.requests), len(backup.requests)) == (3, 1)
 
 
@@ -130,7 +129,7 @@ async def test_one_endpoint_never_cools_down_and_fails_as_transient(
     generation = await generator.generate(COURSE, SPEC, "")
 
     assert generation.document == VALID  # the same endpoint, straight away
-    assert generation.usage["by_provider"][0]["provider"] == "openai"
+    assert generation.usage.by_provider[0].provider == "openai"
 
 
 async def test_a_retry_after_longer_than_allowed_moves_to_the_next_endpoint_at_once(
@@ -144,7 +143,7 @@ async def test_a_retry_after_longer_than_allowed_moves_to_the_next_endpoint_at_o
         COURSE, SPEC, ""
     )
 
-    assert generation.usage["provider"] == "backup"
+    assert generation.usage.provider == "backup"
     assert time.monotonic() - started < 10
 
 
@@ -303,28 +302,38 @@ def test_settings_with_providers_choose_the_openai_provider_with_every_endpoint(
 
 
 def test_usage_per_provider_sums_by_provider_as_it_rolls_up_and_crosses_the_wire() -> None:
-    first = {
-        "provider": "b",
-        "llm_calls": 3,
-        "by_provider": [
-            {"provider": "a", "model": "m1", "llm_calls": 2, "prompt_tokens": 0},
-            {"provider": "b", "model": "m2", "llm_calls": 1, "prompt_tokens": 10, "cost_usd": 0.5},
-        ],
-    }
-    second = {
-        "provider": "a",
-        "llm_calls": 1,
-        "by_provider": [{"provider": "a", "model": "m1", "llm_calls": 1, "prompt_tokens": 7}],
-    }
+    first = Usage.from_json(
+        {
+            "provider": "b",
+            "llm_calls": 3,
+            "by_provider": [
+                {"provider": "a", "model": "m1", "llm_calls": 2, "prompt_tokens": 0},
+                {
+                    "provider": "b",
+                    "model": "m2",
+                    "llm_calls": 1,
+                    "prompt_tokens": 10,
+                    "cost_usd": 0.5,
+                },
+            ],
+        }
+    )
+    second = Usage.from_json(
+        {
+            "provider": "a",
+            "llm_calls": 1,
+            "by_provider": [{"provider": "a", "model": "m1", "llm_calls": 1, "prompt_tokens": 7}],
+        }
+    )
 
-    total = usage_from_proto(usage_to_proto(add_usage(first, second)))
+    total = Usage.from_proto((first + second).to_proto())
 
-    assert total["provider"] == "a" and total["llm_calls"] == 4
-    assert total["by_provider"] == [
-        {"provider": "a", "model": "m1", "llm_calls": 3, "prompt_tokens": 7},
-        {"provider": "b", "model": "m2", "llm_calls": 1, "prompt_tokens": 10, "cost_usd": 0.5},
-    ]
-    assert "by_provider" not in usage_from_proto(usage_to_proto({"provider": "offline"}))
+    assert total.provider == "a" and total.llm_calls == 4
+    assert total.by_provider == (
+        ProviderUsage(provider="a", model="m1", llm_calls=3, prompt_tokens=7),
+        ProviderUsage(provider="b", model="m2", llm_calls=1, prompt_tokens=10, cost_micros=500_000),
+    )
+    assert Usage.from_proto(Usage(provider="offline").to_proto()).by_provider == ()
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ async def test_auto_finds_the_one_mode_a_server_takes_and_keeps_it(
     assert first.document == second.document == VALID
     tried = list(formats.MODES[: formats.MODES.index(accepted) + 1])
     assert modes_sent(fake_openai) == [*tried, accepted]  # each rejected mode sent once
-    assert first.usage["llm_calls"] == len(tried) and second.usage["llm_calls"] == 1
+    assert first.usage.llm_calls == len(tried) and second.usage.llm_calls == 1
     assert [call.mode for call in first.calls] == tried
     final = fake_openai.requests[-1]
     if accepted == "json_schema":
@@ -103,7 +103,7 @@ async def test_a_configured_mode_the_server_rejects_fails_once_as_invalid_input(
     assert raised.value.reason == "FORMAT_REJECTED"
     assert raised.value.error_class == "INVALID_INPUT"
     assert "BITWARE_OPENAI_STRUCTURED=auto" in raised.value.message
-    assert raised.value.usage["llm_calls"] == 1
+    assert raised.value.usage.llm_calls == 1
     assert len(fake_openai.requests) == 1
 
 
@@ -216,8 +216,8 @@ async def test_plain_reply_without_usage_is_estimated_not_free(fake_openai: Fake
 
     generation = await provider(fake_openai, stream=False).generate(COURSE, SPEC, "")
 
-    assert generation.usage["completion_tokens"] == estimate_tokens(json.dumps(VALID))
-    assert generation.usage["prompt_tokens"] > 100
+    assert generation.usage.completion_tokens == estimate_tokens(json.dumps(VALID))
+    assert generation.usage.prompt_tokens > 100
 
 
 async def test_penalties_are_sent_and_dropped_for_an_endpoint_that_rejects_them(
@@ -279,7 +279,7 @@ async def test_stream_options_are_dropped_for_an_endpoint_that_rejects_them(
     assert "stream_options" not in second and second["stream"] is True
     assert second["repeat_penalty"] == 1.1  # only the parameter named is dropped
     assert modes_sent(fake_openai) == ["json_schema", "json_schema"]
-    assert generation.usage["completion_tokens"] == estimate_tokens(json.dumps(VALID))
+    assert generation.usage.completion_tokens == estimate_tokens(json.dumps(VALID))
     assert [call.request for call in generation.calls] == fake_openai.requests
 
 
@@ -292,5 +292,5 @@ async def test_a_stream_without_usage_counts_a_token_per_piece_like_llama_cpp(
     judgement = await provider(fake_openai, stream=True).judge(COURSE, SPEC, VALID, 1)
 
     assert judgement is not None
-    assert judgement.usage["completion_tokens"] == len(verdict)  # one piece, one token
+    assert judgement.usage.completion_tokens == len(verdict)  # one piece, one token
     assert len(verdict) > estimate_tokens(verdict)

@@ -1,0 +1,9 @@
+"""The vocabulary the servers share, as typed values: what a stage attempt used (`Usage`), how
+a stage is retried (`RetryPolicy`), and the statuses of requests, executions, stages and jobs
+with the moves allowed between them. Each is converted to and from protobuf only at the edge
+(`Usage.from_proto`, `RetryPolicy.to_proto` …) and to and from the JSON columns that store it
+(`to_json`/`from_json`, which read every shape an older row may hold)."""
+
+from bitware_core.domain.usage import ProviderUsage, Usage
+
+__all__ = ["ProviderUsage", "Usage"]
