@@ -22,7 +22,7 @@ from bitware_core.auth import (
 )
 from bitware_core.auth import verify_password as password_matches
 from bitware_core.db import Database, PerEngine, new_id, utcnow
-from bitware_core.errors import Violations
+from bitware_core.errors import FailedPrecondition, PermissionDenied, Violations
 from kam_server import audit, models
 from kam_server.errors import ApiKeyExpired, BadCredential, LoginThrottled
 
@@ -166,6 +166,27 @@ async def authenticate_cached(db: Database, credentials: Credentials) -> Princip
     return principal
 
 
+async def check_credential(
+    db: Database, caller: Principal, credentials: Credentials | None, field: str = ""
+) -> Principal:
+    """Who a credential names, asked by `caller`: the caller itself when none is given.
+    Another caller's credential only services and workers may check (they check their own
+    callers'): PERMISSION_DENIED for anyone else. `field` names the credential given
+    (`api_key`, `session_token` or `worker`), for INVALID_ARGUMENT when it is empty."""
+    if credentials is None:
+        return caller
+    if caller.kind not in ("service", "worker"):
+        raise PermissionDenied("only services and workers may check another caller's credential")
+    problems = Violations()
+    if field == "worker":
+        problems.check(bool(credentials.worker_id), "worker.worker_id", "is required")
+        problems.check(bool(credentials.worker_token), "worker.token", "is required")
+    else:
+        problems.check(credentials.present, field, "must not be empty")
+    problems.raise_if_any()
+    return await authenticate_cached(db, credentials)
+
+
 def user_principal(session: Session, user: models.User) -> Principal:
     tier = ""
     if user.client_id:
@@ -237,6 +258,17 @@ def login(session: Session, email: str, password: str, peer: str = "") -> LoginR
     return LoginResult(token, expires_at, principal)
 
 
+async def sign_in(db: Database, email: str, password: str, peer: str = "") -> LoginResult:
+    """`login`; a failure is recorded (`record_login_failure`) in a transaction of its own, as
+    the failed one rolled back, and raised."""
+    try:
+        return await db.run(lambda s: login(s, email, password, peer))
+    except (BadCredential, LoginThrottled) as error:
+        throttled = isinstance(error, LoginThrottled)
+        await db.run(lambda s: record_login_failure(s, email, peer, throttled))
+        raise
+
+
 def record_login_failure(session: Session, email: str, peer: str, throttled: bool) -> None:
     """Writes a failed sign-in to the audit log (`auth.login_failed`: the email as given, never
     the password) and, unless it was refused for throttling, counts it for `email` (stored
@@ -264,7 +296,11 @@ def record_login_failure(session: Session, email: str, peer: str, throttled: boo
         failures.failures += 1
 
 
-def logout(session: Session, token: str) -> None:
+def logout(session: Session, principal: Principal, token: str) -> None:
+    """Ends the session of a user who signed in with `token` (FAILED_PRECONDITION for a caller
+    that did not: an API key or a worker has no session to end)."""
+    if not token or principal.kind != "user":
+        raise FailedPrecondition("sign out needs the session token you signed in with")
     row = session.scalar(
         select(models.Session).where(models.Session.token_hash == hash_secret(token))
     )

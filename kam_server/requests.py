@@ -9,15 +9,15 @@ status, cost and deliverable follow the execution rather than a poll.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import CLIENT, Principal
-from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.db import Database, new_id, next_page_token, page_window, utcnow
 from bitware_core.domain import Usage
-from bitware_core.errors import Violations
+from bitware_core.errors import MeshError, Violations
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import catalog, ledger, models, ratelimit, webhooks
@@ -370,7 +370,7 @@ def cancellable(session: Session, principal: Principal, request_id: str) -> mode
     return row
 
 
-def cancel(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
+def mark_cancelled(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
     """Marks the request cancelled after its execution was cancelled (whose outcome, reported
     meanwhile, may have finished the request already: then it stays as reported)."""
     row = get(session, principal, request_id)
@@ -381,3 +381,60 @@ def cancel(session: Session, principal: Principal, request_id: str) -> models.Cl
     row.updated_at = utcnow()
     webhooks.request_event(Tx.of(session), row)
     return row
+
+
+# --- with the orchestrator ------------------------------------------------------------------
+
+
+class Orchestrator(Protocol):
+    """What a request asks of the orchestrator (`kam_server.orchestrator_client`)."""
+
+    async def execute(self, row: models.ClientRequest, tier: str) -> str: ...
+
+    async def retry(self, execution_id: str, retry_number: int) -> None: ...
+
+    async def cancel(self, execution_id: str) -> None: ...
+
+
+async def execute(
+    db: Database, orchestrator: Orchestrator, principal: Principal, request_id: str
+) -> models.ClientRequest:
+    """Executes the request (`begin_execution`) and has the orchestrator start its execution,
+    unless it has one already. When the orchestrator does not start it, the reservation is
+    released and the orchestrator's error raised."""
+    row, client = await db.run_tx(lambda tx: begin_execution(tx, principal, request_id))
+    if row.execution_id:
+        return row
+    try:
+        execution_id = await orchestrator.execute(row, client.tier)
+    except MeshError:
+        await db.run_tx(lambda tx: abandon_execution(tx, row.id))
+        raise
+    return await db.run_tx(lambda tx: attach_execution(tx, row.id, execution_id))
+
+
+async def retry(
+    db: Database, orchestrator: Orchestrator, principal: Principal, request_id: str
+) -> models.ClientRequest:
+    """Runs a failed request again (`begin_retry`) on the orchestrator. When the orchestrator
+    does not retry it, the request is failed as before and nothing stays reserved (had it
+    retried after all, its outcome names the newer run and is still charged)."""
+    row = await db.run_tx(lambda tx: begin_retry(tx, principal, request_id))
+    try:
+        await orchestrator.retry(row.execution_id, row.retries)
+    except MeshError:
+        await db.run_tx(lambda tx: abandon_retry(tx, row.id, row.retries))
+        raise
+    return row
+
+
+async def cancel(
+    db: Database, orchestrator: Orchestrator, principal: Principal, request_id: str
+) -> models.ClientRequest:
+    """Cancels the request and its execution. The execution is cancelled first, so that when
+    the orchestrator cannot be reached nothing has changed and the caller can simply try
+    again."""
+    row = await db.run(lambda s: cancellable(s, principal, request_id))
+    if row.execution_id:
+        await orchestrator.cancel(row.execution_id)
+    return await db.run(lambda s: mark_cancelled(s, principal, request_id))

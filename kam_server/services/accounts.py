@@ -8,7 +8,6 @@ from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, accounts_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
-from bitware_core.errors import Violations
 from bitware_core.server import Context
 from bitware_core.tiers import TIER_LIMITS
 from kam_server import accounts, audit, credentials, ledger, messages
@@ -139,13 +138,7 @@ class ClientHandlers(Handlers, accounts_pb2_grpc.ClientServiceServicer):
         self, request: accounts_pb2.GetUsageRequest, context: Context
     ) -> accounts_pb2.GetUsageResponse:
         actor = current_principal()
-        client_id = request.client_id or actor.client_id
-        problems = Violations()
-        problems.check(bool(client_id), "client_id", "is required for callers without a client")
-        problems.raise_if_any()
-        usage = await self.db.run(
-            lambda s: ledger.month_usage(s, accounts.get_client(s, actor, client_id))
-        )
+        usage = await self.db.run(lambda s: ledger.usage_of(s, actor, request.client_id))
         return messages.usage_to_proto(usage)
 
     async def ListTiers(

@@ -8,7 +8,7 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
 from bitware_core.domain import Usage
-from bitware_core.errors import MeshError, Violations
+from bitware_core.errors import Violations
 from bitware_core.server import Context
 from kam_server import messages, requests
 from kam_server.orchestrator_client import OrchestratorClient
@@ -83,20 +83,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.ExecuteRequestRequest, context: Context
     ) -> requests_pb2.ExecuteRequestResponse:
         actor = current_principal()
-
-        row, client = await self.db.run_tx(
-            lambda tx: requests.begin_execution(tx, actor, request.request_id)
-        )
-        if not row.execution_id:
-            try:
-                execution_id = await self.orchestrator.execute(row, client.tier)
-            except MeshError:
-                # The orchestrator did not start it: release the reservation, then report.
-                await self.db.run_tx(lambda tx: requests.abandon_execution(tx, row.id))
-                raise
-            row = await self.db.run_tx(
-                lambda tx: requests.attach_execution(tx, row.id, execution_id)
-            )
+        row = await requests.execute(self.db, self.orchestrator, actor, request.request_id)
         return requests_pb2.ExecuteRequestResponse(
             request=messages.request_to_proto(row), execution_id=row.execution_id
         )
@@ -105,14 +92,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.RetryRequestRequest, context: Context
     ) -> requests_pb2.RetryRequestResponse:
         actor = current_principal()
-        row = await self.db.run_tx(lambda tx: requests.begin_retry(tx, actor, request.request_id))
-        try:
-            await self.orchestrator.retry(row.execution_id, row.retries)
-        except MeshError:
-            # The orchestrator did not retry it: release the reservation, then report. (Had it
-            # retried after all, its outcome names the newer run and is still charged.)
-            await self.db.run_tx(lambda tx: requests.abandon_retry(tx, row.id, row.retries))
-            raise
+        row = await requests.retry(self.db, self.orchestrator, actor, request.request_id)
         return requests_pb2.RetryRequestResponse(
             request=messages.request_to_proto(row), execution_id=row.execution_id
         )
@@ -121,12 +101,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
         self, request: requests_pb2.CancelRequestRequest, context: Context
     ) -> requests_pb2.CancelRequestResponse:
         actor = current_principal()
-        # The execution is cancelled first, so that when the orchestrator cannot be reached
-        # nothing has changed and the caller can simply try again.
-        row = await self.db.run(lambda s: requests.cancellable(s, actor, request.request_id))
-        if row.execution_id:
-            await self.orchestrator.cancel(row.execution_id)
-        row = await self.db.run(lambda s: requests.cancel(s, actor, request.request_id))
+        row = await requests.cancel(self.db, self.orchestrator, actor, request.request_id)
         return requests_pb2.CancelRequestResponse(request=messages.request_to_proto(row))
 
     async def RecordExecutionOutcome(
