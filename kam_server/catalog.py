@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
+from bitware_core.domain import RetryPolicy
 from bitware_core.errors import Violations
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES, REVIEW_ACTIONS, stage_order_problems
 from bitware_core.sql import Tx, select_rows
@@ -34,23 +35,6 @@ STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "lear
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 MAX_STAGES = 20
 DEFAULT_TIMEOUT_S = 120.0
-
-DEFAULT_RETRY: dict[str, Any] = {
-    "max_attempts": 3,
-    "initial_backoff_s": 0.5,
-    "max_backoff_s": 10.0,
-    "backoff_multiplier": 2.0,
-    "non_retryable_errors": ["INVALID_INPUT", "BUDGET", "PERMISSION", "REFUSED", "TOO_LARGE"],
-}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    initial_backoff_s: float
-    max_backoff_s: float
-    backoff_multiplier: float
-    non_retryable_errors: list[str]
 
 
 @dataclass(frozen=True)
@@ -162,7 +146,7 @@ def _validate(
             f"{at}.min_quality_score",
             "must be from 0 to 100",
         )
-        retry = dict(DEFAULT_RETRY)
+        retry = RetryPolicy()
         if (policy := stage.retry_policy) is not None:
             rp = f"{at}.retry_policy"
             problems.check(
@@ -182,13 +166,7 @@ def _validate(
                 f"{rp}.max_backoff",
                 "must not be shorter than initial_backoff",
             )
-            retry = {
-                "max_attempts": policy.max_attempts,
-                "initial_backoff_s": policy.initial_backoff_s,
-                "max_backoff_s": policy.max_backoff_s or DEFAULT_RETRY["max_backoff_s"],
-                "backoff_multiplier": policy.backoff_multiplier or 2.0,
-                "non_retryable_errors": list(policy.non_retryable_errors),
-            }
+            retry = policy.resolved()
         stages.append(
             {
                 "order": stage.order,
@@ -198,7 +176,7 @@ def _validate(
                 "structure_template": stage.structure_template,
                 "params": dict(stage.params),
                 "timeout_s": stage.timeout_s or DEFAULT_TIMEOUT_S,
-                "retry_policy": retry,
+                "retry_policy": retry.to_json(),
                 "min_quality_score": stage.min_quality_score,
                 "review_again_below_quality": stage.review_again_below_quality,
             }

@@ -8,7 +8,7 @@ from google.protobuf import field_mask_pb2
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from bitware_core import convert
-from bitware_core.domain import Usage
+from bitware_core.domain import RetryPolicy, Usage
 from kam_server import catalog, ledger, models
 
 
@@ -138,13 +138,7 @@ def template_to_proto(row: models.MasterTemplate) -> templates_pb2.MasterTemplat
             structure_template=stage.get("structure_template", ""),
             params=stage.get("params", {}),
             timeout=convert.duration(stage.get("timeout_s", catalog.DEFAULT_TIMEOUT_S)),
-            retry_policy=templates_pb2.RetryPolicy(
-                max_attempts=stage["retry_policy"]["max_attempts"],
-                initial_backoff=convert.duration(stage["retry_policy"]["initial_backoff_s"]),
-                max_backoff=convert.duration(stage["retry_policy"]["max_backoff_s"]),
-                backoff_multiplier=stage["retry_policy"]["backoff_multiplier"],
-                non_retryable_errors=stage["retry_policy"]["non_retryable_errors"],
-            ),
+            retry_policy=RetryPolicy.from_json(stage["retry_policy"]).to_proto(),
             min_quality_score=stage.get("min_quality_score", 0.0),
             review_again_below_quality=stage.get("review_again_below_quality", False),
         )
@@ -190,13 +184,7 @@ def template_from_proto(message: templates_pb2.MasterTemplate) -> catalog.Templa
             params=dict(stage.params),
             timeout_s=convert.seconds(stage.timeout),
             retry_policy=(
-                catalog.RetryPolicy(
-                    max_attempts=stage.retry_policy.max_attempts,
-                    initial_backoff_s=convert.seconds(stage.retry_policy.initial_backoff),
-                    max_backoff_s=convert.seconds(stage.retry_policy.max_backoff),
-                    backoff_multiplier=stage.retry_policy.backoff_multiplier,
-                    non_retryable_errors=list(stage.retry_policy.non_retryable_errors),
-                )
+                RetryPolicy.from_proto(stage.retry_policy)
                 if stage.HasField("retry_policy")
                 else None
             ),

@@ -17,7 +17,7 @@ from bitware_core import convert
 from bitware_core.channels import service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
-from bitware_core.domain import Usage
+from bitware_core.domain import RetryPolicy, Usage
 from bitware_core.errors import Unavailable
 from bitware_core.kam import KamConnection
 from orchestrator_server import models
@@ -40,13 +40,7 @@ def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
                 "params": dict(s.params),
                 "timeout_s": convert.seconds(s.timeout) or 120.0,
                 "min_quality_score": s.min_quality_score,
-                "retry_policy": {
-                    "max_attempts": s.retry_policy.max_attempts or 1,
-                    "initial_backoff_s": convert.seconds(s.retry_policy.initial_backoff),
-                    "max_backoff_s": convert.seconds(s.retry_policy.max_backoff),
-                    "backoff_multiplier": s.retry_policy.backoff_multiplier or 2.0,
-                    "non_retryable_errors": list(s.retry_policy.non_retryable_errors),
-                },
+                "retry_policy": RetryPolicy.from_proto(s.retry_policy).resolved().to_json(),
             }
             for s in template.stages
         ],

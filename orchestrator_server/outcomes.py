@@ -4,13 +4,12 @@ late result is refused and never overwrites a newer one."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import utcnow
-from bitware_core.domain import Usage
+from bitware_core.domain import RetryPolicy, Usage
 from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
@@ -176,15 +175,6 @@ def record_decline(
     _save(tx, stage, execution)
 
 
-def _backoff(policy: dict[str, Any], attempt: int, hint: float) -> float:
-    base = float(policy.get("initial_backoff_s", 0.5))
-    cap = float(policy.get("max_backoff_s", 10.0))
-    factor = float(policy.get("backoff_multiplier", 2.0))
-    delay = min(cap, base * factor ** max(0, attempt - 1))
-    delay = random.uniform(delay / 2, delay)  # jitter spreads retries of many stages apart
-    return max(delay, hint)
-
-
 @dataclass(frozen=True)
 class Finished:
     """What the dispatcher must do after an outcome: report to KAM when the execution ended."""
@@ -230,7 +220,7 @@ def record_result(
             "job_id": job_id,
             "quality": quality,
         }
-    max_attempts = int(stage.retry_policy.get("max_attempts", 1))
+    max_attempts = RetryPolicy.from_json(stage.retry_policy).max_attempts
     if below and stage.attempts - stage.attempts_base < max_attempts:
         end_attempt(
             tx, stage.id, claim_.epoch, "below_quality", usage=usage.to_json(), quality_score=score
@@ -369,11 +359,11 @@ def record_failure(
     }
     _roll_up(stage, execution, usage)
     end_attempt(tx, stage.id, claim_.epoch, status, usage=usage.to_json(), error=error)
-    policy = stage.retry_policy
-    non_retryable = set(policy.get("non_retryable_errors", [])) | NON_RETRYABLE_CLASSES
+    policy = RetryPolicy.from_json(stage.retry_policy)
+    non_retryable = {*policy.non_retryable_errors, *NON_RETRYABLE_CLASSES}
     used = stage.attempts - stage.attempts_base
-    if error_class not in non_retryable and used < int(policy.get("max_attempts", 1)):
-        delay = _backoff(policy, used, retry_after)
+    if error_class not in non_retryable and used < policy.max_attempts:
+        delay = policy.backoff(used, retry_after)
         move_stage(stage, "retry_wait")
         stage.ready_at = utcnow() + timedelta(seconds=delay)
         stage.lease_owner = ""

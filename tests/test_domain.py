@@ -3,7 +3,7 @@ columns hold, and cross the wire unchanged."""
 
 from __future__ import annotations
 
-from bitware_core.domain import ProviderUsage, Usage
+from bitware_core.domain import ProviderUsage, RetryPolicy, Usage
 
 #: A rolled-up usage as `money.add_usage` wrote it (stages, executions, KAM requests).
 ROLLED_UP = {
@@ -83,3 +83,36 @@ def test_usage_crosses_the_wire_unchanged() -> None:
     message.cost_micros = 0
     assert Usage.from_proto(message).cost_micros == 900
     assert ProviderUsage.from_proto(usage.by_provider[1].to_proto()) == usage.by_provider[1]
+
+
+def test_a_stored_retry_policy_reads_back_and_crosses_the_wire_unchanged() -> None:
+    stored = {
+        "max_attempts": 3,
+        "initial_backoff_s": 0.5,
+        "max_backoff_s": 10.0,
+        "backoff_multiplier": 2.0,
+        "non_retryable_errors": ["INVALID_INPUT", "BUDGET", "PERMISSION", "REFUSED", "TOO_LARGE"],
+    }
+
+    assert RetryPolicy.from_json(stored) == RetryPolicy()
+    assert RetryPolicy().to_json() == stored
+    custom = RetryPolicy(1, 0.25, 4.0, 3.0, ())
+    assert RetryPolicy.from_proto(custom.to_proto()) == custom
+    assert RetryPolicy.from_json(custom.to_json()) == custom
+
+
+def test_a_policy_zeros_mean_the_defaults_only_once_resolved() -> None:
+    given = RetryPolicy.from_proto(RetryPolicy(0, 0.0, 0.0, 0.0, ()).to_proto())
+
+    assert given.max_attempts == 0  # KAM reports it as a field violation
+    assert given.resolved() == RetryPolicy(1, 0.0, 10.0, 2.0, ())
+
+
+def test_backoff_grows_is_capped_jittered_and_honours_the_hint() -> None:
+    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=5.0, backoff_multiplier=2.0)
+
+    for _ in range(50):
+        assert 0.5 <= policy.backoff(1) <= 1.0
+        assert 2.0 <= policy.backoff(3) <= 4.0
+        assert 2.5 <= policy.backoff(10) <= 5.0
+        assert policy.backoff(1, hint=30.0) == 30.0

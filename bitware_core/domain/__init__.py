@@ -4,6 +4,7 @@ with the moves allowed between them. Each is converted to and from protobuf only
 (`Usage.from_proto`, `RetryPolicy.to_proto` …) and to and from the JSON columns that store it
 (`to_json`/`from_json`, which read every shape an older row may hold)."""
 
+from bitware_core.domain.retry import RetryPolicy
 from bitware_core.domain.usage import ProviderUsage, Usage
 
-__all__ = ["ProviderUsage", "Usage"]
+__all__ = ["ProviderUsage", "RetryPolicy", "Usage"]
