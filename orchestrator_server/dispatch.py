@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert, tracing
+from bitware_core.batching import TxBatcher
 from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
@@ -31,7 +32,6 @@ from bitware_core.domain import Usage
 from bitware_core.metrics import BUCKETS, CallbackGauge
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
-from orchestrator_server.batching import TxBatcher
 from orchestrator_server.errors import CorruptPayload, StaleAttempt
 from orchestrator_server.events import EventHub
 from orchestrator_server.kam_client import KamClient

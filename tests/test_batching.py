@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bitware_core.batching import TxBatcher
 from bitware_core.db import Database
 from bitware_core.sql import Tx
-from orchestrator_server.batching import TxBatcher
 
 
 @pytest.fixture
@@ -93,4 +93,20 @@ async def test_a_cancelled_caller_s_work_is_skipped_when_not_started(db: Databas
     await asyncio.gather(second, return_exceptions=True)
     await asyncio.sleep(0.05)
     assert rows(db) == [("a", 1)]
+    await batcher.stop()
+
+
+async def test_work_queued_as_the_writer_ends_is_written(db: Database) -> None:
+    """A piece that arrives just as the writer's loop ended (its task not yet marked done)
+    still gets a writer: the regression hung executions under load."""
+    batcher = TxBatcher(db)
+
+    async def one_after_another() -> None:
+        for i in range(20):
+            # This resumes in the loop step in which the writer's loop ends, before its task's
+            # done callbacks run; the next piece is queued right then.
+            assert await batcher.run("a", insert("a", i)) == i
+            assert await batcher.run("b", insert("b", i)) == i
+
+    await asyncio.wait_for(one_after_another(), 10)
     await batcher.stop()

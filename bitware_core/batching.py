@@ -1,17 +1,19 @@
-"""Group commit for the dispatcher's per-stage writes: acceptances, outcomes and "reported to
-KAM" marks that arrive while an earlier write is under way go into the database together, in one
-transaction, instead of one transaction each.
+"""Group commit for small writes of the hot path (the orchestrator's acceptances, outcomes and
+"reported to KAM" marks; KAM's request writes per execution): writes that arrive while an
+earlier one is under way go into the database together, in one transaction, instead of one
+transaction each.
 
 Nothing waits to be batched: a write that finds the writer idle starts at once, so an idle mesh
 sees the same latency as before; under load the writes that queued up behind a transaction share
-the next one (the claim already takes up to `queue.CLAIM_BATCH` stages, whose handshakes and
-results tend to come back together).
+the next one (the orchestrator's claim takes up to `queue.CLAIM_BATCH` stages, whose handshakes
+and results tend to come back together).
 
 Each piece of work behaves as if it ran alone. Its result (or exception) is its own, and the
-pieces of a batch run in the order of their keys (execution ids; in arrival order for one key),
-so that two batches never lock two executions in opposite orders (PostgreSQL). When any piece of
-a batch raises, the whole transaction is rolled back and each piece runs again in a transaction
-of its own, so one piece's StaleAttempt (or bug) never undoes or changes another's write."""
+pieces of a batch run in the order of their keys (what each locks first, e.g. the execution id;
+in arrival order for one key), so that two batches never lock two executions in opposite orders
+(PostgreSQL). When any piece of a batch raises, the whole transaction is rolled back and each
+piece runs again in a transaction of its own, so one piece's error (a StaleAttempt, a refusal, a
+bug) never undoes or changes another's write."""
 
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ class TxBatcher:
         self.writers = writers
         self._pending: list[_Work] = []
         self._running: set[asyncio.Task[None]] = set()
+        #: Writers whose loop has not ended. Counted by the loop itself, not by the tasks' done
+        #: callbacks: those run a step after the loop ends, and work queued in between would
+        #: find no writer started for it and wait forever.
+        self._writing = 0
         #: Transactions run and pieces of work they carried (for tests and benches).
         self.transactions = 0
         self.pieces = 0
@@ -59,22 +65,28 @@ class TxBatcher:
         it locks first (the execution id)."""
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append(_Work(key, work, done))
-        if len(self._running) < self.writers:
+        if self._writing < self.writers:
+            self._writing += 1
             task = asyncio.create_task(self._write())
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         return await done
 
     async def _write(self) -> None:
-        while self._pending:
-            taken, self._pending = self._pending[:BATCH_MOST], self._pending[BATCH_MOST:]
-            batch = [item for item in taken if not item.done.done()]  # skip cancelled callers
-            try:
-                await self._commit(batch)
-            finally:
-                for item in batch:  # only when this writer itself was cancelled (stopping)
-                    if not item.done.done():
-                        item.done.cancel()
+        try:
+            while self._pending:
+                taken, self._pending = self._pending[:BATCH_MOST], self._pending[BATCH_MOST:]
+                batch = [item for item in taken if not item.done.done()]  # skip cancelled callers
+                try:
+                    await self._commit(batch)
+                finally:
+                    for item in batch:  # only when this writer itself was cancelled (stopping)
+                        if not item.done.done():
+                            item.done.cancel()
+        finally:
+            # No await between the loop's last look at _pending and this: work queued from now
+            # on starts a writer of its own.
+            self._writing -= 1
 
     async def _commit(self, batch: list[_Work]) -> None:
         if not batch:
