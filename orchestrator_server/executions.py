@@ -1,6 +1,7 @@
-"""Executions, stages and attempts as explicit state machines: creating an execution with its
-stages, the queue key and fair turns of what is enqueued, the ordered event log, reading,
-cancelling, retrying and expiring executions. The claim itself is in `queue`, what becomes of
+"""Executions, stages and attempts as explicit state machines (their statuses and moves are
+`bitware_core.domain.status`): creating an execution with its stages, the queue key and fair
+turns of what is enqueued, the ordered event log, reading, cancelling, retrying and expiring
+executions. The claim itself is in `queue`, what becomes of
 an attempt in `outcomes`.
 
 Plain synchronous logic, no grpc: the per-stage path on a `Tx` (hand-written SQL), reading,
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
+from bitware_core.domain import ExecutionStatus, StageStatus
 from bitware_core.errors import FieldViolation, Violations
 from bitware_core.pipelines import stage_order_problems
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
@@ -45,40 +47,26 @@ EVENTS_CHANNEL = "bitware_events"
 PRIORITIES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
 PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
-EXECUTION_TRANSITIONS = {
-    "queued": {"running", "cancelled", "failed"},
-    "running": {"succeeded", "failed", "cancelled"},
-    "failed": {"queued"},  # RetryExecution
-    "succeeded": set(),
-    "cancelled": set(),
-}
-STAGE_TRANSITIONS = {
-    "pending": {"queued", "cancelled"},
-    "queued": {"running", "cancelled", "failed"},
-    "running": {"succeeded", "failed", "retry_wait", "queued", "cancelled"},
-    "retry_wait": {"running", "cancelled", "failed"},
-    "failed": {"queued"},  # RetryExecution
-    "succeeded": set(),
-    "cancelled": set(),
-}
-TERMINAL_EXECUTION = ("succeeded", "failed", "cancelled")
+#: Stages a cancel ends: not yet ended. Stages a timeout fails: ever queued, not yet ended.
+_OPEN = (StageStatus.PENDING, StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.RETRY_WAIT)
+_STARTED = (StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.RETRY_WAIT)
 NON_RETRYABLE_CLASSES = {"INVALID_INPUT", "REFUSED", "TOO_LARGE", "CANCELLED", "CORRUPT"}
 
 
-def _move(kind: str, row: Any, to: str, table: dict[str, set[str]]) -> None:
-    if to not in table[row.status]:
-        execution_id = row.id if kind == "execution" else row.execution_id
-        message = f"{kind} {row.id} cannot go from {row.status} to {to}"
-        raise ExecutionFinished(execution_id, row.status, message)
+def move_execution(row: models.Execution, to: ExecutionStatus) -> None:
+    """Moves an execution to `to`, if its status allows that (`ExecutionStatus.can_move_to`)."""
+    if not ExecutionStatus(row.status).can_move_to(to):
+        message = f"execution {row.id} cannot go from {row.status} to {to}"
+        raise ExecutionFinished(row.id, row.status, message)
     row.status = to
 
 
-def move_execution(row: models.Execution, to: str) -> None:
-    _move("execution", row, to, EXECUTION_TRANSITIONS)
-
-
-def move_stage(row: models.Stage, to: str) -> None:
-    _move("stage", row, to, STAGE_TRANSITIONS)
+def move_stage(row: models.Stage, to: StageStatus) -> None:
+    """Moves a stage to `to`, if its status allows that (`StageStatus.can_move_to`)."""
+    if not StageStatus(row.status).can_move_to(to):
+        message = f"stage {row.id} cannot go from {row.status} to {to}"
+        raise ExecutionFinished(row.execution_id, row.status, message)
+    row.status = to
 
 
 def queue_key(priority: int, at: datetime) -> float:
@@ -158,7 +146,7 @@ def log_after(tx: Tx, execution_id: str, after: int, principal: Principal | None
             {"id": execution_id, "after": after},
         )
     ]
-    return LogPage(events, row[1] in TERMINAL_EXECUTION, row[2])
+    return LogPage(events, ExecutionStatus(row[1]).terminal, row[2])
 
 
 def load_full(
@@ -180,7 +168,7 @@ def load_full(
 
 def progress(execution: models.Execution, stage_fraction: float = 0.0) -> float:
     """The share of the execution's work done, counting the running stage's own fraction."""
-    if execution.status == "succeeded":
+    if execution.status == ExecutionStatus.SUCCEEDED:
         return 1.0
     return (execution.stages_done + stage_fraction) / max(1, execution.stages_total)
 
@@ -300,7 +288,7 @@ def _check_stages(template: dict[str, Any]) -> None:
 
 
 def enqueue(stage: models.Stage, priority: int, now: datetime) -> None:
-    move_stage(stage, "queued")
+    move_stage(stage, StageStatus.QUEUED)
     stage.queued_at = stage.ready_at = now
     stage.queue_key = queue_key(priority, now)
 
@@ -346,7 +334,7 @@ def _frees_a_turn(execution: models.Execution, stages: list[models.Stage]) -> bo
     """True when this execution, about to leave the queue unstarted, holds one of its client's
     ready places (so the client's next waiting execution may take it)."""
     return bool(execution.client_concurrency) and any(
-        s.status == "queued" and s.queue_key < WAITING_TURN for s in stages
+        s.status == StageStatus.QUEUED and s.queue_key < WAITING_TURN for s in stages
     )
 
 
@@ -432,20 +420,20 @@ def cancel(
 ) -> tuple[models.Execution, list[models.Stage]]:
     """Cancels the execution; returns the stages that were running (their workers must be told)."""
     execution = get(session, principal, execution_id, for_update=True)
-    if execution.status in TERMINAL_EXECUTION:
+    if ExecutionStatus(execution.status).terminal:
         raise ExecutionFinished(execution.id, execution.status)
     running = []
     stages = stages_of(session, execution.id)
-    if execution.status == "queued" and _frees_a_turn(execution, stages):
+    if execution.status == ExecutionStatus.QUEUED and _frees_a_turn(execution, stages):
         take_turn(Tx.of(session), execution.client_id, utcnow())
     for stage in stages:
-        if stage.status in ("pending", "queued", "running", "retry_wait"):
-            if stage.status == "running":
+        if stage.status in _OPEN:
+            if stage.status == StageStatus.RUNNING:
                 running.append(stage)
-            move_stage(stage, "cancelled")
+            move_stage(stage, StageStatus.CANCELLED)
             stage.epoch += 1  # any late result of the running attempt is now stale
             stage.ended_at = utcnow()
-    move_execution(execution, "cancelled")
+    move_execution(execution, ExecutionStatus.CANCELLED)
     execution.ended_at = utcnow()
     execution.error = {"reason": "CANCELLED", "message": reason or "cancelled", "retryable": False}
     append_event(Tx.of(session), execution, "EXECUTION_CANCELLED", message=reason or "cancelled")
@@ -481,9 +469,9 @@ def retry(
     execution = get(session, principal, execution_id, for_update=True)
     if retry_number and execution.retries >= retry_number:
         return execution
-    if execution.status != "failed":
+    if execution.status != ExecutionStatus.FAILED:
         raise ExecutionNotFailed(execution.id, execution.status)
-    failed = [s for s in stages_of(session, execution.id) if s.status == "failed"]
+    failed = [s for s in stages_of(session, execution.id) if s.status == StageStatus.FAILED]
     if not failed:
         raise ExecutionFinished(
             execution.id,
@@ -499,7 +487,7 @@ def retry(
     first.attempts_base, first.error, first.feedback, first.best = first.attempts, {}, "", {}
     first.epoch += 1
     first.ended_at = None
-    move_execution(execution, "queued")
+    move_execution(execution, ExecutionStatus.QUEUED)
     execution.error, execution.ended_at, execution.outcome_reported = {}, None, False
     execution.retries += 1
     tx = Tx.of(session)
@@ -541,22 +529,22 @@ def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
         *((e, "EXECUTION_TIMEOUT", "the execution ran past its time limit") for e in overdue),
         *((e, "QUEUE_TIMEOUT", "no worker took the stage in time") for e in waiting),
     ]:
-        if execution.id in expired or execution.status in TERMINAL_EXECUTION:
+        if execution.id in expired or ExecutionStatus(execution.status).terminal:
             continue
         # The execution is held: its stages are locked after it, waiting (as every writer does).
         stages = select_rows(
             tx, models.Stage, "execution_id = :id", {"id": execution.id}, tx.lock()
         )
-        expired[execution.id] = [s.id for s in stages if s.status == "running"]
-        if execution.status == "queued" and _frees_a_turn(execution, stages):
+        expired[execution.id] = [s.id for s in stages if s.status == StageStatus.RUNNING]
+        if execution.status == ExecutionStatus.QUEUED and _frees_a_turn(execution, stages):
             take_turn(tx, execution.client_id, now)
         for stage in stages:
-            if stage.status in ("queued", "running", "retry_wait"):
-                move_stage(stage, "failed")
+            if stage.status in _STARTED:
+                move_stage(stage, StageStatus.FAILED)
                 stage.epoch += 1
                 stage.ended_at = now
                 update_row(tx, stage, "status", "epoch", "ended_at")
-        move_execution(execution, "failed")
+        move_execution(execution, ExecutionStatus.FAILED)
         execution.error = {"reason": reason, "message": message, "retryable": True}
         execution.ended_at = now
         append_event(

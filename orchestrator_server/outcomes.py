@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import utcnow
-from bitware_core.domain import RetryPolicy, Usage
+from bitware_core.domain import ExecutionStatus, RetryPolicy, StageStatus, Usage
 from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
@@ -65,7 +65,7 @@ def _current(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Ex
         tx.lock(),
     )
     [stage] = select_rows(tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock())
-    if stage.epoch != epoch or stage.status != "running":
+    if stage.epoch != epoch or stage.status != StageStatus.RUNNING:
         raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
     return stage, execution
 
@@ -89,7 +89,7 @@ def _current_head(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, mode
     [stage] = select_rows(
         tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock(), only=_HEAD_STAGE
     )
-    if stage.epoch != epoch or stage.status != "running":
+    if stage.epoch != epoch or stage.status != StageStatus.RUNNING:
         raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
     return stage, execution
 
@@ -169,7 +169,7 @@ def record_decline(
             tx, stage, execution, {"reason": reason, "message": message, "retryable": False}
         )
     else:
-        move_stage(stage, "queued")
+        move_stage(stage, StageStatus.QUEUED)
         stage.ready_at = utcnow() + timedelta(seconds=retry_after)
         stage.lease_owner = ""
     _save(tx, stage, execution)
@@ -234,7 +234,7 @@ def record_result(
             **stage_fields(stage),
             message=f"quality {score:.0f} {why}; regenerating",
         )
-        move_stage(stage, "retry_wait")
+        move_stage(stage, StageStatus.RETRY_WAIT)
         stage.ready_at = utcnow()
         _save(tx, stage, execution)
         return Finished(execution.id, False, "BELOW_QUALITY")
@@ -248,7 +248,7 @@ def record_result(
         best["job_id"],
     )
     stage.quality = {**best["quality"], "below_threshold": below}
-    move_stage(stage, "succeeded")
+    move_stage(stage, StageStatus.SUCCEEDED)
     execution.stages_done += 1
     stage.ended_at = utcnow()
     append_event(
@@ -278,7 +278,7 @@ def record_result(
         )
         _save(tx, stage, execution)
         return Finished(execution.id, False)
-    move_execution(execution, "succeeded")
+    move_execution(execution, ExecutionStatus.SUCCEEDED)
     execution.ended_at = utcnow()
     execution.job_id = stage.job_id
     append_event(
@@ -364,7 +364,7 @@ def record_failure(
     used = stage.attempts - stage.attempts_base
     if error_class not in non_retryable and used < policy.max_attempts:
         delay = policy.backoff(used, retry_after)
-        move_stage(stage, "retry_wait")
+        move_stage(stage, StageStatus.RETRY_WAIT)
         stage.ready_at = utcnow() + timedelta(seconds=delay)
         stage.lease_owner = ""
         append_event(
@@ -385,7 +385,7 @@ def record_failure(
 def _fail_stage(
     tx: Tx, stage: models.Stage, execution: models.Execution, error: dict[str, Any]
 ) -> None:
-    move_stage(stage, "failed")
+    move_stage(stage, StageStatus.FAILED)
     stage.error = error
     stage.ended_at = utcnow()
     append_event(
@@ -397,7 +397,7 @@ def _fail_stage(
         message=f"stage {stage.name} failed: {error['message']}",
     )
     # Later stages stay pending: they never ran, and RetryExecution picks up from here.
-    move_execution(execution, "failed")
+    move_execution(execution, ExecutionStatus.FAILED)
     execution.error = error
     execution.ended_at = utcnow()
     append_event(

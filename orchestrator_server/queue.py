@@ -12,6 +12,7 @@ from typing import Any
 
 from bitware_core.auth import Principal
 from bitware_core.db import utcnow
+from bitware_core.domain import ExecutionStatus, StageStatus
 from bitware_core.sql import Tx, columns, from_row, insert_rows, update_row, width
 from orchestrator_server import models
 from orchestrator_server.executions import (
@@ -24,7 +25,7 @@ from orchestrator_server.executions import (
     take_turn,
 )
 
-READY = ("queued", "retry_wait")
+READY = (StageStatus.QUEUED, StageStatus.RETRY_WAIT)
 #: The most stages of one capability a claim takes: a worker may have hundreds of free slots
 #: (one per model call it can wait on), and a claim's work should not grow with them. The
 #: dispatcher claims again at once after a full batch.
@@ -177,7 +178,7 @@ def claim(
         for stage, execution in candidates:
             if not free_slots:
                 break
-            starts, cap = execution.status == "queued", execution.client_concurrency
+            starts, cap = execution.status == ExecutionStatus.QUEUED, execution.client_concurrency
             if starts and cap and not _decides_starts(tx, execution.client_id, held, running):
                 continue
             if starts and cap and running[execution.client_id] >= cap:
@@ -232,7 +233,7 @@ def _claim_one(
     lease_seconds: float,
     worker_id: str,
 ) -> Claim:
-    move_stage(stage, "running")
+    move_stage(stage, StageStatus.RUNNING)
     reattach, stage.reattach_worker = stage.reattach_worker, ""
     if not reattach:
         stage.attempts += 1
@@ -252,8 +253,8 @@ def _claim_one(
         "started_at",
     )
     changed = ["last_sequence"]
-    if execution.status == "queued":
-        move_execution(execution, "running")
+    if execution.status == ExecutionStatus.QUEUED:
+        move_execution(execution, ExecutionStatus.RUNNING)
         execution.started_at = now
         changed += ["status", "started_at"]
         append_event(tx, execution, "EXECUTION_STARTED", message="started")
@@ -338,7 +339,7 @@ def reclaim_expired(tx: Tx) -> int:
         if attempt is not None and attempt[1] == "running":
             stage.reattach_worker = attempt[0]
         end_attempt(tx, stage.id, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
-        move_stage(stage, "queued")
+        move_stage(stage, StageStatus.QUEUED)
         stage.ready_at = now
         stage.lease_owner = ""
         update_row(tx, stage, "reattach_worker", "status", "ready_at", "lease_owner")

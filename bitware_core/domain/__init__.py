@@ -5,6 +5,15 @@ with the moves allowed between them. Each is converted to and from protobuf only
 (`to_json`/`from_json`, which read every shape an older row may hold)."""
 
 from bitware_core.domain.retry import RetryPolicy
+from bitware_core.domain.status import ExecutionStatus, JobStatus, RequestStatus, StageStatus
 from bitware_core.domain.usage import ProviderUsage, Usage
 
-__all__ = ["ProviderUsage", "RetryPolicy", "Usage"]
+__all__ = [
+    "ExecutionStatus",
+    "JobStatus",
+    "ProviderUsage",
+    "RequestStatus",
+    "RetryPolicy",
+    "StageStatus",
+    "Usage",
+]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import Database, utcnow
-from bitware_core.domain import Usage
+from bitware_core.domain import ExecutionStatus, Usage
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
 from orchestrator_server.errors import StaleAttempt, TemplateDeprecated
@@ -164,7 +164,7 @@ def test_illegal_transitions_are_impossible(db: Database) -> None:
 
     def finish_twice(session: Session) -> None:
         execution = session.get_one(models.Execution, execution_id)
-        executions.move_execution(execution, "succeeded")
+        executions.move_execution(execution, ExecutionStatus.SUCCEEDED)
 
     with pytest.raises(Exception, match="cannot go from queued to succeeded"):
         db.run_sync(finish_twice)
