@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.domain import Usage
+from bitware_core.domain import JobStatus, Usage
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
@@ -48,7 +48,7 @@ def start(
     Handshake looked), so the lookup is skipped."""
     job = None if known_new else find(tx, execution_id, stage_id, attempt)
     if job is not None:
-        job.status, job.worker_id, job.updated_at = "running", worker_id, utcnow()
+        job.status, job.worker_id, job.updated_at = JobStatus.RUNNING, worker_id, utcnow()
         update_row(tx, job, "status", "worker_id", "updated_at")
         return job
     job = new_row(
@@ -110,7 +110,7 @@ def complete(
         ],
     )
     quality = quality_dict(report)
-    job.status = "failed" if unusable else "completed"
+    job.status = JobStatus.FAILED if unusable else JobStatus.COMPLETED
     job.error_message = unusable[:2000]
     job.document, job.quality, job.usage = document, quality, usage.to_json()
     job.validations = [*job.validations, validation_record("rules", quality)]
@@ -157,7 +157,7 @@ def finish_validation(
 ) -> None:
     """Completes a `validate` job (it stores no structure of its own)."""
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
-    job.status, job.quality, job.result = "completed", quality, result
+    job.status, job.quality, job.result = JobStatus.COMPLETED, quality, result
     job.usage = usage.to_json()
     job.updated_at = utcnow()
     update_row(tx, job, "status", "quality", "usage", "result", "updated_at")
@@ -166,7 +166,7 @@ def finish_validation(
 def fail(
     tx: Tx,
     job_id: str,
-    status: str,
+    status: JobStatus,
     message: str,
     result: dict[str, Any],
     usage: Usage | None = None,

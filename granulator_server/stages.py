@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from bitware_core.db import Database, utcnow
-from bitware_core.domain import Usage
+from bitware_core.domain import JobStatus, Usage
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
@@ -308,7 +308,7 @@ class StageRunner:
             used = usage_of(meters)
             cancelled = {**CANCELLED, "usage": used.to_json()}
             await self.db.run_tx(
-                lambda tx: jobs.fail(tx, job_id, "cancelled", "cancelled", cancelled, used)
+                lambda tx: jobs.fail(tx, job_id, JobStatus.CANCELLED, "cancelled", cancelled, used)
             )
             stage_log.add(progress.CANCELLED, "cancelled", 1.0)
             raise
@@ -321,7 +321,9 @@ class StageRunner:
             )
         message = outcome["error"]["message"]
         used = Usage.from_json(outcome["usage"])
-        await self.db.run_tx(lambda tx: jobs.fail(tx, job_id, "failed", message, outcome, used))
+        await self.db.run_tx(
+            lambda tx: jobs.fail(tx, job_id, JobStatus.FAILED, message, outcome, used)
+        )
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
 
@@ -425,7 +427,7 @@ class StageRunner:
         target = await self.db.run_tx(lambda tx: jobs.by_id(tx, target_id))
         if target is None or target.client_id != work.client_id:
             raise NoPreviousJob(target_id)
-        if target.status != "completed" or not target.document:
+        if target.status != JobStatus.COMPLETED or not target.document:
             raise PreviousJobNotReady(target_id, target.status)
         found = await self.db.run_tx(
             lambda tx: template_store.resolve_tx(tx, self.db.engine, target.template_name)

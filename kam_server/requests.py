@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import CLIENT, Principal
 from bitware_core.db import Database, new_id, next_page_token, page_window, utcnow
-from bitware_core.domain import Usage
+from bitware_core.domain import RequestStatus, Usage
 from bitware_core.errors import MeshError, Violations
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from bitware_core.tiers import TIER_LIMITS
@@ -36,7 +36,7 @@ from kam_server.errors import (
 
 #: How urgent a request is → the execution's priority.
 URGENCY_PRIORITY = {"low": "low", "normal": "normal", "high": "high", "critical": "critical"}
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = tuple(status for status in RequestStatus if status.terminal)
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,15 @@ def _locked(
     return row, client
 
 
+def move(row: models.ClientRequest, to: RequestStatus) -> None:
+    """Moves a request to `to`, if its status allows that (`RequestStatus.can_move_to`)."""
+    if not RequestStatus(row.status).can_move_to(to):
+        raise RequestFinished(
+            row.id, row.status, f"request {row.id} cannot go from {row.status} to {to}"
+        )
+    row.status = to
+
+
 def begin_execution(
     tx: Tx, principal: Principal, request_id: str
 ) -> tuple[models.ClientRequest, models.Client]:
@@ -214,9 +223,12 @@ def begin_execution(
     request that was executed already is returned as it is (so executing twice starts nothing
     new); the caller starts the execution only when `execution_id` is empty."""
     row, client = _locked(tx, principal, request_id)
-    if row.status == "running" or (row.status in ("completed", "failed") and row.execution_id):
+    status = RequestStatus(row.status)
+    if status == RequestStatus.RUNNING or (
+        status in (RequestStatus.COMPLETED, RequestStatus.FAILED) and row.execution_id
+    ):
         return row, client
-    if row.status != "pending":
+    if status != RequestStatus.PENDING:
         raise RequestFinished(row.id, row.status)
     _check_active(client)
     _check_rate(tx, principal, client)
@@ -225,7 +237,7 @@ def begin_execution(
     # Over the tier's concurrency limit the execution is accepted all the same: the
     # orchestrator holds it in the queue until the client's turn (see executions.take_turn).
     ledger.reserve(client, row, template.cost_estimate_usd, ledger.committed(tx, client.id))
-    row.status = "running"
+    move(row, RequestStatus.RUNNING)
     row.updated_at = utcnow()
     update_row(tx, row, "reserved_usd", "status", "updated_at")
     return row, client
@@ -236,7 +248,7 @@ def begin_retry(tx: Tx, principal: Principal, request_id: str) -> models.ClientR
     execution and reserves the cost estimate again; the request is running once more. What the
     earlier runs cost stays charged. The caller then asks the orchestrator to retry."""
     row, client = _locked(tx, principal, request_id)
-    if row.status != "failed" or not row.execution_id:
+    if row.status != RequestStatus.FAILED or not row.execution_id:
         raise RequestNotFailed(row.id, row.status)
     _check_active(client)
     _check_rate(tx, principal, client)
@@ -244,7 +256,7 @@ def begin_retry(tx: Tx, principal: Principal, request_id: str) -> models.ClientR
     _check_template(client, template)
     _check_priority(client, row.urgency)
     ledger.reserve(client, row, template.cost_estimate_usd, ledger.committed(tx, client.id))
-    row.status = "running"
+    move(row, RequestStatus.RUNNING)
     row.retries += 1
     row.error_message = ""
     row.updated_at = utcnow()
@@ -256,8 +268,8 @@ def abandon_retry(tx: Tx, request_id: str, retries: int) -> None:
     """The orchestrator did not retry the execution: the request is failed as before and
     nothing stays reserved."""
     row = _request(tx, request_id, lock=True)
-    if row is not None and row.status == "running" and row.retries == retries:
-        row.status = "failed"
+    if row is not None and row.status == RequestStatus.RUNNING and row.retries == retries:
+        move(row, RequestStatus.FAILED)
         row.retries -= 1
         ledger.release(row)
         update_row(tx, row, "status", "retries", "reserved_usd")
@@ -277,8 +289,8 @@ def attach_execution(tx: Tx, request_id: str, execution_id: str) -> models.Clien
 def abandon_execution(tx: Tx, request_id: str) -> None:
     """The orchestrator did not start the execution: nothing runs, so nothing stays reserved."""
     row = _request(tx, request_id, lock=True)
-    if row is not None and row.status == "running" and not row.execution_id:
-        row.status = "pending"
+    if row is not None and row.status == RequestStatus.RUNNING and not row.execution_id:
+        move(row, RequestStatus.PENDING)
         ledger.release(row)
         update_row(tx, row, "status", "reserved_usd")
 
@@ -288,7 +300,7 @@ def record_outcome(
     request_id: str,
     execution_id: str,
     *,
-    status: str,
+    status: RequestStatus,
     usage: Usage,
     job_id: str,
     error_message: str,
@@ -322,7 +334,7 @@ def record_outcome(
         raise ExecutionMismatch(row.id, execution_id, row.execution_id)
     newer = retries > row.retries
     settled = row.charged_at is not None and row.settled_retries == row.retries
-    if row.status == "pending" or retries < row.retries:
+    if row.status == RequestStatus.PENDING or retries < row.retries:
         return row
     if settled and not newer:
         # The same run again: only its usage may have grown (attempts stopped by a cancel or
@@ -332,13 +344,13 @@ def record_outcome(
             update_row(tx, row, "cost_usd", "usage", "updated_at")
             ledger.budget_alerts(tx, row.client_id)
         return row
-    follows = row.status == "running" or (newer and row.status == "failed")
+    follows = row.status == RequestStatus.RUNNING or (newer and row.status == RequestStatus.FAILED)
     row.execution_id = execution_id
     row.retries = row.settled_retries = retries
     ledger.charge(row, usage)
     if follows:
-        row.status = status
-        row.job_id = job_id if status == "completed" else ""
+        move(row, status)
+        row.job_id = job_id if status == RequestStatus.COMPLETED else ""
         row.error_message = error_message[:2000]
     row.updated_at = utcnow()
     update_row(
@@ -365,7 +377,7 @@ def record_outcome(
 def cancellable(session: Session, principal: Principal, request_id: str) -> models.ClientRequest:
     """The request, if the caller may see it and it has not finished."""
     row = get(session, principal, request_id)
-    if row.status in TERMINAL:
+    if RequestStatus(row.status).terminal:
         raise RequestFinished(row.id, row.status, f"request {row.id} is already {row.status}")
     return row
 
@@ -374,9 +386,9 @@ def mark_cancelled(session: Session, principal: Principal, request_id: str) -> m
     """Marks the request cancelled after its execution was cancelled (whose outcome, reported
     meanwhile, may have finished the request already: then it stays as reported)."""
     row = get(session, principal, request_id)
-    if row.status in TERMINAL:
+    if RequestStatus(row.status).terminal:
         return row
-    row.status = "cancelled"
+    move(row, RequestStatus.CANCELLED)
     ledger.release(row)
     row.updated_at = utcnow()
     webhooks.request_event(Tx.of(session), row)

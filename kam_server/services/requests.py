@@ -7,7 +7,7 @@ from bitware.kam.v1 import requests_pb2, requests_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
-from bitware_core.domain import Usage
+from bitware_core.domain import RequestStatus, Usage
 from bitware_core.errors import Violations
 from bitware_core.server import Context
 from kam_server import messages, requests
@@ -121,7 +121,7 @@ class RequestHandlers(Handlers, requests_pb2_grpc.RequestServiceServicer):
                 tx,
                 request.request_id,
                 request.execution_id,
-                status=status,
+                status=RequestStatus(status),
                 usage=Usage.from_proto(request.usage),
                 job_id=request.job_id,
                 error_message=request.error_message,
