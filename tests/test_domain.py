@@ -3,7 +3,15 @@ columns hold, and cross the wire unchanged."""
 
 from __future__ import annotations
 
-from bitware_core.domain import ProviderUsage, RetryPolicy, Usage
+from bitware_core.domain import (
+    ExecutionStatus,
+    JobStatus,
+    ProviderUsage,
+    RequestStatus,
+    RetryPolicy,
+    StageStatus,
+    Usage,
+)
 
 #: A rolled-up usage as `money.add_usage` wrote it (stages, executions, KAM requests).
 ROLLED_UP = {
@@ -116,3 +124,27 @@ def test_backoff_grows_is_capped_jittered_and_honours_the_hint() -> None:
         assert 2.0 <= policy.backoff(3) <= 4.0
         assert 2.5 <= policy.backoff(10) <= 5.0
         assert policy.backoff(1, hint=30.0) == 30.0
+
+
+def test_statuses_are_the_stored_strings_and_their_tables_name_every_member() -> None:
+    assert StageStatus.RETRY_WAIT == "retry_wait" and f"{JobStatus.COMPLETED}" == "completed"
+    assert [str(s) for s in RequestStatus] == [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    assert {s for s in ExecutionStatus if s.terminal} == {"succeeded", "failed", "cancelled"}
+    for kind in (RequestStatus, ExecutionStatus, StageStatus):
+        for status in kind:
+            assert all(isinstance(to, kind) for to in kind if status.can_move_to(to))
+
+
+def test_moves_follow_the_tables() -> None:
+    assert ExecutionStatus.FAILED.can_move_to(ExecutionStatus.QUEUED)  # RetryExecution
+    assert not ExecutionStatus.SUCCEEDED.can_move_to(ExecutionStatus.QUEUED)
+    assert StageStatus.RUNNING.can_move_to(StageStatus.QUEUED)  # declined, or lease expired
+    assert not StageStatus.PENDING.can_move_to(StageStatus.RUNNING)
+    assert RequestStatus.RUNNING.can_move_to(RequestStatus.PENDING)  # execution refused
+    assert not RequestStatus.CANCELLED.can_move_to(RequestStatus.RUNNING)
