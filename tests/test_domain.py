@@ -7,10 +7,14 @@ from bitware_core.domain import (
     ExecutionStatus,
     JobStatus,
     ProviderUsage,
+    Quality,
     RequestStatus,
     RetryPolicy,
+    StageError,
+    StageOutcome,
     StageStatus,
     Usage,
+    Violation,
 )
 
 #: A rolled-up usage as `money.add_usage` wrote it (stages, executions, KAM requests).
@@ -148,3 +152,60 @@ def test_moves_follow_the_tables() -> None:
     assert not StageStatus.PENDING.can_move_to(StageStatus.RUNNING)
     assert RequestStatus.RUNNING.can_move_to(RequestStatus.PENDING)  # execution refused
     assert not RequestStatus.CANCELLED.can_move_to(RequestStatus.RUNNING)
+
+
+#: A generate attempt's outcome as the granulator stored it in its job's `result`.
+STORED_RESULT = {
+    "job_id": "job_1",
+    "output": {"job_id": "job_1", "structure_type": "course", "quality_score": 81.5},
+    "quality": {
+        "score": 81.5,
+        "components": {"completeness": 1.0, "structure": 0.5},
+        "feedback": "add lessons",
+        "violations": [{"path": "/modules/0", "rule": "count_range", "message": "too few"}],
+        "below_threshold": False,
+        "integrity_failed": False,
+        "accept_below_minimum": True,
+    },
+    "usage": ROLLED_UP,
+    "metrics": {"elements": 12.0},
+}
+
+
+def test_stored_outcomes_read_back_and_are_written_in_the_same_shape() -> None:
+    result = StageOutcome.from_json(STORED_RESULT)
+    failure = {
+        "error": {
+            "error_class": "TRANSIENT",
+            "reason": "RATE_LIMITED",
+            "message": "slow down",
+            "retry_after": 2.0,
+        },
+        "usage": {},
+    }
+    cancelled = {"cancelled": True, "usage": {}}
+
+    assert result.quality.violations == (Violation("/modules/0", "count_range", "too few"),)
+    assert result.to_json() == STORED_RESULT
+    assert StageOutcome.from_json(failure).to_json() == failure
+    assert StageOutcome.from_json(cancelled).to_json() == cancelled
+    assert StageOutcome.from_json(failure).error == StageError(
+        "TRANSIENT", "RATE_LIMITED", "slow down", 2.0
+    )
+
+
+def test_outcomes_cross_the_wire_unchanged() -> None:
+    result = StageOutcome.from_json(STORED_RESULT)
+    failure = StageOutcome.failed(StageError("INVALID_INPUT", "BAD", "no", 0.5), Usage(llm_calls=1))
+
+    assert StageOutcome.from_proto(result.to_proto()) == result
+    assert StageOutcome.from_proto(failure.to_proto()) == failure
+
+
+def test_a_quality_without_the_stage_flags_reads_them_false() -> None:
+    quality = Quality.from_json({"score": 40, "components": {}, "feedback": "", "violations": []})
+
+    assert quality == Quality(score=40.0)
+    assert Quality(score=90, integrity_failed=True).rank() < Quality(score=10).rank()
+    assert Quality(accept_below_minimum=True).deliverable_below_minimum
+    assert not Quality(accept_below_minimum=True, integrity_failed=True).deliverable_below_minimum

@@ -3,6 +3,7 @@
 Pure Python with no gRPC or storage imports, so the service layer and tests use it directly.
 """
 
+from bitware_core.domain import Violation
 from granulator_server.domain.elements import Element, count_by_kind, to_elements
 from granulator_server.domain.offline import generate_offline
 from granulator_server.domain.rules import ValidationRules
@@ -14,7 +15,7 @@ from granulator_server.domain.templates import (
     expected_counts,
     match_template,
 )
-from granulator_server.domain.validation import QualityReport, Violation, score_quality, validate
+from granulator_server.domain.validation import QualityReport, score_quality, validate
 
 __all__ = [
     "SEED_TEMPLATES",

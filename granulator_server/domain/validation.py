@@ -37,6 +37,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from bitware_core.domain import Violation
 from granulator_server.domain.rules import ValidationRules, is_filled, resolve
 from granulator_server.domain.templates import StructureTemplate, expected_counts
 
@@ -68,15 +69,6 @@ def schema_errors(schema: dict[str, Any], value: Any) -> list[tuple[str, str]]:
         key=lambda e: [str(part) for part in e.absolute_path],
     )
     return [("".join(f"/{part}" for part in e.absolute_path), e.message) for e in errors]
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One broken rule; ``path`` is a JSON pointer into the structure ("" is the root)."""
-
-    path: str
-    rule: str
-    message: str
 
 
 @dataclass(frozen=True)
