@@ -204,7 +204,16 @@ _SIZES: dict[tuple[str, int, int, str, int], tuple[int, int]] = {}
 SIZES_KEPT = 256
 
 
-def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Size:
+    """A structure's expected size: the tokens of its prompt and answer, and its elements."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    elements: int
+
+
+def estimate(template: StructureTemplate, spec: dict[str, Any]) -> Size:
     """Expected prompt and completion tokens (about four characters a token) and elements: the
     offline structure for the same request has the size a model's answer should have. Its size
     depends on the template, the granularity, the audience and the topic's length, not on the
@@ -229,11 +238,11 @@ def estimate(template: StructureTemplate, spec: dict[str, Any]) -> dict[str, int
         if len(_SIZES) > SIZES_KEPT:
             del _SIZES[next(iter(_SIZES))]  # the oldest
     schema = json.dumps(template.json_schema)
-    return {
-        "prompt_tokens": (len(system) + len(user) + len(schema)) // 4,
-        "completion_tokens": size[0] // 4,
-        "elements": size[1],
-    }
+    return Size(
+        prompt_tokens=(len(system) + len(user) + len(schema)) // 4,
+        completion_tokens=size[0] // 4,
+        elements=size[1],
+    )
 
 
 @dataclass(frozen=True)
@@ -254,7 +263,7 @@ def estimate_work(work: Work, provider: Provider) -> Estimate:
     if work.action != "generate":
         return Estimate(seconds=seconds)
     guess = estimate(work.template, work.spec)
-    prompt, completion = guess["prompt_tokens"], guess["completion_tokens"]
+    prompt, completion = guess.prompt_tokens, guess.completion_tokens
     prices = provider.prices
     cost = prices.cost(provider.model, prompt, completion) if prices is not None else 0.0
     return Estimate(prompt, completion, cost, seconds=seconds)
@@ -361,7 +370,7 @@ class StageRunner:
         self, work: Work, job_id: str, stage_log: progress.StageLog
     ) -> dict[str, Any]:
         granularity = int(work.spec["granularity"])
-        expected = max(1, estimate(work.template, work.spec)["elements"])
+        expected = max(1, estimate(work.template, work.spec).elements)
         stage_log.add(progress.PROMPT_BUILT, f"using template {work.template.name}", 0.1)
         stage_log.add(
             progress.GENERATING, f"generating with the {self.provider.name} provider", 0.2
