@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format
-
 from bitware.common.v1 import common_pb2
 from bitware.granulator.v1 import granulator_pb2, granulator_pb2_grpc
 from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.db import Database
-from bitware_core.domain import Usage
+from bitware_core.domain import Quality, Usage
 from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from granulator_server import calls, jobs, models, template_store
@@ -62,10 +60,6 @@ def template_from_proto(message: granulator_pb2.StructureTemplate) -> StructureT
     )
 
 
-def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
-    return json_format.ParseDict(quality, common_pb2.QualityReport(), ignore_unknown_fields=True)
-
-
 def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.Job:
     message = granulator_pb2.Job(
         job_id=job.id,
@@ -76,7 +70,7 @@ def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.J
         spec=convert.spec_to_proto(job.spec),
         template_name=job.template_name,
         status=convert.enum_value(granulator_pb2.JobStatus, job.status, "JOB_STATUS_"),
-        quality=_quality(job.quality),
+        quality=Quality.from_json(job.quality).to_proto(),
         usage=Usage.from_json(job.usage).to_proto(),
         element_count=job.element_count,
         error_message=job.error_message,
@@ -87,7 +81,8 @@ def job_to_proto(job: models.Job, with_history: bool = True) -> granulator_pb2.J
     if with_history:
         for record in job.validations:
             entry = message.validations.add(
-                validator=record["validator"], quality=_quality(record["quality"])
+                validator=record["validator"],
+                quality=Quality.from_json(record["quality"]).to_proto(),
             )
             entry.time.FromJsonString(record["time"] + "Z")
     return message

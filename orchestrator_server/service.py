@@ -20,7 +20,7 @@ from bitware_core import convert
 from bitware_core.auth import current_principal
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from bitware_core.domain import Usage
+from bitware_core.domain import Quality, Usage
 from bitware_core.errors import FieldViolation, InvalidArgument
 from bitware_core.server import Context
 from orchestrator_server import executions, models, queue, registry
@@ -40,18 +40,6 @@ def _error(error: dict[str, Any]) -> orchestrator_pb2.ErrorDetail | None:
         reason=str(error.get("reason", "")),
         message=str(error.get("message", "")),
         retryable=bool(error.get("retryable", False)),
-    )
-
-
-def _quality(quality: dict[str, Any]) -> common_pb2.QualityReport:
-    return common_pb2.QualityReport(
-        score=float(quality.get("score", 0.0)),
-        components=quality.get("components", {}),
-        feedback=str(quality.get("feedback", "")),
-        violations=[common_pb2.Violation(**v) for v in quality.get("violations", [])],
-        below_threshold=bool(quality.get("below_threshold", False)),
-        integrity_failed=bool(quality.get("integrity_failed", False)),
-        accept_below_minimum=bool(quality.get("accept_below_minimum", False)),
     )
 
 
@@ -97,7 +85,7 @@ def execution_to_proto(
                     for a in by_stage.get(s.id, [])
                 ],
                 usage=Usage.from_json(s.usage).to_proto(),
-                quality=_quality(s.quality) if s.quality else None,
+                quality=Quality.from_json(s.quality).to_proto() if s.quality else None,
                 output=convert.to_struct(s.output) if s.output and outputs else None,
                 output_ref=s.output_ref,
                 error=_error(s.error),
