@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
-from bitware_core.domain import RetryPolicy
+from bitware_core.domain import RetryPolicy, StageDefinition
+from bitware_core.domain.template import DEFAULT_TIMEOUT_S
 from bitware_core.errors import Violations
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES, REVIEW_ACTIONS, stage_order_problems
 from bitware_core.sql import Tx, select_rows
@@ -34,7 +35,6 @@ from kam_server.errors import TemplateNotFound
 STRUCTURE_TYPES = ("course", "quiz", "novel", "workflow", "knowledge_map", "learning_path")
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 MAX_STAGES = 20
-DEFAULT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -168,21 +168,21 @@ def _validate(
             )
             retry = policy.resolved()
         stages.append(
-            {
-                "order": stage.order,
-                "name": stage.name or stage.action,
-                "capability": stage.capability,
-                "action": stage.action,
-                "structure_template": stage.structure_template,
-                "params": dict(stage.params),
-                "timeout_s": stage.timeout_s or DEFAULT_TIMEOUT_S,
-                "retry_policy": retry.to_json(),
-                "min_quality_score": stage.min_quality_score,
-                "review_again_below_quality": stage.review_again_below_quality,
-            }
+            StageDefinition(
+                order=stage.order,
+                name=stage.name or stage.action,
+                capability=stage.capability,
+                action=stage.action,
+                structure_template=stage.structure_template,
+                params=dict(stage.params),
+                timeout_s=stage.timeout_s or DEFAULT_TIMEOUT_S,
+                retry_policy=retry,
+                min_quality_score=stage.min_quality_score,
+                review_again_below_quality=stage.review_again_below_quality,
+            )
         )
     problems.raise_if_any()
-    return sorted(stages, key=lambda s: int(s["order"]))
+    return [stage.to_json() for stage in sorted(stages, key=lambda s: s.order)]
 
 
 def _add_version(

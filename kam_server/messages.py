@@ -8,7 +8,7 @@ from google.protobuf import field_mask_pb2
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import accounts_pb2, requests_pb2, templates_pb2
 from bitware_core import convert
-from bitware_core.domain import RetryPolicy, Usage
+from bitware_core.domain import RetryPolicy, StageDefinition, Usage
 from kam_server import catalog, ledger, models
 
 
@@ -129,21 +129,7 @@ def budget_alert(event: models.AuditEvent) -> accounts_pb2.BudgetAlert:
 
 
 def template_to_proto(row: models.MasterTemplate) -> templates_pb2.MasterTemplate:
-    stages = [
-        templates_pb2.StageDefinition(
-            order=stage["order"],
-            name=stage["name"],
-            capability=stage["capability"],
-            action=stage["action"],
-            structure_template=stage.get("structure_template", ""),
-            params=stage.get("params", {}),
-            timeout=convert.duration(stage.get("timeout_s", catalog.DEFAULT_TIMEOUT_S)),
-            retry_policy=RetryPolicy.from_json(stage["retry_policy"]).to_proto(),
-            min_quality_score=stage.get("min_quality_score", 0.0),
-            review_again_below_quality=stage.get("review_again_below_quality", False),
-        )
-        for stage in row.stages
-    ]
+    stages = [StageDefinition.from_json(stage).to_proto() for stage in row.stages]
     return templates_pb2.MasterTemplate(
         name=row.name,
         version=row.version,

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.domain import ExecutionStatus, StageStatus
+from bitware_core.domain import ExecutionStatus, PipelineTemplate, StageStatus
 from bitware_core.errors import FieldViolation, Violations
 from bitware_core.pipelines import stage_order_problems
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
@@ -178,7 +178,7 @@ def progress(execution: models.Execution, stage_fraction: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class NewExecution:
-    template: dict[str, Any]  # name, version, deprecated, stages (dicts), execution_timeout_s
+    template: PipelineTemplate
     spec: dict[str, Any]
     priority: str
     request_id: str
@@ -200,14 +200,15 @@ def start(
     them): those of the existing execution for a known idempotency key, read from the
     database; a new one's as written, without reading them back. A deprecated template
     starts nothing, not even a known idempotency key's execution."""
-    if new.template.get("deprecated"):
-        raise TemplateDeprecated(new.template["name"], new.template["version"])
+    template = new.template
+    if template.deprecated:
+        raise TemplateDeprecated(template.name, template.version)
     problems = Violations()
     problems.check(bool(new.spec.get("topic", "").strip()), "spec.topic", "is required")
     problems.check(1 <= int(new.spec.get("granularity", 0)) <= 5, "spec.granularity", "must be 1-5")
     problems.check(bool(new.client_id), "client_id", "is required")
     problems.raise_if_any()
-    _check_stages(new.template)
+    _check_stages(template)
     if new.idempotency_key:
         existing = tx.one(
             "SELECT id FROM executions WHERE client_id = :client AND idempotency_key = :key",
@@ -217,19 +218,19 @@ def start(
             return load_full(tx, str(existing[0]))
     now = utcnow()
     priority = PRIORITIES[new.priority or "normal"]
-    timeout_s = float(new.template.get("execution_timeout_s") or 0)
+    timeout_s = template.execution_timeout_s
     execution = new_row(
         models.Execution,
         id=new_id("exe"),
         request_id=new.request_id,
         client_id=new.client_id,
-        template_name=new.template["name"],
-        template_version=new.template["version"],
+        template_name=template.name,
+        template_version=template.version,
         spec=new.spec,
         priority=priority,
         idempotency_key=new.idempotency_key or None,
         client_concurrency=new.client_concurrency,
-        stages_total=len(new.template["stages"]),
+        stages_total=len(template.stages),
         deadline_at=now + timedelta(seconds=timeout_s) if timeout_s else None,
         created_at=now,
     )
@@ -239,18 +240,18 @@ def start(
             id=new_id("stg"),
             execution_id=execution.id,
             client_id=new.client_id,
-            order=definition["order"],
-            name=definition["name"],
-            capability=definition["capability"],
-            action=definition["action"],
-            structure_template=definition.get("structure_template", ""),
-            params=definition.get("params", {}),
-            timeout_s=definition.get("timeout_s", 120.0),
-            retry_policy=definition.get("retry_policy", {}),
-            min_quality=definition.get("min_quality_score", 0.0),
+            order=definition.order,
+            name=definition.name,
+            capability=definition.capability,
+            action=definition.action,
+            structure_template=definition.structure_template,
+            params=dict(definition.params),
+            timeout_s=definition.timeout_s,
+            retry_policy=definition.retry_policy.to_json(),
+            min_quality=definition.min_quality_score,
             priority=priority,
         )
-        for definition in sorted(new.template["stages"], key=lambda s: s["order"])
+        for definition in sorted(template.stages, key=lambda s: s.order)
     ]
     first = stages[0]
     enqueue(first, priority, now)
@@ -272,17 +273,16 @@ def start(
     return execution, stages, []
 
 
-def _check_stages(template: dict[str, Any]) -> None:
+def _check_stages(template: PipelineTemplate) -> None:
     """KAM validates templates when they are created; this refuses one stored before that rule
     (or written around KAM) whose stages are not numbered 1..N: each stage queues the one whose
     order follows it, so a gap would end the execution as succeeded with stages never run."""
-    stages = template["stages"]
-    problems = stage_order_problems([int(stage["order"]) for stage in stages])
-    if stages and not problems:
+    problems = stage_order_problems([stage.order for stage in template.stages])
+    if template.stages and not problems:
         return
     raise TemplateInvalid(
-        template["name"],
-        template["version"],
+        template.name,
+        template.version,
         [FieldViolation(f"template.stages[{index}].order", problem) for index, problem in problems],
     )
 

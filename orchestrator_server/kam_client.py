@@ -3,8 +3,6 @@ execution outcomes (which settle the client's budget)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from bitware.kam.v1 import (
@@ -17,34 +15,11 @@ from bitware_core import convert
 from bitware_core.channels import service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import timeout
-from bitware_core.domain import RetryPolicy, Usage
+from bitware_core.domain import PipelineTemplate, Usage
 from bitware_core.errors import Unavailable
 from bitware_core.kam import KamConnection
 from orchestrator_server import models
 from orchestrator_server.errors import TemplateNotFound
-
-
-def template_to_dict(template: templates_pb2.MasterTemplate) -> dict[str, Any]:
-    return {
-        "name": template.name,
-        "version": template.version,
-        "deprecated": template.deprecated,
-        "execution_timeout_s": convert.seconds(template.execution_timeout),
-        "stages": [
-            {
-                "order": s.order,
-                "name": s.name,
-                "capability": s.capability,
-                "action": s.action,
-                "structure_template": s.structure_template,
-                "params": dict(s.params),
-                "timeout_s": convert.seconds(s.timeout) or 120.0,
-                "min_quality_score": s.min_quality_score,
-                "retry_policy": RetryPolicy.from_proto(s.retry_policy).resolved().to_json(),
-            }
-            for s in template.stages
-        ],
-    }
 
 
 class KamClient(KamConnection):
@@ -54,9 +29,9 @@ class KamClient(KamConnection):
         super().__init__(settings)
         self.templates = templates_pb2_grpc.TemplateServiceStub(self.channel)
         self.requests = requests_pb2_grpc.RequestServiceStub(self.channel)
-        self._templates: dict[tuple[str, int], dict[str, Any]] = {}
+        self._templates: dict[tuple[str, int], PipelineTemplate] = {}
 
-    async def template(self, name: str, version: int) -> dict[str, Any]:
+    async def template(self, name: str, version: int) -> PipelineTemplate:
         """The template version, pinned: a cached copy when KAM is unreachable; never a guess."""
         cached = self._templates.get((name, version))
         if cached is not None and version:
@@ -74,8 +49,8 @@ class KamClient(KamConnection):
             if cached is not None:
                 return cached
             raise Unavailable(f"KAM is unreachable and template {name!r} is not cached") from error
-        template = template_to_dict(response.template)
-        self._templates[(name, version)] = self._templates[(name, template["version"])] = template
+        template = PipelineTemplate.from_proto(response.template)
+        self._templates[(name, version)] = self._templates[(name, template.version)] = template
         return template
 
     async def report_outcome(self, execution: models.Execution) -> None:

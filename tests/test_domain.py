@@ -10,6 +10,7 @@ from bitware_core.domain import (
     Quality,
     RequestStatus,
     RetryPolicy,
+    StageDefinition,
     StageError,
     StageOutcome,
     StageStatus,
@@ -209,3 +210,25 @@ def test_a_quality_without_the_stage_flags_reads_them_false() -> None:
     assert Quality(score=90, integrity_failed=True).rank() < Quality(score=10).rank()
     assert Quality(accept_below_minimum=True).deliverable_below_minimum
     assert not Quality(accept_below_minimum=True, integrity_failed=True).deliverable_below_minimum
+
+
+def test_a_stored_stage_definition_reads_back_and_crosses_the_wire_unchanged() -> None:
+    stored = {
+        "order": 1,
+        "name": "generate",
+        "capability": "granulate",
+        "action": "generate",
+        "structure_template": "course",
+        "params": {"judge_level": "1"},
+        "timeout_s": 120.0,
+        "retry_policy": RetryPolicy().to_json(),
+        "min_quality_score": 60.0,
+        "review_again_below_quality": False,
+    }
+    stage = StageDefinition.from_json(stored)
+
+    assert stage.to_json() == stored
+    assert StageDefinition.from_proto(stage.to_proto()) == stage
+    # A stage as KAM stored it before the flag existed.
+    older = {k: v for k, v in stored.items() if k != "review_again_below_quality"}
+    assert StageDefinition.from_json(older) == stage

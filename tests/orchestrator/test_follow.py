@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import Database
+from bitware_core.domain import PipelineTemplate
 from bitware_core.errors import InvalidArgument
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models
@@ -53,7 +54,7 @@ def publish_on_commit(db: Database, hub: EventHub) -> None:
 
 
 def create(db: Database, client: str = "cli_a") -> str:
-    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
+    template = PipelineTemplate.from_json({"name": "t", "version": 1, "stages": [stage()]})
     new = executions.NewExecution(
         template, {"topic": "Logs", "granularity": 2}, "normal", "", client, ""
     )

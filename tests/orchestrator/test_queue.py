@@ -4,9 +4,9 @@ that expire, and stale results that are refused."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import Database, utcnow
-from bitware_core.domain import ExecutionStatus, Usage
+from bitware_core.domain import ExecutionStatus, PipelineTemplate, Usage
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
 from orchestrator_server.errors import StaleAttempt, TemplateDeprecated
@@ -31,7 +31,7 @@ def db(tmp_path: Path) -> Database:
 
 
 def create(tx: Tx, priority: str, client: str = "cli_a", limit: int = 0) -> str:
-    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
+    template = PipelineTemplate.from_json({"name": "t", "version": 1, "stages": [stage()]})
     spec = {"topic": "Queues", "granularity": 2}
     new = executions.NewExecution(template, spec, priority, "", client, "", limit)
     return executions.create(tx, new)
@@ -248,11 +248,11 @@ def test_a_claim_takes_one_batch_however_many_slots_are_free(db: Database) -> No
 def test_a_deprecated_template_starts_nothing_not_even_a_known_idempotency_key(
     db: Database,
 ) -> None:
-    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage()]}
+    template = PipelineTemplate.from_json({"name": "t", "version": 1, "stages": [stage()]})
     spec = {"topic": "Queues", "granularity": 2}
     first = executions.NewExecution(template, spec, "normal", "", "cli_a", "key-1")
     db.run_tx_sync(lambda tx: executions.create(tx, first))
-    deprecated = {**template, "deprecated": True}
+    deprecated = replace(template, deprecated=True)
     again = executions.NewExecution(deprecated, spec, "normal", "", "cli_a", "key-1")
     # Refused before the spec is checked, as ExecutePipeline always did.
     bad_spec = executions.NewExecution(deprecated, {"topic": ""}, "normal", "", "cli_a", "")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from bitware_core.db import Database
+from bitware_core.domain import PipelineTemplate
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue, registry
 from tests.orchestrator.conftest import stage
@@ -20,7 +20,9 @@ GROWING = ("stages", "executions", "attempts", "events", "s", "e", "a")
 
 def fill(tx: Tx) -> None:
     """Queued, waiting-for-turn, retrying and ended executions of several clients."""
-    template: dict[str, Any] = {"name": "t", "version": 1, "stages": [stage(), stage(order=2)]}
+    template = PipelineTemplate.from_json(
+        {"name": "t", "version": 1, "stages": [stage(), stage(order=2)]}
+    )
     for i in range(120):
         priority = ("low", "normal", "high", "critical")[i % 4]
         new = executions.NewExecution(
