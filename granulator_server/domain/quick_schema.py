@@ -110,109 +110,127 @@ def _bound(schema: dict[str, Any], keyword: str) -> Any:
 
 
 def _compile(schema: Any) -> Check:
+    """One closure per schema node: its type test, then the checks of the value's own kind
+    (each keyword applies to one kind of value and passes any other), in plain loops."""
     if not isinstance(schema, dict) or not schema.keys() <= _KEYWORDS | _ANNOTATIONS:
         raise _Unsupported(schema)
-    checks: list[Check] = []
-
     kind = schema.get("type")
-    if kind is not None:
+    if kind is None:
+        type_test: Check | None = None
+    else:
         names = [kind] if isinstance(kind, str) else kind
         if not isinstance(names, list) or not names or not all(n in _TYPES for n in names):
             raise _Unsupported("type")
         tests = [_TYPES[n] for n in names]
-        if len(tests) == 1:
-            checks.append(tests[0])
-        else:
-            checks.append(lambda value: any(test(value) for test in tests))
+        type_test = tests[0] if len(tests) == 1 else (lambda v: any(t(v) for t in tests))
+    object_ok = _object_check(schema)
+    array_ok = _array_check(schema)
+    string_ok = _string_check(schema)
+    number_ok = _number_check(schema)
+    strings_only = "enum" in schema  # an enum of strings refuses every other kind
 
-    checks.extend(_object_checks(schema))
-    checks.extend(_array_checks(schema))
-    checks.extend(_string_checks(schema))
-    checks.extend(_number_checks(schema))
+    def check(value: Any) -> bool:
+        if type_test is not None and not type_test(value):
+            return False
+        if strings_only and not isinstance(value, str):
+            return False
+        if isinstance(value, dict):
+            return object_ok is None or object_ok(value)
+        if isinstance(value, list):
+            return array_ok is None or array_ok(value)
+        if isinstance(value, str):
+            return string_ok is None or string_ok(value)
+        if _is_number(value):
+            return number_ok is None or number_ok(value)
+        return True
 
-    if not checks:
-        return lambda value: True
-    if len(checks) == 1:
-        return checks[0]
-    return lambda value: all(check(value) for check in checks)
+    return check
 
 
-def _object_checks(schema: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
+def _object_check(schema: dict[str, Any]) -> Check | None:
+    """For a dict: properties, required, additionalProperties."""
     properties = schema.get("properties")
-    if properties is not None:
-        if not isinstance(properties, dict):
-            raise _Unsupported("properties")
-        compiled = [(name, _compile(sub)) for name, sub in properties.items()]
-
-        def properties_valid(value: Any) -> bool:
-            if not isinstance(value, dict):
-                return True
-            return all(name not in value or check(value[name]) for name, check in compiled)
-
-        checks.append(properties_valid)
+    if properties is not None and not isinstance(properties, dict):
+        raise _Unsupported("properties")
+    compiled = tuple((name, _compile(sub)) for name, sub in (properties or {}).items())
     required = schema.get("required")
-    if required is not None:
-        if not isinstance(required, list) or not all(isinstance(n, str) for n in required):
-            raise _Unsupported("required")
-        names = tuple(required)
-        checks.append(lambda value: not isinstance(value, dict) or all(n in value for n in names))
+    if required is not None and (
+        not isinstance(required, list) or not all(isinstance(n, str) for n in required)
+    ):
+        raise _Unsupported("required")
+    names = tuple(required or ())
+    known = frozenset(properties or ())
     extra = schema.get("additionalProperties")
-    if extra is not None:
-        known = frozenset(properties or ())
-        if extra is True:
-            pass
-        elif extra is False:
-            checks.append(lambda value: not isinstance(value, dict) or value.keys() <= known)
-        else:
-            extra_check = _compile(extra)
+    closed = extra is False
+    extra_check = None if extra is None or isinstance(extra, bool) else _compile(extra)
+    if not compiled and not names and not closed and extra_check is None:
+        return None
 
-            def extra_valid(value: Any) -> bool:
-                if not isinstance(value, dict):
-                    return True
-                return all(extra_check(v) for k, v in value.items() if k not in known)
+    def object_ok(value: dict[str, Any]) -> bool:
+        if closed and not value.keys() <= known:
+            return False
+        for name in names:
+            if name not in value:
+                return False
+        for name, sub in compiled:
+            if name in value and not sub(value[name]):
+                return False
+        if extra_check is not None:
+            for key, item in value.items():
+                if key not in known and not extra_check(item):
+                    return False
+        return True
 
-            checks.append(extra_valid)
-    return checks
+    return object_ok
 
 
-def _array_checks(schema: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
-    if "items" in schema:
-        item_check = _compile(schema["items"])
-        checks.append(
-            lambda value: not isinstance(value, list) or all(item_check(item) for item in value)
-        )
+def _array_check(schema: dict[str, Any]) -> Check | None:
+    """For a list: items, minItems, maxItems."""
+    item_check = _compile(schema["items"]) if "items" in schema else None
     least, most = _count(schema, "minItems"), _count(schema, "maxItems")
-    if least is not None:
-        checks.append(lambda value: not isinstance(value, list) or len(value) >= least)
-    if most is not None:
-        checks.append(lambda value: not isinstance(value, list) or len(value) <= most)
-    return checks
+    if item_check is None and least is None and most is None:
+        return None
+
+    def array_ok(value: list[Any]) -> bool:
+        if least is not None and len(value) < least:
+            return False
+        if most is not None and len(value) > most:
+            return False
+        return item_check is None or all(map(item_check, value))
+
+    return array_ok
 
 
-def _string_checks(schema: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
+def _string_check(schema: dict[str, Any]) -> Check | None:
+    """For a string: minLength, maxLength, enum."""
     least, most = _count(schema, "minLength"), _count(schema, "maxLength")
-    if least is not None:
-        checks.append(lambda value: not isinstance(value, str) or len(value) >= least)
-    if most is not None:
-        checks.append(lambda value: not isinstance(value, str) or len(value) <= most)
+    allowed: frozenset[str] | None = None
     if "enum" in schema:
         values = schema["enum"]
         # Strings only: `jsonschema` compares other values with rules of its own (1 ≠ True).
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise _Unsupported("enum")
         allowed = frozenset(values)
-        checks.append(lambda value: isinstance(value, str) and value in allowed)
-    return checks
+    if least is None and most is None and allowed is None:
+        return None
+
+    def string_ok(value: str) -> bool:
+        if least is not None and len(value) < least:
+            return False
+        if most is not None and len(value) > most:
+            return False
+        return allowed is None or value in allowed
+
+    return string_ok
 
 
-def _number_checks(schema: dict[str, Any]) -> list[Check]:
-    checks: list[Check] = []
+def _number_check(schema: dict[str, Any]) -> Check | None:
+    """For a number (not a boolean): minimum, maximum."""
     low, high = _bound(schema, "minimum"), _bound(schema, "maximum")
-    if low is not None:
-        checks.append(lambda value: not _is_number(value) or value >= low)
-    if high is not None:
-        checks.append(lambda value: not _is_number(value) or value <= high)
-    return checks
+    if low is None and high is None:
+        return None
+
+    def number_ok(value: Any) -> bool:
+        return (low is None or value >= low) and (high is None or value <= high)
+
+    return number_ok

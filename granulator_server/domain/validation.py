@@ -149,6 +149,7 @@ class _Checker:
         self._counts = expected_counts(template, granularity)
         self.violations: list[Violation] = []
         self._notes: list[str] = []
+        self._resolved: dict[str, list[tuple[str, Any]]] = {}
         schema_errors = 0 if schema_checked else self._schema(template.json_schema)
         self.components = {
             "schema": 0.5**schema_errors,
@@ -229,6 +230,8 @@ class _Checker:
             sizes = [size for _, size in self._sizes(rule.path)]
             if "*" not in rule.path or len(sizes) < 2 or not any(sizes):
                 continue
+            if min(sizes) == max(sizes):
+                continue  # no spread: the value is 1.0 (statistics.pstdev is slow to say so)
             spread = statistics.pstdev(sizes) / statistics.fmean(sizes)
             value = 1.0 - min(1.0, max(0.0, spread - _BALANCE_TOLERANCE) / (1 - _BALANCE_TOLERANCE))
             if value < 1.0:
@@ -245,10 +248,11 @@ class _Checker:
         ]
         if not texts:
             return 1.0
-        short = sum(len(text.split()) < target for text in texts)
+        words = [len(text.split()) for text in texts]
+        short = sum(count < target for count in words)
         if short:
             self._notes.append(f"{short} descriptions are under {target} words; say more.")
-        return statistics.fmean(min(1.0, len(text.split()) / target) for text in texts)
+        return statistics.fmean(min(1.0, count / target) for count in words)
 
     def _integrity(self) -> int:
         before = len(self.violations)
@@ -322,7 +326,11 @@ class _Checker:
                 )
 
     def _resolve(self, pattern: str) -> list[tuple[str, Any]]:
-        return resolve(self._structure, pattern)
+        """`rules.resolve` on the structure, once per pattern (checks share patterns)."""
+        found = self._resolved.get(pattern)
+        if found is None:
+            found = self._resolved[pattern] = resolve(self._structure, pattern)
+        return found
 
     def _sizes(self, pattern: str) -> list[tuple[str, int]]:
         """Size of every list at ``pattern``; missing or malformed lists count as empty."""

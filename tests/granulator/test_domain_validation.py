@@ -1,6 +1,7 @@
 """Validation rules and the quality score: each rule fires, good beats degenerate."""
 
 import copy
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +166,19 @@ def test_feedback_lists_paths_to_fix_and_balance_advice() -> None:
     )
     assert "- /modules/2/lessons: expected 3-5 lessons per module, found 0" in report.feedback
     assert "lessons per module vary too much" in report.feedback
+
+
+@pytest.mark.parametrize("lessons", [(4, 4, 4, 4), (3, 4, 5, 4), (1, 5, 5, 5), (1, 1, 9, 1)])
+def test_balance_is_the_formula_s_value_with_and_without_spread(lessons: tuple[int, ...]) -> None:
+    def resize(course: Structure) -> None:
+        modules = course["modules"] = [copy.deepcopy(course["modules"][0]) for _ in lessons]
+        for module, count in zip(modules, lessons, strict=True):
+            module["lessons"] = [copy.deepcopy(module["lessons"][0]) for _ in range(count)]
+
+    report = score_quality(_template("course"), _mutated("course", resize), GRANULARITY)
+    spread = statistics.pstdev(lessons) / statistics.fmean(lessons)
+    assert report.components["balance"] == 1.0 - min(1.0, max(0.0, spread - 0.25) / 0.75)
+    assert ("lessons per module vary too much" in report.feedback) == (spread > 0.25)
 
 
 def test_feedback_is_capped_for_many_violations() -> None:
