@@ -27,9 +27,35 @@ passes it (`--cap 0`: no limit, every execution ready at once).
   read from /proc.
 
 It prints both depths, their ratios and the plans of the claim's and the housekeeping's reads
-(EXPLAIN QUERY PLAN on SQLite, EXPLAIN on PostgreSQL).
+(EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE at both depths on PostgreSQL).
+
+On PostgreSQL (`--postgres`) the two depths are measured interleaved, since a live database has no
+copy to alternate with: two meshes as real processes, each on its own scratch database on
+127.0.0.1:5432 (created by `Mesh`, dropped when it stops), one filled to `--shallow` queued and
+one to `--deep`, both granulators held. Then `--turns` turns, each a drain window on one mesh
+and then one on the other, in ABBA order (shallow–deep, deep–shallow, …) so that a load that
+rises or falls over the run falls on both depths alike:
+
+- before its window a mesh's queue is topped up to its depth (held, so it stays queued);
+- its granulator is released (a fresh one, as above: its Supervisor restart count is reset so
+  each restart comes after the same 1 s, not the growing back-off) until `--window` (100)
+  executions of this window have ended, or `--limit` seconds;
+- it is held again and waited on until no stage of it runs (at most 60 s), so that the next
+  window has the machine's cores to itself, like this one;
+- its rate is taken from the `ended_at` of the executions that ended in this window, between
+  the 10th and the 90th to end (past the worker's start; the same as one window of a
+  100-deep SQLite drain).
+
+Two meshes rather than one orchestrator switched between the databases: switching means
+restarting the orchestrator at every window (a cold start, a cold connection pool, and its
+start-up inside the windows), and the idle mesh's housekeeping (once a second, on its own
+database) runs during both depths' windows alike. The claims are timed on both live databases
+alternately while both are held (`claim_times`). The figures are the medians over the windows of
+each depth, their ratio, and the median of the paired ratios (each deep window against the
+shallow window next to it).
 
     .venv/bin/python bench/depth.py [--postgres] [--shallow 100] [--deep 10000] [--streams 1000]
+        [--turns 10] [--window 100]
 """
 
 from __future__ import annotations
@@ -40,6 +66,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +80,7 @@ from bitware.orchestrator.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from bitware_core.db import utcnow
 from bitware_core.sql import Tx, select_rows
 from orchestrator_server import models, queue
 
@@ -69,7 +97,7 @@ QUERIES = (
     " WHERE s.status = 'running' GROUP BY a.worker_id",
     "SELECT id FROM executions WHERE status IN ('queued', 'running') AND deadline_at < :now",
     "SELECT id FROM executions WHERE id IN (SELECT execution_id FROM stages"
-    " WHERE status = 'queued' AND priority IN (1, 2, 3, 4) AND queued_at < :now"
+    " WHERE status = 'queued' AND priority IN (1, 2, 3, 4) AND queued_at < :cutoff"
     " AND queue_key < :turn)",
     "SELECT status, priority, count(*), min(queued_at) FROM stages"
     " WHERE status IN ('queued', 'running', 'retry_wait') GROUP BY status, priority",
@@ -135,12 +163,22 @@ def snapshot(url: str, path: Path) -> str:
 
 
 def plans(url: str) -> list[str]:
-    """The plans of the claim's and the housekeeping's reads."""
-    params = {"capability": "granulate", "turn": 1e12, "now": "2000-01-01", "limit": 128}
+    """The plans of the claim's and the housekeeping's reads (on PostgreSQL run, with the
+    values the orchestrator passes now: EXPLAIN ANALYZE, rolled back)."""
+    params: dict[str, Any] = {
+        "capability": "granulate",
+        "turn": 1e12,
+        "now": "2000-01-01",
+        "cutoff": "2000-01-01",
+        "limit": 128,
+    }
     out = []
     with connect(url) as tx:
+        if tx.postgres:  # the housekeeping's queue wait: 1 h, longer than any wait here
+            now = utcnow()
+            params |= {"now": tx.ts(now), "cutoff": tx.ts(now - timedelta(hours=1))}
         for sql in QUERIES:
-            prefix = "EXPLAIN " if tx.postgres else "EXPLAIN QUERY PLAN "
+            prefix = "EXPLAIN ANALYZE " if tx.postgres else "EXPLAIN QUERY PLAN "
             rows = tx.all(prefix + sql, params)
             out.append(sql[:70] + " …")
             out += ["    " + " ".join(str(c) for c in row) for row in rows]
@@ -346,6 +384,121 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         return {"shallow": shallow, "deep": deep, "plans": plans_of}
 
 
+#: An ended execution (the index on (status, client_id) counts them without the queued ones).
+ENDED = "status IN ('succeeded', 'failed', 'cancelled')"
+
+
+async def pg_window(
+    d: Depth, tx: Tx, depth: int, width: int, seen: set[str], limit: float
+) -> dict[str, Any]:
+    """One drain window on `d`'s mesh (see the docstring): topped up to `depth` queued, released
+    until `width` executions have ended, held again; its rate between the 10th and the
+    (width - 10)th of them to end. `seen`: the executions that ended before (updated)."""
+
+    def count(sql: str) -> int:
+        n = int(tx.one(sql)[0])
+        tx._connection.rollback()
+        return n
+
+    waiting = count("SELECT count(*) FROM executions WHERE ended_at IS NULL")
+    if depth > waiting:
+        await d.fill(depth - waiting)
+    queued = count("SELECT count(*) FROM executions WHERE ended_at IS NULL")
+    ended0 = count(f"SELECT count(*) FROM executions WHERE {ENDED}")
+    want = min(width, queued)
+    load = loadavg()
+    gran = next(c for c in d.mesh.supervisor.children if c.name == GRANULATOR)
+    gran.restarts = 0  # restarted after the Supervisor's first delay (1 s), at every window
+    await d.release()
+    deadline = time.monotonic() + limit
+    for _ in range(int(limit / 0.1) + 1):
+        if count(f"SELECT count(*) FROM executions WHERE {ENDED}") - ended0 >= want:
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    await d.hold()
+    deadline = time.monotonic() + 60
+    for _ in range(601):
+        if count("SELECT count(*) FROM stages WHERE status = 'running'") == 0:
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    rows = tx.all("SELECT id, ended_at FROM executions WHERE ended_at IS NOT NULL")
+    tx._connection.rollback()
+    fresh = {r[0]: tx.when(r[1]) for r in rows if r[0] not in seen}
+    seen.update(fresh)
+    ended = sorted(w for w in fresh.values() if w)
+    i, j = 10, width - 10
+    rate = (j - i) / (ended[j - 1] - ended[i - 1]).total_seconds() if len(ended) >= j else 0.0
+    return {"queued": queued, "ended": len(ended), "rate": rate, "load": load}
+
+
+async def run_postgres(a: argparse.Namespace) -> dict[str, Any]:
+    """Both depths on two meshes, each on its own scratch database, drained in alternating
+    windows (see the docstring)."""
+    async with contextlib.AsyncExitStack() as stack:
+        meshes = [
+            await stack.enter_async_context(Mesh(MeshOptions(postgres=True, clients=a.clients)))
+            for _ in range(2)
+        ]
+        lo, hi = (Depth(m, a.cap) for m in meshes)
+        txs = [stack.enter_context(connect(d.url)) for d in (lo, hi)]
+        for d in (lo, hi):
+            await d.hold()
+        t0 = time.perf_counter()
+        ids = await hi.fill(a.deep)
+        fill_s = time.perf_counter() - t0
+        await lo.fill(a.shallow)
+        shallow: dict[str, Any] = {"queued": await lo.left(), "rates": [], "windows": []}
+        deep: dict[str, Any] = {"queued": await hi.left(), "rates": [], "windows": []}
+        deep["fill_s"] = fill_s
+        log(f"depth {a.deep}: queued in {fill_s:.0f}s; {a.shallow} on the other database")
+        shallow["claims"], deep["claims"] = await asyncio.to_thread(
+            claim_times, [lo.url, hi.url], a.claims
+        )
+        plans_of = await asyncio.to_thread(plans, hi.url)
+        plans_shallow = await asyncio.to_thread(plans, lo.url)
+        if a.streams:
+            deep |= await hi.streams_rss(ids, a.streams)
+            log(f"  RSS {deep['rss_before_mb']:.0f} → {deep['rss_streams_mb']:.0f} MB")
+        seen: list[set[str]] = []
+        for tx in txs:
+            seen.append(
+                {r[0] for r in tx.all("SELECT id FROM executions WHERE ended_at IS NOT NULL")}
+            )
+            tx._connection.rollback()
+        sides = [(lo, txs[0], a.shallow, shallow, seen[0]), (hi, txs[1], a.deep, deep, seen[1])]
+        for turn in range(a.turns):
+            for d, tx, depth, into, done in sides if turn % 2 == 0 else sides[::-1]:
+                w = await pg_window(d, tx, depth, a.window, done, a.limit)
+                into["windows"].append(w)
+                if w["rate"]:
+                    into["rates"].append(w["rate"])
+                log(
+                    f"turn {turn + 1}: depth {w['queued']}: {w['rate']:.1f}/s"
+                    f" ({w['ended']} ended; load {w['load']})"
+                )
+        for d in (lo, hi):  # the holders stop before the meshes do
+            d.holding.set()
+            if d.holder is not None:
+                await d.holder
+        # each deep window against the shallow one next to it (ABBA: the same turn)
+        paired = [
+            x["rate"] / y["rate"]
+            for x, y in zip(deep["windows"], shallow["windows"], strict=True)
+            if x["rate"] and y["rate"]
+        ]
+        return {
+            "shallow": shallow,
+            "deep": deep,
+            "paired": paired,
+            "plans": plans_of,
+            "plans_shallow": plans_shallow,
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shallow", type=int, default=100, help="the shallow queue's depth")
@@ -360,9 +513,13 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=float, default=600, help="seconds a drain may take at most")
     ap.add_argument("--postgres", action="store_true")
+    ap.add_argument("--turns", type=int, default=10, help="PostgreSQL: drain windows per depth")
+    ap.add_argument("--window", type=int, default=100, help="PostgreSQL: executions per window")
     a = ap.parse_args()
+    if a.postgres and not 20 < a.window <= a.shallow:
+        ap.error("--window must be above 20 and at most --shallow")
     load0 = loadavg()
-    out = asyncio.run(run(a))
+    out = asyncio.run(run_postgres(a) if a.postgres else run(a))
     lo, hi = out["shallow"], out["deep"]
 
     def rate(r: dict[str, Any]) -> str:
@@ -389,7 +546,11 @@ def main() -> None:
             f"{med(hi['rates']) / med(lo['rates']):.2f}",
         ]
     )
-    db = "PostgreSQL" if a.postgres else "SQLite (claims alternating between copies of both queues)"
+    db = (
+        "PostgreSQL (two databases, drain windows and claims alternating)"
+        if a.postgres
+        else "SQLite (claims alternating between copies of both queues)"
+    )
     print(f"\n{db}; {a.clients} clients, cap {a.cap}; load avg at start {load0}, end {loadavg()}")
     print(
         table(
@@ -404,8 +565,15 @@ def main() -> None:
             rows,
         )
     )
-    overall = " ".join(f"{k}: {v:.1f}/s" for k, v in hi["overall"].items())
-    print(f"deep queue, executions {overall}")
+    if "overall" in hi:
+        overall = " ".join(f"{k}: {v:.1f}/s" for k, v in hi["overall"].items())
+        print(f"deep queue, executions {overall}")
+    if "paired" in out:
+        p = out["paired"]
+        print(
+            f"deep/shallow, window by window ({len(p)} pairs): median ×{med(p):.2f}"
+            f" ({min(p):.2f}–{max(p):.2f})"
+        )
     if "streams" in hi:
         print(
             f"orchestrator RSS: {hi['rss_before_mb']:.0f} MB with the deep queue, "
@@ -413,6 +581,9 @@ def main() -> None:
         )
     print("\nplans of the claim's and the housekeeping's reads at the deep queue:")
     print("\n".join(out["plans"]))
+    if "plans_shallow" in out:
+        print(f"\nthe same at the shallow queue ({a.shallow}):")
+        print("\n".join(out["plans_shallow"]))
     path = save("depth", {"args": vars(a), "load": load0, **out})
     print(f"results: {path}")
     summary = (
@@ -420,6 +591,8 @@ def main() -> None:
         f"p95 ×{hi['claims']['p95_ms'] / lo['claims']['p95_ms']:.2f}; "
         f"drain ×{med(hi['rates']) / med(lo['rates']):.2f}"
     )
+    if "paired" in out:
+        summary += f" (paired ×{med(out['paired']):.2f})"
     if "streams" in hi:
         summary += f"; RSS with {hi['streams']} streams {hi['rss_streams_mb']:.0f} MB"
     print(
