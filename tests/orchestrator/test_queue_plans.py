@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from bitware_core.db import Database
 from bitware_core.domain import PipelineTemplate
@@ -93,3 +94,48 @@ def test_claim_and_housekeeping_use_index_ranges_only(tmp_path: Path) -> None:
     assert all(any("ix_stages_queue" in line for line in plan) for plan in candidates), candidates
     walks = {sql: full_walks(sql, plan) for sql, plan in plans.items() if full_walks(sql, plan)}
     assert not walks, walks
+
+
+def relations(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(table, node type, index) of every node of a PostgreSQL JSON plan that reads a table."""
+    found = []
+    if "Relation Name" in plan:
+        found.append((plan["Relation Name"], plan["Node Type"], plan.get("Index Name", "")))
+    for child in plan.get("Plans", []):
+        found += relations(child)
+    return found
+
+
+def test_a_new_executions_turn_looks_executions_up_by_key_on_postgres(postgres_url: str) -> None:
+    """Whether a client's new execution waits for its turn counts the client's ready stages
+    and looks each one's execution up by its key. On a fresh PostgreSQL database (no statistics,
+    as when a queue fills faster than it is analyzed) the join it was planned as a nested loop
+    over every queued execution for each ready stage: ExecutePipeline cost grew with the queue."""
+    db = Database(postgres_url)
+    db.migrate("orchestrator", MIGRATIONS, models.OrchestratorBase.metadata)
+    template = PipelineTemplate.from_json({"name": "t", "version": 1, "stages": [stage()]})
+
+    def fill(tx: Tx) -> None:
+        for i in range(300):
+            new = executions.NewExecution(
+                template, {"topic": "Depth", "granularity": 2}, "normal", "", f"cli_{i % 3}", "", 5
+            )
+            executions.create(tx, new)
+
+    def plan(tx: Tx) -> tuple[int, list[tuple[str, str, str]]]:
+        params = {"client": "cli_1", "turn": executions.WAITING_TURN}
+        [count] = tx.one(executions.READY_STARTS, params)
+        [[doc]] = tx.all("EXPLAIN (FORMAT JSON) " + executions.READY_STARTS, params)
+        return count, relations(doc[0]["Plan"])
+
+    try:
+        db.run_tx_sync(fill)
+        count, read = db.run_tx_sync(plan)
+    finally:
+        db.close()
+    assert count == 5  # the client's limit: the other 95 wait for their turn
+    assert ("executions", "Index Scan", "executions_pkey") in read, read
+    assert all(index == "executions_pkey" for table, _, index in read if table == "executions"), (
+        read
+    )
+    assert all(node != "Seq Scan" for table, node, _ in read if table == "stages"), read
