@@ -77,6 +77,10 @@ def quality_dict(report: QualityReport) -> dict[str, Any]:
     }
 
 
+#: The columns `complete` writes of each element row (its id is the database's).
+ELEMENT_COLUMNS = ("job_id", "position", "parent_position", "kind", "order", "title", "payload")
+
+
 def complete(
     tx: Tx,
     job_id: str,
@@ -93,19 +97,11 @@ def complete(
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
     tx.execute("DELETE FROM elements WHERE job_id = :id", {"id": job_id})
     elements = to_elements(job.structure_type, document)
-    insert_rows(
-        tx,
-        models.Element,
+    tx.insert_values(
+        "elements",
+        ELEMENT_COLUMNS,
         [
-            {
-                "job_id": job_id,
-                "position": e.index,
-                "parent_position": e.parent_index,
-                "kind": e.kind,
-                "order": e.order,
-                "title": e.title,
-                "payload": e.payload,
-            }
+            (job_id, e.index, e.parent_index, e.kind, e.order, e.title, tx.json(e.payload))
             for e in elements
         ],
     )
