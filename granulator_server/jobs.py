@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.domain import JobStatus, Usage
+from bitware_core.domain import JobStatus, StageOutcome
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
 from granulator_server import models
 from granulator_server.domain import QualityReport, to_elements
@@ -87,8 +87,7 @@ def complete(
     *,
     document: dict[str, Any],
     report: QualityReport,
-    usage: Usage,
-    result: dict[str, Any],
+    result: StageOutcome,
     unusable: str = "",
 ) -> models.Job:
     """Stores a generated structure with its element tree and first (rules) validation. An
@@ -108,10 +107,10 @@ def complete(
     quality = quality_dict(report)
     job.status = JobStatus.FAILED if unusable else JobStatus.COMPLETED
     job.error_message = unusable[:2000]
-    job.document, job.quality, job.usage = document, quality, usage.to_json()
+    job.document, job.quality, job.usage = document, quality, result.usage.to_json()
     job.validations = [*job.validations, validation_record("rules", quality)]
     job.element_count = len(elements)
-    job.result = {**result, "metrics": {**result.get("metrics", {}), "elements": len(elements)}}
+    job.result = result.with_metrics(elements=len(elements)).to_json()
     job.updated_at = utcnow()
     update_row(
         tx,
@@ -146,15 +145,12 @@ def record_validations(
 def finish_validation(
     tx: Tx,
     job_id: str,
-    *,
-    quality: dict[str, Any],
-    usage: Usage,
-    result: dict[str, Any],
+    outcome: StageOutcome,
 ) -> None:
     """Completes a `validate` job (it stores no structure of its own)."""
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
-    job.status, job.quality, job.result = JobStatus.COMPLETED, quality, result
-    job.usage = usage.to_json()
+    job.status, job.result = JobStatus.COMPLETED, outcome.to_json()
+    job.quality, job.usage = outcome.quality.to_json(), outcome.usage.to_json()
     job.updated_at = utcnow()
     update_row(tx, job, "status", "quality", "usage", "result", "updated_at")
 
@@ -164,31 +160,33 @@ def fail(
     job_id: str,
     status: JobStatus,
     message: str,
-    result: dict[str, Any],
-    usage: Usage | None = None,
+    outcome: StageOutcome,
 ) -> None:
+    """Ends a job that failed or was cancelled, with what it used (if anything)."""
     [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
-    job.status, job.error_message, job.result, job.updated_at = status, message, result, utcnow()
-    if usage:
-        job.usage = usage.to_json()
+    job.status, job.error_message, job.updated_at = status, message, utcnow()
+    job.result = outcome.to_json()
+    if outcome.usage:
+        job.usage = outcome.usage.to_json()
     update_row(tx, job, "status", "error_message", "result", "updated_at", "usage")
 
 
-def _fail_running(tx: Tx, where: str, params: dict[str, Any], outcome: dict[str, Any]) -> int:
+def _fail_running(tx: Tx, where: str, params: dict[str, Any], outcome: StageOutcome) -> int:
+    assert outcome.error is not None
     cursor = tx.execute(
         "UPDATE jobs SET status = 'failed', error_message = :message, result = :result,"
         f" updated_at = :now WHERE status = 'running' AND {where}",
         {
             **params,
-            "message": outcome["error"]["message"],
-            "result": tx.json(outcome),
+            "message": outcome.error.message,
+            "result": tx.json(outcome.to_json()),
             "now": tx.ts(utcnow()),
         },
     )
     return int(cursor.rowcount)
 
 
-def end_left_running(tx: Tx, worker_id: str, outcome: dict[str, Any]) -> int:
+def end_left_running(tx: Tx, worker_id: str, outcome: StageOutcome) -> int:
     """Fails the jobs still `running` on `worker_id`, with `outcome` as their result, and
     returns how many. Call it before the process takes work: then every such job belongs to a
     previous process of the same worker, which died (other granulators' jobs are not touched)."""
@@ -203,7 +201,7 @@ def touch_running(tx: Tx, worker_id: str) -> None:
     )
 
 
-def end_stale(tx: Tx, before: datetime, outcome: dict[str, Any]) -> int:
+def end_stale(tx: Tx, before: datetime, outcome: StageOutcome) -> int:
     """Fails, with `outcome`, the jobs still `running` that nobody has marked alive since
     `before` (their granulator died and will not come back under the same worker id, e.g. a
     replaced pod); how many."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from bitware_core.db import Database
-from bitware_core.domain import Usage
+from bitware_core.domain import StageOutcome, Usage
 from granulator_server import jobs, progress, stages, template_store
 from granulator_server.domain import StructureTemplate
 from granulator_server.errors import NoReservation, StageCancelled
@@ -55,7 +54,7 @@ class Offer:
     #: The Handshake found no job for the attempt, so `Process` need not look for one.
     job_known_new: bool = False
     expiry: asyncio.TimerHandle | None = None
-    task: asyncio.Task[dict[str, Any]] | None = None
+    task: asyncio.Task[StageOutcome] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ class Slots:
                 progress.CANCELLED, "reservation expired: Process did not follow in time", 1.0
             )
 
-    async def process(self, key: Key, epoch: int) -> dict[str, Any]:
+    async def process(self, key: Key, epoch: int) -> StageOutcome:
         """The attempt's outcome (see `stages`): a finished attempt's from its job, else the
         reserved attempt run once (shielded: a dropped call does not stop the work, a repeated
         call joins it). NoReservation for an attempt not reserved here or an older epoch,
@@ -150,9 +149,10 @@ class Slots:
         if offer is None or epoch < offer.epoch:
             stored = await self.db.run_tx(lambda tx: jobs.find(tx, *key))
             if stored is not None and stored.result:
-                if stored.result.get("cancelled"):
+                outcome = StageOutcome.from_json(stored.result)
+                if outcome.cancelled:
                     raise StageCancelled(stage_id, attempt)
-                return stored.result
+                return outcome
             offer = self.offers.get(key)
         if offer is None or epoch < offer.epoch:
             raise NoReservation(stage_id, attempt, epoch)
@@ -168,7 +168,7 @@ class Slots:
                 raise StageCancelled(stage_id, attempt) from None
             raise
 
-    async def _run(self, key: Key, offer: Offer) -> dict[str, Any]:
+    async def _run(self, key: Key, offer: Offer) -> StageOutcome:
         try:
             return await self.runner.run(
                 offer.work, self.book.open(key), job_known_new=offer.job_known_new

@@ -22,13 +22,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 from bitware_core.db import Database, utcnow
-from bitware_core.domain import JobStatus, Usage
+from bitware_core.domain import JobStatus, Quality, StageError, StageOutcome
 from bitware_core.pipelines import BUILT_IN_CAPABILITIES
 from bitware_core.sql import Tx
 from granulator_server import calls, jobs, progress, template_store
@@ -279,7 +279,7 @@ class StageRunner:
 
     async def run(
         self, work: Work, stage_log: progress.StageLog, *, job_known_new: bool = False
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         """Runs the attempt and returns its outcome (see module docstring); re-raises
         cancellation after recording it. `job_known_new`: no job for the attempt exists yet."""
         job = await self.db.run_tx(
@@ -306,7 +306,7 @@ class StageRunner:
 
     async def _attempt(
         self, work: Work, job_id: str, stage_log: progress.StageLog, meters: list[UsageMeter]
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         try:
             if work.action == "validate":
                 return await self._validate(work, job_id, stage_log)
@@ -314,10 +314,9 @@ class StageRunner:
         except asyncio.CancelledError:
             # Stopped by a cancel or the stage's timeout: what the model calls consumed so far
             # is kept on the job, and `Cancel` answers with it.
-            used = usage_of(meters)
-            cancelled = {**CANCELLED, "usage": used.to_json()}
+            cancelled = StageOutcome(usage=usage_of(meters), cancelled=True)
             await self.db.run_tx(
-                lambda tx: jobs.fail(tx, job_id, JobStatus.CANCELLED, "cancelled", cancelled, used)
+                lambda tx: jobs.fail(tx, job_id, JobStatus.CANCELLED, "cancelled", cancelled)
             )
             stage_log.add(progress.CANCELLED, "cancelled", 1.0)
             raise
@@ -328,11 +327,9 @@ class StageRunner:
             outcome = failure_outcome(
                 WorkerError(f"{type(error).__name__}", usage=usage_of(meters))
             )
-        message = outcome["error"]["message"]
-        used = Usage.from_json(outcome["usage"])
-        await self.db.run_tx(
-            lambda tx: jobs.fail(tx, job_id, JobStatus.FAILED, message, outcome, used)
-        )
+        assert outcome.error is not None
+        message = outcome.error.message
+        await self.db.run_tx(lambda tx: jobs.fail(tx, job_id, JobStatus.FAILED, message, outcome))
         stage_log.add(progress.FAILED, message, 1.0)
         return outcome
 
@@ -368,7 +365,7 @@ class StageRunner:
 
     async def _generate(
         self, work: Work, job_id: str, stage_log: progress.StageLog
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         granularity = int(work.spec["granularity"])
         expected = max(1, estimate(work.template, work.spec).elements)
         stage_log.add(progress.PROMPT_BUILT, f"using template {work.template.name}", 0.1)
@@ -392,7 +389,7 @@ class StageRunner:
         stage_log: progress.StageLog,
         generation: Generation,
         granularity: int,
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         """Scores the generated structure and stores it (the CPU-bound part of `generate`)."""
         stage_log.add(progress.VALIDATING, "validating", 0.7)
         report = score_quality(
@@ -403,35 +400,33 @@ class StageRunner:
         )
         quality = gate(work.template, report, report.score, work.min_quality)
         stage_log.add(progress.STORING, "storing the element tree", 0.85)
-        outcome = {
-            "job_id": job_id,
-            "output": {
+        outcome = StageOutcome(
+            usage=generation.usage,
+            job_id=job_id,
+            output={
                 "job_id": job_id,
                 "structure_type": work.template.structure_type,
                 "template": work.template.name,
                 "quality_score": report.score,
             },
-            "quality": quality,
-            "usage": generation.usage.to_json(),
-            "metrics": {},
-        }
+            quality=quality,
+        )
         stored = await self.db.run_tx(
             lambda tx: jobs.complete(
                 tx,
                 job_id,
                 document=generation.document,
                 report=report,
-                usage=generation.usage,
                 result=outcome,
                 unusable=unusable(quality, work.min_quality),
             )
         )
         stage_log.add(progress.COMPLETED, "completed", 1.0, stored.element_count)
-        return dict(stored.result)
+        return StageOutcome.from_json(stored.result)
 
     async def _validate(
         self, work: Work, job_id: str, stage_log: progress.StageLog
-    ) -> dict[str, Any]:
+    ) -> StageOutcome:
         target_id = work.previous_job_id
         target = await self.db.run_tx(lambda tx: jobs.by_id(tx, target_id))
         if target is None or target.client_id != work.client_id:
@@ -471,72 +466,62 @@ class StageRunner:
                 score = round((1 - JUDGE_WEIGHT) * report.score + JUDGE_WEIGHT * judgement.score, 1)
                 components["llm_judge"] = judgement.score / 100
                 feedback = "\n".join(p for p in (feedback, judgement.feedback) if p)
-        quality = {
-            **gate(template, report, score, work.min_quality),
-            "components": components,
-            "feedback": feedback,
-        }
+        quality = replace(
+            gate(template, report, score, work.min_quality),
+            components=components,
+            feedback=feedback,
+        )
         stage_log.add(progress.STORING, "recording the validation", 0.9)
-        await self.db.run_tx(lambda tx: jobs.record_validations(tx, target_id, records, quality))
-        outcome = {
-            "job_id": target_id,
-            "output": {
+        await self.db.run_tx(
+            lambda tx: jobs.record_validations(tx, target_id, records, quality.to_json())
+        )
+        outcome = StageOutcome(
+            usage=usage,
+            job_id=target_id,
+            output={
                 "job_id": target_id,
                 "validation_job_id": job_id,
                 "structure_type": template.structure_type,
                 "quality_score": score,
                 "validators": [r["validator"] for r in records],
             },
-            "quality": quality,
-            "usage": usage.to_json(),
-            "metrics": {"validations": float(len(records))},
-        }
-        await self.db.run_tx(
-            lambda tx: jobs.finish_validation(
-                tx, job_id, quality=quality, usage=usage, result=outcome
-            )
+            quality=quality,
+            metrics={"validations": float(len(records))},
         )
+        await self.db.run_tx(lambda tx: jobs.finish_validation(tx, job_id, outcome))
         stage_log.add(progress.COMPLETED, "validated", 1.0)
         return outcome
 
 
-CANCELLED: dict[str, Any] = {"cancelled": True}
-
-
 def gate(
     template: StructureTemplate, report: QualityReport, score: float, min_quality: float
-) -> dict[str, Any]:
+) -> Quality:
     """The quality the stage reports: the rules' report with the final `score`, whether it
     falls short of `min_quality` or breaks an integrity rule, and whether the template accepts
     a result below the minimum (soft criteria only; the orchestrator decides the stage)."""
     broken = bool(report.integrity_failures)
-    return {
-        **jobs.quality_dict(report),
-        "score": score,
-        "below_threshold": broken or score < min_quality,
-        "integrity_failed": broken,
-        "accept_below_minimum": template.rules.accept_below_minimum,
-    }
+    return Quality(
+        score=score,
+        components=dict(report.components),
+        feedback=report.feedback,
+        violations=tuple(report.violations),
+        below_threshold=broken or score < min_quality,
+        integrity_failed=broken,
+        accept_below_minimum=template.rules.accept_below_minimum,
+    )
 
 
-def unusable(quality: dict[str, Any], min_quality: float) -> str:
+def unusable(quality: Quality, min_quality: float) -> str:
     """Why a generated structure cannot be delivered, or "" when it can: it breaks an
     integrity rule, or it is below the minimum and its template does not accept that."""
-    if quality["integrity_failed"]:
-        broken = [v["message"] for v in quality["violations"] if v["rule"] in INTEGRITY_RULES]
+    if quality.integrity_failed:
+        broken = [v.message for v in quality.violations if v.rule in INTEGRITY_RULES]
         return f"breaks integrity rules: {'; '.join(broken[:3])}"
-    if quality["below_threshold"] and not quality["accept_below_minimum"]:
-        return f"quality {quality['score']:.1f} is below the minimum {min_quality:.0f}"
+    if quality.below_threshold and not quality.accept_below_minimum:
+        return f"quality {quality.score:.1f} is below the minimum {min_quality:.0f}"
     return ""
 
 
-def failure_outcome(failure: StageFailure) -> dict[str, Any]:
-    return {
-        "error": {
-            "error_class": failure.error_class,
-            "reason": failure.reason,
-            "message": failure.message,
-            "retry_after": failure.retry_after,
-        },
-        "usage": failure.usage.to_json(),
-    }
+def failure_outcome(failure: StageFailure) -> StageOutcome:
+    error = StageError(failure.error_class, failure.reason, failure.message, failure.retry_after)
+    return StageOutcome.failed(error, failure.usage)

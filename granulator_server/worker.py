@@ -10,15 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
-
-from google.protobuf import json_format
 
 from bitware.common.v1 import common_pb2
 from bitware.worker.v1 import worker_pb2, worker_pb2_grpc
 from bitware_core import convert
 from bitware_core.db import Database
-from bitware_core.domain import Usage
 from bitware_core.errors import NotFound
 from bitware_core.server import Context
 from granulator_server import offers, progress, stages
@@ -73,7 +69,8 @@ class WorkerHandlers(worker_pb2_grpc.WorkerServiceServicer):
     async def Process(
         self, request: worker_pb2.ProcessRequest, context: Context
     ) -> worker_pb2.ProcessResponse:
-        return outcome_to_proto(await self.slots.process(_key(request.stage), request.stage.epoch))
+        outcome = await self.slots.process(_key(request.stage), request.stage.epoch)
+        return outcome.to_proto()
 
     async def WatchProgress(
         self, request: worker_pb2.WatchProgressRequest, context: Context
@@ -138,32 +135,3 @@ def offered_from_proto(request: worker_pb2.HandshakeRequest) -> stages.Offered:
         min_quality=request.input.min_quality_score,
         unknown_structure_type=unknown,
     )
-
-
-def outcome_to_proto(outcome: dict[str, Any]) -> worker_pb2.ProcessResponse:
-    """A stored `stages` outcome as the Process response."""
-    response = worker_pb2.ProcessResponse(usage=Usage.from_json(outcome.get("usage")).to_proto())
-    error = outcome.get("error")
-    if error is not None:
-        response.error.CopyFrom(
-            worker_pb2.StageError(
-                error_class=worker_pb2.ErrorClass.Value(f"ERROR_CLASS_{error['error_class']}"),
-                reason=error["reason"],
-                message=error["message"],
-                retry_after=convert.duration(float(error.get("retry_after", 0.0))),
-            )
-        )
-        return response
-    quality = outcome["quality"]
-    response.result.CopyFrom(
-        worker_pb2.StageResult(
-            output=convert.to_struct(outcome["output"]),
-            job_id=outcome["job_id"],
-            quality=json_format.ParseDict(
-                quality, common_pb2.QualityReport(), ignore_unknown_fields=True
-            ),
-        )
-    )
-    for name, value in outcome.get("metrics", {}).items():
-        response.metrics[name] = float(value)
-    return response
