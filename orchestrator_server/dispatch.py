@@ -28,7 +28,7 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from bitware_core.domain import Usage
+from bitware_core.domain import StageError, StageOutcome, Usage
 from bitware_core.metrics import BUCKETS, CallbackGauge
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
@@ -340,40 +340,29 @@ class Dispatcher:
                 claim = dataclasses.replace(claim, previous_output=output)
             await self._offer_and_process(claim, address, has_alternative)
         except CorruptPayload as error:
-            await self._fail(claim, "CORRUPT", error.reason, error.message)
+            await self._fail(claim, StageError("CORRUPT", error.reason, error.message))
         except StaleAttempt:
             log.info("stale attempt dropped", extra={"stage": claim.stage_id})
         except asyncio.CancelledError:
             raise
         except Exception as error:
             log.exception("stage attempt crashed", extra={"stage": claim.stage_id})
-            await self._fail(claim, "INTERNAL", "ORCHESTRATOR_ERROR", str(error))
+            await self._fail(claim, StageError("INTERNAL", "ORCHESTRATOR_ERROR", str(error)))
 
     async def _fail(
         self,
         claim: queue.Claim,
-        error_class: str,
-        reason: str,
-        message: str,
+        error: StageError,
         *,
-        retry_after: float = 0.0,
         usage: Usage | None = None,
         status: str = "failed",
     ) -> None:
         """Records a failed attempt; the retry policy decides what follows."""
+        used = usage or Usage()
         await self._record(
             claim,
-            usage or Usage(),
-            lambda tx: outcomes.record_failure(
-                tx,
-                claim,
-                error_class=error_class,
-                reason=reason,
-                message=message,
-                retry_after=retry_after,
-                usage=usage or Usage(),
-                status=status,
-            ),
+            used,
+            lambda tx: outcomes.record_failure(tx, claim, error, usage=used, status=status),
         )
 
     async def _record(self, claim: queue.Claim, usage: Usage, work: Callable[[Tx], Any]) -> None:
@@ -533,7 +522,8 @@ class Dispatcher:
             status = "timed_out" if timed_out else "failed"
             # Out of time: the worker is told to stop and says what the attempt used so far.
             spent = await self._stop(stub, claim, "stage timeout") if timed_out else Usage()
-            await self._fail(claim, "TRANSIENT", reason, message, status=status, usage=spent)
+            failure = StageError("TRANSIENT", reason, message)
+            await self._fail(claim, failure, status=status, usage=spent)
             return
         finally:
             self._stage_seconds.labels(claim.capability, outcome).observe(
@@ -547,43 +537,11 @@ class Dispatcher:
                 follower.cancel()
                 await asyncio.gather(follower, return_exceptions=True)
         self.declined.pop(claim.stage_id, None)
-        usage = Usage.from_proto(response.usage)
-        if response.WhichOneof("outcome") == "result":
-            result = response.result
-            quality = {
-                "score": result.quality.score,
-                "components": dict(result.quality.components),
-                "feedback": result.quality.feedback,
-                "integrity_failed": result.quality.integrity_failed,
-                "accept_below_minimum": result.quality.accept_below_minimum,
-                "violations": [
-                    {"path": v.path, "rule": v.rule, "message": v.message}
-                    for v in result.quality.violations
-                ],
-            }
-            await self._record(
-                claim,
-                usage,
-                lambda tx: outcomes.record_result(
-                    tx,
-                    claim,
-                    output=convert.from_struct(result.output),
-                    job_id=result.job_id,
-                    quality=quality,
-                    usage=usage,
-                ),
-            )
+        ended = StageOutcome.from_proto(response)
+        if ended.error is not None:
+            await self._fail(claim, ended.error, usage=ended.usage)
             return
-        err = response.error
-        error_class = worker_pb2.ErrorClass.Name(err.error_class).removeprefix("ERROR_CLASS_")
-        await self._fail(
-            claim,
-            error_class,
-            err.reason,
-            err.message,
-            retry_after=_seconds(err.retry_after),
-            usage=usage,
-        )
+        await self._record(claim, ended.usage, lambda tx: outcomes.record_result(tx, claim, ended))
 
     async def _follow(
         self, stub: worker_pb2_grpc.WorkerServiceAsyncStub, claim: queue.Claim

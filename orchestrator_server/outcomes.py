@@ -4,12 +4,20 @@ late result is refused and never overwrites a newer one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from bitware_core.db import utcnow
-from bitware_core.domain import ExecutionStatus, RetryPolicy, StageStatus, Usage
+from bitware_core.domain import (
+    ExecutionStatus,
+    Quality,
+    RetryPolicy,
+    StageError,
+    StageOutcome,
+    StageStatus,
+    Usage,
+)
 from bitware_core.sql import Tx, select_rows, update_row
 from orchestrator_server import models, payloads
 from orchestrator_server.errors import StaleAttempt
@@ -187,45 +195,35 @@ class Finished:
     ended: models.Execution | None = None
 
 
-def record_result(
-    tx: Tx,
-    claim_: Claim,
-    *,
-    output: dict[str, Any],
-    job_id: str,
-    quality: dict[str, Any],
-    usage: Usage,
-) -> Finished:
+def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
+    """A result: the quality gate decides whether the stage succeeds, runs again or fails
+    (`QUALITY_BELOW_MINIMUM`); the best attempt so far is kept on the stage."""
+    output, quality, usage = outcome.output, outcome.quality, outcome.usage
     encoded = payloads.encode(output)
     if len(encoded) > payloads.HARD_LIMIT:
+        limit = f"the stage output is larger than {payloads.HARD_LIMIT // 2**20} MiB"
         return record_failure(
-            tx,
-            claim_,
-            error_class="TOO_LARGE",
-            reason="OUTPUT_TOO_LARGE",
-            message=f"the stage output is larger than {payloads.HARD_LIMIT // 2**20} MiB",
-            retry_after=0.0,
-            usage=usage,
+            tx, claim_, StageError("TOO_LARGE", "OUTPUT_TOO_LARGE", limit), usage=usage
         )
     stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
-    score = float(quality.get("score", 0.0))
+    score = quality.score
     _roll_up(stage, execution, usage)
-    broken = bool(quality.get("integrity_failed"))
+    broken = quality.integrity_failed
     below = broken or (stage.min_quality > 0 and score < stage.min_quality)
-    if not stage.best or _rank(quality) > _rank(stage.best.get("quality", {})):
+    if not stage.best or quality.rank() > Quality.from_json(stage.best["quality"]).rank():
         inline, reference = payloads.store(tx, output, encoded)
         stage.best = {
             "output": inline,
             "output_ref": reference,
-            "job_id": job_id,
-            "quality": quality,
+            "job_id": outcome.job_id,
+            "quality": quality.to_json(),
         }
     max_attempts = RetryPolicy.from_json(stage.retry_policy).max_attempts
     if below and stage.attempts - stage.attempts_base < max_attempts:
         end_attempt(
             tx, stage.id, claim_.epoch, "below_quality", usage=usage.to_json(), quality_score=score
         )
-        stage.feedback = str(quality.get("feedback", ""))
+        stage.feedback = quality.feedback
         why = "breaks integrity rules" if broken else f"below {stage.min_quality:.0f}"
         append_event(
             tx,
@@ -239,7 +237,8 @@ def record_result(
         _save(tx, stage, execution)
         return Finished(execution.id, False, "BELOW_QUALITY")
     best = stage.best
-    if below and not _deliverable(best["quality"]):
+    best_quality = Quality.from_json(best["quality"])
+    if below and not best_quality.deliverable_below_minimum:
         return _fail_below_minimum(tx, stage, execution, claim_.epoch, usage, score)
     end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage.to_json(), quality_score=score)
     stage.output, stage.output_ref, stage.job_id = (
@@ -247,7 +246,7 @@ def record_result(
         best["output_ref"],
         best["job_id"],
     )
-    stage.quality = {**best["quality"], "below_threshold": below}
+    stage.quality = replace(best_quality, below_threshold=below).to_json()
     move_stage(stage, StageStatus.SUCCEEDED)
     execution.stages_done += 1
     stage.ended_at = utcnow()
@@ -257,7 +256,7 @@ def record_result(
         "STAGE_SUCCEEDED",
         **stage_fields(stage),
         usage=execution.usage,
-        message=f"stage {stage.name} done (quality {float(best['quality'].get('score', 0)):.0f})",
+        message=f"stage {stage.name} done (quality {best_quality.score:.0f})",
     )
     following = select_rows(
         tx,
@@ -293,17 +292,6 @@ def record_result(
     return Finished(execution.id, True, ended=execution)
 
 
-def _rank(quality: dict[str, Any]) -> tuple[bool, float]:
-    """Orders attempts: an intact structure beats a broken one, then the higher score wins."""
-    return (not quality.get("integrity_failed"), float(quality.get("score", -1.0)))
-
-
-def _deliverable(quality: dict[str, Any]) -> bool:
-    """Whether a result below the minimum may still be delivered: only when its template
-    accepts that, and never when it breaks an integrity rule."""
-    return bool(quality.get("accept_below_minimum")) and not quality.get("integrity_failed")
-
-
 def _fail_below_minimum(
     tx: Tx,
     stage: models.Stage,
@@ -316,19 +304,19 @@ def _fail_below_minimum(
     stays on the stage (output, job, quality) so it can be read, but the execution names no
     deliverable."""
     best = stage.best
-    quality = best["quality"]
+    quality = Quality.from_json(best["quality"])
     end_attempt(tx, stage.id, epoch, "below_quality", usage=usage.to_json(), quality_score=score)
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
         best["job_id"],
     )
-    stage.quality = {**quality, "below_threshold": True}
+    stage.quality = replace(quality, below_threshold=True).to_json()
     attempts = stage.attempts - stage.attempts_base
     problem = (
         "breaks integrity rules"
-        if quality.get("integrity_failed")
-        else f"scores {float(quality.get('score', 0.0)):.1f}, below {stage.min_quality:.0f}"
+        if quality.integrity_failed
+        else f"scores {quality.score:.1f}, below {stage.min_quality:.0f}"
     )
     error = {
         "reason": "QUALITY_BELOW_MINIMUM",
@@ -343,18 +331,18 @@ def _fail_below_minimum(
 def record_failure(
     tx: Tx,
     claim_: Claim,
+    failure: StageError,
     *,
-    error_class: str,
-    reason: str,
-    message: str,
-    retry_after: float,
     usage: Usage,
     status: str = "failed",
 ) -> Finished:
+    """A failed attempt: the stage's retry policy decides whether it runs again (after a
+    backoff) or fails, and its execution with it."""
     stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    error_class, reason = failure.error_class, failure.reason
     error = {
         "reason": reason,
-        "message": message,
+        "message": failure.message,
         "retryable": error_class not in NON_RETRYABLE_CLASSES,
     }
     _roll_up(stage, execution, usage)
@@ -363,7 +351,7 @@ def record_failure(
     non_retryable = {*policy.non_retryable_errors, *NON_RETRYABLE_CLASSES}
     used = stage.attempts - stage.attempts_base
     if error_class not in non_retryable and used < policy.max_attempts:
-        delay = policy.backoff(used, retry_after)
+        delay = policy.backoff(used, failure.retry_after)
         move_stage(stage, StageStatus.RETRY_WAIT)
         stage.ready_at = utcnow() + timedelta(seconds=delay)
         stage.lease_owner = ""

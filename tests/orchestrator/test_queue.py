@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import Database, utcnow
-from bitware_core.domain import ExecutionStatus, PipelineTemplate, Usage
+from bitware_core.domain import ExecutionStatus, PipelineTemplate, Quality, StageOutcome
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, queue
 from orchestrator_server.errors import StaleAttempt, TemplateDeprecated
@@ -98,7 +98,7 @@ def test_a_slot_frees_when_its_stage_ends(db: Database) -> None:
     [first] = db.run_tx_sync(lambda tx: queue.claim(tx, "me", [worker()], {}, 15.0))
     db.run_tx_sync(
         lambda tx: outcomes.record_result(
-            tx, first, output={}, job_id="j", quality={"score": 90}, usage=Usage()
+            tx, first, StageOutcome(job_id="j", quality=Quality(score=90))
         )
     )
     [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "another-replica", [worker()], {}, 15.0))
@@ -116,12 +116,12 @@ def test_expired_lease_is_reclaimed_and_the_stale_result_refused(db: Database) -
     assert db.run_tx_sync(queue.reclaim_expired) == 1
     [second] = db.run_tx_sync(lambda tx: queue.claim(tx, "alive", [worker("w2")], {}, 15.0))
     assert second.epoch > first.epoch
-    late = {"output": {}, "job_id": "late", "quality": {"score": 99}, "usage": Usage()}
+    late = StageOutcome(job_id="late", quality=Quality(score=99))
     with pytest.raises(StaleAttempt):
-        db.run_tx_sync(lambda tx: outcomes.record_result(tx, first, **late))
+        db.run_tx_sync(lambda tx: outcomes.record_result(tx, first, late))
     finished = db.run_tx_sync(
         lambda tx: outcomes.record_result(
-            tx, second, output={}, job_id="fresh", quality={"score": 90}, usage=Usage()
+            tx, second, StageOutcome(job_id="fresh", quality=Quality(score=90))
         )
     )
     assert finished.terminal
