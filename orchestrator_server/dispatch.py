@@ -28,7 +28,7 @@ from bitware_core.channels import open_channel, service_metadata
 from bitware_core.config import Settings
 from bitware_core.context import execution_id_var
 from bitware_core.db import Database
-from bitware_core.domain import StageError, StageOutcome, Usage
+from bitware_core.domain import AttemptStatus, StageError, StageOutcome, Usage
 from bitware_core.metrics import BUCKETS, CallbackGauge
 from bitware_core.sql import Tx
 from orchestrator_server import executions, models, outcomes, payloads, queue, registry
@@ -224,7 +224,7 @@ class Dispatcher:
                 if reclaimed:
                     self.wake.set()
                 for _, running in expired:
-                    await self.cancel_running(running, "timed_out")
+                    await self.cancel_running(running, AttemptStatus.TIMED_OUT)
                 await self.report_outcomes()
             except Exception:
                 log.exception("housekeeping round failed")
@@ -355,7 +355,7 @@ class Dispatcher:
         error: StageError,
         *,
         usage: Usage | None = None,
-        status: str = "failed",
+        status: AttemptStatus = AttemptStatus.FAILED,
     ) -> None:
         """Records a failed attempt; the retry policy decides what follows."""
         used = usage or Usage()
@@ -373,7 +373,9 @@ class Dispatcher:
             finished = await self.batcher.run(claim.execution_id, work)
         except StaleAttempt:
             if usage:
-                await self._db(lambda tx: outcomes.record_stopped(tx, claim, "abandoned", usage))
+                await self._db(
+                    lambda tx: outcomes.record_stopped(tx, claim, AttemptStatus.ABANDONED, usage)
+                )
             raise
         if isinstance(finished, outcomes.Finished):
             if finished.retry_reason:
@@ -519,7 +521,7 @@ class Dispatcher:
             timed_out = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             reason = "STAGE_TIMEOUT" if timed_out else f"WORKER_{error.code().name}"
             message = error.details() or error.code().name
-            status = "timed_out" if timed_out else "failed"
+            status = AttemptStatus.TIMED_OUT if timed_out else AttemptStatus.FAILED
             # Out of time: the worker is told to stop and says what the attempt used so far.
             spent = await self._stop(stub, claim, "stage timeout") if timed_out else Usage()
             failure = StageError("TRANSIENT", reason, message)
@@ -610,7 +612,9 @@ class Dispatcher:
             return Usage()
         return Usage.from_proto(answer.usage)
 
-    async def cancel_running(self, stage_ids: list[str], reason: str = "cancelled") -> None:
+    async def cancel_running(
+        self, stage_ids: list[str], reason: AttemptStatus = AttemptStatus.CANCELLED
+    ) -> None:
         """Tells the workers of stopped stages (`reason`: cancelled or timed_out) to stop, records
         what their attempts consumed, then stops waiting for them."""
         for stage_id in stage_ids:
@@ -620,7 +624,11 @@ class Dispatcher:
             task, claim, address = entry
             spent = Usage()
             if address:
-                why = "execution cancelled" if reason == "cancelled" else "execution timed out"
+                why = (
+                    "execution cancelled"
+                    if reason == AttemptStatus.CANCELLED
+                    else "execution timed out"
+                )
                 spent = await self._stop(self.stub(address), claim, why)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
-from bitware_core.domain import ExecutionStatus, PipelineTemplate, StageStatus
+from bitware_core.domain import AttemptStatus, ExecutionStatus, PipelineTemplate, StageStatus
 from bitware_core.errors import FieldViolation, Violations
 from bitware_core.pipelines import stage_order_problems
 from bitware_core.sql import Tx, insert_rows, new_row, select_rows, update_row, values_of
@@ -449,7 +449,7 @@ def cancel(
     return execution, running
 
 
-def end_attempt(tx: Tx, stage_id: str, epoch: int, status: str, **values: Any) -> None:
+def end_attempt(tx: Tx, stage_id: str, epoch: int, status: AttemptStatus, **values: Any) -> None:
     """Ends the stage's attempt of that epoch (unless it already ended), with its usage, error
     or quality score."""
     sets = "".join(f", {name} = :{name}" for name in values)

@@ -10,6 +10,7 @@ from typing import Any
 
 from bitware_core.db import utcnow
 from bitware_core.domain import (
+    AttemptStatus,
     ExecutionStatus,
     Quality,
     RetryPolicy,
@@ -160,7 +161,11 @@ def record_decline(
     fails for good when the input itself is invalid."""
     stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
     end_attempt(
-        tx, stage.id, claim_.epoch, "declined", error={"reason": reason, "message": message}
+        tx,
+        stage.id,
+        claim_.epoch,
+        AttemptStatus.DECLINED,
+        error={"reason": reason, "message": message},
     )
     append_event(
         tx,
@@ -221,7 +226,12 @@ def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
     max_attempts = RetryPolicy.from_json(stage.retry_policy).max_attempts
     if below and stage.attempts - stage.attempts_base < max_attempts:
         end_attempt(
-            tx, stage.id, claim_.epoch, "below_quality", usage=usage.to_json(), quality_score=score
+            tx,
+            stage.id,
+            claim_.epoch,
+            AttemptStatus.BELOW_QUALITY,
+            usage=usage.to_json(),
+            quality_score=score,
         )
         stage.feedback = quality.feedback
         why = "breaks integrity rules" if broken else f"below {stage.min_quality:.0f}"
@@ -240,7 +250,14 @@ def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
     best_quality = Quality.from_json(best["quality"])
     if below and not best_quality.deliverable_below_minimum:
         return _fail_below_minimum(tx, stage, execution, claim_.epoch, usage, score)
-    end_attempt(tx, stage.id, claim_.epoch, "succeeded", usage=usage.to_json(), quality_score=score)
+    end_attempt(
+        tx,
+        stage.id,
+        claim_.epoch,
+        AttemptStatus.SUCCEEDED,
+        usage=usage.to_json(),
+        quality_score=score,
+    )
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
@@ -305,7 +322,9 @@ def _fail_below_minimum(
     deliverable."""
     best = stage.best
     quality = Quality.from_json(best["quality"])
-    end_attempt(tx, stage.id, epoch, "below_quality", usage=usage.to_json(), quality_score=score)
+    end_attempt(
+        tx, stage.id, epoch, AttemptStatus.BELOW_QUALITY, usage=usage.to_json(), quality_score=score
+    )
     stage.output, stage.output_ref, stage.job_id = (
         best["output"],
         best["output_ref"],
@@ -334,7 +353,7 @@ def record_failure(
     failure: StageError,
     *,
     usage: Usage,
-    status: str = "failed",
+    status: AttemptStatus = AttemptStatus.FAILED,
 ) -> Finished:
     """A failed attempt: the stage's retry policy decides whether it runs again (after a
     backoff) or fails, and its execution with it."""
@@ -397,7 +416,7 @@ def _fail_stage(
     )
 
 
-def record_stopped(tx: Tx, claim_: Claim, status: str, usage: Usage) -> bool:
+def record_stopped(tx: Tx, claim_: Claim, status: AttemptStatus, usage: Usage) -> bool:
     """An attempt the orchestrator stopped (its execution was cancelled or ran out of time) or
     whose result came too late (stale): it ends with the usage its worker reported, and that
     usage is added to its stage and execution all the same, since it was spent. Only the first

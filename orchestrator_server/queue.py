@@ -12,7 +12,7 @@ from typing import Any
 
 from bitware_core.auth import Principal
 from bitware_core.db import utcnow
-from bitware_core.domain import ExecutionStatus, StageStatus
+from bitware_core.domain import AttemptStatus, ExecutionStatus, StageStatus
 from bitware_core.sql import Tx, columns, from_row, insert_rows, update_row, width
 from orchestrator_server import models
 from orchestrator_server.executions import (
@@ -338,7 +338,8 @@ def reclaim_expired(tx: Tx) -> int:
         )
         if attempt is not None and attempt[1] == "running":
             stage.reattach_worker = attempt[0]
-        end_attempt(tx, stage.id, stage.epoch, "abandoned", error={"reason": "LEASE_EXPIRED"})
+        lease = {"reason": "LEASE_EXPIRED"}
+        end_attempt(tx, stage.id, stage.epoch, AttemptStatus.ABANDONED, error=lease)
         move_stage(stage, StageStatus.QUEUED)
         stage.ready_at = now
         stage.lease_owner = ""

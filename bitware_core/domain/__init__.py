@@ -8,11 +8,18 @@ moves allowed between them. Each is converted to and from protobuf only at the e
 
 from bitware_core.domain.outcome import Quality, StageError, StageOutcome, Violation
 from bitware_core.domain.retry import RetryPolicy
-from bitware_core.domain.status import ExecutionStatus, JobStatus, RequestStatus, StageStatus
+from bitware_core.domain.status import (
+    AttemptStatus,
+    ExecutionStatus,
+    JobStatus,
+    RequestStatus,
+    StageStatus,
+)
 from bitware_core.domain.template import PipelineTemplate, StageDefinition
 from bitware_core.domain.usage import ProviderUsage, Usage
 
 __all__ = [
+    "AttemptStatus",
     "ExecutionStatus",
     "JobStatus",
     "PipelineTemplate",

@@ -1,5 +1,5 @@
-"""The statuses of requests (KAM), executions and stages (the orchestrator) and jobs (the
-granulator), with the moves allowed between them.
+"""The statuses of requests (KAM), executions, stages and attempts (the orchestrator) and jobs
+(the granulator), with the moves allowed between them.
 
 Each is a `StrEnum`, so a member is the very string the database column and the JSON of an
 event hold (`ExecutionStatus.RUNNING == "running"`), and a status read back from a row compares
@@ -126,6 +126,24 @@ _STAGE_MOVES: dict[StageStatus, frozenset[StageStatus]] = {
     StageStatus.SUCCEEDED: frozenset(),
     StageStatus.CANCELLED: frozenset(),
 }
+
+
+class AttemptStatus(StrEnum):
+    """One attempt at a stage, at the orchestrator: offered to a worker, then running, and
+    ended once (an attempt row with `ended_at` set never changes again)."""
+
+    OFFERED = "offered"
+    RUNNING = "running"
+    #: The worker declined the offer (the attempt does not count against the retry budget).
+    DECLINED = "declined"
+    SUCCEEDED = "succeeded"
+    #: A result below the stage's minimum quality, or one breaking an integrity rule.
+    BELOW_QUALITY = "below_quality"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    #: Its lease expired, or its result came too late.
+    ABANDONED = "abandoned"
 
 
 class JobStatus(StrEnum):
