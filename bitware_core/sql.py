@@ -103,7 +103,7 @@ class Tx:
             from psycopg.types.json import Json
 
             return Json(value)
-        return json.dumps(value)
+        return dumps(value)
 
     @staticmethod
     def loads(value: Any) -> Any:
@@ -114,6 +114,31 @@ class Tx:
     def when(value: Any) -> datetime | None:
         """A datetime column's value: text on SQLite, a datetime on PostgreSQL."""
         return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _c_encoder() -> Any:
+    """`json.dumps`'s own C encoder with its default settings, made once (`json.dumps` makes one
+    per call, most of the cost of a small value); None where the C module is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    # No circular-reference check (the markers dict would be shared between threads): a
+    # circular value, which JSON data never is, raises RecursionError instead of ValueError.
+    separators = (": ", ", ")
+    default = json.JSONEncoder().default
+    return make(
+        None, default, json.encoder.encode_basestring_ascii, None, *separators, False, False, True
+    )
+
+
+_ENCODE = _c_encoder()
+
+
+def dumps(value: Any) -> str:
+    """`json.dumps(value)`, the same text, ~4× faster for a small value."""
+    if _ENCODE is None:
+        return json.dumps(value)
+    return "".join(_ENCODE(value, 0))
 
 
 #: Rows per statement of `Tx.insert_values`: SQLite takes up to 32,766 parameters a statement,

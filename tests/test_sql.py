@@ -4,6 +4,7 @@ back as given: JSON columns, datetimes, the model's defaults for the columns a r
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,25 @@ def test_insert_values_writes_every_row_in_order_on_postgres(
 def test_a_job_s_element_rows_fill_every_column_but_the_id() -> None:
     # A new element column would be left to the database: insert_values applies no model default.
     assert set(jobs.ELEMENT_COLUMNS) == {c.name for c in models.Element.__table__.columns} - {"id"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        [],
+        "plain",
+        'quotes " and \\ and \n and ünïcødé ✓ 𝄞',
+        {"a": 1, "b": [1.5, -0.0, 1e300, float("nan"), float("inf"), True, None], "c": {}},
+        {3: "int key", 2.5: "float key", False: "bool key", None: "none key"},
+        [{"nested": [{"deep": ["x" * 3000]}]}],
+        12345678901234567890,
+    ],
+)
+def test_dumps_writes_what_json_dumps_writes(value: Any) -> None:
+    assert sql.dumps(value) == json.dumps(value)
+
+
+def test_dumps_refuses_what_json_dumps_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        sql.dumps({"when": datetime(2026, 11, 30)})
