@@ -435,6 +435,47 @@ async def pg_window(
     return {"queued": queued, "ended": len(ended), "rate": rate, "load": load}
 
 
+class Sampler:
+    """What the sessions of some databases are doing, sampled from pg_stat_activity every 20 ms
+    in a thread (at most `limit` seconds): per database, the active sessions' samples by wait
+    and statement (a profile of where each database's time goes)."""
+
+    def __init__(self, names: list[str], limit: float) -> None:
+        import threading
+
+        self.names, self.limit = names, limit
+        self.stop = threading.Event()
+        self.counts: dict[str, dict[str, int]] = {name: {} for name in names}
+        self.samples = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+        from common import PG_ADMIN_URL
+
+        sql = (
+            "SELECT datname, coalesce(wait_event_type || ':' || wait_event, 'running'),"
+            " left(regexp_replace(query, '\\s+', ' ', 'g'), 70) FROM pg_stat_activity"
+            " WHERE datname = ANY(%s) AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        with psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True) as conn:
+            deadline = time.monotonic() + self.limit
+            for _ in range(int(self.limit / 0.02) + 1):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                for db, wait, query in conn.execute(sql, (self.names,)).fetchall():
+                    key = f"{wait} {query}"
+                    self.counts[db][key] = self.counts[db].get(key, 0) + 1
+                self.samples += 1
+                time.sleep(0.02)
+
+    def finish(self) -> dict[str, Any]:
+        self.stop.set()
+        self.thread.join()
+        return {"samples": self.samples, "active": self.counts}
+
+
 async def run_postgres(a: argparse.Namespace) -> dict[str, Any]:
     """Both depths on two meshes, each on its own scratch database, drained in alternating
     windows (see the docstring)."""
@@ -470,6 +511,8 @@ async def run_postgres(a: argparse.Namespace) -> dict[str, Any]:
             )
             tx._connection.rollback()
         sides = [(lo, txs[0], a.shallow, shallow, seen[0]), (hi, txs[1], a.deep, deep, seen[1])]
+        names = [lo.mesh.pg_name, hi.mesh.pg_name]
+        sampler = Sampler(names, a.limit * a.turns * 2) if a.sample else None
         for turn in range(a.turns):
             for d, tx, depth, into, done in sides if turn % 2 == 0 else sides[::-1]:
                 w = await pg_window(d, tx, depth, a.window, done, a.limit)
@@ -480,6 +523,12 @@ async def run_postgres(a: argparse.Namespace) -> dict[str, Any]:
                     f"turn {turn + 1}: depth {w['queued']}: {w['rate']:.1f}/s"
                     f" ({w['ended']} ended; load {w['load']})"
                 )
+        profile = sampler.finish() if sampler else {}
+        if profile:  # by depth rather than by database name
+            profile["active"] = {
+                depth: profile["active"][name]
+                for depth, name in zip((a.shallow, a.deep), names, strict=True)
+            }
         for d in (lo, hi):  # the holders stop before the meshes do
             d.holding.set()
             if d.holder is not None:
@@ -496,6 +545,7 @@ async def run_postgres(a: argparse.Namespace) -> dict[str, Any]:
             "paired": paired,
             "plans": plans_of,
             "plans_shallow": plans_shallow,
+            "profile": profile,
         }
 
 
@@ -515,6 +565,11 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--turns", type=int, default=10, help="PostgreSQL: drain windows per depth")
     ap.add_argument("--window", type=int, default=100, help="PostgreSQL: executions per window")
+    ap.add_argument(
+        "--sample",
+        action="store_true",
+        help="PostgreSQL: sample pg_stat_activity of both databases during the windows",
+    )
     a = ap.parse_args()
     if a.postgres and not 20 < a.window <= a.shallow:
         ap.error("--window must be above 20 and at most --shallow")
@@ -584,6 +639,14 @@ def main() -> None:
     if "plans_shallow" in out:
         print(f"\nthe same at the shallow queue ({a.shallow}):")
         print("\n".join(out["plans_shallow"]))
+    if out.get("profile"):
+        prof = out["profile"]
+        print(f"\npg_stat_activity, every 20 ms during the windows ({prof['samples']} samples):")
+        for depth, counts in prof["active"].items():
+            total = sum(counts.values())
+            print(f"  depth {depth}: {total} active-session samples; the most frequent:")
+            for key, n in sorted(counts.items(), key=lambda kv: -kv[1])[:8]:
+                print(f"    {n:6d} {100 * n / max(total, 1):5.1f}%  {key}")
     path = save("depth", {"args": vars(a), "load": load0, **out})
     print(f"results: {path}")
     summary = (
