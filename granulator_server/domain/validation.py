@@ -266,7 +266,8 @@ class _Checker:
         for ref in self._rules.references:
             targets = {value for _, value in self._resolve(ref.target) if isinstance(value, str)}
             for pointer, value in self._resolve(ref.source):
-                if value not in targets:
+                # A reference that is not a string (a list, an object) names nothing either.
+                if not isinstance(value, str) or value not in targets:
                     self._add(pointer, "dangling_reference", f"'{value}' matches no {ref.target}")
 
     def _cycles(self) -> None:

@@ -328,6 +328,16 @@ def test_relation_to_missing_concept_is_a_dangling_reference() -> None:
     assert rules == {("dangling_reference", "/relations/0/target")}
 
 
+def test_reference_that_is_not_a_string_is_dangling_not_a_crash() -> None:
+    # Only schema-valid structures are scored today, but a provider that returns unchecked
+    # documents must get a violation here, not a TypeError that fails the stage as INTERNAL.
+    def listed(knowledge_map: Structure) -> None:
+        knowledge_map["relations"][0]["source"] = ["c1", "c2"]
+
+    rules = _rules_at("knowledge_map", _mutated("knowledge_map", listed))
+    assert ("dangling_reference", "/relations/0/source") in rules  # beside its schema error
+
+
 def test_workflow_cycle_is_reported_once_with_its_path() -> None:
     violations = validate(_template("workflow"), _mutated("workflow", _workflow_cycle), 3)
     # The search starts at step-1 and closes the loop at step-2, which depends on step-1.
