@@ -36,6 +36,8 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from bitware_core import convert
+
 log = logging.getLogger("bitware.gateway")
 
 #: The one table. A code that is not here answers 502: the upstream failed in a way the caller
@@ -170,7 +172,7 @@ def rpc_error(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any], dict[st
         elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             packed.Unpack(retry)
-            seconds = retry.retry_delay.ToTimedelta().total_seconds()
+            seconds = convert.seconds(retry.retry_delay)
             headers["Retry-After"] = str(max(1, math.ceil(seconds)))
     if status == UNMAPPED_STATUS:
         message = f"upstream failed with {code.name}: {message}"

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -48,10 +47,6 @@ FOLLOW_GRACE_SECONDS = 0.5
 #: Trace contexts of executions kept for their dispatch (only with tracing on).
 TRACES_KEPT = 10_000
 _LOST_ATTEMPT = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
-
-
-def _seconds(duration: duration_pb2.Duration) -> float:
-    return duration.ToTimedelta().total_seconds()
 
 
 class Dispatcher:
@@ -384,8 +379,6 @@ class Dispatcher:
                 await self._report(finished.ended)
 
     def _offer(self, claim: queue.Claim) -> worker_pb2.HandshakeRequest:
-        stage_timeout = duration_pb2.Duration()
-        stage_timeout.FromMilliseconds(int(claim.timeout_s * 1000))
         return worker_pb2.HandshakeRequest(
             stage=self._ref(claim),
             capability=claim.capability,
@@ -399,7 +392,7 @@ class Dispatcher:
                 feedback=claim.feedback,
                 min_quality_score=claim.min_quality,
             ),
-            timeout=stage_timeout,
+            timeout=convert.duration(claim.timeout_s),
             client_id=claim.client_id,
         )
 
@@ -481,7 +474,7 @@ class Dispatcher:
         reason = worker_pb2.DeclineReason.Name(answer.decline_reason).removeprefix(
             "DECLINE_REASON_"
         )
-        wait = _seconds(answer.retry_after)
+        wait = convert.seconds(answer.retry_after)
         now = asyncio.get_running_loop().time()
         self.declined.setdefault(claim.stage_id, {})[worker_id] = now + max(wait, 1.0)
         await self._requeue(
