@@ -560,7 +560,7 @@ class Dispatcher:
                 batch, pending[:] = pending[:], []
                 if batch:
                     await self._db(
-                        functools.partial(outcomes.record_progress, claim_=claim, events=batch)
+                        functools.partial(outcomes.record_progress, claim=claim, events=batch)
                     )
 
         writer = asyncio.create_task(write())
@@ -626,5 +626,5 @@ class Dispatcher:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await self._db(
-                functools.partial(outcomes.record_stopped, claim_=claim, status=reason, usage=spent)
+                functools.partial(outcomes.record_stopped, claim=claim, status=reason, usage=spent)
             )

@@ -114,11 +114,11 @@ def _save(tx: Tx, stage: models.Stage, execution: models.Execution) -> None:
     update_row(tx, execution, *_EXECUTION_CHANGES)
 
 
-def record_accept(tx: Tx, claim_: Claim, worker_id: str) -> None:
-    stage, execution = _current_head(tx, claim_.stage_id, claim_.epoch)
+def record_accept(tx: Tx, claim: Claim, worker_id: str) -> None:
+    stage, execution = _current_head(tx, claim.stage_id, claim.epoch)
     tx.execute(
         "UPDATE attempts SET status = 'running' WHERE stage_id = :id AND epoch = :epoch",
-        {"id": stage.id, "epoch": claim_.epoch},
+        {"id": stage.id, "epoch": claim.epoch},
     )
     append_event(
         tx,
@@ -131,10 +131,10 @@ def record_accept(tx: Tx, claim_: Claim, worker_id: str) -> None:
     update_row(tx, execution, "last_sequence")
 
 
-def record_progress(tx: Tx, claim_: Claim, events: list[tuple[str, str, float]]) -> None:
+def record_progress(tx: Tx, claim: Claim, events: list[tuple[str, str, float]]) -> None:
     """Appends the worker's progress events (phase, message, fraction), read together, in one
     transaction."""
-    stage, execution = _current_head(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current_head(tx, claim.stage_id, claim.epoch)
     for phase, message, fraction in events:
         append_event(
             tx,
@@ -150,7 +150,7 @@ def record_progress(tx: Tx, claim_: Claim, events: list[tuple[str, str, float]])
 
 def record_decline(
     tx: Tx,
-    claim_: Claim,
+    claim: Claim,
     worker_id: str,
     reason: str,
     message: str,
@@ -159,11 +159,11 @@ def record_decline(
 ) -> None:
     """A decline costs no attempt: the stage goes back to the queue (after retry_after), or
     fails for good when the input itself is invalid."""
-    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim.stage_id, claim.epoch)
     end_attempt(
         tx,
         stage.id,
-        claim_.epoch,
+        claim.epoch,
         AttemptStatus.DECLINED,
         error={"reason": reason, "message": message},
     )
@@ -200,7 +200,7 @@ class Finished:
     ended: models.Execution | None = None
 
 
-def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
+def record_result(tx: Tx, claim: Claim, outcome: StageOutcome) -> Finished:
     """A result: the quality gate decides whether the stage succeeds, runs again or fails
     (`QUALITY_BELOW_MINIMUM`); the best attempt so far is kept on the stage."""
     output, quality, usage = outcome.output, outcome.quality, outcome.usage
@@ -208,9 +208,9 @@ def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
     if len(encoded) > payloads.HARD_LIMIT:
         limit = f"the stage output is larger than {payloads.HARD_LIMIT // 2**20} MiB"
         return record_failure(
-            tx, claim_, StageError("TOO_LARGE", "OUTPUT_TOO_LARGE", limit), usage=usage
+            tx, claim, StageError("TOO_LARGE", "OUTPUT_TOO_LARGE", limit), usage=usage
         )
-    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim.stage_id, claim.epoch)
     score = quality.score
     _roll_up(stage, execution, usage)
     broken = quality.integrity_failed
@@ -228,7 +228,7 @@ def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
         end_attempt(
             tx,
             stage.id,
-            claim_.epoch,
+            claim.epoch,
             AttemptStatus.BELOW_QUALITY,
             usage=usage.to_json(),
             quality_score=score,
@@ -249,11 +249,11 @@ def record_result(tx: Tx, claim_: Claim, outcome: StageOutcome) -> Finished:
     best = stage.best
     best_quality = Quality.from_json(best["quality"])
     if below and not best_quality.deliverable_below_minimum:
-        return _fail_below_minimum(tx, stage, execution, claim_.epoch, usage, score)
+        return _fail_below_minimum(tx, stage, execution, claim.epoch, usage, score)
     end_attempt(
         tx,
         stage.id,
-        claim_.epoch,
+        claim.epoch,
         AttemptStatus.SUCCEEDED,
         usage=usage.to_json(),
         quality_score=score,
@@ -349,7 +349,7 @@ def _fail_below_minimum(
 
 def record_failure(
     tx: Tx,
-    claim_: Claim,
+    claim: Claim,
     failure: StageError,
     *,
     usage: Usage,
@@ -357,7 +357,7 @@ def record_failure(
 ) -> Finished:
     """A failed attempt: the stage's retry policy decides whether it runs again (after a
     backoff) or fails, and its execution with it."""
-    stage, execution = _current(tx, claim_.stage_id, claim_.epoch)
+    stage, execution = _current(tx, claim.stage_id, claim.epoch)
     error_class, reason = failure.error_class, failure.reason
     error = {
         "reason": reason,
@@ -365,7 +365,7 @@ def record_failure(
         "retryable": error_class not in NON_RETRYABLE_CLASSES,
     }
     _roll_up(stage, execution, usage)
-    end_attempt(tx, stage.id, claim_.epoch, status, usage=usage.to_json(), error=error)
+    end_attempt(tx, stage.id, claim.epoch, status, usage=usage.to_json(), error=error)
     policy = RetryPolicy.from_json(stage.retry_policy)
     non_retryable = {*policy.non_retryable_errors, *NON_RETRYABLE_CLASSES}
     used = stage.attempts - stage.attempts_base
@@ -416,7 +416,7 @@ def _fail_stage(
     )
 
 
-def record_stopped(tx: Tx, claim_: Claim, status: AttemptStatus, usage: Usage) -> bool:
+def record_stopped(tx: Tx, claim: Claim, status: AttemptStatus, usage: Usage) -> bool:
     """An attempt the orchestrator stopped (its execution was cancelled or ran out of time) or
     whose result came too late (stale): it ends with the usage its worker reported, and that
     usage is added to its stage and execution all the same, since it was spent. Only the first
@@ -427,10 +427,10 @@ def record_stopped(tx: Tx, claim_: Claim, status: AttemptStatus, usage: Usage) -
         tx,
         models.Execution,
         "id = (SELECT execution_id FROM stages WHERE id = :id)",
-        {"id": claim_.stage_id},
+        {"id": claim.stage_id},
         tx.lock(),
     )
-    [stage] = select_rows(tx, models.Stage, "id = :id", {"id": claim_.stage_id}, tx.lock())
+    [stage] = select_rows(tx, models.Stage, "id = :id", {"id": claim.stage_id}, tx.lock())
     ended = tx.execute(
         "UPDATE attempts SET status = :status, usage = :usage, ended_at = :now"
         " WHERE stage_id = :id AND epoch = :epoch AND ended_at IS NULL",
@@ -439,7 +439,7 @@ def record_stopped(tx: Tx, claim_: Claim, status: AttemptStatus, usage: Usage) -
             "usage": tx.json(usage.to_json()),
             "now": tx.ts(utcnow()),
             "id": stage.id,
-            "epoch": claim_.epoch,
+            "epoch": claim.epoch,
         },
     )
     if ended.rowcount != 1:
