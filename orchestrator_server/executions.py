@@ -507,6 +507,17 @@ def retry(
     return execution
 
 
+def retry_and_read(
+    session: Session, principal: Principal, execution_id: str, retry_number: int = 0
+) -> tuple[models.Execution, list[models.Stage], list[models.Attempt]]:
+    """`retry`, returning the execution with its stages and attempts as the retry left them,
+    read in the same transaction: once it commits, a dispatcher may claim the stage at once,
+    and the caller is answered with what it did, not with what followed."""
+    execution = retry(session, principal, execution_id, retry_number)
+    session.flush()  # hand-written SQL on the same transaction does not flush the ORM's changes
+    return load_full(Tx.of(session), execution.id)
+
+
 def expire(tx: Tx, queue_wait_s: float) -> list[tuple[str, list[str]]]:
     """Fails executions past their deadline, and those whose stage waited in the queue longer
     than `queue_wait_s`; returns (execution id, running stage ids) for each, so the workers of

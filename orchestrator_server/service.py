@@ -222,12 +222,16 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.RetryExecutionRequest, context: Context
     ) -> orchestrator_pb2.RetryExecutionResponse:
         principal = current_principal()
-        row = await self.db.run(
-            lambda s: executions.retry(s, principal, request.execution_id, request.retry_number)
+        row, stages, attempts = await self.db.run(
+            lambda s: executions.retry_and_read(
+                s, principal, request.execution_id, request.retry_number
+            )
         )
         self.dispatcher.remember_trace(row.id)
         self.dispatcher.wake.set()
-        return orchestrator_pb2.RetryExecutionResponse(execution=await self._full(row.id))
+        return orchestrator_pb2.RetryExecutionResponse(
+            execution=execution_to_proto(row, stages, attempts)
+        )
 
     async def WatchExecution(
         self, request: orchestrator_pb2.WatchExecutionRequest, context: Context
