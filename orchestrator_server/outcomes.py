@@ -63,40 +63,28 @@ _EXECUTION_CHANGES = (
 )
 
 
-def _current(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
-    """The stage and its execution, locked (execution first, as everywhere), if the attempt is
-    still the current one; otherwise StaleAttempt."""
-    [execution] = select_rows(
-        tx,
-        models.Execution,
-        "id = (SELECT execution_id FROM stages WHERE id = :id)",
-        {"id": stage_id},
-        tx.lock(),
-    )
-    [stage] = select_rows(tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock())
-    if stage.epoch != epoch or stage.status != StageStatus.RUNNING:
-        raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
-    return stage, execution
-
-
 #: What accepting an attempt and logging its progress read of the execution and the stage:
 #: what `append_event`, `progress` and `stage_fields` use, not the wide JSON columns.
 _HEAD_EXECUTION = ("id", "status", "last_sequence", "stages_done", "stages_total")
 _HEAD_STAGE = ("id", "order", "attempts", "status", "epoch")
 
 
-def _current_head(tx: Tx, stage_id: str, epoch: int) -> tuple[models.Stage, models.Execution]:
-    """`_current`, reading only the columns of `_HEAD_STAGE` and `_HEAD_EXECUTION`."""
+def _current(
+    tx: Tx, stage_id: str, epoch: int, *, head: bool = False
+) -> tuple[models.Stage, models.Execution]:
+    """The stage and its execution, locked (execution first, as everywhere), if the attempt is
+    still the current one; otherwise StaleAttempt. With `head`, only the columns of
+    `_HEAD_STAGE` and `_HEAD_EXECUTION` are read."""
     [execution] = select_rows(
         tx,
         models.Execution,
         "id = (SELECT execution_id FROM stages WHERE id = :id)",
         {"id": stage_id},
         tx.lock(),
-        only=_HEAD_EXECUTION,
+        only=_HEAD_EXECUTION if head else (),
     )
     [stage] = select_rows(
-        tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock(), only=_HEAD_STAGE
+        tx, models.Stage, "id = :id", {"id": stage_id}, tx.lock(), only=_HEAD_STAGE if head else ()
     )
     if stage.epoch != epoch or stage.status != StageStatus.RUNNING:
         raise StaleAttempt(stage_id, epoch, current_epoch=stage.epoch)
@@ -115,7 +103,7 @@ def _save(tx: Tx, stage: models.Stage, execution: models.Execution) -> None:
 
 
 def record_accept(tx: Tx, claim: Claim, worker_id: str) -> None:
-    stage, execution = _current_head(tx, claim.stage_id, claim.epoch)
+    stage, execution = _current(tx, claim.stage_id, claim.epoch, head=True)
     tx.execute(
         "UPDATE attempts SET status = 'running' WHERE stage_id = :id AND epoch = :epoch",
         {"id": stage.id, "epoch": claim.epoch},
@@ -134,7 +122,7 @@ def record_accept(tx: Tx, claim: Claim, worker_id: str) -> None:
 def record_progress(tx: Tx, claim: Claim, events: list[tuple[str, str, float]]) -> None:
     """Appends the worker's progress events (phase, message, fraction), read together, in one
     transaction."""
-    stage, execution = _current_head(tx, claim.stage_id, claim.epoch)
+    stage, execution = _current(tx, claim.stage_id, claim.epoch, head=True)
     for phase, message, fraction in events:
         append_event(
             tx,
