@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from bitware_core.db import Database
 from bitware_core.sql import Tx
 
+log = logging.getLogger("bitware.batching")
 T = TypeVar("T")
 #: The most pieces of work one transaction takes.
 BATCH_MOST = 64
@@ -91,21 +93,8 @@ class TxBatcher:
     async def _commit(self, batch: list[_Work]) -> None:
         if not batch:
             return
-        if len(batch) > 1:
-            batch.sort(key=lambda item: item.key)  # stable: one key's work keeps its order
-            try:
-                results = await self.db.run_tx(
-                    functools.partial(_all, [item.work for item in batch])
-                )
-            except Exception:  # each piece runs alone below and gets its own answer
-                pass
-            else:
-                self.transactions += 1
-                self.pieces += len(batch)
-                for item, result in zip(batch, results, strict=True):
-                    if not item.done.done():
-                        item.done.set_result(result)
-                return
+        if len(batch) > 1 and await self._together(batch):
+            return
         for item in batch:
             try:
                 result = await self.db.run_tx(item.work)
@@ -117,6 +106,23 @@ class TxBatcher:
                     item.done.set_result(result)
             self.transactions += 1
             self.pieces += 1
+
+    async def _together(self, batch: list[_Work]) -> bool:
+        """Runs the batch in one transaction and answers each piece; False when any piece
+        raised: the transaction is rolled back and each piece is to run alone for its own
+        answer."""
+        batch.sort(key=lambda item: item.key)  # stable: one key's work keeps its order
+        try:
+            results = await self.db.run_tx(functools.partial(_all, [item.work for item in batch]))
+        except Exception:
+            log.debug("a shared transaction failed; its pieces run alone", exc_info=True)
+            return False
+        self.transactions += 1
+        self.pieces += len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if not item.done.done():
+                item.done.set_result(result)
+        return True
 
     async def stop(self) -> None:
         for task in list(self._running):
