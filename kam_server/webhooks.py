@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bitware_core.auth import Principal
@@ -194,15 +194,22 @@ def delete_endpoint(session: Session, actor: Principal, endpoint_id: str) -> Non
     """Deletes the endpoint; what was still pending for it is given up."""
     row = _endpoint(session, actor, endpoint_id)
     row.deleted = True
-    for delivery in session.scalars(
-        select(models.WebhookDelivery).where(
+    # One statement, and the lease cleared: a post in flight now settles nothing (its claim no
+    # longer matches), so a given-up delivery never turns back into a pending one.
+    session.execute(
+        update(models.WebhookDelivery)
+        .where(
             models.WebhookDelivery.endpoint_id == row.id,
             models.WebhookDelivery.status == "pending",
         )
-    ):
-        delivery.status = "failed"
-        delivery.last_error = "the endpoint was deleted"
-        delivery.next_attempt_at = None
+        .values(
+            status="failed",
+            last_error="the endpoint was deleted",
+            next_attempt_at=None,
+            claim="",
+            claimed_until=None,
+        )
+    )
     audit.record(session, actor, "webhook.delete", f"webhooks/{row.id}")
 
 

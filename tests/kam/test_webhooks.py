@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from bitware.common.v1 import common_pb2
 from bitware.kam.v1 import requests_pb2, webhooks_pb2, webhooks_pb2_grpc
+from bitware_core.auth import Principal
 from bitware_core.config import KamSettings, QueueSettings, Settings, WebhookSettings
 from bitware_core.db import Database, utcnow
 from bitware_mesh.inprocess import InProcessMesh, start_mesh
-from kam_server import models, webhooks
+from kam_server import delivery, models, webhooks
 from kam_server.delivery import Deliverer, prune
 from tests.common import PARKED_CAPABILITY, Client, make_client, scratch_database
 from tests.kam.helpers import Kam, fails, kam, parked_template, reason, violated_fields
@@ -421,6 +422,27 @@ async def test_the_webhook_key_is_made_once_private_and_a_changed_key_is_named(
             db.close()
     assert hook.received == []
     assert rows[0].status == "pending" and "BITWARE_WEBHOOK_KEY_FILE" in rows[0].last_error
+
+
+async def test_a_post_in_flight_when_its_endpoint_is_deleted_does_not_revive_it(
+    tmp_path: Path,
+) -> None:
+    db = _migrated(f"sqlite:///{tmp_path / 'kam.db'}")
+    key = webhooks.WebhookKey.load(tmp_path / "webhook.key")
+    endpoint_id = await _queue(db, "cli_d", "https://hooks.example.com/x", key, 1)
+    [in_flight] = await db.run_tx(lambda tx: delivery.claim(tx, utcnow()))
+    admin = Principal(kind="user", user_id="usr_admin", role="admin")
+    await db.run(lambda s: webhooks.delete_endpoint(s, admin, endpoint_id))
+    # The post fails and would be retried: the deletion has given it up, and it stays so.
+    status = await db.run_tx(
+        lambda tx: delivery.settle(tx, in_flight, 500, "HTTP 500", 1.0, utcnow())
+    )
+    assert status == "pending"  # what the post alone would have made of it
+    rows = await db.run(lambda s: list(s.scalars(select(models.WebhookDelivery))))
+    again = await db.run_tx(lambda tx: delivery.claim(tx, utcnow()))
+    db.close()
+    assert [(d.status, d.last_error) for d in rows] == [("failed", "the endpoint was deleted")]
+    assert again == []
 
 
 async def test_finished_deliveries_leave_the_log_after_30_days(tmp_path: Path) -> None:
