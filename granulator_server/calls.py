@@ -24,8 +24,7 @@ from sqlalchemy.orm import Session
 from bitware_core.auth import Principal
 from bitware_core.db import next_page_token, page_window
 from bitware_core.sql import Tx, insert_rows
-from granulator_server import models
-from granulator_server.errors import JobNotFound
+from granulator_server import jobs, models
 from granulator_server.providers.base import CallRecord
 
 MAX_TEXT = 16_000
@@ -107,9 +106,7 @@ def list_calls(
         models.Job, models.Job.id == models.ModelCall.job_id
     )
     if job_id:
-        job = session.get(models.Job, job_id)
-        if job is None or not principal.visible_client(job.client_id):
-            raise JobNotFound(job_id)
+        jobs.get(session, principal, job_id)  # another client's job is not found
         query = query.where(models.ModelCall.job_id == job_id)
     else:
         query = query.where(models.Job.execution_id == execution_id)

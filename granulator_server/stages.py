@@ -213,20 +213,12 @@ class Size:
     elements: int
 
 
-def estimate(template: StructureTemplate, spec: dict[str, Any]) -> Size:
-    """Expected prompt and completion tokens (about four characters a token) and elements: the
-    offline structure for the same request has the size a model's answer should have. Its size
-    depends on the template, the granularity, the audience and the topic's length, not on the
-    topic's words (to within a few characters): it is generated once per such shape."""
+def reference_size(template: StructureTemplate, spec: dict[str, Any]) -> tuple[int, int]:
+    """The characters and elements of the offline structure for the same request: the size a
+    model's answer should have. It depends on the template, the granularity, the audience and
+    the topic's length, not on the topic's words (to within a few characters), so it is
+    generated once per such shape."""
     topic, audience, granularity = spec["topic"], spec.get("audience", ""), int(spec["granularity"])
-    system, user = build_prompt(
-        template,
-        topic,
-        audience,
-        granularity,
-        dict(spec.get("constraints", {})),
-        dict(spec.get("options", {})),
-    )
     key = (template.name, template.version, granularity, audience, len(topic))
     size = _SIZES.get(key)
     if size is None:
@@ -237,11 +229,26 @@ def estimate(template: StructureTemplate, spec: dict[str, Any]) -> Size:
         )
         if len(_SIZES) > SIZES_KEPT:
             del _SIZES[next(iter(_SIZES))]  # the oldest
+    return size
+
+
+def estimate(template: StructureTemplate, spec: dict[str, Any]) -> Size:
+    """Expected prompt and completion tokens (about four characters a token) and elements, from
+    the prompt and the `reference_size`."""
+    system, user = build_prompt(
+        template,
+        spec["topic"],
+        spec.get("audience", ""),
+        int(spec["granularity"]),
+        dict(spec.get("constraints", {})),
+        dict(spec.get("options", {})),
+    )
+    characters, elements = reference_size(template, spec)
     schema = json.dumps(template.json_schema)
     return Size(
         prompt_tokens=(len(system) + len(user) + len(schema)) // 4,
-        completion_tokens=size[0] // 4,
-        elements=size[1],
+        completion_tokens=characters // 4,
+        elements=elements,
     )
 
 
@@ -367,7 +374,7 @@ class StageRunner:
         self, work: Work, job_id: str, stage_log: progress.StageLog
     ) -> StageOutcome:
         granularity = int(work.spec["granularity"])
-        expected = max(1, estimate(work.template, work.spec).elements)
+        expected = max(1, reference_size(work.template, work.spec)[1])
         stage_log.add(progress.PROMPT_BUILT, f"using template {work.template.name}", 0.1)
         stage_log.add(
             progress.GENERATING, f"generating with the {self.provider.name} provider", 0.2
