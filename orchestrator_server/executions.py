@@ -402,25 +402,26 @@ def list_executions(
 
 def timelines(
     session: Session, execution_ids: list[str]
-) -> tuple[dict[str, list[models.Stage]], list[models.Attempt]]:
-    """The stages (by execution id) and attempts of several executions, in two statements."""
+) -> tuple[dict[str, list[models.Stage]], dict[str, list[models.Attempt]]]:
+    """The stages and the attempts of several executions, each by execution id, in two
+    statements."""
     stages: dict[str, list[models.Stage]] = {}
+    attempts: dict[str, list[models.Attempt]] = {}
     if not execution_ids:
-        return stages, []
+        return stages, attempts
     for stage in session.scalars(
         select(models.Stage)
         .where(models.Stage.execution_id.in_(execution_ids))
         .order_by(models.Stage.execution_id, models.Stage.order)
     ):
         stages.setdefault(stage.execution_id, []).append(stage)
-    ids = [stage.id for group in stages.values() for stage in group]
-    attempts = list(
-        session.scalars(
-            select(models.Attempt)
-            .where(models.Attempt.stage_id.in_(ids))
-            .order_by(models.Attempt.stage_id, models.Attempt.number)
-        )
-    )
+    execution_of = {stage.id: stage.execution_id for group in stages.values() for stage in group}
+    for attempt in session.scalars(
+        select(models.Attempt)
+        .where(models.Attempt.stage_id.in_(list(execution_of)))
+        .order_by(models.Attempt.stage_id, models.Attempt.number)
+    ):
+        attempts.setdefault(execution_of[attempt.stage_id], []).append(attempt)
     return stages, attempts
 
 

@@ -190,19 +190,23 @@ class OrchestratorHandlers(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         def work(
             s: Session,
         ) -> tuple[
-            list[models.Execution], str, dict[str, list[models.Stage]], list[models.Attempt]
+            list[models.Execution],
+            str,
+            dict[str, list[models.Stage]],
+            dict[str, list[models.Attempt]],
         ]:
             rows, token = executions.list_executions(
                 s, principal, request.page_size, request.page_token, status, request.client_id
             )
             if not request.include_stages:
-                return rows, token, {}, []
+                return rows, token, {}, {}
             return rows, token, *executions.timelines(s, [row.id for row in rows])
 
         rows, token, stages, attempts = await self.db.run(work)
         return orchestrator_pb2.ListExecutionsResponse(
             executions=[
-                execution_to_proto(r, stages.get(r.id), attempts, outputs=False) for r in rows
+                execution_to_proto(r, stages.get(r.id), attempts.get(r.id), outputs=False)
+                for r in rows
             ],
             next_page_token=token,
         )

@@ -59,3 +59,22 @@ async def test_kam_cannot_start_a_gapped_template_stored_before_validation(
         # Nothing started: the request is pending again and nothing stays reserved.
         back = await k.get_request(client.key, request.request_id)
         assert back.status == requests_pb2.REQUEST_STATUS_PENDING and back.reserved_usd == 0
+
+
+async def test_listing_with_stages_gives_each_execution_its_own_stages_and_attempts(
+    client: Client, runner: Runner, workers: Workers
+) -> None:
+    await workers("w1")
+    await add_template(client.mesh, "listed", [stage(1), stage(2)])
+    ran = [await runner.run("listed") for _ in range(3)]
+    listed = await runner.stub.ListExecutions(
+        orchestrator_pb2.ListExecutionsRequest(include_stages=True),
+        metadata=client.admin,
+        timeout=10,
+    )
+    shown = {e.execution_id: e for e in listed.executions}
+    assert set(shown) == {e.execution_id for e in ran}
+    for execution in ran:
+        stages = shown[execution.execution_id].stages
+        assert [s.stage_id for s in stages] == [s.stage_id for s in execution.stages]
+        assert [[a.number for a in s.attempts] for s in stages] == [[1], [1]]
