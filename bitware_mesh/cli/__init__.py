@@ -26,6 +26,7 @@ from typing import Any, cast
 import grpc
 
 from bitware_client import BitwareError
+from bitware_client.errors import from_rpc_error
 from bitware_core.config import SettingsError
 from bitware_mesh.cli.admin import add_admin
 from bitware_mesh.cli.checks import add_checks
@@ -67,12 +68,6 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def _rpc_line(error: grpc.aio.AioRpcError) -> str:
-    details = (error.details() or "").splitlines()[0] if error.details() else ""
-    hint = _HINTS.get(error.code())
-    return f"{error.code().name}: {details}" + (f" — {hint}" if hint else "")
-
-
 def _error_line(error: BitwareError) -> str:
     """One line: the status, the server's words, its reason and what to try."""
     details = error.message.splitlines()[0] if error.message else ""
@@ -99,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except BitwareError as error:
         print(f"bitware: {_error_line(error)}", file=sys.stderr)
     except grpc.aio.AioRpcError as error:
-        print(f"bitware: {_rpc_line(error)}", file=sys.stderr)
+        print(f"bitware: {_error_line(from_rpc_error(error))}", file=sys.stderr)
     except BrokenPipeError:
         # The reader went away (`bitware run … | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -51,10 +51,6 @@ class MeshAddresses:
     supervisor_pid: int = 0
     supervisor_running: bool = False
 
-    def granulator_for(self, worker_id: str) -> str:
-        """The address of the granulator that ran a stage (it holds the stored structure)."""
-        return self.granulators.get(worker_id) or next(iter(self.granulators.values()), "")
-
 
 def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where the mesh is (default: DATA/mesh.json)")
