@@ -280,6 +280,17 @@ def get_client(
     return visible_client(principal, client_id, client)
 
 
+def named_or_own_client(session: Session, actor: Principal, client_id: str) -> models.Client:
+    """The client a call names, else the caller's own (INVALID_ARGUMENT for a caller without
+    one); NOT_FOUND for a client the caller may not see."""
+    problems = Violations()
+    problems.check(
+        bool(client_id or actor.client_id), "client_id", "is required for callers without a client"
+    )
+    problems.raise_if_any()
+    return get_client(session, actor, client_id or actor.client_id)
+
+
 def visible_client(
     principal: Principal, client_id: str, client: models.Client | None
 ) -> models.Client:

@@ -17,7 +17,7 @@ from bitware_core.auth import API_KEY_SCOPES, Principal, hash_secret, new_secret
 from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import AlreadyExists, PermissionDenied, Violations
 from kam_server import audit, identity, models
-from kam_server.accounts import get_client
+from kam_server.accounts import named_or_own_client
 from kam_server.errors import ApiKeyNotFound, WorkerCredentialNotFound
 
 API_KEY_PREFIX = "bwk_"
@@ -34,17 +34,6 @@ def _key_manager(actor: Principal) -> None:
         raise PermissionDenied("API keys are managed by signed-in users, not by API keys")
 
 
-def _client_for(session: Session, actor: Principal, client_id: str) -> models.Client:
-    problems = Violations()
-    problems.check(
-        bool(client_id or actor.client_id),
-        "client_id",
-        "is required for callers without a client",
-    )
-    problems.raise_if_any()
-    return get_client(session, actor, client_id or actor.client_id)
-
-
 # --- API keys -------------------------------------------------------------------------------
 
 
@@ -59,7 +48,9 @@ def create_api_key(
     """A new key of the client: `scopes` empty or None means every scope, `expires_at` None
     means the key never expires."""
     _key_manager(actor)
-    client = _client_for(session, actor, client_id)  # before anything is said about the input
+    client = named_or_own_client(
+        session, actor, client_id
+    )  # before anything is said about the input
     scopes = list(scopes or API_KEY_SCOPES)
     problems = Violations()
     problems.check(bool(name.strip()), "name", "is required")
@@ -102,7 +93,7 @@ def list_api_keys(
     session: Session, actor: Principal, client_id: str, page_size: int, page_token: str
 ) -> tuple[list[models.ApiKey], str]:
     offset, limit = page_window(page_size, page_token)
-    client = _client_for(session, actor, client_id)
+    client = named_or_own_client(session, actor, client_id)
     query = (
         select(models.ApiKey)
         .where(models.ApiKey.client_id == client.id)

@@ -22,10 +22,9 @@ from bitware_core import money
 from bitware_core.auth import Principal
 from bitware_core.db import utcnow
 from bitware_core.domain import Usage
-from bitware_core.errors import Violations
 from bitware_core.sql import Tx
 from kam_server import models, webhooks
-from kam_server.accounts import get_client
+from kam_server.accounts import named_or_own_client
 from kam_server.errors import BudgetExceeded
 
 
@@ -247,8 +246,4 @@ def month_usage(session: Session, client: models.Client) -> MonthUsage:
 def usage_of(session: Session, principal: Principal, client_id: str) -> MonthUsage:
     """`month_usage` of `client_id`, else of the caller's own client (INVALID_ARGUMENT for a
     caller without one); NOT_FOUND for a client the caller may not see."""
-    client_id = client_id or principal.client_id
-    problems = Violations()
-    problems.check(bool(client_id), "client_id", "is required for callers without a client")
-    problems.raise_if_any()
-    return month_usage(session, get_client(session, principal, client_id))
+    return month_usage(session, named_or_own_client(session, principal, client_id))

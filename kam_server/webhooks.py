@@ -32,7 +32,7 @@ from bitware_core.db import new_id, next_page_token, page_window, utcnow
 from bitware_core.errors import Violations
 from bitware_core.sql import Tx
 from kam_server import audit, models
-from kam_server.accounts import get_client
+from kam_server.accounts import named_or_own_client
 from kam_server.errors import WebhookEndpointNotFound, WebhookLimit
 
 EVENT_TYPES = ("request.completed", "request.failed", "request.cancelled", "budget.threshold")
@@ -114,15 +114,6 @@ def url_problem(url: str, allow_insecure: bool) -> str:
     return ""
 
 
-def _client_for(session: Session, actor: Principal, client_id: str) -> models.Client:
-    problems = Violations()
-    problems.check(
-        bool(client_id or actor.client_id), "client_id", "is required for callers without a client"
-    )
-    problems.raise_if_any()
-    return get_client(session, actor, client_id or actor.client_id)
-
-
 def create_endpoint(
     session: Session,
     actor: Principal,
@@ -134,7 +125,7 @@ def create_endpoint(
     description: str,
 ) -> tuple[models.WebhookEndpoint, str]:
     """A new endpoint of the client and its signing secret (shown once)."""
-    client = _client_for(session, actor, client_id)
+    client = named_or_own_client(session, actor, client_id)
     problems = Violations()
     problem = url_problem(url.strip(), allow_insecure)
     problems.check(not problem, "url", problem)
@@ -171,7 +162,7 @@ def list_endpoints(
     session: Session, actor: Principal, client_id: str, page_size: int, page_token: str
 ) -> tuple[list[models.WebhookEndpoint], str]:
     offset, limit = page_window(page_size, page_token)
-    client = _client_for(session, actor, client_id)
+    client = named_or_own_client(session, actor, client_id)
     query = (
         select(models.WebhookEndpoint)
         .where(
@@ -227,7 +218,7 @@ def list_deliveries(
         endpoint = _endpoint(session, actor, endpoint_id)
         query = query.where(models.WebhookDelivery.endpoint_id == endpoint.id)
     else:
-        client = _client_for(session, actor, client_id)
+        client = named_or_own_client(session, actor, client_id)
         query = query.where(models.WebhookDelivery.client_id == client.id)
     query = query.order_by(models.WebhookDelivery.seq.desc())
     rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
