@@ -1,7 +1,7 @@
 """Group commit for small writes of the hot path (the orchestrator's acceptances, outcomes and
-"reported to KAM" marks; KAM's request writes per execution): writes that arrive while an
-earlier one is under way go into the database together, in one transaction, instead of one
-transaction each.
+"reported to KAM" marks; KAM's outcome reports were measured and rarely coincide): writes that
+arrive while an earlier one is under way go into the database together, in one transaction,
+instead of one transaction each.
 
 Nothing waits to be batched: a write that finds the writer idle starts at once, so an idle mesh
 sees the same latency as before; under load the writes that queued up behind a transaction share

@@ -93,7 +93,7 @@ def complete(
     """Stores a generated structure with its element tree and first (rules) validation. An
     `unusable` structure (the reason why) is stored all the same, so that it can be read, but
     its job ends failed."""
-    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    job = _locked(tx, job_id)
     tx.execute("DELETE FROM elements WHERE job_id = :id", {"id": job_id})
     elements = to_elements(job.structure_type, document)
     tx.insert_values(
@@ -136,7 +136,7 @@ def record_validations(
     tx: Tx, job_id: str, records: list[dict[str, Any]], latest: dict[str, Any]
 ) -> None:
     """Appends validation records to a job's history; `latest` becomes its quality."""
-    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    job = _locked(tx, job_id)
     job.validations = [*job.validations, *records]
     job.quality, job.updated_at = latest, utcnow()
     update_row(tx, job, "validations", "quality", "updated_at")
@@ -148,7 +148,7 @@ def finish_validation(
     outcome: StageOutcome,
 ) -> None:
     """Completes a `validate` job (it stores no structure of its own)."""
-    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    job = _locked(tx, job_id)
     job.status, job.result = JobStatus.COMPLETED, outcome.to_json()
     job.quality, job.usage = outcome.quality.to_json(), outcome.usage.to_json()
     job.updated_at = utcnow()
@@ -163,7 +163,7 @@ def fail(
     outcome: StageOutcome,
 ) -> None:
     """Ends a job that failed or was cancelled, with what it used (if anything)."""
-    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    job = _locked(tx, job_id)
     job.status, job.error_message, job.updated_at = status, message, utcnow()
     job.result = outcome.to_json()
     if outcome.usage:
@@ -262,6 +262,12 @@ def list_jobs(
     query = query.order_by(models.Job.created_at.desc(), models.Job.id.desc())
     rows = list(session.scalars(query.offset(offset).limit(limit + 1)))
     return rows[:limit], next_page_token(offset, limit, len(rows))
+
+
+def _locked(tx: Tx, job_id: str) -> models.Job:
+    """The job's row, locked for the rest of the transaction (PostgreSQL)."""
+    [job] = select_rows(tx, models.Job, "id = :id", {"id": job_id}, tx.lock())
+    return job
 
 
 def by_id(tx: Tx, job_id: str) -> models.Job | None:

@@ -1,4 +1,4 @@
-"""Group commit (`orchestrator_server.batching.TxBatcher`): work that arrives while a transaction
+"""Group commit (`bitware_core.batching.TxBatcher`): work that arrives while a transaction
 is under way shares the next one, and each piece still behaves as if it ran alone."""
 
 from __future__ import annotations
